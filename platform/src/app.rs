@@ -1,0 +1,124 @@
+//! The assembled application: configuration, store, drivers, runtime, and reload.
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::{self, ConfigError, LoadOptions, PlatformConfig};
+use crate::drivers::DriverRegistry;
+use crate::platform::keys::KeyVerifier;
+use crate::reconcile::{self, Plan, ReconcileError};
+use crate::runtime::{Runtime, RuntimeSettings};
+use crate::store::{Store, StoreError};
+
+/// Start-up and reload failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The configuration cannot be applied.
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+}
+
+/// Everything a running server shares.
+pub struct App {
+    /// The store.
+    pub store: Store,
+    /// Registered drivers.
+    pub drivers: Arc<DriverRegistry>,
+    /// The session runtime.
+    pub runtime: Arc<Runtime>,
+    /// API-key verification.
+    pub keys: KeyVerifier,
+    /// The operator token for `/admin/v1` (from `KARTA_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    config: RwLock<Arc<PlatformConfig>>,
+    load_options: LoadOptions,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
+    RuntimeSettings {
+        data_dir: c.data_dir.clone(),
+        event_log_retention: c.runtime.event_log_retention,
+    }
+}
+
+impl App {
+    /// Loads the configuration, opens and migrates the store, applies the declared state and
+    /// registers drivers (blocking).
+    pub fn start(load_options: LoadOptions) -> Result<Arc<App>, AppError> {
+        let cfg = config::load(&load_options)?;
+        let store = Store::open(&cfg.database_url())?;
+        let plan = reconcile::apply(&store, &cfg, "config")?;
+        log_plan(&plan);
+        let drivers = Arc::new(DriverRegistry::new());
+        drivers.load_from_config(&cfg);
+        let runtime = Arc::new(Runtime::new(
+            store.clone(),
+            drivers.clone(),
+            runtime_settings(&cfg),
+        ));
+        let admin_token = std::env::var("KARTA_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        Ok(Arc::new(App {
+            keys: KeyVerifier::new(store.clone()),
+            store,
+            drivers,
+            runtime,
+            admin_token,
+            config: RwLock::new(Arc::new(cfg)),
+            load_options,
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<PlatformConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads every layer; on success applies it and swaps it in, on failure keeps the running
+    /// configuration untouched.
+    pub async fn reload(self: &Arc<Self>) -> Result<Plan, AppError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.reload_blocking())
+            .await
+            .map_err(|e| AppError::Store(StoreError::Task(e.to_string())))?
+    }
+
+    fn reload_blocking(&self) -> Result<Plan, AppError> {
+        let cfg = config::load(&self.load_options)?;
+        let old = self.config();
+        if cfg.database_url() != old.database_url() {
+            tracing::warn!("database.url changed; the new database is used after a restart");
+        }
+        if cfg.server != old.server {
+            tracing::warn!("[server] changed; listeners change after a restart");
+        }
+        let plan = reconcile::apply(&self.store, &cfg, "config")?;
+        log_plan(&plan);
+        self.drivers.load_from_config(&cfg);
+        self.runtime.update_settings(runtime_settings(&cfg));
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        Ok(plan)
+    }
+}
+
+fn log_plan(plan: &Plan) {
+    if plan.is_empty() {
+        tracing::info!("configuration applied: no changes");
+    } else {
+        for c in &plan.changes {
+            tracing::info!(resource = c.resource, name = %c.name, action = ?c.action, "configuration change applied");
+        }
+    }
+}

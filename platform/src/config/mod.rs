@@ -1,0 +1,162 @@
+//! The platform's declarative configuration: types, layered loading, validation.
+//!
+//! Layers, later wins: built-in defaults -> `karta.platform.toml` -> `karta.platform.d/*.toml` and
+//! `*.jsonc` in name order -> `karta.platform.<KARTA_ENV>.toml` -> `KARTA_...` environment
+//! variables (double underscore nests) -> command-line flags. Arrays of resources (`[[tenants]]`,
+//! `[[projects]]`, `[[drivers]]`) are concatenated across files so a drop-in file can add one.
+
+mod error;
+mod load;
+mod locate;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, ConfigIssue};
+pub use load::{load, LoadOptions, Overrides};
+pub use secret::{Secret, SecretError};
+
+/// The whole platform configuration after layering, with relative paths resolved.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// Listeners and stream settings.
+    pub server: ServerConfig,
+    /// Where state lives.
+    pub database: DatabaseConfig,
+    /// Karta's own folder (SQLite file, workspaces, installed harnesses, plugins).
+    pub data_dir: PathBuf,
+    /// Plugin discovery.
+    pub plugins: PluginsConfig,
+    /// Model provider credentials the platform injects into harness processes.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Harness drivers: settings for first-party ones, paths for plugins.
+    pub drivers: Vec<DriverConfig>,
+    /// Tenants (orgs).
+    pub tenants: Vec<TenantConfig>,
+    /// Projects: a harness-app folder served for one tenant.
+    pub projects: Vec<ProjectConfig>,
+    /// Session runtime settings.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public listener: data plane and org API.
+    pub listen: String,
+    /// Operator listener (`/admin/v1`); bearer token from `KARTA_ADMIN_TOKEN`.
+    pub admin_listen: String,
+    /// Seconds between SSE keep-alive comments on idle streams.
+    pub heartbeat_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8000".into(),
+            admin_listen: "127.0.0.1:8001".into(),
+            heartbeat_seconds: 15,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://...` or `sqlite://path`; unset means `sqlite://<data_dir>/karta.db`.
+    pub url: Option<String>,
+}
+
+/// `[plugins]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Folders scanned for driver plugins (`*.so`); `<data_dir>/plugins` is always scanned.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// `[providers.<name>]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// The platform's key for this provider.
+    pub api_key: Option<Secret>,
+    /// Base URL override, e.g. a `karta mock-model` server for offline runs.
+    pub base_url: Option<String>,
+}
+
+/// `[[drivers]]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriverConfig {
+    /// The driver's name (required for first-party drivers; checked against a plugin's own).
+    pub name: Option<String>,
+    /// Path to a plugin library (`.so`).
+    pub path: Option<PathBuf>,
+    /// Settings handed to the driver's constructor.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `[[tenants]]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// URL-safe identifier.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// `[[projects]]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectConfig {
+    /// The owning tenant's slug.
+    pub tenant: String,
+    /// URL-safe identifier, unique within the tenant.
+    pub slug: String,
+    /// The harness-app folder.
+    pub path: PathBuf,
+    /// Driver name overriding auto-detection.
+    pub harness: Option<String>,
+}
+
+/// `[runtime]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Events kept per session for stream replay (older ones are pruned).
+    pub event_log_retention: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            event_log_retention: 10_000,
+        }
+    }
+}
+
+impl PlatformConfig {
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("karta.db").display()),
+        }
+    }
+
+    /// Every folder scanned for plugins.
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.data_dir.join("plugins")];
+        dirs.extend(self.plugins.dirs.iter().cloned());
+        dirs
+    }
+}

@@ -1,0 +1,180 @@
+//! Semantic checks on the merged configuration (field rules via `validator`, then cross-references).
+
+use std::collections::BTreeSet;
+
+use validator::{Validate, ValidationError, ValidationErrors, ValidationErrorsKind};
+
+use super::{DriverConfig, PlatformConfig, ProjectConfig, TenantConfig};
+
+/// A problem as (key path segments, message).
+pub(crate) type Problem = (Vec<String>, String);
+
+/// Slugs are lowercase ASCII letters, digits and single dashes, 1 to 63 characters.
+pub fn validate_slug(s: &str) -> Result<(), ValidationError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        let mut e = ValidationError::new("slug");
+        e.message = Some(
+            format!("`{s}` is not a valid slug (lowercase letters, digits and dashes, 1 to 63 characters)")
+                .into(),
+        );
+        Err(e)
+    }
+}
+
+#[derive(Validate)]
+struct TenantRules<'a> {
+    #[validate(custom(function = "validate_slug"))]
+    slug: &'a str,
+    #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    name: &'a str,
+}
+
+#[derive(Validate)]
+struct ProjectRules<'a> {
+    #[validate(custom(function = "validate_slug"))]
+    slug: &'a str,
+    #[validate(length(min = 1, message = "names no tenant"))]
+    tenant: &'a str,
+}
+
+fn collect(prefix: &[String], errs: &ValidationErrors, out: &mut Vec<Problem>) {
+    for (field, kind) in errs.errors() {
+        let mut path = prefix.to_vec();
+        path.push(field.to_string());
+        match kind {
+            ValidationErrorsKind::Field(list) => {
+                for e in list {
+                    let msg = e
+                        .message
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| format!("fails rule `{}`", e.code));
+                    out.push((path.clone(), msg));
+                }
+            }
+            ValidationErrorsKind::Struct(inner) => collect(&path, inner, out),
+            ValidationErrorsKind::List(items) => {
+                for (i, inner) in items {
+                    let mut p = path.clone();
+                    p.push(i.to_string());
+                    collect(&p, inner, out);
+                }
+            }
+        }
+    }
+}
+
+fn key(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+fn check_tenants(tenants: &[TenantConfig], out: &mut Vec<Problem>) {
+    let mut seen = BTreeSet::new();
+    for (i, t) in tenants.iter().enumerate() {
+        let idx = i.to_string();
+        let rules = TenantRules {
+            slug: &t.slug,
+            name: &t.name,
+        };
+        if let Err(e) = rules.validate() {
+            collect(&key(&["tenants", &idx]), &e, out);
+        }
+        if !seen.insert(t.slug.as_str()) {
+            out.push((
+                key(&["tenants", &idx, "slug"]),
+                format!("tenant `{}` is declared twice", t.slug),
+            ));
+        }
+    }
+}
+
+fn check_projects(tenants: &[TenantConfig], projects: &[ProjectConfig], out: &mut Vec<Problem>) {
+    let tenant_slugs: BTreeSet<&str> = tenants.iter().map(|t| t.slug.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    for (i, p) in projects.iter().enumerate() {
+        let idx = i.to_string();
+        let rules = ProjectRules {
+            slug: &p.slug,
+            tenant: &p.tenant,
+        };
+        if let Err(e) = rules.validate() {
+            collect(&key(&["projects", &idx]), &e, out);
+        }
+        if !p.tenant.is_empty() && !tenant_slugs.contains(p.tenant.as_str()) {
+            out.push((
+                key(&["projects", &idx, "tenant"]),
+                format!("names tenant `{}`, which no [[tenants]] entry declares", p.tenant),
+            ));
+        }
+        if !seen.insert((p.tenant.as_str(), p.slug.as_str())) {
+            out.push((
+                key(&["projects", &idx, "slug"]),
+                format!("project `{}/{}` is declared twice", p.tenant, p.slug),
+            ));
+        }
+        if p.path.as_os_str().is_empty() {
+            out.push((key(&["projects", &idx, "path"]), "is required".into()));
+        } else if !p.path.is_dir() {
+            out.push((
+                key(&["projects", &idx, "path"]),
+                format!("`{}` is not a folder", p.path.display()),
+            ));
+        }
+    }
+}
+
+fn check_drivers(drivers: &[DriverConfig], out: &mut Vec<Problem>) {
+    for (i, d) in drivers.iter().enumerate() {
+        let idx = i.to_string();
+        match (&d.name, &d.path) {
+            (None, None) => out.push((
+                key(&["drivers", &idx]),
+                "needs `name` (a first-party driver) or `path` (a plugin library)".into(),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// Checks the configuration; returns every problem found.
+pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
+    let mut out = Vec::new();
+    check_tenants(&c.tenants, &mut out);
+    check_projects(&c.tenants, &c.projects, &mut out);
+    check_drivers(&c.drivers, &mut out);
+    if c.server.heartbeat_seconds == 0 {
+        out.push((key(&["server", "heartbeat_seconds"]), "must be at least 1".into()));
+    }
+    for (k, addr) in [("listen", &c.server.listen), ("admin_listen", &c.server.admin_listen)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            out.push((
+                key(&["server", k]),
+                format!("`{addr}` is not an address like 127.0.0.1:8000"),
+            ));
+        }
+    }
+    if let Some(url) = &c.database.url {
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite://"))
+        {
+            out.push((
+                key(&["database", "url"]),
+                "must start with postgres:// or sqlite://".into(),
+            ));
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}

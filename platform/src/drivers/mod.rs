@@ -1,0 +1,250 @@
+//! The plugin host: registers linked-in drivers, loads `.so` plugins, picks a driver for an app.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use karta_plugin_api::abi_stable::library::lib_header_from_path;
+use karta_plugin_api::abi_stable::std_types::RStr;
+use karta_plugin_api::ffi::{DriverModuleRef, HarnessDriverBox};
+use karta_plugin_api::{HostDriver, ABI_VERSION};
+
+use crate::config::PlatformConfig;
+
+/// Where a driver came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverOrigin {
+    /// Linked into the host.
+    Builtin,
+    /// Loaded from a plugin library.
+    Plugin(PathBuf),
+}
+
+/// A registered driver.
+pub struct LoadedDriver {
+    /// Its name.
+    pub name: String,
+    /// Where it came from.
+    pub origin: DriverOrigin,
+    /// The driver.
+    pub driver: HostDriver,
+}
+
+/// Why a driver could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverLoadError {
+    /// The library is not a compatible Karta plugin.
+    #[error("plugin {path}: {message}")]
+    Plugin {
+        /// The library.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A driver of that name is already registered.
+    #[error("a driver named `{0}` is already registered")]
+    Duplicate(String),
+    /// `[[drivers]] name = ...` names no first-party driver.
+    #[error("no first-party driver is named `{0}`")]
+    UnknownBuiltin(String),
+}
+
+/// First-party drivers linked into the host: (name, constructor from settings JSON).
+type BuiltinCtor = fn(&str) -> Result<HarnessDriverBox, String>;
+
+fn builtins() -> Vec<(&'static str, BuiltinCtor)> {
+    Vec::new()
+}
+
+/// All registered drivers.
+#[derive(Default)]
+pub struct DriverRegistry {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    drivers: BTreeMap<String, Arc<LoadedDriver>>,
+    loaded_paths: BTreeSet<PathBuf>,
+}
+
+impl DriverRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(&self, d: LoadedDriver) -> Result<String, DriverLoadError> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if inner.drivers.contains_key(&d.name) {
+            return Err(DriverLoadError::Duplicate(d.name));
+        }
+        if let DriverOrigin::Plugin(p) = &d.origin {
+            inner.loaded_paths.insert(p.clone());
+        }
+        let name = d.name.clone();
+        inner.drivers.insert(name.clone(), Arc::new(d));
+        Ok(name)
+    }
+
+    /// Registers a driver object built in-process.
+    pub fn register(&self, driver: HarnessDriverBox, origin: DriverOrigin) -> Result<String, DriverLoadError> {
+        let driver = HostDriver::new(driver);
+        self.insert(LoadedDriver {
+            name: driver.name(),
+            origin,
+            driver,
+        })
+    }
+
+    fn is_loaded(&self, path: &Path) -> bool {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.loaded_paths.contains(path)
+    }
+
+    /// Loads a plugin library and registers its driver. The library stays loaded for the life of
+    /// the process (unloading code that may still run on a driver thread is unsafe).
+    pub fn load_plugin(
+        &self,
+        path: &Path,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        expected_name: Option<&str>,
+    ) -> Result<String, DriverLoadError> {
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let fail = |message: String| DriverLoadError::Plugin {
+            path: path.clone(),
+            message,
+        };
+        let header = lib_header_from_path(&path).map_err(|e| fail(e.to_string()))?;
+        let module = header
+            .init_root_module::<DriverModuleRef>()
+            .map_err(|e| fail(format!("incompatible plugin: {e}")))?;
+        let abi = (module.abi_version())();
+        if abi != ABI_VERSION {
+            return Err(fail(format!(
+                "built for plugin ABI {abi}, this host speaks ABI {ABI_VERSION}"
+            )));
+        }
+        let json = serde_json::Value::Object(settings.clone()).to_string();
+        let driver = (module.new_driver())(RStr::from_str(&json))
+            .into_result()
+            .map_err(|e| fail(format!("driver refused its settings: {e}")))?;
+        let driver = HostDriver::new(driver);
+        let name = driver.name();
+        if let Some(expected) = expected_name {
+            if expected != name {
+                return Err(fail(format!(
+                    "the plugin's driver is named `{name}`, the configuration expects `{expected}`"
+                )));
+            }
+        }
+        self.insert(LoadedDriver {
+            name,
+            origin: DriverOrigin::Plugin(path.clone()),
+            driver,
+        })
+    }
+
+    /// Registers the first-party drivers, the `[[drivers]]` plugins and every plugin found in the
+    /// plugin folders. Failures are logged and returned; the host keeps serving without them.
+    /// Safe to call again on reload: what is already loaded is skipped.
+    pub fn load_from_config(&self, cfg: &PlatformConfig) -> Vec<DriverLoadError> {
+        let mut errors = Vec::new();
+        let mut report = |r: Result<String, DriverLoadError>, what: &str| match r {
+            Ok(name) => tracing::info!(driver = %name, source = %what, "driver registered"),
+            Err(e) => {
+                tracing::error!(error = %e, "driver refused; the platform keeps serving without it");
+                errors.push(e);
+            }
+        };
+        for (name, ctor) in builtins() {
+            if self.get(name).is_some() {
+                continue;
+            }
+            let settings = cfg
+                .drivers
+                .iter()
+                .find(|d| d.path.is_none() && d.name.as_deref() == Some(name))
+                .map(|d| serde_json::Value::Object(d.settings.clone()).to_string())
+                .unwrap_or_else(|| "{}".into());
+            let r = ctor(&settings)
+                .map_err(|message| DriverLoadError::Plugin {
+                    path: PathBuf::from(format!("<builtin {name}>")),
+                    message,
+                })
+                .and_then(|d| self.register(d, DriverOrigin::Builtin));
+            report(r, "builtin");
+        }
+        for d in &cfg.drivers {
+            match (&d.path, &d.name) {
+                (Some(path), _) => {
+                    let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+                    if self.is_loaded(&canonical) {
+                        continue;
+                    }
+                    report(
+                        self.load_plugin(path, &d.settings, d.name.as_deref()),
+                        &path.display().to_string(),
+                    );
+                }
+                (None, Some(name)) => {
+                    if !builtins().iter().any(|(n, _)| n == name) {
+                        report(Err(DriverLoadError::UnknownBuiltin(name.clone())), "config");
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        for dir in cfg.plugin_dirs() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut libs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(std::env::consts::DLL_EXTENSION))
+                .collect();
+            libs.sort();
+            for lib in libs {
+                let canonical = lib.canonicalize().unwrap_or_else(|_| lib.clone());
+                if self.is_loaded(&canonical) {
+                    continue;
+                }
+                report(
+                    self.load_plugin(&lib, &serde_json::Map::new(), None),
+                    &lib.display().to_string(),
+                );
+            }
+        }
+        errors
+    }
+
+    /// A driver by name.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedDriver>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.drivers.get(name).cloned()
+    }
+
+    /// The driver with the highest non-zero `detect` score for `app_dir`.
+    pub fn detect(&self, app_dir: &Path) -> Option<Arc<LoadedDriver>> {
+        let drivers: Vec<Arc<LoadedDriver>> = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            inner.drivers.values().cloned().collect()
+        };
+        drivers
+            .into_iter()
+            .map(|d| (d.driver.detect(app_dir), d))
+            .filter(|(score, _)| *score > 0)
+            .max_by_key(|(score, _)| *score)
+            .map(|(_, d)| d)
+    }
+
+    /// Names and origins of all registered drivers.
+    pub fn list(&self) -> Vec<(String, DriverOrigin)> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner
+            .drivers
+            .values()
+            .map(|d| (d.name.clone(), d.origin.clone()))
+            .collect()
+    }
+}

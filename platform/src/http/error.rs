@@ -1,0 +1,94 @@
+//! API errors and their bodies, as the data-plane spec lists them.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::runtime::RuntimeError;
+
+/// An error answer of the HTTP API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// 401.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: (loc, msg, type) per problem.
+    #[error("validation failed")]
+    Validation(Vec<(Vec<String>, String, String)>),
+    /// 503 with `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500; the detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A single 422 problem.
+    pub fn invalid(loc: Vec<String>, msg: impl Into<String>, kind: &str) -> Self {
+        ApiError::Validation(vec![(loc, msg.into(), kind.to_string())])
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Validation(problems) => res.json(json!({
+                "detail": problems
+                    .iter()
+                    .map(|(loc, msg, kind)| json!({"loc": loc, "msg": msg, "type": kind}))
+                    .collect::<Vec<_>>()
+            })),
+            ApiError::Unauthorized => res
+                .insert_header(("WWW-Authenticate", "Bearer"))
+                .json(json!({"detail": "Unauthorized"})),
+            ApiError::Unavailable(m) => res
+                .insert_header(("Retry-After", "5"))
+                .json(json!({"detail": m})),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                // The request-id middleware adds the request id to 500 bodies.
+                res.json(json!({"detail": "internal error"}))
+            }
+            other => res.json(json!({"detail": other.to_string()})),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            RuntimeError::Busy => ApiError::Conflict("session busy".into()),
+            RuntimeError::Invalid(loc, msg) => ApiError::invalid(loc, msg, "value_error"),
+            RuntimeError::Unavailable(m) => ApiError::Unavailable(m),
+            RuntimeError::Store(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! actix-web: the public listener (data plane) and the admin listener (operator API).
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod data;
+pub mod error;
+pub mod sse;
+
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{middleware, web, HttpResponse, HttpServer};
+use serde_json::json;
+
+use crate::app::App;
+
+/// Gives every response an `x-request-id`, and 500 bodies the same id so a user can report it.
+async fn request_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let id = crate::store::new_id("req");
+    let res = next.call(req).await?.map_into_boxed_body();
+    let mut res = if res.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        let body = json!({"detail": "internal error", "request_id": id});
+        res.into_response(HttpResponse::InternalServerError().json(body))
+    } else {
+        res
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    Ok(res)
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"detail": "Not Found"}))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Binds both listeners and serves until the process is stopped. SIGHUP reloads the configuration.
+pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
+    let cfg = app.config();
+    let data = web::Data::from(app.clone());
+
+    let public_data = data.clone();
+    let public = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(public_data.clone())
+            .wrap(middleware::from_fn(request_id))
+            .route("/healthz", web::get().to(health))
+            .configure(data::configure)
+            .default_service(web::to(not_found))
+    })
+    .bind(&cfg.server.listen)?;
+    let admin_data = data.clone();
+    let admin = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(admin_data.clone())
+            .wrap(middleware::from_fn(request_id))
+            .route("/healthz", web::get().to(health))
+            .configure(admin::configure)
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .bind(&cfg.server.admin_listen)?;
+
+    for addr in public.addrs() {
+        tracing::info!(%addr, "public listener (data plane) ready");
+    }
+    for addr in admin.addrs() {
+        tracing::info!(%addr, "admin listener (operator API) ready");
+    }
+    if app.admin_token.is_none() {
+        tracing::warn!("KARTA_ADMIN_TOKEN is not set: the admin API refuses every request");
+    }
+
+    let reloader = app.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("SIGHUP handler unavailable; reload with POST /admin/v1/config/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading configuration");
+            match reloader.reload().await {
+                Ok(_) => tracing::info!("configuration reloaded"),
+                Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+            }
+        }
+    });
+
+    let (a, b) = futures_util::future::join(public.run(), admin.run()).await;
+    a.and(b)
+}

@@ -1,0 +1,15 @@
+//! Karta: host harness applications behind one streaming session API.
+//!
+//! The modules mirror the architecture: `config` (load, layer, validate), `reconcile` (desired
+//! state -> store), `store` (SQL), `drivers` (plugin host), `runtime` (sessions, turns, events),
+//! `http` (actix-web), `platform` (keys and other platform services), `cli`.
+
+pub mod config;
+pub mod store;
+pub mod reconcile;
+pub mod drivers;
+pub mod platform;
+pub mod runtime;
+pub mod app;
+pub mod http;
+pub mod cli;

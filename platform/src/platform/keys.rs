@@ -1,0 +1,247 @@
+//! API keys: `kt_live_` + 32 base62 characters, shown once, stored as an argon2id hash behind a
+//! lookup prefix, verified with a short cache so the hash is not recomputed on every request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use sha2::{Digest, Sha256};
+
+use crate::store::{self, keys, models::ApiKey, orgs, Store, StoreError};
+
+/// Every key starts with this.
+pub const KEY_PREFIX: &str = "kt_live_";
+const RANDOM_LEN: usize = 32;
+/// Characters of the key kept in clear for lookup (`kt_live_` + 8).
+const LOOKUP_LEN: usize = KEY_PREFIX.len() + 8;
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// GET routes.
+    Read,
+    /// Create, send, inputs.
+    Write,
+    /// Keys, BYOK, webhooks, releases.
+    Admin,
+}
+
+impl Scope {
+    /// Parses `read`, `write` or `admin`.
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s.trim() {
+            "read" => Some(Scope::Read),
+            "write" => Some(Scope::Write),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The org the credential belongs to.
+    pub org_id: String,
+    /// The key's id (`key_...`).
+    pub key_id: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    /// Whether the principal holds `scope`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+/// A freshly created key; `plaintext` exists only here.
+pub struct IssuedKey {
+    /// `key_...`
+    pub id: String,
+    /// The key itself, to show once.
+    pub plaintext: String,
+    /// Its scopes.
+    pub scopes: Vec<Scope>,
+}
+
+/// Key management failures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// No enabled tenant with that slug.
+    #[error("no tenant `{0}` in the store (declare it in the configuration and run `karta config apply`)")]
+    UnknownTenant(String),
+    /// Hashing failed.
+    #[error("cannot hash key: {0}")]
+    Hash(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn hasher() -> Argon2<'static> {
+    Argon2::default()
+}
+
+/// Creates a key for the tenant (blocking; hashing takes a few tens of milliseconds).
+pub fn create(
+    store: &Store,
+    tenant_slug: &str,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<IssuedKey, KeyError> {
+    let plaintext = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let hash = hasher()
+        .hash_password(plaintext.as_bytes(), &salt)
+        .map_err(|e| KeyError::Hash(e.to_string()))?
+        .to_string();
+    let id = store::new_id("key");
+    let scope_list = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    let slug = tenant_slug.to_string();
+    let row_id = id.clone();
+    let lookup = plaintext[..LOOKUP_LEN].to_string();
+    let key_name = name.to_string();
+    store
+        .write(move |c| {
+            let org = match orgs::get_enabled_by_slug(c, &slug) {
+                Ok(o) => o,
+                Err(StoreError::NotFound) => return Err(StoreError::NotFound),
+                Err(e) => return Err(e),
+            };
+            keys::insert(
+                c,
+                &ApiKey {
+                    id: row_id.clone(),
+                    org_id: org.id.clone(),
+                    name: key_name.clone(),
+                    lookup_prefix: lookup,
+                    key_hash: hash,
+                    scopes: scope_list.clone(),
+                    created_at: store::now(),
+                    last_used_at: None,
+                    revoked_at: None,
+                },
+            )?;
+            store::audit::record(
+                c,
+                Some(&org.id),
+                "cli",
+                "api_key.create",
+                &row_id,
+                &serde_json::json!({ "name": key_name, "scopes": scope_list }),
+            )
+        })
+        .map_err(|e| match e {
+            StoreError::NotFound => KeyError::UnknownTenant(tenant_slug.to_string()),
+            other => KeyError::Store(other),
+        })?;
+    Ok(IssuedKey {
+        id,
+        plaintext,
+        scopes: scopes.to_vec(),
+    })
+}
+
+/// Checks presented keys against the store, caching successes for a few seconds.
+pub struct KeyVerifier {
+    store: Store,
+    // Keyed by SHA-256 of the key, so the cache never holds a plaintext key.
+    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+fn well_formed(key: &str) -> bool {
+    key.len() == KEY_PREFIX.len() + RANDOM_LEN
+        && key.starts_with(KEY_PREFIX)
+        && key[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+}
+
+impl KeyVerifier {
+    /// A verifier over `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The principal behind `presented`, or `None` for a wrong, revoked or malformed key.
+    pub async fn verify(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
+        if !well_formed(presented) {
+            return Ok(None);
+        }
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if let Some(p) = self.cached(&digest) {
+            return Ok(Some(p));
+        }
+        let store = self.store.clone();
+        let key = presented.to_string();
+        let found = tokio::task::spawn_blocking(move || -> Result<Option<Principal>, StoreError> {
+            let row = store.read(|c| keys::find_active_by_prefix(c, &key[..LOOKUP_LEN]))?;
+            let Some(row) = row else { return Ok(None) };
+            let Ok(parsed) = PasswordHash::new(&row.key_hash) else {
+                return Ok(None);
+            };
+            // argon2's verifier compares the hashes in constant time.
+            if hasher().verify_password(key.as_bytes(), &parsed).is_err() {
+                return Ok(None);
+            }
+            store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
+            Ok(Some(Principal {
+                org_id: row.org_id,
+                key_id: row.id,
+                scopes: row.scopes.split(',').filter_map(Scope::parse).collect(),
+            }))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        if let Some(p) = &found {
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                cache.insert(digest, (p.clone(), Instant::now()));
+            }
+        }
+        Ok(found)
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let cache = self.cache.lock().ok()?;
+        let (p, at) = cache.get(digest)?;
+        (at.elapsed() < CACHE_TTL).then(|| p.clone())
+    }
+
+    /// Drops every cached verification (after a revocation on this instance).
+    pub fn invalidate_all(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_shape_is_checked_before_any_lookup() {
+        assert!(well_formed(&format!("{KEY_PREFIX}{}", "a".repeat(32))));
+        assert!(!well_formed(&format!("{KEY_PREFIX}{}", "a".repeat(31))));
+        assert!(!well_formed(&format!("kt_test_{}", "a".repeat(32))));
+        assert!(!well_formed(&format!("{KEY_PREFIX}{}!", "a".repeat(31))));
+    }
+}

@@ -1,0 +1,4 @@
+//! Platform services: API keys now; tokens, BYOK, usage, budgets, webhooks, audit and releases
+//! join here as they are built.
+
+pub mod keys;

@@ -1,0 +1,305 @@
+//! The SQL store: the only place SQL lives. PostgreSQL or embedded SQLite behind one connection
+//! type; migrations are embedded and applied on open. Tenant-scoped queries take an org id.
+
+pub mod audit;
+pub mod events;
+pub mod keys;
+pub mod models;
+pub mod orgs;
+pub mod projects;
+pub mod schema;
+pub mod sessions;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{NaiveDateTime, Timelike, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection};
+use diesel::{Connection, PgConnection, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+/// One connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum AnyConnection {
+    /// PostgreSQL.
+    Postgresql(PgConnection),
+    /// Embedded SQLite.
+    Sqlite(SqliteConnection),
+}
+
+/// What store functions take.
+pub type Conn = AnyConnection;
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// No connection could be had.
+    #[error("database connection failed: {0}")]
+    Pool(String),
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    /// The row does not exist (or belongs to another org).
+    #[error("not found")]
+    NotFound,
+    /// The change conflicts with existing data.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Internal marker: a read-only view rolled its transaction back.
+    #[error("rolled back")]
+    RolledBack,
+    /// A blocking task failed to run.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Which database is behind the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    Postgres(String),
+    Sqlite(String),
+}
+
+/// Opens connections to the configured backend (r2d2 manager).
+pub struct Manager(Target);
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+impl ManageConnection for Manager {
+    type Connection = AnyConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<AnyConnection, r2d2::Error> {
+        match &self.0 {
+            Target::Postgres(url) => PgConnection::establish(url)
+                .map(AnyConnection::Postgresql)
+                .map_err(r2d2::Error::ConnectionError),
+            Target::Sqlite(path) => {
+                let mut c =
+                    SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+                c.batch_execute(SQLITE_PRAGMAS)
+                    .map_err(r2d2::Error::QueryError)?;
+                Ok(AnyConnection::Sqlite(c))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
+        false
+    }
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<Manager>,
+    backend: Backend,
+    // SQLite allows one writer; serialising our own write transactions avoids SQLITE_BUSY on
+    // lock upgrades inside this process (other processes wait on busy_timeout).
+    write_lock: Arc<Mutex<()>>,
+}
+
+/// A pooled connection.
+pub type Pooled = PooledConnection<Manager>;
+
+impl Store {
+    /// Opens (creating the SQLite file and its folder when needed) and migrates the database.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(url)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Runs `f` against the database as it would be after migrations, then rolls everything back:
+    /// nothing is written (a missing SQLite file is not even created).
+    pub fn with_read_only_view<T>(
+        url: &str,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Some(path) = sqlite_path(url) {
+            if path != ":memory:" && !Path::new(path).exists() {
+                let store = Self::open(":memory:")?;
+                return store.read(f);
+            }
+        }
+        let store = Self::connect(url)?;
+        let mut conn = store.conn()?;
+        let c: &mut Conn = &mut conn;
+        let mut out = None;
+        let r = c.transaction::<(), StoreError, _>(|c| {
+            run_migrations(c)?;
+            out = Some(f(c)?);
+            Err(StoreError::RolledBack)
+        });
+        match (r, out) {
+            (Err(StoreError::RolledBack), Some(v)) => Ok(v),
+            (Err(e), _) => Err(e),
+            (Ok(()), _) => Err(StoreError::Task("read-only view was not rolled back".into())),
+        }
+    }
+
+    fn connect(url: &str) -> Result<Self, StoreError> {
+        let (target, backend, size) = if let Some(path) = sqlite_path(url) {
+            if let Some(dir) = Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Pool(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+            // Every connection to `:memory:` is its own database: keep exactly one.
+            let size = if path == ":memory:" { 1 } else { 4 };
+            (Target::Sqlite(path.to_string()), Backend::Sqlite, size)
+        } else {
+            (Target::Postgres(url.to_string()), Backend::Postgres, 8)
+        };
+        let pool = Pool::builder()
+            .max_size(size)
+            .connection_timeout(Duration::from_secs(10))
+            .build(Manager(target))
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(Self {
+            pool,
+            backend,
+            write_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let _guard = self.write_guard();
+        let mut conn = self.conn()?;
+        run_migrations(&mut conn)
+    }
+
+    /// A connection from the pool (blocking).
+    pub fn conn(&self) -> Result<Pooled, StoreError> {
+        self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    fn write_guard(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().unwrap_or_else(|p| p.into_inner())),
+            Backend::Postgres => None,
+        }
+    }
+
+    /// Runs `f` in one write transaction (blocking).
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _guard = self.write_guard();
+        let mut conn = self.conn()?;
+        let c: &mut Conn = &mut conn;
+        c.transaction(f)
+    }
+
+    /// Runs a read `f` (blocking).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        f(&mut conn)
+    }
+
+    /// Runs a write transaction on the blocking pool, off the async workers.
+    pub async fn write_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write(f))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs a read on the blocking pool, off the async workers.
+    pub async fn read_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read(f))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<&str> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        None
+    } else {
+        Some(url.strip_prefix("sqlite://").unwrap_or(url))
+    }
+}
+
+fn run_migrations(conn: &mut Conn) -> Result<(), StoreError> {
+    let r = match conn {
+        AnyConnection::Postgresql(c) => c.run_pending_migrations(PG_MIGRATIONS).map(|_| ()),
+        AnyConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|_| ()),
+    };
+    r.map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+/// The current time as stored: UTC, microsecond precision (what PostgreSQL keeps).
+pub fn now() -> NaiveDateTime {
+    let t = Utc::now().naive_utc();
+    t.with_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t)
+}
+
+/// A new id: `prefix_` followed by 22 base62 characters (about 131 bits of randomness).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", random_base62(22))
+}
+
+/// Random base62 text from the OS-seeded CSPRNG.
+pub fn random_base62(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Turns "no row" into [`StoreError::NotFound`].
+pub(crate) trait OptionalRow<T> {
+    fn found(self) -> Result<T, StoreError>;
+}
+
+impl<T> OptionalRow<T> for Result<T, diesel::result::Error> {
+    fn found(self) -> Result<T, StoreError> {
+        match self {
+            Ok(v) => Ok(v),
+            Err(diesel::result::Error::NotFound) => Err(StoreError::NotFound),
+            Err(e) => Err(StoreError::Query(e)),
+        }
+    }
+}

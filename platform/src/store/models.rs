@@ -1,0 +1,100 @@
+//! Row types.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::*;
+
+/// An org (tenant).
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = orgs)]
+pub struct Org {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    pub managed_by: String,
+    pub disabled_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A project: one harness app served for one org.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = projects)]
+pub struct Project {
+    pub id: String,
+    pub org_id: String,
+    pub slug: String,
+    pub source_path: String,
+    pub harness: Option<String>,
+    pub managed_by: String,
+    pub disabled_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// An API key; only its hash is stored.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = api_keys)]
+pub struct ApiKey {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub lookup_prefix: String,
+    pub key_hash: String,
+    pub scopes: String,
+    pub created_at: NaiveDateTime,
+    pub last_used_at: Option<NaiveDateTime>,
+    pub revoked_at: Option<NaiveDateTime>,
+}
+
+/// A session handle (the harness owns the conversation itself).
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = sessions)]
+pub struct Session {
+    pub id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub driver: String,
+    pub harness_session_id: Option<String>,
+    pub status: String,
+    pub current_agent: String,
+    pub permission_mode: Option<String>,
+    /// JSON object.
+    pub metadata: String,
+    /// JSON array.
+    pub participants: String,
+    /// JSON object, when a turn waits for input.
+    pub pending_input: Option<String>,
+    pub parent_id: Option<String>,
+    pub last_seq: i64,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// One logged event of a session.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = session_events)]
+pub struct SessionEvent {
+    pub session_id: String,
+    pub org_id: String,
+    pub seq: i64,
+    pub event_type: String,
+    /// The full public envelope, JSON.
+    pub payload: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// One audit-log entry.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = audit_log)]
+pub struct AuditEntry {
+    pub id: String,
+    pub org_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    /// JSON object.
+    pub details: String,
+    pub created_at: NaiveDateTime,
+}

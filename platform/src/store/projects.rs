@@ -1,0 +1,116 @@
+//! Projects.
+
+use diesel::prelude::*;
+
+use super::models::Project;
+use super::schema::{projects, sessions};
+use super::{Conn, OptionalRow, StoreError};
+
+/// All projects managed by the platform config, enabled or not.
+pub fn list_config_managed(c: &mut Conn) -> Result<Vec<Project>, StoreError> {
+    Ok(projects::table
+        .filter(projects::managed_by.eq("config"))
+        .order((projects::org_id.asc(), projects::slug.asc()))
+        .select(Project::as_select())
+        .load(c)?)
+}
+
+/// The org's enabled projects.
+pub fn list_enabled(c: &mut Conn, org_id: &str) -> Result<Vec<Project>, StoreError> {
+    Ok(projects::table
+        .filter(projects::org_id.eq(org_id))
+        .filter(projects::disabled_at.is_null())
+        .order(projects::slug.asc())
+        .select(Project::as_select())
+        .load(c)?)
+}
+
+/// An enabled project of the org, by slug or id.
+pub fn get_enabled(c: &mut Conn, org_id: &str, reference: &str) -> Result<Project, StoreError> {
+    projects::table
+        .filter(projects::org_id.eq(org_id))
+        .filter(projects::disabled_at.is_null())
+        .filter(projects::slug.eq(reference).or(projects::id.eq(reference)))
+        .select(Project::as_select())
+        .first(c)
+        .found()
+}
+
+/// A project of the org by id, enabled or not (sessions keep working on what they were pinned to
+/// only while it is enabled; callers check).
+pub fn get(c: &mut Conn, org_id: &str, id: &str) -> Result<Project, StoreError> {
+    projects::table
+        .filter(projects::org_id.eq(org_id))
+        .filter(projects::id.eq(id))
+        .select(Project::as_select())
+        .first(c)
+        .found()
+}
+
+/// Inserts a project.
+pub fn insert(c: &mut Conn, p: &Project) -> Result<(), StoreError> {
+    diesel::insert_into(projects::table).values(p).execute(c)?;
+    Ok(())
+}
+
+/// Updates the mutable fields of a project.
+pub fn update(
+    c: &mut Conn,
+    id: &str,
+    source_path: &str,
+    harness: Option<&str>,
+    disabled_at: Option<chrono::NaiveDateTime>,
+) -> Result<(), StoreError> {
+    diesel::update(projects::table.find(id))
+        .set((
+            projects::source_path.eq(source_path),
+            projects::harness.eq(harness),
+            projects::disabled_at.eq(disabled_at),
+            projects::updated_at.eq(super::now()),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+/// Whether sessions refer to the project (then it is disabled rather than deleted).
+pub fn has_history(c: &mut Conn, id: &str) -> Result<bool, StoreError> {
+    let n: i64 = sessions::table
+        .filter(sessions::project_id.eq(id))
+        .count()
+        .get_result(c)?;
+    Ok(n > 0)
+}
+
+/// Deletes a project that has no history.
+pub fn delete(c: &mut Conn, id: &str) -> Result<(), StoreError> {
+    diesel::delete(projects::table.find(id)).execute(c)?;
+    Ok(())
+}
+
+/// A project of the org by slug, enabled or not.
+pub fn find_by_slug_any(
+    c: &mut Conn,
+    org_id: &str,
+    slug: &str,
+) -> Result<Option<Project>, StoreError> {
+    Ok(projects::table
+        .filter(projects::org_id.eq(org_id))
+        .filter(projects::slug.eq(slug))
+        .select(Project::as_select())
+        .first(c)
+        .optional()?)
+}
+
+/// Ids of all the org's projects.
+pub fn list_all_ids(c: &mut Conn, org_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(projects::table
+        .filter(projects::org_id.eq(org_id))
+        .select(projects::id)
+        .load(c)?)
+}
+
+/// Deletes every project of the org (used when the org itself goes, having no history).
+pub fn delete_all_for_org(c: &mut Conn, org_id: &str) -> Result<(), StoreError> {
+    diesel::delete(projects::table.filter(projects::org_id.eq(org_id))).execute(c)?;
+    Ok(())
+}

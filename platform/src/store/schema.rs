@@ -1,0 +1,87 @@
+//! diesel table definitions, kept by hand in step with `migrations/` (a test checks both backends).
+
+diesel::table! {
+    orgs (id) {
+        id -> Text,
+        slug -> Text,
+        name -> Text,
+        managed_by -> Text,
+        disabled_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    projects (id) {
+        id -> Text,
+        org_id -> Text,
+        slug -> Text,
+        source_path -> Text,
+        harness -> Nullable<Text>,
+        managed_by -> Text,
+        disabled_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        lookup_prefix -> Text,
+        key_hash -> Text,
+        scopes -> Text,
+        created_at -> Timestamp,
+        last_used_at -> Nullable<Timestamp>,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        org_id -> Text,
+        project_id -> Text,
+        driver -> Text,
+        harness_session_id -> Nullable<Text>,
+        status -> Text,
+        current_agent -> Text,
+        permission_mode -> Nullable<Text>,
+        metadata -> Text,
+        participants -> Text,
+        pending_input -> Nullable<Text>,
+        parent_id -> Nullable<Text>,
+        last_seq -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    session_events (session_id, seq) {
+        session_id -> Text,
+        org_id -> Text,
+        seq -> BigInt,
+        event_type -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> Text,
+        org_id -> Nullable<Text>,
+        actor -> Text,
+        action -> Text,
+        target -> Text,
+        details -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(projects -> orgs (org_id));
+diesel::allow_tables_to_appear_in_same_query!(orgs, projects, api_keys, sessions, session_events, audit_log);

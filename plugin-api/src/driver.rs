@@ -1,0 +1,240 @@
+//! Typed driver authoring on top of [`crate::ffi`], and the host's typed view of a loaded driver.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
+use serde_json::Value;
+
+use crate::ffi::{
+    EventSink, EventSinkBox, EventSink_TO, HarnessDriver, HarnessDriverBox, HarnessDriver_TO,
+    TurnHandle, TurnHandleBox, TurnHandle_TO,
+};
+use crate::types::{Decision, Discovery, Event, EventKind, TurnRequest};
+
+/// A harness driver, written as ordinary Rust. Export it with [`crate::export_driver!`], or hand
+/// it to the host in-process with [`into_ffi`].
+///
+/// Drivers own their threads and subprocesses: `start_turn` must return quickly and produce the
+/// turn's events from a thread of its own.
+pub trait Driver: Send + Sync + 'static {
+    /// The name projects select it by.
+    fn name(&self) -> String;
+    /// How strongly this driver claims `app_dir` (0 = not at all; the highest score wins).
+    fn detect(&self, app_dir: &Path) -> u32;
+    /// Agents and skills found in `app_dir`; a malformed file is an `Err` naming it.
+    fn discover(&self, app_dir: &Path) -> Result<Discovery, String>;
+    /// Starts a turn. Every turn ends with exactly one `done` event on `sink`.
+    fn start_turn(&self, request: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String>;
+}
+
+/// A running turn, as seen by its driver.
+pub trait Turn: Send + Sync + 'static {
+    /// Answers an `input_required` request.
+    fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String>;
+    /// Stops the turn; the driver still ends it with `done` (status `cancelled`).
+    fn cancel(&self);
+}
+
+/// Where a driver sends a turn's events. Cheap to clone and usable from any thread.
+#[derive(Clone)]
+pub struct Sink(Arc<EventSinkBox>);
+
+impl Sink {
+    /// Sends one event to the host.
+    pub fn emit(&self, event: &Event) {
+        match serde_json::to_string(event) {
+            Ok(json) => self.0.emit(RStr::from_str(&json)),
+            // Our own types always serialize; a failure here is a bug worth surfacing as an event.
+            Err(e) => self.emit_kind(EventKind::Error(crate::ErrorInfo {
+                code: "driver_bug".into(),
+                message: format!("event could not be serialized: {e}"),
+                provider: None,
+            })),
+        }
+    }
+
+    /// Sends a payload without a raw harness event.
+    pub fn emit_kind(&self, kind: EventKind) {
+        self.emit(&Event::new(kind));
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "driver panicked".to_string()
+    }
+}
+
+/// Runs driver code so that a panic becomes an error instead of unwinding across the ABI.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(format!("panic: {}", panic_message(p))))
+}
+
+struct FfiDriver<D>(D);
+
+impl<D: Driver> HarnessDriver for FfiDriver<D> {
+    fn name(&self) -> RString {
+        guarded(|| Ok(self.0.name())).unwrap_or_default().into()
+    }
+
+    fn detect(&self, app_dir: RStr<'_>) -> u32 {
+        guarded(|| Ok(self.0.detect(Path::new(app_dir.as_str())))).unwrap_or(0)
+    }
+
+    fn discover(&self, app_dir: RStr<'_>) -> RResult<RString, RString> {
+        let r = guarded(|| {
+            let d = self.0.discover(Path::new(app_dir.as_str()))?;
+            serde_json::to_string(&d).map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(s) => ROk(s.into()),
+            Err(e) => RErr(e.into()),
+        }
+    }
+
+    fn start_turn(
+        &self,
+        request_json: RStr<'_>,
+        sink: EventSinkBox,
+    ) -> RResult<TurnHandleBox, RString> {
+        let r = guarded(|| {
+            let req: TurnRequest = serde_json::from_str(request_json.as_str())
+                .map_err(|e| format!("invalid turn request: {e}"))?;
+            let turn = self.0.start_turn(req, Sink(Arc::new(sink)))?;
+            Ok(TurnHandle_TO::from_value(FfiTurn(turn), TD_Opaque))
+        });
+        match r {
+            Ok(t) => ROk(t),
+            Err(e) => RErr(e.into()),
+        }
+    }
+}
+
+struct FfiTurn(Box<dyn Turn>);
+
+impl TurnHandle for FfiTurn {
+    fn resolve_input(&self, request_id: RStr<'_>, decision_json: RStr<'_>) -> RResult<(), RString> {
+        let r = guarded(|| {
+            let d: Decision = serde_json::from_str(decision_json.as_str())
+                .map_err(|e| format!("invalid decision: {e}"))?;
+            self.0.resolve_input(request_id.as_str(), d)
+        });
+        match r {
+            Ok(()) => ROk(()),
+            Err(e) => RErr(e.into()),
+        }
+    }
+
+    fn cancel(&self) {
+        let _ = guarded(|| {
+            self.0.cancel();
+            Ok(())
+        });
+    }
+}
+
+/// Wraps a typed driver in the ABI object the host consumes (in-process or from a plugin).
+pub fn into_ffi<D: Driver>(driver: D) -> HarnessDriverBox {
+    HarnessDriver_TO::from_value(FfiDriver(driver), TD_Opaque)
+}
+
+/// Used by [`crate::export_driver!`]: parses the settings and runs the constructor, panic-safe.
+#[doc(hidden)]
+pub fn construct<D: Driver>(
+    settings_json: &str,
+    ctor: fn(&Value) -> Result<D, String>,
+) -> RResult<HarnessDriverBox, RString> {
+    let r = guarded(|| {
+        let settings: Value = if settings_json.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_str(settings_json).map_err(|e| format!("invalid settings: {e}"))?
+        };
+        ctor(&settings).map(into_ffi)
+    });
+    match r {
+        Ok(d) => ROk(d),
+        Err(e) => RErr(e.into()),
+    }
+}
+
+/// The host's typed handle on a driver, wherever it came from.
+pub struct HostDriver(HarnessDriverBox);
+
+impl HostDriver {
+    /// Wraps an ABI driver object.
+    pub fn new(inner: HarnessDriverBox) -> Self {
+        Self(inner)
+    }
+
+    /// The driver's name.
+    pub fn name(&self) -> String {
+        self.0.name().into()
+    }
+
+    /// The driver's claim on `app_dir`.
+    pub fn detect(&self, app_dir: &Path) -> u32 {
+        self.0.detect(RStr::from_str(&app_dir.to_string_lossy()))
+    }
+
+    /// Agents and skills of `app_dir`.
+    pub fn discover(&self, app_dir: &Path) -> Result<Discovery, String> {
+        let json: String = self
+            .0
+            .discover(RStr::from_str(&app_dir.to_string_lossy()))
+            .into_result()?
+            .into();
+        serde_json::from_str(&json).map_err(|e| format!("driver returned invalid discovery: {e}"))
+    }
+
+    /// Starts a turn; `on_event` receives each event (or a decoding error) from the driver's
+    /// threads, and is dropped when the driver lets go of the sink.
+    pub fn start_turn<F>(&self, request: &TurnRequest, on_event: F) -> Result<HostTurn, String>
+    where
+        F: Fn(Result<Event, String>) + Send + Sync + 'static,
+    {
+        let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
+        let sink = EventSink_TO::from_value(HostSink(on_event), TD_Opaque);
+        let handle = self
+            .0
+            .start_turn(RStr::from_str(&json), sink)
+            .into_result()?;
+        Ok(HostTurn(handle))
+    }
+}
+
+struct HostSink<F>(F);
+
+impl<F: Fn(Result<Event, String>) + Send + Sync + 'static> EventSink for HostSink<F> {
+    fn emit(&self, event_json: RStr<'_>) {
+        let parsed = serde_json::from_str::<Event>(event_json.as_str())
+            .map_err(|e| format!("driver sent an invalid event: {e}"));
+        (self.0)(parsed);
+    }
+}
+
+/// The host's typed handle on a running turn.
+pub struct HostTurn(TurnHandleBox);
+
+impl HostTurn {
+    /// Answers an approval request.
+    pub fn resolve_input(&self, request_id: &str, decision: &Decision) -> Result<(), String> {
+        let json = serde_json::to_string(decision).map_err(|e| e.to_string())?;
+        self.0
+            .resolve_input(RStr::from_str(request_id), RStr::from_str(&json))
+            .into_result()
+            .map_err(Into::into)
+    }
+
+    /// Asks the turn to stop.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}

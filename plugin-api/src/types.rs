@@ -1,0 +1,401 @@
+//! Typed payloads exchanged with drivers, serialized as versioned JSON across the ABI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What the host asks a driver to run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TurnRequest {
+    /// Payload version ([`crate::PAYLOAD_VERSION`]).
+    pub v: u32,
+    /// The Karta session id (`sess_...`).
+    pub session_id: String,
+    /// The harness's own session/thread id from an earlier turn, when there was one.
+    #[serde(default)]
+    pub harness_session_id: Option<String>,
+    /// The harness-app folder the session is pinned to (read-only for the driver).
+    pub app_dir: String,
+    /// The session's private working directory (the harness's cwd and state).
+    pub workspace_dir: String,
+    /// The user's message.
+    pub text: String,
+    /// The agent that handles this turn.
+    pub agent: String,
+    /// Who sent the message.
+    pub participant: Participant,
+    /// Whether the caller asked for reasoning events.
+    #[serde(default)]
+    pub thinking: bool,
+    /// `interactive` or `autonomous`, when set for the session.
+    #[serde(default)]
+    pub permission_mode: Option<String>,
+    /// Environment the platform injects into the harness process (model keys, base URLs).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The sender of a message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Participant {
+    /// Stable name of the participant.
+    pub name: String,
+    /// `human` or `ai`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// One event from a driver: the public envelope's `type` and `data`, plus the harness's raw event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Payload version ([`crate::PAYLOAD_VERSION`]).
+    pub v: u32,
+    /// The typed payload.
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// The harness's original event, passed through untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Value>,
+}
+
+impl Event {
+    /// Wraps a payload in an envelope of the current version.
+    pub fn new(kind: EventKind) -> Self {
+        Self {
+            v: crate::PAYLOAD_VERSION,
+            kind,
+            raw: None,
+        }
+    }
+
+    /// Attaches the harness's original event.
+    pub fn with_raw(mut self, raw: Value) -> Self {
+        self.raw = Some(raw);
+        self
+    }
+
+    /// The public event type name (`text`, `tool_use`, ...).
+    pub fn type_name(&self) -> &'static str {
+        self.kind.type_name()
+    }
+}
+
+/// Event payloads; `type` and `data` on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum EventKind {
+    /// An assistant text chunk.
+    Text {
+        /// Always a `text` part.
+        part: Part,
+    },
+    /// A reasoning chunk (only when the caller asked for thinking).
+    Reasoning {
+        /// Always a `reasoning` part.
+        part: Part,
+    },
+    /// A tool call, and later its result under the same `tool_use_id`.
+    ToolUse(ToolUse),
+    /// An agentic step began.
+    StepStart {
+        /// Zero-based step number within the turn.
+        step_index: u32,
+        /// What the step is about, when the harness says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    /// An agentic step finished.
+    StepFinish {
+        /// Zero-based step number within the turn.
+        step_index: u32,
+        /// The step's outcome, when the harness says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+    },
+    /// The turn is paused until the request is answered.
+    InputRequired(InputRequest),
+    /// An agent or harness error; the turn then ends with `done` (status `failed`).
+    Error(ErrorInfo),
+    /// The turn is over. Always the last event of a turn.
+    Done(Done),
+    /// Harness-internal message.
+    System(Value),
+    /// Host-internal: the harness's own session id, to continue the conversation next turn.
+    /// The host records it and never forwards it to clients.
+    HarnessSession {
+        /// The id to pass back as [`TurnRequest::harness_session_id`].
+        harness_session_id: String,
+    },
+}
+
+impl EventKind {
+    /// The public event type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::Text { .. } => "text",
+            EventKind::Reasoning { .. } => "reasoning",
+            EventKind::ToolUse(_) => "tool_use",
+            EventKind::StepStart { .. } => "step_start",
+            EventKind::StepFinish { .. } => "step_finish",
+            EventKind::InputRequired(_) => "input_required",
+            EventKind::Error(_) => "error",
+            EventKind::Done(_) => "done",
+            EventKind::System(_) => "system",
+            EventKind::HarnessSession { .. } => "harness_session",
+        }
+    }
+}
+
+/// A content part (the Claude-SDK shape `{"type": "text", "text": ...}`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    /// Assistant text.
+    Text {
+        /// The chunk.
+        text: String,
+    },
+    /// Reasoning text.
+    Reasoning {
+        /// The chunk.
+        text: String,
+    },
+}
+
+/// A tool call or its outcome.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ToolUse {
+    /// Pairs the call with its result.
+    pub tool_use_id: String,
+    /// The tool's name.
+    pub tool_name: String,
+    /// The tool's input.
+    #[serde(default)]
+    pub tool_input: Value,
+    /// `pending`, `running`, `completed` or `error`.
+    pub status: ToolStatus,
+    /// The tool's output once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+/// Where a tool call stands.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolStatus {
+    /// Announced, not started.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished; `result` holds the output.
+    Completed,
+    /// Failed; `result` holds the error.
+    Error,
+}
+
+/// An approval the turn waits for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InputRequest {
+    /// `req_...`, unique within the session.
+    pub request_id: String,
+    /// What is asked, e.g. `tool_use`.
+    pub kind: String,
+    /// The tool that wants to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// A human-readable prompt.
+    pub message: String,
+    /// The decisions on offer.
+    pub options: Vec<DecisionKind>,
+    /// The tool's input, when the request is about a tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_input: Option<Value>,
+}
+
+/// An error inside a turn.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorInfo {
+    /// Machine-readable code, e.g. `harness_crashed`, `model_error`, `byok_key_rejected`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The model provider involved, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// The end of a turn.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Done {
+    /// Tokens and cost of this turn.
+    pub usage: Usage,
+    /// How the turn ended.
+    pub status: TurnStatus,
+    /// Why the model stopped, when known (`end_turn`, `max_tokens`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// The assembled assistant message. Drivers leave it out; the host fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<AssistantMessage>,
+}
+
+/// How a turn ended.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    /// Ran to the end.
+    #[default]
+    Completed,
+    /// Ended by an error.
+    Failed,
+    /// Stopped by a cancel.
+    Cancelled,
+}
+
+/// Token and cost accounting of one turn.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Uncached input tokens.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Output tokens.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    /// The sum of the four above.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Cost in micro-cents (1e-6 cent), when the harness reports one.
+    #[serde(default)]
+    pub cost_micro_cents: u64,
+}
+
+impl Usage {
+    /// Builds a usage record whose total is the sum of its parts.
+    pub fn new(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Self {
+        Self {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            cache_write_tokens: cache_write,
+            total_tokens: input + output + cache_read + cache_write,
+            cost_micro_cents: 0,
+        }
+    }
+}
+
+/// The assistant's message of a turn, as assembled by the host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: String,
+    /// The concatenated text chunks.
+    pub text: String,
+    /// The agent that produced it.
+    pub agent: String,
+}
+
+/// The decisions an approval can get.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// Allow this one call.
+    ApproveOnce,
+    /// Allow this and later calls of the same tool in this session.
+    ApproveSession,
+    /// Refuse the call.
+    Deny,
+}
+
+/// An answer to an [`InputRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Decision {
+    /// Payload version ([`crate::PAYLOAD_VERSION`]).
+    pub v: u32,
+    /// The decision.
+    pub decision: DecisionKind,
+    /// An optional message for the model (e.g. why it was denied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What a driver found in a harness-app folder.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Discovery {
+    /// The agents the app defines.
+    #[serde(default)]
+    pub agents: Vec<AgentInfo>,
+    /// The skills the app ships.
+    #[serde(default)]
+    pub skills: Vec<SkillInfo>,
+    /// The agent a session starts with, when the app names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_agent: Option<String>,
+}
+
+/// One agent of a harness app.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// The name messages route by.
+    pub name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One skill of a harness app.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SkillInfo {
+    /// The skill's name.
+    pub name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn text_event_has_the_public_wire_shape() {
+        let ev = Event::new(EventKind::Text {
+            part: Part::Text { text: "Hel".into() },
+        });
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            v,
+            json!({"v": 1, "type": "text", "data": {"part": {"type": "text", "text": "Hel"}}})
+        );
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn done_round_trips_and_defaults_missing_usage_fields() {
+        let v = json!({"v": 1, "type": "done", "data": {"usage": {"input_tokens": 3}, "status": "failed"}, "raw": {"x": 1}});
+        let ev: Event = serde_json::from_value(v).unwrap();
+        match ev.kind {
+            EventKind::Done(d) => {
+                assert_eq!(d.usage.input_tokens, 3);
+                assert_eq!(d.usage.output_tokens, 0);
+                assert_eq!(d.status, TurnStatus::Failed);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(ev.raw, Some(json!({"x": 1})));
+    }
+
+    #[test]
+    fn unknown_event_type_is_an_error_not_a_panic() {
+        let r: Result<Event, _> = serde_json::from_value(json!({"v": 1, "type": "bogus", "data": {}}));
+        assert!(r.is_err());
+    }
+}
