@@ -9,6 +9,7 @@ pub mod orgs;
 pub mod projects;
 pub mod schema;
 pub mod sessions;
+pub mod testkit;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,336 @@
+//! Store tests, each run on SQLite and on PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use diesel::sql_types::{Integer, Text};
+use diesel::{QueryableByName, RunQueryDsl};
+use karta::config::{PlatformConfig, ProjectConfig, TenantConfig};
+use karta::reconcile::{self, Action};
+use karta::store::testkit::{temp_pg_database, TempPgDatabase};
+use karta::store::{self, events, models, orgs, projects, sessions, AnyConnection, Store, StoreError};
+
+struct Backend {
+    label: &'static str,
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<TempPgDatabase>,
+}
+
+fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("karta.db").display());
+    let mut out = vec![Backend {
+        label: "sqlite",
+        store: Store::open(&url).expect("open sqlite"),
+        _dir: Some(dir),
+        _pg: None,
+    }];
+    if let Some(pg) = temp_pg_database() {
+        out.push(Backend {
+            label: "postgres",
+            store: Store::open(&pg.url).expect("open postgres"),
+            _dir: None,
+            _pg: Some(pg),
+        });
+    }
+    out
+}
+
+#[derive(QueryableByName)]
+struct SqliteCol {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+    #[diesel(sql_type = Integer)]
+    is_notnull: i32,
+}
+
+#[derive(QueryableByName)]
+struct PgCol {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+    #[diesel(sql_type = Text)]
+    is_nullable: String,
+}
+
+type Columns = BTreeMap<(String, String), (String, bool)>;
+
+fn normalize(t: &str) -> String {
+    let t = t.to_ascii_lowercase();
+    match t.as_str() {
+        "timestamp without time zone" => "timestamp".into(),
+        _ => t,
+    }
+}
+
+fn columns(store: &Store) -> Columns {
+    let mut conn = store.conn().expect("conn");
+    match &mut *conn {
+        AnyConnection::Sqlite(c) => diesel::sql_query(
+            "SELECT m.name AS table_name, p.name AS column_name, p.type AS data_type, p.\"notnull\" AS is_notnull \
+             FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '__diesel%'",
+        )
+        .load::<SqliteCol>(c)
+        .expect("sqlite columns")
+        .into_iter()
+        .map(|r| ((r.table_name, r.column_name), (normalize(&r.data_type), r.is_notnull == 1)))
+        .collect(),
+        AnyConnection::Postgresql(c) => diesel::sql_query(
+            "SELECT table_name::text AS table_name, column_name::text AS column_name, \
+                    data_type::text AS data_type, is_nullable::text AS is_nullable \
+             FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name NOT LIKE '__diesel%'",
+        )
+        .load::<PgCol>(c)
+        .expect("pg columns")
+        .into_iter()
+        .map(|r| {
+            // Primary-key columns are NOT NULL implicitly in PostgreSQL; SQLite reports them
+            // as declared, and every primary key here is declared NOT NULL or is TEXT PRIMARY KEY.
+            ((r.table_name, r.column_name), (normalize(&r.data_type), r.is_nullable == "NO"))
+        })
+        .collect(),
+    }
+}
+
+#[test]
+fn sqlite_and_postgres_schemas_do_not_drift() {
+    let bs = backends();
+    if bs.len() < 2 {
+        return; // PostgreSQL unavailable outside CI (noted by the testkit)
+    }
+    let mut lite = columns(&bs[0].store);
+    let pg = columns(&bs[1].store);
+    // SQLite does not imply NOT NULL for a TEXT PRIMARY KEY; PostgreSQL does.
+    for ((table, col), (_, notnull)) in lite.iter_mut() {
+        if col == "id" && !table.is_empty() {
+            *notnull = true;
+        }
+    }
+    assert!(!lite.is_empty(), "no tables found in SQLite");
+    let only_lite: Vec<_> = lite.keys().filter(|k| !pg.contains_key(*k)).collect();
+    let only_pg: Vec<_> = pg.keys().filter(|k| !lite.contains_key(*k)).collect();
+    assert!(only_lite.is_empty() && only_pg.is_empty(), "columns only in sqlite: {only_lite:?}; only in postgres: {only_pg:?}");
+    for (k, v) in &lite {
+        assert_eq!(Some(v), pg.get(k), "column {k:?} differs (sqlite vs postgres)");
+    }
+}
+
+fn app_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-echo")
+}
+
+fn config(tenants: &[(&str, &str)], projects: &[(&str, &str)]) -> PlatformConfig {
+    PlatformConfig {
+        tenants: tenants
+            .iter()
+            .map(|(s, n)| TenantConfig { slug: s.to_string(), name: n.to_string() })
+            .collect(),
+        projects: projects
+            .iter()
+            .map(|(t, s)| ProjectConfig {
+                tenant: t.to_string(),
+                slug: s.to_string(),
+                path: app_dir(),
+                harness: None,
+            })
+            .collect(),
+        ..PlatformConfig::default()
+    }
+}
+
+fn actions(plan: &reconcile::Plan) -> Vec<(Action, &'static str, String)> {
+    plan.changes.iter().map(|c| (c.action, c.resource, c.name.clone())).collect()
+}
+
+#[test]
+fn reconcile_creates_then_is_idempotent_then_updates_and_deletes() {
+    for b in backends() {
+        let s = &b.store;
+        let cfg = config(&[("acme", "Acme"), ("beta", "Beta")], &[("acme", "bot"), ("beta", "b1")]);
+        let plan = reconcile::plan(s, &cfg).unwrap();
+        assert_eq!(plan.changes.len(), 4, "{}: {plan}", b.label);
+        assert!(plan.changes.iter().all(|c| c.action == Action::Create));
+        // Planning writes nothing.
+        assert!(s.read(|c| orgs::list_config_managed(c)).unwrap().is_empty(), "{}", b.label);
+
+        reconcile::apply(s, &cfg, "test").unwrap();
+        let again = reconcile::apply(s, &cfg, "test").unwrap();
+        assert!(again.is_empty(), "{}: second apply must be a no-op: {again}", b.label);
+
+        let cfg2 = config(&[("acme", "Acme Corp")], &[("acme", "bot")]);
+        let plan = reconcile::apply(s, &cfg2, "test").unwrap();
+        assert_eq!(
+            actions(&plan),
+            vec![
+                (Action::Update, "tenant", "acme".into()),
+                (Action::Delete, "project", "beta/b1".into()),
+                (Action::Delete, "tenant", "beta".into()),
+            ],
+            "{}",
+            b.label
+        );
+        let acme = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
+        assert_eq!(acme.name, "Acme Corp");
+        assert!(s.read(|c| orgs::find_by_slug(c, "beta")).unwrap().is_none());
+        let audit = s.read(|c| store::audit::list(c, None)).unwrap();
+        assert_eq!(audit.len(), 7, "{}: one audit entry per applied change", b.label);
+    }
+}
+
+fn session_row(org: &str, project: &str) -> models::Session {
+    let now = store::now();
+    models::Session {
+        id: store::new_id("sess"),
+        org_id: org.into(),
+        project_id: project.into(),
+        driver: "echo".into(),
+        harness_session_id: None,
+        status: "active".into(),
+        current_agent: "default".into(),
+        permission_mode: None,
+        metadata: "{}".into(),
+        participants: "[]".into(),
+        pending_input: None,
+        parent_id: None,
+        last_seq: 0,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+#[test]
+fn removed_project_with_sessions_is_disabled_not_deleted() {
+    for b in backends() {
+        let s = &b.store;
+        reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
+        let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
+        let prj = s.read(|c| projects::get_enabled(c, &org.id, "bot")).unwrap();
+        let row = session_row(&org.id, &prj.id);
+        s.write(|c| sessions::insert(c, &row)).unwrap();
+
+        let plan = reconcile::apply(s, &config(&[], &[]), "test").unwrap();
+        assert_eq!(
+            actions(&plan),
+            vec![
+                (Action::Disable, "project", "acme/bot".into()),
+                (Action::Disable, "tenant", "acme".into()),
+            ],
+            "{}",
+            b.label
+        );
+        assert!(s.read(|c| projects::list_enabled(c, &org.id)).unwrap().is_empty());
+        // The session and its project row survive.
+        assert!(s.read(|c| sessions::get(c, &org.id, &row.id)).is_ok());
+        // Declaring them again re-enables them.
+        let plan = reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
+        assert!(plan.changes.iter().all(|c| c.action == Action::Update), "{}: {plan}", b.label);
+        assert_eq!(s.read(|c| projects::list_enabled(c, &org.id)).unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn api_managed_tenant_is_never_taken_over_by_config() {
+    for b in backends() {
+        let s = &b.store;
+        let now = store::now();
+        let org = models::Org {
+            id: store::new_id("org"),
+            slug: "acme".into(),
+            name: "Made by API".into(),
+            managed_by: "api".into(),
+            disabled_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        s.write(|c| orgs::insert(c, &org)).unwrap();
+        let err = reconcile::apply(s, &config(&[("acme", "Acme")], &[]), "test").unwrap_err();
+        assert!(err.to_string().contains("managed through the API"), "{}: {err}", b.label);
+        // Nothing changed, and an empty config does not delete it either.
+        assert!(reconcile::apply(s, &config(&[], &[]), "test").unwrap().is_empty());
+        assert_eq!(s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap().name, "Made by API");
+    }
+}
+
+#[test]
+fn sessions_and_events_are_invisible_to_another_org() {
+    for b in backends() {
+        let s = &b.store;
+        reconcile::apply(
+            s,
+            &config(&[("acme", "Acme"), ("other", "Other")], &[("acme", "bot"), ("other", "bot")]),
+            "test",
+        )
+        .unwrap();
+        let acme = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
+        let other = s.read(|c| orgs::get_enabled_by_slug(c, "other")).unwrap();
+        let prj = s.read(|c| projects::get_enabled(c, &acme.id, "bot")).unwrap();
+        // A project is found by slug or id, but only within its org.
+        assert!(s.read(|c| projects::get_enabled(c, &acme.id, &prj.id)).is_ok());
+        assert!(matches!(s.read(|c| projects::get_enabled(c, &other.id, &prj.id)), Err(StoreError::NotFound)));
+
+        let row = session_row(&acme.id, &prj.id);
+        s.write(|c| sessions::insert(c, &row)).unwrap();
+        assert!(matches!(s.read(|c| sessions::get(c, &other.id, &row.id)), Err(StoreError::NotFound)), "{}", b.label);
+
+        for seq in 1..=250 {
+            let ev = models::SessionEvent {
+                session_id: row.id.clone(),
+                org_id: acme.id.clone(),
+                seq,
+                event_type: "text".into(),
+                payload: format!("{{\"seq\":{seq}}}"),
+                created_at: store::now(),
+            };
+            s.write(|c| events::append(c, &ev, 100)).unwrap();
+        }
+        let mine = s.read(|c| events::list_after(c, &acme.id, &row.id, 240)).unwrap();
+        assert_eq!(mine.iter().map(|e| e.seq).collect::<Vec<_>>(), (241..=250).collect::<Vec<_>>());
+        assert!(s.read(|c| events::list_after(c, &other.id, &row.id, 0)).unwrap().is_empty());
+        // Retention: at most 100 kept after the prune at seq 200 (plus what came after).
+        let all = s.read(|c| events::list_after(c, &acme.id, &row.id, 0)).unwrap();
+        assert_eq!(all.first().map(|e| e.seq), Some(101), "{}", b.label);
+        assert_eq!(s.read(|c| sessions::get(c, &acme.id, &row.id)).unwrap().last_seq, 250);
+    }
+}
+
+#[test]
+fn api_keys_verify_only_with_the_exact_key() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for b in backends() {
+        let s = &b.store;
+        reconcile::apply(s, &config(&[("acme", "Acme")], &[]), "test").unwrap();
+        let key = karta::platform::keys::create(s, "acme", "ci", &[karta::platform::keys::Scope::Read]).unwrap();
+        assert!(key.plaintext.starts_with("kt_live_") && key.plaintext.len() == 40);
+        let v = karta::platform::keys::KeyVerifier::new(s.clone());
+        let p = rt.block_on(v.verify(&key.plaintext)).unwrap().expect("valid key");
+        assert_eq!(p.scopes, vec![karta::platform::keys::Scope::Read]);
+        // Same lookup prefix, different secret part.
+        let mut forged = key.plaintext.clone();
+        forged.replace_range(30.., &"x".repeat(10));
+        assert!(rt.block_on(v.verify(&forged)).unwrap().is_none(), "{}", b.label);
+        assert!(rt.block_on(v.verify("kt_live_short")).unwrap().is_none());
+        // The store holds no plaintext.
+        let mut conn = s.conn().unwrap();
+        let c: &mut store::Conn = &mut conn;
+        use diesel::prelude::*;
+        let hashes: Vec<String> = store::schema::api_keys::table
+            .select(store::schema::api_keys::key_hash)
+            .load(c)
+            .unwrap();
+        assert!(hashes.iter().all(|h| h.starts_with("$argon2id$") && !h.contains(&key.plaintext)));
+        assert!(matches!(
+            karta::platform::keys::create(s, "nobody", "x", &[karta::platform::keys::Scope::Read]),
+            Err(karta::platform::keys::KeyError::UnknownTenant(_))
+        ));
+    }
+}
