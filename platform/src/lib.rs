@@ -4,12 +4,12 @@
 //! state -> store), `store` (SQL), `drivers` (plugin host), `runtime` (sessions, turns, events),
 //! `http` (actix-web), `platform` (keys and other platform services), `cli`.
 
-pub mod config;
-pub mod store;
-pub mod reconcile;
-pub mod drivers;
-pub mod platform;
-pub mod runtime;
 pub mod app;
-pub mod http;
 pub mod cli;
+pub mod config;
+pub mod drivers;
+pub mod http;
+pub mod platform;
+pub mod reconcile;
+pub mod runtime;
+pub mod store;

@@ -60,7 +60,10 @@ fn layers_apply_in_order_and_dropins_add_resources() {
     assert_eq!(projects, ["bot", "b1"]);
     // Relative paths are resolved against the main file's folder.
     assert_eq!(c.projects[0].path, d.path().join("app"));
-    assert_eq!(c.database_url(), format!("sqlite://{}", d.path().join(".karta/karta.db").display()));
+    assert_eq!(
+        c.database_url(),
+        format!("sqlite://{}", d.path().join(".karta/karta.db").display())
+    );
 }
 
 #[test]
@@ -102,7 +105,10 @@ fn a_type_error_names_file_line_and_key() {
     );
     let err = load(&opts(d.path())).unwrap_err();
     let issue = &err.issues[0];
-    assert_eq!(issue.file.as_deref(), Some(d.path().join("karta.platform.d/50-bad.toml").as_path()));
+    assert_eq!(
+        issue.file.as_deref(),
+        Some(d.path().join("karta.platform.d/50-bad.toml").as_path())
+    );
     assert_eq!(issue.line, Some(5), "{err}");
     assert_eq!(issue.key.as_deref(), Some("projects[1].slug"));
 }
@@ -118,7 +124,10 @@ fn unknown_keys_and_bad_references_are_refused_with_their_lines() {
     );
     let err = load(&opts(d.path())).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("karta.platform.toml:3: server.listne"), "{text}");
+    assert!(
+        text.contains("karta.platform.toml:3: server.listne"),
+        "{text}"
+    );
 
     write(
         d.path(),
@@ -127,8 +136,14 @@ fn unknown_keys_and_bad_references_are_refused_with_their_lines() {
     );
     let err = load(&opts(d.path())).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains(":2: projects[0].tenant: names tenant `ghost`"), "{text}");
-    assert!(text.contains(":3: projects[0].slug: `Bad Slug` is not a valid slug"), "{text}");
+    assert!(
+        text.contains(":2: projects[0].tenant: names tenant `ghost`"),
+        "{text}"
+    );
+    assert!(
+        text.contains(":3: projects[0].slug: `Bad Slug` is not a valid slug"),
+        "{text}"
+    );
     assert!(text.contains(":4: projects[0].path:"), "{text}");
     assert_eq!(err.issues.len(), 3);
 }
@@ -136,12 +151,20 @@ fn unknown_keys_and_bad_references_are_refused_with_their_lines() {
 #[test]
 fn syntax_errors_give_the_line() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "karta.platform.toml", "[server]\nlisten = \"127.0.0.1:9000\n");
+    write(
+        d.path(),
+        "karta.platform.toml",
+        "[server]\nlisten = \"127.0.0.1:9000\n",
+    );
     let err = load(&opts(d.path())).unwrap_err();
     assert_eq!(err.issues[0].line, Some(2), "{err}");
 
     write(d.path(), "karta.platform.toml", "");
-    write(d.path(), "karta.platform.d/a.jsonc", "{\n  tenants: [\n    { slug: 'x', name: },\n  ]\n}\n");
+    write(
+        d.path(),
+        "karta.platform.d/a.jsonc",
+        "{\n  tenants: [\n    { slug: 'x', name: },\n  ]\n}\n",
+    );
     let err = load(&opts(d.path())).unwrap_err();
     assert_eq!(err.issues[0].line, Some(3), "{err}");
     assert!(err.issues[0].file.as_ref().unwrap().ends_with("a.jsonc"));
@@ -151,7 +174,10 @@ fn syntax_errors_give_the_line() {
 fn a_missing_named_file_is_an_error_but_the_default_may_be_absent() {
     let d = tempfile::tempdir().unwrap();
     let err = load(&opts(d.path())).unwrap_err();
-    assert!(err.to_string().contains("configuration file not found"), "{err}");
+    assert!(
+        err.to_string().contains("configuration file not found"),
+        "{err}"
+    );
     let mut o = opts(d.path());
     o.explicit = false;
     let c = load(&o).unwrap();
@@ -161,7 +187,11 @@ fn a_missing_named_file_is_an_error_but_the_default_may_be_absent() {
 #[test]
 fn environment_variables_nest_with_double_underscores_and_beat_files() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "karta.platform.toml", "[runtime]\nevent_log_retention = 5\n");
+    write(
+        d.path(),
+        "karta.platform.toml",
+        "[runtime]\nevent_log_retention = 5\n",
+    );
     // Only this test touches this variable; other KARTA_ variables are not configuration.
     std::env::set_var("KARTA_RUNTIME__EVENT_LOG_RETENTION", "77");
     std::env::set_var("KARTA_ADMIN_TOKEN_UNRELATED", "x");

@@ -32,9 +32,13 @@ fn echo_plugin_loads_detects_and_streams_a_turn() {
     let reg = DriverRegistry::new();
     let mut settings = serde_json::Map::new();
     settings.insert("delay_ms".into(), 0.into());
-    let name = reg.load_plugin(&echo_plugin(), &settings, Some("echo")).unwrap();
+    let name = reg
+        .load_plugin(&echo_plugin(), &settings, Some("echo"))
+        .unwrap();
     assert_eq!(name, "echo");
-    let d = reg.detect(&app_dir()).expect("echo claims an app with ECHO.md");
+    let d = reg
+        .detect(&app_dir())
+        .expect("echo claims an app with ECHO.md");
     assert_eq!(d.name, "echo");
     assert!(matches!(d.origin, DriverOrigin::Plugin(_)));
     assert!(reg.detect(&std::env::temp_dir()).is_none());
@@ -50,7 +54,10 @@ fn echo_plugin_loads_detects_and_streams_a_turn() {
         workspace_dir: std::env::temp_dir().display().to_string(),
         text: "one two".into(),
         agent: "default".into(),
-        participant: Participant { name: "u".into(), kind: "human".into() },
+        participant: Participant {
+            name: "u".into(),
+            kind: "human".into(),
+        },
         thinking: false,
         permission_mode: None,
         env: Default::default(),
@@ -65,12 +72,24 @@ fn echo_plugin_loads_detects_and_streams_a_turn() {
     let types: Vec<_> = events.iter().map(|e| e.type_name()).collect();
     assert_eq!(
         types,
-        ["harness_session", "step_start", "text", "text", "text", "tool_use", "tool_use", "step_finish", "done"]
+        [
+            "harness_session",
+            "step_start",
+            "text",
+            "text",
+            "text",
+            "tool_use",
+            "tool_use",
+            "step_finish",
+            "done"
+        ]
     );
     let text: String = events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Text { part: karta_plugin_api::Part::Text { text } } => Some(text.as_str()),
+            EventKind::Text {
+                part: karta_plugin_api::Part::Text { text },
+            } => Some(text.as_str()),
             _ => None,
         })
         .collect();
@@ -83,16 +102,26 @@ fn bad_settings_duplicates_and_wrong_names_are_refused() {
     let reg = DriverRegistry::new();
     let mut bad = serde_json::Map::new();
     bad.insert("delay_ms".into(), "soon".into());
-    let err = reg.load_plugin(&echo_plugin(), &bad, None).unwrap_err().to_string();
-    assert!(err.contains("settings.delay_ms must be a non-negative integer"), "{err}");
+    let err = reg
+        .load_plugin(&echo_plugin(), &bad, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("settings.delay_ms must be a non-negative integer"),
+        "{err}"
+    );
 
     let err = reg
         .load_plugin(&echo_plugin(), &serde_json::Map::new(), Some("claude-code"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("named `echo`, the configuration expects `claude-code`"), "{err}");
+    assert!(
+        err.contains("named `echo`, the configuration expects `claude-code`"),
+        "{err}"
+    );
 
-    reg.load_plugin(&echo_plugin(), &serde_json::Map::new(), None).unwrap();
+    reg.load_plugin(&echo_plugin(), &serde_json::Map::new(), None)
+        .unwrap();
     assert!(matches!(
         reg.load_plugin(&echo_plugin(), &serde_json::Map::new(), None),
         Err(DriverLoadError::Duplicate(_))
@@ -107,12 +136,27 @@ fn broken_libraries_are_refused_and_the_host_keeps_going() {
     let cfg = PlatformConfig {
         data_dir: d.path().to_path_buf(),
         drivers: vec![
-            DriverConfig { path: Some(junk.clone()), ..Default::default() },
-            DriverConfig { path: Some(d.path().join("absent.so")), ..Default::default() },
+            DriverConfig {
+                path: Some(junk.clone()),
+                ..Default::default()
+            },
+            DriverConfig {
+                path: Some(d.path().join("absent.so")),
+                ..Default::default()
+            },
             // A real shared library that is not a Karta plugin.
-            DriverConfig { path: Some(karta_less_library()), ..Default::default() },
-            DriverConfig { path: Some(echo_plugin()), ..Default::default() },
-            DriverConfig { name: Some("no-such-builtin".into()), ..Default::default() },
+            DriverConfig {
+                path: Some(karta_less_library()),
+                ..Default::default()
+            },
+            DriverConfig {
+                path: Some(echo_plugin()),
+                ..Default::default()
+            },
+            DriverConfig {
+                name: Some("no-such-builtin".into()),
+                ..Default::default()
+            },
         ],
         ..Default::default()
     };
@@ -122,7 +166,10 @@ fn broken_libraries_are_refused_and_the_host_keeps_going() {
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert!(text[0].contains("libjunk.so"), "{text:?}");
     assert!(text[2].contains("plugin"), "{text:?}");
-    assert!(text[3].contains("no first-party driver is named `no-such-builtin`"), "{text:?}");
+    assert!(
+        text[3].contains("no first-party driver is named `no-such-builtin`"),
+        "{text:?}"
+    );
     // The good plugin still loaded.
     assert!(reg.get("echo").is_some());
 }
@@ -130,7 +177,12 @@ fn broken_libraries_are_refused_and_the_host_keeps_going() {
 /// Some shared library on this machine that exports no Karta root module.
 fn karta_less_library() -> PathBuf {
     // The C runtime is on every Linux machine that can run the tests.
-    for p in ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6", "/usr/lib/libm.so.6"] {
+    for p in [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+        "/usr/lib/libm.so.6",
+    ] {
         if std::path::Path::new(p).exists() {
             return PathBuf::from(p);
         }

@@ -8,7 +8,9 @@ use diesel::{QueryableByName, RunQueryDsl};
 use karta::config::{PlatformConfig, ProjectConfig, TenantConfig};
 use karta::reconcile::{self, Action};
 use karta::store::testkit::{temp_pg_database, TempPgDatabase};
-use karta::store::{self, events, models, orgs, projects, sessions, AnyConnection, Store, StoreError};
+use karta::store::{
+    self, events, models, orgs, projects, sessions, AnyConnection, Store, StoreError,
+};
 
 struct Backend {
     label: &'static str,
@@ -119,9 +121,16 @@ fn sqlite_and_postgres_schemas_do_not_drift() {
     assert!(!lite.is_empty(), "no tables found in SQLite");
     let only_lite: Vec<_> = lite.keys().filter(|k| !pg.contains_key(*k)).collect();
     let only_pg: Vec<_> = pg.keys().filter(|k| !lite.contains_key(*k)).collect();
-    assert!(only_lite.is_empty() && only_pg.is_empty(), "columns only in sqlite: {only_lite:?}; only in postgres: {only_pg:?}");
+    assert!(
+        only_lite.is_empty() && only_pg.is_empty(),
+        "columns only in sqlite: {only_lite:?}; only in postgres: {only_pg:?}"
+    );
     for (k, v) in &lite {
-        assert_eq!(Some(v), pg.get(k), "column {k:?} differs (sqlite vs postgres)");
+        assert_eq!(
+            Some(v),
+            pg.get(k),
+            "column {k:?} differs (sqlite vs postgres)"
+        );
     }
 }
 
@@ -133,7 +142,10 @@ fn config(tenants: &[(&str, &str)], projects: &[(&str, &str)]) -> PlatformConfig
     PlatformConfig {
         tenants: tenants
             .iter()
-            .map(|(s, n)| TenantConfig { slug: s.to_string(), name: n.to_string() })
+            .map(|(s, n)| TenantConfig {
+                slug: s.to_string(),
+                name: n.to_string(),
+            })
             .collect(),
         projects: projects
             .iter()
@@ -149,23 +161,37 @@ fn config(tenants: &[(&str, &str)], projects: &[(&str, &str)]) -> PlatformConfig
 }
 
 fn actions(plan: &reconcile::Plan) -> Vec<(Action, &'static str, String)> {
-    plan.changes.iter().map(|c| (c.action, c.resource, c.name.clone())).collect()
+    plan.changes
+        .iter()
+        .map(|c| (c.action, c.resource, c.name.clone()))
+        .collect()
 }
 
 #[test]
 fn reconcile_creates_then_is_idempotent_then_updates_and_deletes() {
     for b in backends() {
         let s = &b.store;
-        let cfg = config(&[("acme", "Acme"), ("beta", "Beta")], &[("acme", "bot"), ("beta", "b1")]);
+        let cfg = config(
+            &[("acme", "Acme"), ("beta", "Beta")],
+            &[("acme", "bot"), ("beta", "b1")],
+        );
         let plan = reconcile::plan(s, &cfg).unwrap();
         assert_eq!(plan.changes.len(), 4, "{}: {plan}", b.label);
         assert!(plan.changes.iter().all(|c| c.action == Action::Create));
         // Planning writes nothing.
-        assert!(s.read(|c| orgs::list_config_managed(c)).unwrap().is_empty(), "{}", b.label);
+        assert!(
+            s.read(orgs::list_config_managed).unwrap().is_empty(),
+            "{}",
+            b.label
+        );
 
         reconcile::apply(s, &cfg, "test").unwrap();
         let again = reconcile::apply(s, &cfg, "test").unwrap();
-        assert!(again.is_empty(), "{}: second apply must be a no-op: {again}", b.label);
+        assert!(
+            again.is_empty(),
+            "{}: second apply must be a no-op: {again}",
+            b.label
+        );
 
         let cfg2 = config(&[("acme", "Acme Corp")], &[("acme", "bot")]);
         let plan = reconcile::apply(s, &cfg2, "test").unwrap();
@@ -183,7 +209,12 @@ fn reconcile_creates_then_is_idempotent_then_updates_and_deletes() {
         assert_eq!(acme.name, "Acme Corp");
         assert!(s.read(|c| orgs::find_by_slug(c, "beta")).unwrap().is_none());
         let audit = s.read(|c| store::audit::list(c, None)).unwrap();
-        assert_eq!(audit.len(), 7, "{}: one audit entry per applied change", b.label);
+        assert_eq!(
+            audit.len(),
+            7,
+            "{}: one audit entry per applied change",
+            b.label
+        );
     }
 }
 
@@ -214,7 +245,9 @@ fn removed_project_with_sessions_is_disabled_not_deleted() {
         let s = &b.store;
         reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
         let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
-        let prj = s.read(|c| projects::get_enabled(c, &org.id, "bot")).unwrap();
+        let prj = s
+            .read(|c| projects::get_enabled(c, &org.id, "bot"))
+            .unwrap();
         let row = session_row(&org.id, &prj.id);
         s.write(|c| sessions::insert(c, &row)).unwrap();
 
@@ -228,13 +261,26 @@ fn removed_project_with_sessions_is_disabled_not_deleted() {
             "{}",
             b.label
         );
-        assert!(s.read(|c| projects::list_enabled(c, &org.id)).unwrap().is_empty());
+        assert!(s
+            .read(|c| projects::list_enabled(c, &org.id))
+            .unwrap()
+            .is_empty());
         // The session and its project row survive.
         assert!(s.read(|c| sessions::get(c, &org.id, &row.id)).is_ok());
         // Declaring them again re-enables them.
-        let plan = reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
-        assert!(plan.changes.iter().all(|c| c.action == Action::Update), "{}: {plan}", b.label);
-        assert_eq!(s.read(|c| projects::list_enabled(c, &org.id)).unwrap().len(), 1);
+        let plan =
+            reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
+        assert!(
+            plan.changes.iter().all(|c| c.action == Action::Update),
+            "{}: {plan}",
+            b.label
+        );
+        assert_eq!(
+            s.read(|c| projects::list_enabled(c, &org.id))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
 
@@ -254,10 +300,21 @@ fn api_managed_tenant_is_never_taken_over_by_config() {
         };
         s.write(|c| orgs::insert(c, &org)).unwrap();
         let err = reconcile::apply(s, &config(&[("acme", "Acme")], &[]), "test").unwrap_err();
-        assert!(err.to_string().contains("managed through the API"), "{}: {err}", b.label);
+        assert!(
+            err.to_string().contains("managed through the API"),
+            "{}: {err}",
+            b.label
+        );
         // Nothing changed, and an empty config does not delete it either.
-        assert!(reconcile::apply(s, &config(&[], &[]), "test").unwrap().is_empty());
-        assert_eq!(s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap().name, "Made by API");
+        assert!(reconcile::apply(s, &config(&[], &[]), "test")
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.read(|c| orgs::get_enabled_by_slug(c, "acme"))
+                .unwrap()
+                .name,
+            "Made by API"
+        );
     }
 }
 
@@ -267,20 +324,37 @@ fn sessions_and_events_are_invisible_to_another_org() {
         let s = &b.store;
         reconcile::apply(
             s,
-            &config(&[("acme", "Acme"), ("other", "Other")], &[("acme", "bot"), ("other", "bot")]),
+            &config(
+                &[("acme", "Acme"), ("other", "Other")],
+                &[("acme", "bot"), ("other", "bot")],
+            ),
             "test",
         )
         .unwrap();
         let acme = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
         let other = s.read(|c| orgs::get_enabled_by_slug(c, "other")).unwrap();
-        let prj = s.read(|c| projects::get_enabled(c, &acme.id, "bot")).unwrap();
+        let prj = s
+            .read(|c| projects::get_enabled(c, &acme.id, "bot"))
+            .unwrap();
         // A project is found by slug or id, but only within its org.
-        assert!(s.read(|c| projects::get_enabled(c, &acme.id, &prj.id)).is_ok());
-        assert!(matches!(s.read(|c| projects::get_enabled(c, &other.id, &prj.id)), Err(StoreError::NotFound)));
+        assert!(s
+            .read(|c| projects::get_enabled(c, &acme.id, &prj.id))
+            .is_ok());
+        assert!(matches!(
+            s.read(|c| projects::get_enabled(c, &other.id, &prj.id)),
+            Err(StoreError::NotFound)
+        ));
 
         let row = session_row(&acme.id, &prj.id);
         s.write(|c| sessions::insert(c, &row)).unwrap();
-        assert!(matches!(s.read(|c| sessions::get(c, &other.id, &row.id)), Err(StoreError::NotFound)), "{}", b.label);
+        assert!(
+            matches!(
+                s.read(|c| sessions::get(c, &other.id, &row.id)),
+                Err(StoreError::NotFound)
+            ),
+            "{}",
+            b.label
+        );
 
         for seq in 1..=250 {
             let ev = models::SessionEvent {
@@ -293,31 +367,58 @@ fn sessions_and_events_are_invisible_to_another_org() {
             };
             s.write(|c| events::append(c, &ev, 100)).unwrap();
         }
-        let mine = s.read(|c| events::list_after(c, &acme.id, &row.id, 240)).unwrap();
-        assert_eq!(mine.iter().map(|e| e.seq).collect::<Vec<_>>(), (241..=250).collect::<Vec<_>>());
-        assert!(s.read(|c| events::list_after(c, &other.id, &row.id, 0)).unwrap().is_empty());
+        let mine = s
+            .read(|c| events::list_after(c, &acme.id, &row.id, 240))
+            .unwrap();
+        assert_eq!(
+            mine.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (241..=250).collect::<Vec<_>>()
+        );
+        assert!(s
+            .read(|c| events::list_after(c, &other.id, &row.id, 0))
+            .unwrap()
+            .is_empty());
         // Retention: at most 100 kept after the prune at seq 200 (plus what came after).
-        let all = s.read(|c| events::list_after(c, &acme.id, &row.id, 0)).unwrap();
+        let all = s
+            .read(|c| events::list_after(c, &acme.id, &row.id, 0))
+            .unwrap();
         assert_eq!(all.first().map(|e| e.seq), Some(101), "{}", b.label);
-        assert_eq!(s.read(|c| sessions::get(c, &acme.id, &row.id)).unwrap().last_seq, 250);
+        assert_eq!(
+            s.read(|c| sessions::get(c, &acme.id, &row.id))
+                .unwrap()
+                .last_seq,
+            250
+        );
     }
 }
 
 #[test]
 fn api_keys_verify_only_with_the_exact_key() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for b in backends() {
         let s = &b.store;
         reconcile::apply(s, &config(&[("acme", "Acme")], &[]), "test").unwrap();
-        let key = karta::platform::keys::create(s, "acme", "ci", &[karta::platform::keys::Scope::Read]).unwrap();
+        let key =
+            karta::platform::keys::create(s, "acme", "ci", &[karta::platform::keys::Scope::Read])
+                .unwrap();
         assert!(key.plaintext.starts_with("kt_live_") && key.plaintext.len() == 40);
         let v = karta::platform::keys::KeyVerifier::new(s.clone());
-        let p = rt.block_on(v.verify(&key.plaintext)).unwrap().expect("valid key");
+        let p = rt
+            .block_on(v.verify(&key.plaintext))
+            .unwrap()
+            .expect("valid key");
         assert_eq!(p.scopes, vec![karta::platform::keys::Scope::Read]);
         // Same lookup prefix, different secret part.
         let mut forged = key.plaintext.clone();
         forged.replace_range(30.., &"x".repeat(10));
-        assert!(rt.block_on(v.verify(&forged)).unwrap().is_none(), "{}", b.label);
+        assert!(
+            rt.block_on(v.verify(&forged)).unwrap().is_none(),
+            "{}",
+            b.label
+        );
         assert!(rt.block_on(v.verify("kt_live_short")).unwrap().is_none());
         // The store holds no plaintext.
         let mut conn = s.conn().unwrap();
@@ -327,7 +428,9 @@ fn api_keys_verify_only_with_the_exact_key() {
             .select(store::schema::api_keys::key_hash)
             .load(c)
             .unwrap();
-        assert!(hashes.iter().all(|h| h.starts_with("$argon2id$") && !h.contains(&key.plaintext)));
+        assert!(hashes
+            .iter()
+            .all(|h| h.starts_with("$argon2id$") && !h.contains(&key.plaintext)));
         assert!(matches!(
             karta::platform::keys::create(s, "nobody", "x", &[karta::platform::keys::Scope::Read]),
             Err(karta::platform::keys::KeyError::UnknownTenant(_))

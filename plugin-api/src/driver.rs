@@ -74,7 +74,8 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 
 /// Runs driver code so that a panic becomes an error instead of unwinding across the ABI.
 fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(format!("panic: {}", panic_message(p))))
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(format!("panic: {}", panic_message(p))))
 }
 
 struct FfiDriver<D>(D);

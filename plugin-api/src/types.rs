@@ -395,7 +395,8 @@ mod tests {
 
     #[test]
     fn unknown_event_type_is_an_error_not_a_panic() {
-        let r: Result<Event, _> = serde_json::from_value(json!({"v": 1, "type": "bogus", "data": {}}));
+        let r: Result<Event, _> =
+            serde_json::from_value(json!({"v": 1, "type": "bogus", "data": {}}));
         assert!(r.is_err());
     }
 }

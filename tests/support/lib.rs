@@ -1,1 +1,253 @@
+//! Helpers for end-to-end tests: start the real `karta` binary on free ports, run its CLI, read
+//! SSE streams.
 
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use karta::store::testkit::temp_pg_database;
+
+/// The workspace's `target/debug`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("debug")
+}
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn built(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// The `karta` binary.
+pub fn karta_bin() -> PathBuf {
+    built("karta")
+}
+
+/// The example echo driver plugin.
+pub fn echo_plugin() -> PathBuf {
+    built("libkarta_driver_echo.so")
+}
+
+/// The example harness app the echo driver serves.
+pub fn hello_app() -> PathBuf {
+    workspace_root().join("examples/hello-echo")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `karta serve`; killed on drop.
+pub struct Karta {
+    child: Child,
+    /// The folder holding `karta.platform.toml`.
+    pub dir: PathBuf,
+    /// `http://127.0.0.1:<public port>`
+    pub public: String,
+    /// `http://127.0.0.1:<admin port>`
+    pub admin: String,
+    /// The operator token.
+    pub admin_token: String,
+    log: PathBuf,
+}
+
+impl Karta {
+    /// Starts `karta serve --config <dir>/karta.platform.toml` and waits until both listeners answer.
+    pub fn start(dir: &Path) -> Karta {
+        let (pp, ap) = (free_port(), free_port());
+        let log = dir.join("karta.log");
+        let admin_token = "test-operator-token".to_string();
+        let child = Command::new(karta_bin())
+            .arg("--config")
+            .arg(dir.join("karta.platform.toml"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{pp}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{ap}"))
+            .env("KARTA_ADMIN_TOKEN", &admin_token)
+            .env("KARTA_LOG", "info")
+            .env_remove("KARTA_ENV")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn karta");
+        let k = Karta {
+            child,
+            dir: dir.to_path_buf(),
+            public: format!("http://127.0.0.1:{pp}"),
+            admin: format!("http://127.0.0.1:{ap}"),
+            admin_token,
+            log,
+        };
+        k.wait_ready();
+        k
+    }
+
+    fn wait_ready(&self) {
+        let client = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = |base: &str| {
+                client
+                    .get(format!("{base}/healthz"))
+                    .send()
+                    .is_ok_and(|r| r.status().is_success())
+            };
+            if up(&self.public) && up(&self.admin) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "karta did not start; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs `karta --config <dir>/karta.platform.toml <args>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.dir, args)
+    }
+
+    /// Creates a key for `tenant` with the CLI; returns the key (the last line of stdout).
+    pub fn create_key(&self, tenant: &str) -> String {
+        let out = self.cli(&["keys", "create", "--tenant", tenant]);
+        assert!(
+            out.status.success(),
+            "keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        stdout.lines().last().expect("a line").trim().to_string()
+    }
+}
+
+impl Drop for Karta {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI against the config in `dir`.
+pub fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(karta_bin())
+        .arg("--config")
+        .arg(dir.join("karta.platform.toml"))
+        .args(args)
+        .env("KARTA_LOG", "warn")
+        .env_remove("KARTA_ENV")
+        .output()
+        .expect("run karta")
+}
+
+/// One SSE frame.
+#[derive(Debug, Clone)]
+pub struct SseFrame {
+    /// `id:`
+    pub id: Option<i64>,
+    /// `event:`
+    pub event: String,
+    /// `data:` parsed as JSON.
+    pub data: Value,
+}
+
+/// Parses a whole SSE body; comment lines are counted separately.
+pub fn parse_sse(body: &str) -> (Vec<SseFrame>, usize) {
+    let mut frames = Vec::new();
+    let mut comments = 0;
+    for block in body.split("\n\n") {
+        let (mut id, mut event, mut data) = (None, String::new(), String::new());
+        for line in block.lines() {
+            if line.starts_with(':') {
+                comments += 1;
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            }
+        }
+        if !event.is_empty() {
+            frames.push(SseFrame {
+                id,
+                event,
+                data: serde_json::from_str(&data).expect("data is one line of JSON"),
+            });
+        }
+    }
+    (frames, comments)
+}
+
+/// Reads a response body to the end as text.
+pub fn read_body(mut r: reqwest::blocking::Response) -> String {
+    let mut s = String::new();
+    r.read_to_string(&mut s).expect("body");
+    s
+}
+
+/// Writes the platform config for tests: the echo plugin, tenants, and projects on the example app.
+pub fn write_config(
+    dir: &Path,
+    database_url: Option<&str>,
+    tenants: &[&str],
+    projects: &[(&str, &str)],
+    delay_ms: u64,
+) {
+    let mut t = String::new();
+    if let Some(url) = database_url {
+        t.push_str(&format!("[database]\nurl = \"{url}\"\n\n"));
+    }
+    t.push_str(&format!(
+        "[[drivers]]\npath = \"{}\"\nsettings = {{ delay_ms = {delay_ms} }}\n\n",
+        echo_plugin().display()
+    ));
+    for slug in tenants {
+        t.push_str(&format!(
+            "[[tenants]]\nslug = \"{slug}\"\nname = \"Tenant {slug}\"\n\n"
+        ));
+    }
+    for (tenant, slug) in projects {
+        t.push_str(&format!(
+            "[[projects]]\ntenant = \"{tenant}\"\nslug = \"{slug}\"\npath = \"{}\"\n\n",
+            hello_app().display()
+        ));
+    }
+    std::fs::write(dir.join("karta.platform.toml"), t).expect("write config");
+}

@@ -29,9 +29,9 @@ impl EchoDriver {
     pub fn from_settings(settings: &Value) -> Result<Self, String> {
         let delay_ms = match settings.get("delay_ms") {
             None => 5,
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| format!("settings.delay_ms must be a non-negative integer, got {v}"))?,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                format!("settings.delay_ms must be a non-negative integer, got {v}")
+            })?,
         };
         Ok(Self {
             delay: Duration::from_millis(delay_ms),
@@ -109,7 +109,12 @@ fn run_turn(req: TurnRequest, sink: Sink, cancelled: Arc<AtomicBool>, delay: Dur
     for w in &words {
         if cancelled.load(Ordering::SeqCst) {
             sink.emit_kind(EventKind::Done(Done {
-                usage: Usage::new(req.text.split_whitespace().count() as u64, output_tokens, 0, 0),
+                usage: Usage::new(
+                    req.text.split_whitespace().count() as u64,
+                    output_tokens,
+                    0,
+                    0,
+                ),
                 status: TurnStatus::Cancelled,
                 stop_reason: Some("cancelled".into()),
                 message: None,
@@ -146,7 +151,12 @@ fn run_turn(req: TurnRequest, sink: Sink, cancelled: Arc<AtomicBool>, delay: Dur
         result: Some("echoed".into()),
     });
     sink.emit_kind(EventKind::Done(Done {
-        usage: Usage::new(req.text.split_whitespace().count() as u64, output_tokens, 0, 0),
+        usage: Usage::new(
+            req.text.split_whitespace().count() as u64,
+            output_tokens,
+            0,
+            0,
+        ),
         status: TurnStatus::Completed,
         stop_reason: Some("end_turn".into()),
         message: None,

@@ -39,7 +39,12 @@ pub struct Overrides {
 /// Top-level keys that `KARTA_...` variables may set; other `KARTA_` variables (such as
 /// `KARTA_ADMIN_TOKEN` or `KARTA_ENV`) are not configuration layers.
 const ENV_SECTIONS: &[&str] = &[
-    "server", "database", "data_dir", "plugins", "providers", "runtime",
+    "server",
+    "database",
+    "data_dir",
+    "plugins",
+    "providers",
+    "runtime",
 ];
 
 /// A JSONC (json5) layer file as a figment provider that remembers its path.
@@ -233,21 +238,20 @@ pub fn load(opts: &LoadOptions) -> Result<PlatformConfig, ConfigError> {
             .collect(),
     })?;
     resolve_paths(&mut config, &base);
-    validate::validate(&config)
-        .map_err(|issues| ConfigError {
-            issues: issues
-                .into_iter()
-                .map(|(segs, message)| {
-                    let (file, line) = locate(&figment, &sources, &segs);
-                    ConfigIssue {
-                        file,
-                        line,
-                        key: Some(display_key(&segs)),
-                        message,
-                    }
-                })
-                .collect(),
-        })?;
+    validate::validate(&config).map_err(|issues| ConfigError {
+        issues: issues
+            .into_iter()
+            .map(|(segs, message)| {
+                let (file, line) = locate(&figment, &sources, &segs);
+                ConfigIssue {
+                    file,
+                    line,
+                    key: Some(display_key(&segs)),
+                    message,
+                }
+            })
+            .collect(),
+    })?;
     Ok(config)
 }
 

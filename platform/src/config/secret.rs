@@ -70,7 +70,8 @@ impl Secret {
     }
 }
 
-const SHAPE: &str = "a secret must be written as { env = \"NAME\" } or { file = \"path\" }, never inline";
+const SHAPE: &str =
+    "a secret must be written as { env = \"NAME\" } or { file = \"path\" }, never inline";
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -111,7 +111,10 @@ fn check_projects(tenants: &[TenantConfig], projects: &[ProjectConfig], out: &mu
         if !p.tenant.is_empty() && !tenant_slugs.contains(p.tenant.as_str()) {
             out.push((
                 key(&["projects", &idx, "tenant"]),
-                format!("names tenant `{}`, which no [[tenants]] entry declares", p.tenant),
+                format!(
+                    "names tenant `{}`, which no [[tenants]] entry declares",
+                    p.tenant
+                ),
             ));
         }
         if !seen.insert((p.tenant.as_str(), p.slug.as_str())) {
@@ -134,12 +137,11 @@ fn check_projects(tenants: &[TenantConfig], projects: &[ProjectConfig], out: &mu
 fn check_drivers(drivers: &[DriverConfig], out: &mut Vec<Problem>) {
     for (i, d) in drivers.iter().enumerate() {
         let idx = i.to_string();
-        match (&d.name, &d.path) {
-            (None, None) => out.push((
+        if d.name.is_none() && d.path.is_none() {
+            out.push((
                 key(&["drivers", &idx]),
                 "needs `name` (a first-party driver) or `path` (a plugin library)".into(),
-            )),
-            _ => {}
+            ));
         }
     }
 }
@@ -151,9 +153,15 @@ pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
     check_projects(&c.tenants, &c.projects, &mut out);
     check_drivers(&c.drivers, &mut out);
     if c.server.heartbeat_seconds == 0 {
-        out.push((key(&["server", "heartbeat_seconds"]), "must be at least 1".into()));
+        out.push((
+            key(&["server", "heartbeat_seconds"]),
+            "must be at least 1".into(),
+        ));
     }
-    for (k, addr) in [("listen", &c.server.listen), ("admin_listen", &c.server.admin_listen)] {
+    for (k, addr) in [
+        ("listen", &c.server.listen),
+        ("admin_listen", &c.server.admin_listen),
+    ] {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             out.push((
                 key(&["server", k]),

@@ -88,7 +88,11 @@ impl DriverRegistry {
     }
 
     /// Registers a driver object built in-process.
-    pub fn register(&self, driver: HarnessDriverBox, origin: DriverOrigin) -> Result<String, DriverLoadError> {
+    pub fn register(
+        &self,
+        driver: HarnessDriverBox,
+        origin: DriverOrigin,
+    ) -> Result<String, DriverLoadError> {
         let driver = HostDriver::new(driver);
         self.insert(LoadedDriver {
             name: driver.name(),
@@ -201,7 +205,9 @@ impl DriverRegistry {
             };
             let mut libs: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(std::env::consts::DLL_EXTENSION))
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()) == Some(std::env::consts::DLL_EXTENSION)
+                })
                 .collect();
             libs.sort();
             for lib in libs {

@@ -42,7 +42,9 @@ impl FromRequest for ApiCaller {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let app = req.app_data::<web::Data<App>>().map(|d| d.clone().into_inner());
+        let app = req
+            .app_data::<web::Data<App>>()
+            .map(|d| d.clone().into_inner());
         let token = bearer(req);
         Box::pin(async move {
             let (Some(app), Some(token)) = (app, token) else {

@@ -86,8 +86,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
 
     let reloader = app.clone();
     tokio::spawn(async move {
-        let Ok(mut hup) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             tracing::warn!("SIGHUP handler unavailable; reload with POST /admin/v1/config/reload");
             return;

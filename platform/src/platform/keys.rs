@@ -110,7 +110,11 @@ pub fn create(
         .map_err(|e| KeyError::Hash(e.to_string()))?
         .to_string();
     let id = store::new_id("key");
-    let scope_list = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    let scope_list = scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     let slug = tenant_slug.to_string();
     let row_id = id.clone();
     let lookup = plaintext[..LOOKUP_LEN].to_string();
@@ -191,25 +195,26 @@ impl KeyVerifier {
         }
         let store = self.store.clone();
         let key = presented.to_string();
-        let found = tokio::task::spawn_blocking(move || -> Result<Option<Principal>, StoreError> {
-            let row = store.read(|c| keys::find_active_by_prefix(c, &key[..LOOKUP_LEN]))?;
-            let Some(row) = row else { return Ok(None) };
-            let Ok(parsed) = PasswordHash::new(&row.key_hash) else {
-                return Ok(None);
-            };
-            // argon2's verifier compares the hashes in constant time.
-            if hasher().verify_password(key.as_bytes(), &parsed).is_err() {
-                return Ok(None);
-            }
-            store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
-            Ok(Some(Principal {
-                org_id: row.org_id,
-                key_id: row.id,
-                scopes: row.scopes.split(',').filter_map(Scope::parse).collect(),
-            }))
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let found =
+            tokio::task::spawn_blocking(move || -> Result<Option<Principal>, StoreError> {
+                let row = store.read(|c| keys::find_active_by_prefix(c, &key[..LOOKUP_LEN]))?;
+                let Some(row) = row else { return Ok(None) };
+                let Ok(parsed) = PasswordHash::new(&row.key_hash) else {
+                    return Ok(None);
+                };
+                // argon2's verifier compares the hashes in constant time.
+                if hasher().verify_password(key.as_bytes(), &parsed).is_err() {
+                    return Ok(None);
+                }
+                store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
+                Ok(Some(Principal {
+                    org_id: row.org_id,
+                    key_id: row.id,
+                    scopes: row.scopes.split(',').filter_map(Scope::parse).collect(),
+                }))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         if let Some(p) = &found {
             if let Ok(mut cache) = self.cache.lock() {
                 cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);

@@ -67,13 +67,7 @@ impl fmt::Display for Plan {
                 Action::Delete => "-",
                 Action::Disable => "!",
             };
-            writeln!(
-                f,
-                "{sign} {} {} ({:?})",
-                c.resource,
-                c.name,
-                c.action
-            )?;
+            writeln!(f, "{sign} {} {} ({:?})", c.resource, c.name, c.action)?;
             for (field, old, new) in &c.fields {
                 writeln!(
                     f,

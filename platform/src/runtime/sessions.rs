@@ -96,7 +96,10 @@ impl Runtime {
             if m.len() > MAX_METADATA_KEYS {
                 return Err(invalid(
                     "metadata",
-                    format!("at most {MAX_METADATA_KEYS} keys are allowed, got {}", m.len()),
+                    format!(
+                        "at most {MAX_METADATA_KEYS} keys are allowed, got {}",
+                        m.len()
+                    ),
                 ));
             }
         }
@@ -224,7 +227,10 @@ impl Runtime {
                 }),
             None => match enabled.len() {
                 1 => Ok(enabled[0].clone()),
-                0 => Err(invalid("project", "the org has no project to run sessions in")),
+                0 => Err(invalid(
+                    "project",
+                    "the org has no project to run sessions in",
+                )),
                 _ => Err(invalid(
                     "project",
                     format!(

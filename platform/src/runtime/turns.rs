@@ -85,8 +85,14 @@ impl Runtime {
         msg: SendMessage,
     ) -> Result<TurnSubscription, RuntimeError> {
         let participant = Participant {
-            name: msg.participant_name.clone().unwrap_or_else(|| "user".into()),
-            kind: msg.participant_type.clone().unwrap_or_else(|| "human".into()),
+            name: msg
+                .participant_name
+                .clone()
+                .unwrap_or_else(|| "user".into()),
+            kind: msg
+                .participant_type
+                .clone()
+                .unwrap_or_else(|| "human".into()),
         };
         if participant.kind != "human" && participant.kind != "ai" {
             return Err(RuntimeError::Invalid(
@@ -154,7 +160,10 @@ impl Runtime {
             after_seq: session.last_seq,
         };
 
-        let agent = msg.agent.clone().unwrap_or_else(|| session.current_agent.clone());
+        let agent = msg
+            .agent
+            .clone()
+            .unwrap_or_else(|| session.current_agent.clone());
         let request = TurnRequest {
             v: PAYLOAD_VERSION,
             session_id: session.id.clone(),
@@ -221,7 +230,8 @@ impl Runtime {
         self.store
             .write_async(move |c| {
                 let s = sessions::get(c, &org, &id)?;
-                let mut list: Vec<Value> = serde_json::from_str(&s.participants).unwrap_or_default();
+                let mut list: Vec<Value> =
+                    serde_json::from_str(&s.participants).unwrap_or_default();
                 if list.iter().any(|p| p["name"] == who.name.as_str()) {
                     return Ok(());
                 }
@@ -415,7 +425,9 @@ impl TurnSubscription {
                         .await?
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    return Err(RuntimeError::Unavailable("the turn ended unexpectedly".into()))
+                    return Err(RuntimeError::Unavailable(
+                        "the turn ended unexpectedly".into(),
+                    ))
                 }
             };
             for f in frames {

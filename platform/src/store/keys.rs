@@ -8,7 +8,9 @@ use super::{Conn, StoreError};
 
 /// Inserts a key record.
 pub fn insert(c: &mut Conn, key: &ApiKey) -> Result<(), StoreError> {
-    diesel::insert_into(api_keys::table).values(key).execute(c)?;
+    diesel::insert_into(api_keys::table)
+        .values(key)
+        .execute(c)?;
     Ok(())
 }
 

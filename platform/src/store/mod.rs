@@ -103,7 +103,8 @@ impl ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+        conn.batch_execute("SELECT 1")
+            .map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
@@ -156,7 +157,9 @@ impl Store {
         match (r, out) {
             (Err(StoreError::RolledBack), Some(v)) => Ok(v),
             (Err(e), _) => Err(e),
-            (Ok(()), _) => Err(StoreError::Task("read-only view was not rolled back".into())),
+            (Ok(()), _) => Err(StoreError::Task(
+                "read-only view was not rolled back".into(),
+            )),
         }
     }
 

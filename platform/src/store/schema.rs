@@ -84,4 +84,11 @@ diesel::table! {
 }
 
 diesel::joinable!(projects -> orgs (org_id));
-diesel::allow_tables_to_appear_in_same_query!(orgs, projects, api_keys, sessions, session_events, audit_log);
+diesel::allow_tables_to_appear_in_same_query!(
+    orgs,
+    projects,
+    api_keys,
+    sessions,
+    session_events,
+    audit_log
+);
