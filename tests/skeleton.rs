@@ -229,6 +229,18 @@ fn session_scenario(database_url: Option<&str>) {
         r.json::<Value>().unwrap()["detail"][0]["loc"],
         json!(["body", "project"])
     );
+    let huge = json!({"text": "x".repeat(2 << 20)});
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&huge)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.json::<Value>().unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
     let many: serde_json::Map<String, Value> =
         (0..51).map(|i| (format!("k{i}"), json!(i))).collect();
     let r = create_session(&c, &k, &key, json!({"metadata": many}));
@@ -471,4 +483,35 @@ fn cli_config_check_plan_and_apply() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope `root`"));
+}
+
+#[test]
+fn idle_streams_get_keepalive_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    // Events 1.2 s apart, keep-alives every second.
+    write_config(dir.path(), None, &["acme"], &[("acme", "hello")], 1200);
+    let path = dir.path().join("karta.platform.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("[server]\nheartbeat_seconds = 1\n");
+    std::fs::write(&path, text).unwrap();
+    let k = Karta::start(dir.path());
+    let key = k.create_key("acme");
+    let c = client();
+    let sid = create_session(&c, &k, &key, json!({}))
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"text": "slow", "stream": true}))
+        .send()
+        .unwrap();
+    let body = read_body(r);
+    let (frames, comments) = parse_sse(&body);
+    assert!(comments >= 1, "no keep-alive in:\n{body}");
+    assert!(body.contains(": keepalive\n\n"));
+    assert_eq!(frames.last().unwrap().event, "done");
 }

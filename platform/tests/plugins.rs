@@ -189,3 +189,44 @@ fn karta_less_library() -> PathBuf {
     }
     panic!("no libm found to test a non-plugin library");
 }
+
+#[test]
+fn a_plugin_reporting_another_abi_version_is_refused_before_construction() {
+    let lib = target_dir().join("libkarta_test_abi_mismatch.so");
+    assert!(
+        lib.is_file(),
+        "{} is missing: run `cargo build --workspace`",
+        lib.display()
+    );
+    let reg = DriverRegistry::new();
+    let err = reg
+        .load_plugin(&lib, &serde_json::Map::new(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("built for plugin ABI 42, this host speaks ABI 1"),
+        "{err}"
+    );
+    assert!(reg.list().is_empty());
+}
+
+#[test]
+fn plugins_dropped_into_the_plugin_folder_are_loaded() {
+    let d = tempfile::tempdir().unwrap();
+    let plugins = d.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(echo_plugin(), plugins.join("libkarta_driver_echo.so")).unwrap();
+    std::fs::write(plugins.join("README.txt"), "not a library, ignored").unwrap();
+    let cfg = PlatformConfig {
+        data_dir: d.path().to_path_buf(),
+        ..Default::default()
+    };
+    let reg = DriverRegistry::new();
+    assert!(reg.load_from_config(&cfg).is_empty());
+    let list = reg.list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].0, "echo");
+    // A reload does not load it twice.
+    assert!(reg.load_from_config(&cfg).is_empty());
+    assert_eq!(reg.list().len(), 1);
+}

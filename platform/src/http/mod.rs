@@ -19,18 +19,28 @@ use serde_json::json;
 
 use crate::app::App;
 
-/// Gives every response an `x-request-id`, and 500 bodies the same id so a user can report it.
+/// Largest request body accepted on the public listener.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Gives every response an `x-request-id`, 500 bodies the same id so a user can report it, and
+/// the framework's own plain-text 413 a JSON body like every other error.
 async fn request_id(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let id = crate::store::new_id("req");
     let res = next.call(req).await?.map_into_boxed_body();
-    let mut res = if res.status() == StatusCode::INTERNAL_SERVER_ERROR {
-        let body = json!({"detail": "internal error", "request_id": id});
-        res.into_response(HttpResponse::InternalServerError().json(body))
-    } else {
-        res
+    let mut res = match res.status() {
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            let body = json!({"detail": "internal error", "request_id": id});
+            res.into_response(HttpResponse::InternalServerError().json(body))
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            let body =
+                json!({"detail": format!("request body too large (limit {MAX_BODY_BYTES} bytes)")});
+            res.into_response(HttpResponse::PayloadTooLarge().json(body))
+        }
+        _ => res,
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut()
@@ -56,6 +66,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     let public = HttpServer::new(move || {
         actix_web::App::new()
             .app_data(public_data.clone())
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .wrap(middleware::from_fn(request_id))
             .route("/healthz", web::get().to(health))
             .configure(data::configure)

@@ -88,10 +88,20 @@ impl Runtime {
             .clone()
     }
 
-    fn live(&self, session_id: &str) -> Arc<turns::LiveSession> {
+    /// Marks the session busy; `None` when a turn already runs on it.
+    fn claim(&self, session_id: &str) -> Option<Arc<turns::LiveSession>> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.entry(session_id.to_string())
-            .or_insert_with(|| Arc::new(turns::LiveSession::new()))
-            .clone()
+        if live.contains_key(session_id) {
+            return None;
+        }
+        let state = Arc::new(turns::LiveSession::new());
+        live.insert(session_id.to_string(), state.clone());
+        Some(state)
+    }
+
+    /// Marks the session idle again.
+    fn release(&self, session_id: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(session_id);
     }
 }

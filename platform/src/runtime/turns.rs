@@ -1,6 +1,5 @@
 //! Running turns: claim the session, start the driver, pump its events to the log and subscribers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use karta_plugin_api::{
@@ -16,7 +15,7 @@ use super::{Runtime, RuntimeError};
 use crate::store::{self, events, models, projects, sessions};
 
 /// Frames a slow subscriber may fall behind before it re-reads the log.
-const BROADCAST_CAPACITY: usize = 1024;
+const BROADCAST_CAPACITY: usize = 256;
 
 /// `POST /v1/sessions/{id}/messages` input.
 #[derive(Clone, Debug, Default)]
@@ -33,9 +32,9 @@ pub struct SendMessage {
     pub thinking: bool,
 }
 
-/// In-memory state of a session with (possibly) a running turn.
+/// In-memory state of a session whose turn is running. It exists exactly while the turn runs:
+/// being in the runtime's map is what makes the session busy.
 pub(crate) struct LiveSession {
-    busy: AtomicBool,
     tx: broadcast::Sender<Arc<Frame>>,
     turn: Mutex<Option<HostTurn>>,
 }
@@ -43,7 +42,6 @@ pub(crate) struct LiveSession {
 impl LiveSession {
     pub(crate) fn new() -> Self {
         Self {
-            busy: AtomicBool::new(false),
             tx: broadcast::channel(BROADCAST_CAPACITY).0,
             turn: Mutex::new(None),
         }
@@ -131,14 +129,7 @@ impl Runtime {
             RuntimeError::Unavailable(format!("driver `{}` is not loaded", session.driver))
         })?;
 
-        let live = self.live(session_id);
-        if live
-            .busy
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return Err(RuntimeError::Busy);
-        }
+        let live = self.claim(session_id).ok_or(RuntimeError::Busy)?;
         // Re-read now that the session is ours: a turn that just ended advanced its sequence.
         let (org, id) = (org_id.to_string(), session_id.to_string());
         let session = match self
@@ -148,7 +139,7 @@ impl Runtime {
         {
             Ok(s) => s,
             Err(e) => {
-                live.busy.store(false, Ordering::SeqCst);
+                self.release(session_id);
                 return Err(e.into());
             }
         };
@@ -325,8 +316,8 @@ impl Runtime {
         }
     }
 
-    /// Logs and broadcasts one event.
-    async fn publish(&self, session: &models::Session, live: &LiveSession, seq: i64, ev: &Event) {
+    /// Numbers an event and writes it to the replay log.
+    async fn log(&self, session: &models::Session, seq: i64, ev: &Event) -> Arc<Frame> {
         let f = Arc::new(frame(&session.id, seq, ev));
         let row = models::SessionEvent {
             session_id: session.id.clone(),
@@ -345,31 +336,21 @@ impl Runtime {
             // The live stream still gets the event; only replay loses it.
             tracing::error!(session = %session.id, seq, error = %e, "event not logged");
         }
+        f
+    }
+
+    /// Logs and broadcasts one event.
+    async fn publish(&self, session: &models::Session, live: &LiveSession, seq: i64, ev: &Event) {
+        let f = self.log(session, seq, ev).await;
         let _ = live.tx.send(f);
     }
 
     /// Logs `done`, frees the session, then broadcasts `done` (so a client that sends again as
     /// soon as it sees `done` does not find the session busy).
     async fn finish(&self, session: &models::Session, live: &LiveSession, seq: i64, done: &Event) {
-        let f = Arc::new(frame(&session.id, seq, done));
-        let row = models::SessionEvent {
-            session_id: session.id.clone(),
-            org_id: session.org_id.clone(),
-            seq,
-            event_type: f.event_type.clone(),
-            payload: f.json.clone(),
-            created_at: store::now(),
-        };
-        let retention = self.settings().event_log_retention;
-        if let Err(e) = self
-            .store
-            .write_async(move |c| events::append(c, &row, retention))
-            .await
-        {
-            tracing::error!(session = %session.id, seq, error = %e, "event not logged");
-        }
+        let f = self.log(session, seq, done).await;
         live.turn.lock().unwrap_or_else(|p| p.into_inner()).take();
-        live.busy.store(false, Ordering::SeqCst);
+        self.release(&session.id);
         let _ = live.tx.send(f);
     }
 
