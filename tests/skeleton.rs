@@ -22,6 +22,25 @@ fn create_session(c: &Client, k: &Karta, key: &str, body: Value) -> reqwest::blo
         .unwrap()
 }
 
+fn post_message(
+    c: &Client,
+    k: &Karta,
+    key: &str,
+    session: &str,
+) -> reqwest::blocking::RequestBuilder {
+    c.post(format!("{}/v1/sessions/{session}/messages", k.public))
+        .bearer_auth(key)
+}
+
+fn new_session_id(c: &Client, k: &Karta, key: &str) -> String {
+    let r = create_session(c, k, key, json!({}));
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn stream_turn(c: &Client, k: &Karta, key: &str, session: &str, text: &str) -> Vec<SseFrame> {
     let r = c
         .post(format!("{}/v1/sessions/{session}/messages", k.public))
@@ -114,9 +133,7 @@ fn session_scenario(database_url: Option<&str>) {
     assert_eq!(done["usage"]["total_tokens"], 5);
 
     // `Accept: text/event-stream` also selects SSE; the sequence continues.
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
+    let r = post_message(&c, &k, &key, &sid)
         .header("accept", "text/event-stream")
         .json(&json!({"text": "again", "participant_name": "ana"}))
         .send()
@@ -126,9 +143,7 @@ fn session_scenario(database_url: Option<&str>) {
     assert_eq!(frames.last().unwrap().event, "done");
 
     // Unary: the accumulated turn.
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
+    let r = post_message(&c, &k, &key, &sid)
         .json(&json!({"text": "plain"}))
         .send()
         .unwrap();
@@ -191,18 +206,14 @@ fn session_scenario(database_url: Option<&str>) {
         .send()
         .unwrap();
     assert_eq!(r.status(), 404, "another org's session is not found");
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&other_key)
+    let r = post_message(&c, &k, &other_key, &sid)
         .json(&json!({"text": "hijack"}))
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
     let r = create_session(&c, &k, &other_key, json!({"session_id": sid}));
     assert_eq!(r.status(), 404);
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
+    let r = post_message(&c, &k, &key, &sid)
         .json(&json!({"stream": true}))
         .send()
         .unwrap();
@@ -211,9 +222,7 @@ fn session_scenario(database_url: Option<&str>) {
         r.json::<Value>().unwrap()["detail"][0]["loc"],
         json!(["body", "text"])
     );
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
+    let r = post_message(&c, &k, &key, &sid)
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -230,12 +239,7 @@ fn session_scenario(database_url: Option<&str>) {
         json!(["body", "project"])
     );
     let huge = json!({"text": "x".repeat(2 << 20)});
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
-        .json(&huge)
-        .send()
-        .unwrap();
+    let r = post_message(&c, &k, &key, &sid).json(&huge).send().unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.json::<Value>().unwrap()["detail"]
         .as_str()
@@ -265,25 +269,16 @@ fn a_second_send_while_a_turn_runs_is_refused_and_the_turn_survives_a_disconnect
     let k = Karta::start(dir.path());
     let key = k.create_key("acme");
     let c = client();
-    let sid = create_session(&c, &k, &key, json!({}))
-        .json::<Value>()
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = new_session_id(&c, &k, &key);
 
     // Start a slow streamed turn (about 1 s) and drop the connection after the first bytes.
-    let mut r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
+    let mut r = post_message(&c, &k, &key, &sid)
         .json(&json!({"text": "a b c d e f g h", "stream": true}))
         .send()
         .unwrap();
     let mut first = [0u8; 16];
     std::io::Read::read(&mut r, &mut first).unwrap();
-    let busy = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
+    let busy = post_message(&c, &k, &key, &sid)
         .json(&json!({"text": "second"}))
         .send()
         .unwrap();
@@ -297,9 +292,7 @@ fn a_second_send_while_a_turn_runs_is_refused_and_the_turn_survives_a_disconnect
     // The turn ran to its end without a listener: the next turn is accepted once it is done.
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        let r = c
-            .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-            .bearer_auth(&key)
+        let r = post_message(&c, &k, &key, &sid)
             .json(&json!({"text": "after"}))
             .send()
             .unwrap();
@@ -497,15 +490,8 @@ fn idle_streams_get_keepalive_comments() {
     let k = Karta::start(dir.path());
     let key = k.create_key("acme");
     let c = client();
-    let sid = create_session(&c, &k, &key, json!({}))
-        .json::<Value>()
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
+    let sid = new_session_id(&c, &k, &key);
+    let r = post_message(&c, &k, &key, &sid)
         .json(&json!({"text": "slow", "stream": true}))
         .send()
         .unwrap();
