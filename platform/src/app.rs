@@ -44,6 +44,7 @@ fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
     RuntimeSettings {
         data_dir: c.data_dir.clone(),
         event_log_retention: c.runtime.event_log_retention,
+        input_timeout: std::time::Duration::from_secs(c.runtime.input_timeout_seconds),
     }
 }
 

@@ -154,6 +154,7 @@ fn config(tenants: &[(&str, &str)], projects: &[(&str, &str)]) -> PlatformConfig
                 slug: s.to_string(),
                 path: app_dir(),
                 harness: None,
+                multitask: Default::default(),
             })
             .collect(),
         ..PlatformConfig::default()
@@ -225,6 +226,7 @@ fn session_row(org: &str, project: &str) -> models::Session {
         org_id: org.into(),
         project_id: project.into(),
         driver: "echo".into(),
+        app_path: app_dir().display().to_string(),
         harness_session_id: None,
         status: "active".into(),
         current_agent: "default".into(),
@@ -232,6 +234,7 @@ fn session_row(org: &str, project: &str) -> models::Session {
         metadata: "{}".into(),
         participants: "[]".into(),
         pending_input: None,
+        approved_tools: "[]".into(),
         parent_id: None,
         last_seq: 0,
         created_at: now,

@@ -28,6 +28,8 @@ pub trait Driver: Send + Sync + 'static {
     fn discover(&self, app_dir: &Path) -> Result<Discovery, String>;
     /// Starts a turn. Every turn ends with exactly one `done` event on `sink`.
     fn start_turn(&self, request: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String>;
+    /// The session was closed: stop whatever the driver keeps for it (a warm process, ...).
+    fn end_session(&self, _session_id: &str) {}
 }
 
 /// A running turn, as seen by its driver.
@@ -116,6 +118,13 @@ impl<D: Driver> HarnessDriver for FfiDriver<D> {
             Err(e) => RErr(e.into()),
         }
     }
+
+    fn end_session(&self, session_id: RStr<'_>) {
+        let _ = guarded(|| {
+            self.0.end_session(session_id.as_str());
+            Ok(())
+        });
+    }
 }
 
 struct FfiTurn(Box<dyn Turn>);
@@ -193,6 +202,11 @@ impl HostDriver {
             .into_result()?
             .into();
         serde_json::from_str(&json).map_err(|e| format!("driver returned invalid discovery: {e}"))
+    }
+
+    /// Tells the driver a session is closed.
+    pub fn end_session(&self, session_id: &str) {
+        self.0.end_session(RStr::from_str(session_id));
     }
 
     /// Starts a turn; `on_event` receives each event (or a decoding error) from the driver's

@@ -44,12 +44,14 @@ pub trait HarnessDriver: Send + Sync {
     /// Agents and skills of the app, as JSON [`crate::Discovery`].
     fn discover(&self, app_dir: RStr<'_>) -> RResult<RString, RString>;
     /// Starts a turn from a JSON [`crate::TurnRequest`]; events go to `sink`.
-    #[sabi(last_prefix_field)]
     fn start_turn(
         &self,
         request_json: RStr<'_>,
         sink: EventSinkBox,
     ) -> RResult<TurnHandleBox, RString>;
+    /// The session is closed: stop its harness process and free what it holds.
+    #[sabi(last_prefix_field)]
+    fn end_session(&self, session_id: RStr<'_>);
 }
 
 /// An owned, type-erased [`HarnessDriver`].

@@ -15,6 +15,8 @@ CREATE TABLE projects (
     slug TEXT NOT NULL,
     source_path TEXT NOT NULL,
     harness TEXT,
+    -- What a send does while a turn runs: reject (409), enqueue, or interrupt.
+    multitask TEXT NOT NULL,
     managed_by TEXT NOT NULL,
     disabled_at TIMESTAMP,
     created_at TIMESTAMP NOT NULL,
@@ -39,6 +41,8 @@ CREATE TABLE sessions (
     org_id TEXT NOT NULL REFERENCES orgs (id),
     project_id TEXT NOT NULL REFERENCES projects (id),
     driver TEXT NOT NULL,
+    -- The harness-app folder the session is pinned to at creation.
+    app_path TEXT NOT NULL,
     harness_session_id TEXT,
     status TEXT NOT NULL,
     current_agent TEXT NOT NULL,
@@ -46,6 +50,8 @@ CREATE TABLE sessions (
     metadata TEXT NOT NULL,
     participants TEXT NOT NULL,
     pending_input TEXT,
+    -- Tools approved for the rest of the session (JSON array of names).
+    approved_tools TEXT NOT NULL,
     parent_id TEXT,
     last_seq BIGINT NOT NULL,
     created_at TIMESTAMP NOT NULL,

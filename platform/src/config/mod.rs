@@ -126,6 +126,41 @@ pub struct ProjectConfig {
     pub path: PathBuf,
     /// Driver name overriding auto-detection.
     pub harness: Option<String>,
+    /// What a send does while a turn runs on the session.
+    pub multitask: Multitask,
+}
+
+/// What a second send does while a turn runs on the same session.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Multitask {
+    /// Refuse it with 409 `session busy`.
+    #[default]
+    Reject,
+    /// Run it after the running turn ends.
+    Enqueue,
+    /// Cancel the running turn, then run it.
+    Interrupt,
+}
+
+impl Multitask {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Multitask::Reject => "reject",
+            Multitask::Enqueue => "enqueue",
+            Multitask::Interrupt => "interrupt",
+        }
+    }
+
+    /// Parses the stored name (unknown values mean `reject`).
+    pub fn parse(s: &str) -> Multitask {
+        match s {
+            "enqueue" => Multitask::Enqueue,
+            "interrupt" => Multitask::Interrupt,
+            _ => Multitask::Reject,
+        }
+    }
 }
 
 /// `[runtime]`
@@ -134,12 +169,15 @@ pub struct ProjectConfig {
 pub struct RuntimeConfig {
     /// Events kept per session for stream replay (older ones are pruned).
     pub event_log_retention: u64,
+    /// How long a turn waits for an approval before the hidden-prompt policy decides.
+    pub input_timeout_seconds: u64,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             event_log_retention: 10_000,
+            input_timeout_seconds: 3600,
         }
     }
 }

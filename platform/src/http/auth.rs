@@ -59,6 +59,62 @@ impl FromRequest for ApiCaller {
     }
 }
 
+/// An authenticated caller and, on project routes, the project the route names.
+pub struct Access {
+    /// Who is calling.
+    pub principal: Principal,
+    /// `Some(project id)` on `/v1/projects/{project_ref}/...`.
+    pub project_id: Option<String>,
+}
+
+impl Access {
+    /// The caller's org.
+    pub fn org(&self) -> &str {
+        &self.principal.org_id
+    }
+
+    /// The project scope of the route.
+    pub fn scope(&self) -> Option<&str> {
+        self.project_id.as_deref()
+    }
+
+    /// 403 unless the credential holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<&Self, ApiError> {
+        if self.principal.has(scope) {
+            Ok(self)
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this key lacks the `{}` scope",
+                scope.as_str()
+            )))
+        }
+    }
+}
+
+impl FromRequest for Access {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let caller = ApiCaller::from_request(req, payload);
+        let app = req
+            .app_data::<web::Data<App>>()
+            .map(|d| d.clone().into_inner());
+        let project_ref = req.match_info().get("project_ref").map(str::to_string);
+        Box::pin(async move {
+            let ApiCaller(principal) = caller.await?;
+            let project_id = match (project_ref, app) {
+                (Some(r), Some(app)) => Some(app.runtime.project_id(&principal.org_id, &r).await?),
+                _ => None,
+            };
+            Ok(Access {
+                principal,
+                project_id,
+            })
+        })
+    }
+}
+
 /// The operator, authenticated by `KARTA_ADMIN_TOKEN`.
 pub struct Operator;
 

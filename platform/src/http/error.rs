@@ -21,6 +21,9 @@ pub enum ApiError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
+    /// 409 `session busy`: retrying after the running turn ends can succeed.
+    #[error("session busy")]
+    Busy,
     /// 409.
     #[error("{0}")]
     Conflict(String),
@@ -49,7 +52,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Busy | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -58,6 +61,13 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
+        // Tell SDK clients not to retry what cannot succeed as it is.
+        if !matches!(
+            self,
+            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Internal(_)
+        ) {
+            res.insert_header(("x-should-retry", "false"));
+        }
         match self {
             ApiError::Validation(problems) => res.json(json!({
                 "detail": problems
@@ -85,7 +95,8 @@ impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {
             RuntimeError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
-            RuntimeError::Busy => ApiError::Conflict("session busy".into()),
+            RuntimeError::Busy => ApiError::Busy,
+            RuntimeError::Conflict(m) => ApiError::Conflict(m),
             RuntimeError::Invalid(loc, msg) => ApiError::invalid(loc, msg, "value_error"),
             RuntimeError::Unavailable(m) => ApiError::Unavailable(m),
             RuntimeError::Store(e) => ApiError::Internal(e.to_string()),

@@ -176,6 +176,7 @@ pub fn compute(c: &mut Conn, cfg: &PlatformConfig) -> Result<Plan, ReconcileErro
                 fields: vec![
                     ("path".into(), None, Some(path)),
                     ("harness".into(), None, p.harness.clone()),
+                    ("multitask".into(), None, Some(p.multitask.as_str().into())),
                 ],
             }),
             Some(cur) => {
@@ -186,6 +187,12 @@ pub fn compute(c: &mut Conn, cfg: &PlatformConfig) -> Result<Plan, ReconcileErro
                     "harness",
                     cur.harness.as_deref(),
                     p.harness.as_deref(),
+                );
+                diff(
+                    &mut fields,
+                    "multitask",
+                    Some(&cur.multitask),
+                    Some(p.multitask.as_str()),
                 );
                 if cur.disabled_at.is_some() {
                     fields.push(("enabled".into(), Some("false".into()), Some("true".into())));
@@ -384,6 +391,7 @@ fn apply_project(
                     slug: p.slug.clone(),
                     source_path: p.path.display().to_string(),
                     harness: p.harness.clone(),
+                    multitask: p.multitask.as_str().into(),
                     managed_by: "config".into(),
                     disabled_at: None,
                     created_at: now,
@@ -396,6 +404,7 @@ fn apply_project(
             &cur.id,
             &p.path.display().to_string(),
             p.harness.as_deref(),
+            p.multitask.as_str(),
             None,
         )?,
         (Action::Disable, Some(cur), _) => projects::update(
@@ -403,6 +412,7 @@ fn apply_project(
             &cur.id,
             &cur.source_path,
             cur.harness.as_deref(),
+            &cur.multitask,
             Some(now),
         )?,
         (Action::Delete, Some(cur), _) => projects::delete(c, &cur.id)?,

@@ -2,19 +2,23 @@
 //!
 //! A turn's events flow driver -> channel -> one pump task per turn, which numbers them with the
 //! session's sequence, writes them to the replay log, and broadcasts them to every subscriber. The
-//! pump owns the turn: a client that disconnects does not stop it.
+//! pump owns the turn: a client that disconnects does not stop it. Turns on one session are
+//! serialized by the session's slot lock; approvals pause a turn until a decision arrives.
 
+pub mod app_settings;
 mod events;
 mod sessions;
 mod turns;
 
+pub use app_settings::{AppSettings, PermissionMode, Policy};
 pub use events::Frame;
-pub use sessions::{CreateSession, SessionView};
-pub use turns::{SendMessage, TurnSubscription};
+pub use sessions::{CreateSession, ListSessions, ProjectRef, SessionPage, SessionView};
+pub use turns::{SendMessage, Subscription, TurnOutcome};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::drivers::DriverRegistry;
 use crate::store::{Store, StoreError};
@@ -22,12 +26,15 @@ use crate::store::{Store, StoreError};
 /// Service errors, mapped to HTTP statuses by the handlers.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// No such session/project in the caller's org.
+    /// No such session/project/request in the caller's scope.
     #[error("{0} not found")]
     NotFound(&'static str),
     /// A turn is already running on the session.
     #[error("session busy")]
     Busy,
+    /// The request conflicts with the resource's state (closed session, resolved input, ...).
+    #[error("{0}")]
+    Conflict(String),
     /// A request field is invalid: (location, message).
     #[error("{1}")]
     Invalid(Vec<String>, String),
@@ -55,6 +62,8 @@ pub struct RuntimeSettings {
     pub data_dir: PathBuf,
     /// Events kept per session.
     pub event_log_retention: u64,
+    /// How long a turn waits for an approval.
+    pub input_timeout: Duration,
 }
 
 /// The session runtime.
@@ -62,7 +71,7 @@ pub struct Runtime {
     store: Store,
     drivers: Arc<DriverRegistry>,
     settings: Mutex<RuntimeSettings>,
-    live: Mutex<HashMap<String, Arc<turns::LiveSession>>>,
+    slots: Mutex<HashMap<String, Arc<turns::Slot>>>,
 }
 
 impl Runtime {
@@ -72,7 +81,7 @@ impl Runtime {
             store,
             drivers,
             settings: Mutex::new(settings),
-            live: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -88,20 +97,18 @@ impl Runtime {
             .clone()
     }
 
-    /// Marks the session busy; `None` when a turn already runs on it.
-    fn claim(&self, session_id: &str) -> Option<Arc<turns::LiveSession>> {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.contains_key(session_id) {
-            return None;
-        }
-        let state = Arc::new(turns::LiveSession::new());
-        live.insert(session_id.to_string(), state.clone());
-        Some(state)
+    /// The session's slot (its turn lock and running turn), created on first use.
+    fn slot(&self, session_id: &str) -> Arc<turns::Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(session_id.to_string())
+            .or_insert_with(|| Arc::new(turns::Slot::default()))
+            .clone()
     }
 
-    /// Marks the session idle again.
-    fn release(&self, session_id: &str) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.remove(session_id);
+    /// The slot, only if it exists (no turn has run here since start otherwise).
+    fn existing_slot(&self, session_id: &str) -> Option<Arc<turns::Slot>> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.get(session_id).cloned()
     }
 }

@@ -1,12 +1,15 @@
-//! Creating, resuming and reading sessions.
+//! Creating, resuming, listing, reading and closing sessions; participants.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{NaiveDateTime, SecondsFormat};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
+use super::app_settings::{AppSettings, PermissionMode};
 use super::{Runtime, RuntimeError};
+use crate::store::sessions::{SessionFilter, SessionPatch};
 use crate::store::{self, models, projects, sessions, StoreError};
 
 /// Most metadata keys a session may carry.
@@ -21,26 +24,66 @@ pub struct CreateSession {
     pub session_id: Option<String>,
     /// Project slug or id; defaults to the org's only project.
     pub project: Option<String>,
+    /// `interactive` or `autonomous` for this session.
+    pub permission_mode: Option<String>,
+}
+
+/// `GET /v1/sessions` input.
+#[derive(Clone, Debug, Default)]
+pub struct ListSessions {
+    /// Only this project (slug or id).
+    pub project: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only sessions whose metadata has these key/value pairs (values compared as text).
+    pub metadata: Vec<(String, String)>,
+    /// Page size (1..=100, default 20).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of sessions.
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct SessionPage {
+    /// Newest first.
+    pub data: Vec<SessionView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// The public session object.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct SessionView {
+    /// `sess_...`
     pub id: String,
+    /// The caller's tags.
+    #[schema(value_type = Object)]
     pub metadata: Value,
+    /// The agent handling turns.
     pub current_agent: String,
+    /// `active` or `closed`.
     pub status: String,
+    /// ISO-8601, `+00:00`.
     pub created_at: String,
+    /// ISO-8601, `+00:00`.
     pub updated_at: String,
+    /// The parent session, for sub-sessions.
     pub parent_id: Option<String>,
+    /// The approval the session waits for (the `input_required` payload), if any.
+    #[schema(value_type = Option<Object>)]
     pub pending_input: Option<Value>,
+    /// `interactive`, `autonomous`, or `null` (the app's setting applies).
     pub permission_mode: Option<String>,
+    /// `{name, type, display_name, joined_at, turns, last_turn_at}` per participant.
+    #[schema(value_type = Vec<Object>)]
     pub participants: Value,
+    /// The project and the version the session is pinned to.
     pub project: ProjectRef,
 }
 
 /// Which project a session belongs to and the version it is pinned to.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ProjectRef {
     /// The project's slug.
     #[serde(rename = "ref")]
@@ -56,7 +99,7 @@ pub(crate) fn iso(t: NaiveDateTime) -> String {
     t.and_utc().to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
-fn parse_json(s: &str) -> Value {
+pub(crate) fn parse_json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or(Value::Null)
 }
 
@@ -80,16 +123,56 @@ pub(crate) fn view(s: &models::Session, p: &models::Project) -> SessionView {
     }
 }
 
-fn invalid(field: &str, msg: impl Into<String>) -> RuntimeError {
+pub(crate) fn invalid(field: &str, msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Invalid(vec!["body".into(), field.into()], msg.into())
+}
+
+/// Loads a session of the org, and its project; when `project_id` is given the session must
+/// belong to it (a session of another project is not found, like one of another org).
+pub(crate) fn load(
+    c: &mut store::Conn,
+    org_id: &str,
+    id: &str,
+    project_id: Option<&str>,
+) -> Result<(models::Session, models::Project), StoreError> {
+    let s = sessions::get(c, org_id, id)?;
+    if project_id.is_some_and(|p| p != s.project_id) {
+        return Err(StoreError::NotFound);
+    }
+    let p = projects::get(c, org_id, &s.project_id)?;
+    Ok((s, p))
+}
+
+fn encode_cursor(s: &models::Session) -> String {
+    format!("{}.{}", s.created_at.and_utc().timestamp_micros(), s.id)
+}
+
+fn decode_cursor(c: &str) -> Option<(NaiveDateTime, String)> {
+    let (micros, id) = c.split_once('.')?;
+    let t = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?.naive_utc();
+    Some((t, id.to_string()))
+}
+
+fn metadata_matches(s: &models::Session, wanted: &[(String, String)]) -> bool {
+    if wanted.is_empty() {
+        return true;
+    }
+    let meta = parse_json(&s.metadata);
+    wanted.iter().all(|(k, v)| match meta.get(k) {
+        Some(Value::String(s)) => s == v,
+        // Numbers and booleans match their JSON text (`?metadata.tier=2`).
+        Some(other) => serde_json::from_str::<Value>(v).is_ok_and(|parsed| &parsed == other),
+        None => false,
+    })
 }
 
 impl Runtime {
     /// Creates a session, or resumes `session_id` (merging metadata key by key). Returns the
-    /// session and whether it was created.
+    /// session and whether it was created. `scope` pins the project (project routes).
     pub async fn create_session(
         &self,
         org_id: &str,
+        scope: Option<&str>,
         req: CreateSession,
     ) -> Result<(SessionView, bool), RuntimeError> {
         if let Some(m) = &req.metadata {
@@ -103,70 +186,30 @@ impl Runtime {
                 ));
             }
         }
-        let org = org_id.to_string();
+        if let Some(mode) = &req.permission_mode {
+            if PermissionMode::parse(mode).is_none() {
+                return Err(invalid(
+                    "permission_mode",
+                    format!("must be `interactive` or `autonomous`, got `{mode}`"),
+                ));
+            }
+        }
         if let Some(id) = req.session_id.clone() {
-            let metadata = req.metadata.clone();
-            return self
-                .store
-                .write_async(move |c| {
-                    let s = sessions::get(c, &org, &id)?;
-                    let p = projects::get(c, &org, &s.project_id)?;
-                    let s = match metadata {
-                        Some(extra) if !extra.is_empty() => {
-                            let mut merged = match parse_json(&s.metadata) {
-                                Value::Object(m) => m,
-                                _ => Map::new(),
-                            };
-                            merged.extend(extra);
-                            if merged.len() > MAX_METADATA_KEYS {
-                                return Err(StoreError::Conflict(format!(
-                                    "metadata would have {} keys; at most {MAX_METADATA_KEYS} are allowed",
-                                    merged.len()
-                                )));
-                            }
-                            let json = Value::Object(merged).to_string();
-                            sessions::set_metadata(c, &org, &id, &json)?;
-                            sessions::get(c, &org, &id)?
-                        }
-                        _ => s,
-                    };
-                    Ok((view(&s, &p), false))
-                })
-                .await
-                .map_err(|e| match e {
-                    StoreError::Conflict(m) => invalid("metadata", m),
-                    other => other.into(),
-                });
+            return self.resume(org_id, scope, &id, req.metadata).await;
         }
 
-        let project = self.pick_project(org_id, req.project.as_deref()).await?;
+        let project = match scope {
+            Some(project_id) => {
+                let (org, id) = (org_id.to_string(), project_id.to_string());
+                self.store
+                    .read_async(move |c| projects::get_enabled(c, &org, &id))
+                    .await
+                    .map_err(|_| RuntimeError::NotFound("project"))?
+            }
+            None => self.pick_project(org_id, req.project.as_deref()).await?,
+        };
         let app_dir = PathBuf::from(&project.source_path);
-        let drivers = self.drivers.clone();
-        let harness = project.harness.clone();
-        let dir = app_dir.clone();
-        let (driver_name, default_agent) = tokio::task::spawn_blocking(move || {
-            let driver = match &harness {
-                Some(name) => drivers.get(name).ok_or_else(|| {
-                    RuntimeError::Unavailable(format!(
-                        "the project selects harness `{name}`, but no driver of that name is loaded"
-                    ))
-                })?,
-                None => drivers.detect(&dir).ok_or_else(|| {
-                    RuntimeError::Unavailable(
-                        "no loaded driver can serve this project's harness app".into(),
-                    )
-                })?,
-            };
-            let discovery = driver.driver.discover(&dir).map_err(|e| {
-                RuntimeError::Unavailable(format!("the harness app cannot be loaded: {e}"))
-            })?;
-            Ok::<_, RuntimeError>((
-                driver.name.clone(),
-                discovery.default_agent.unwrap_or_else(|| "default".into()),
-            ))
-        })
-        .await
-        .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))??;
+        let (driver_name, default_agent) = self.resolve_driver(&project, &app_dir).await?;
 
         let now = store::now();
         let row = models::Session {
@@ -174,13 +217,15 @@ impl Runtime {
             org_id: org_id.to_string(),
             project_id: project.id.clone(),
             driver: driver_name,
+            app_path: project.source_path.clone(),
             harness_session_id: None,
             status: "active".into(),
             current_agent: default_agent,
-            permission_mode: None,
+            permission_mode: req.permission_mode,
             metadata: Value::Object(req.metadata.unwrap_or_default()).to_string(),
             participants: "[]".into(),
             pending_input: None,
+            approved_tools: "[]".into(),
             parent_id: None,
             last_seq: 0,
             created_at: now,
@@ -195,6 +240,87 @@ impl Runtime {
             .write_async(move |c| sessions::insert(c, &inserted))
             .await?;
         Ok((view(&row, &project), true))
+    }
+
+    async fn resume(
+        &self,
+        org_id: &str,
+        scope: Option<&str>,
+        id: &str,
+        metadata: Option<Map<String, Value>>,
+    ) -> Result<(SessionView, bool), RuntimeError> {
+        let (org, id, scope) = (
+            org_id.to_string(),
+            id.to_string(),
+            scope.map(str::to_string),
+        );
+        self.store
+            .write_async(move |c| {
+                let (s, p) = load(c, &org, &id, scope.as_deref())?;
+                let Some(extra) = metadata.filter(|m| !m.is_empty()) else {
+                    return Ok((view(&s, &p), false));
+                };
+                let mut merged = match parse_json(&s.metadata) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                merged.extend(extra);
+                if merged.len() > MAX_METADATA_KEYS {
+                    return Err(StoreError::Conflict(format!(
+                        "metadata would have {} keys; at most {MAX_METADATA_KEYS} are allowed",
+                        merged.len()
+                    )));
+                }
+                let patch = SessionPatch {
+                    metadata: Some(Value::Object(merged).to_string()),
+                    ..Default::default()
+                };
+                sessions::update(c, &org, &id, patch)?;
+                let (s, p) = load(c, &org, &id, None)?;
+                Ok((view(&s, &p), false))
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => invalid("metadata", m),
+                other => other.into(),
+            })
+    }
+
+    /// Picks the driver for a project and the app's default agent.
+    async fn resolve_driver(
+        &self,
+        project: &models::Project,
+        app_dir: &Path,
+    ) -> Result<(String, String), RuntimeError> {
+        let drivers = self.drivers.clone();
+        let harness = project.harness.clone();
+        let dir = app_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let driver = match &harness {
+                Some(name) => drivers.get(name).ok_or_else(|| {
+                    RuntimeError::Unavailable(format!(
+                        "the project selects harness `{name}`, but no driver of that name is loaded"
+                    ))
+                })?,
+                None => drivers.detect(&dir).ok_or_else(|| {
+                    RuntimeError::Unavailable(
+                        "no loaded driver can serve this project's harness app".into(),
+                    )
+                })?,
+            };
+            AppSettings::load(&dir).map_err(|e| {
+                RuntimeError::Conflict(format!("the harness app is misconfigured: {e}"))
+            })?;
+            let discovery = driver.driver.discover(&dir).map_err(|e| {
+                RuntimeError::Conflict(format!("the harness app is misconfigured: {e}"))
+            })?;
+            Ok::<_, RuntimeError>((
+                driver.name.clone(),
+                discovery.default_agent.unwrap_or_else(|| "default".into()),
+            ))
+        })
+        .await
+        .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))?
     }
 
     async fn pick_project(
@@ -242,24 +368,225 @@ impl Runtime {
         }
     }
 
-    /// A session of the caller's org.
-    pub async fn get_session(&self, org_id: &str, id: &str) -> Result<SessionView, RuntimeError> {
-        let (org, id) = (org_id.to_string(), id.to_string());
+    /// Resolves a project reference (slug or id) of the org to its id.
+    pub async fn project_id(&self, org_id: &str, reference: &str) -> Result<String, RuntimeError> {
+        let (org, r) = (org_id.to_string(), reference.to_string());
+        self.store
+            .read_async(move |c| projects::get_enabled(c, &org, &r))
+            .await
+            .map(|p| p.id)
+            .map_err(|e| match e {
+                StoreError::NotFound => RuntimeError::NotFound("project"),
+                other => RuntimeError::Store(other),
+            })
+    }
+
+    /// A session of the caller's org (and project, when scoped).
+    pub async fn get_session(
+        &self,
+        org_id: &str,
+        scope: Option<&str>,
+        id: &str,
+    ) -> Result<SessionView, RuntimeError> {
+        let (org, id, scope) = (
+            org_id.to_string(),
+            id.to_string(),
+            scope.map(str::to_string),
+        );
         self.store
             .read_async(move |c| {
-                let s = sessions::get(c, &org, &id)?;
-                let p = projects::get(c, &org, &s.project_id)?;
+                let (s, p) = load(c, &org, &id, scope.as_deref())?;
                 Ok(view(&s, &p))
             })
             .await
             .map_err(Into::into)
     }
 
+    /// The org's sessions, newest first, filtered and paged.
+    pub async fn list_sessions(
+        &self,
+        org_id: &str,
+        q: ListSessions,
+    ) -> Result<SessionPage, RuntimeError> {
+        let limit = q.limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(RuntimeError::Invalid(
+                vec!["query".into(), "limit".into()],
+                "must be between 1 and 100".into(),
+            ));
+        }
+        let before = match &q.cursor {
+            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                RuntimeError::Invalid(
+                    vec!["query".into(), "cursor".into()],
+                    "is not a cursor this API returned".into(),
+                )
+            })?),
+            None => None,
+        };
+        let project_id = match &q.project {
+            Some(r) => Some(self.project_id(org_id, r).await?),
+            None => None,
+        };
+        let org = org_id.to_string();
+        let (status, wanted) = (q.status.clone(), q.metadata.clone());
+        self.store
+            .read_async(move |c| {
+                let projects: HashMap<String, models::Project> = projects::list_all(c, &org)?
+                    .into_iter()
+                    .map(|p| (p.id.clone(), p))
+                    .collect();
+                let mut filter = SessionFilter {
+                    project_id,
+                    status,
+                    before,
+                };
+                let mut data = Vec::new();
+                // Metadata is filtered here, not in SQL (JSON operators differ per backend), so
+                // read batches until the page is full or the sessions run out.
+                loop {
+                    let batch = sessions::list(c, &org, &filter, (limit * 2) as i64)?;
+                    let exhausted = batch.len() < limit * 2;
+                    for s in &batch {
+                        filter.before = Some((s.created_at, s.id.clone()));
+                        if !metadata_matches(s, &wanted) {
+                            continue;
+                        }
+                        if let Some(p) = projects.get(&s.project_id) {
+                            data.push((encode_cursor(s), view(s, p)));
+                        }
+                        if data.len() == limit + 1 {
+                            break;
+                        }
+                    }
+                    if data.len() > limit || exhausted {
+                        break;
+                    }
+                }
+                let next_cursor = if data.len() > limit {
+                    data.truncate(limit);
+                    data.last().map(|(c, _)| c.clone())
+                } else {
+                    None
+                };
+                Ok(SessionPage {
+                    data: data.into_iter().map(|(_, v)| v).collect(),
+                    next_cursor,
+                })
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Adds a participant (201 semantics: `true`) or updates an existing one's display name.
+    pub async fn add_participant(
+        &self,
+        org_id: &str,
+        scope: Option<&str>,
+        id: &str,
+        name: &str,
+        kind: &str,
+        display_name: Option<String>,
+    ) -> Result<(SessionView, bool), RuntimeError> {
+        if name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if kind != "human" && kind != "ai" {
+            return Err(invalid(
+                "type",
+                format!("must be `human` or `ai`, got `{kind}`"),
+            ));
+        }
+        let (org, id, scope) = (
+            org_id.to_string(),
+            id.to_string(),
+            scope.map(str::to_string),
+        );
+        let (name, kind) = (name.to_string(), kind.to_string());
+        self.store
+            .write_async(move |c| {
+                let (s, _) = load(c, &org, &id, scope.as_deref())?;
+                let mut list: Vec<Value> =
+                    serde_json::from_str(&s.participants).unwrap_or_default();
+                let added = match list.iter_mut().find(|p| p["name"] == name.as_str()) {
+                    Some(p) => {
+                        if display_name.is_some() {
+                            p["display_name"] = json!(display_name);
+                        }
+                        false
+                    }
+                    None => {
+                        list.push(participant(&name, &kind, display_name));
+                        true
+                    }
+                };
+                let patch = SessionPatch {
+                    participants: Some(Value::Array(list).to_string()),
+                    ..Default::default()
+                };
+                sessions::update(c, &org, &id, patch)?;
+                let (s, p) = load(c, &org, &id, None)?;
+                Ok((view(&s, &p), added))
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Closes a session: a running turn is cancelled, the harness is told, and later sends are
+    /// refused with 409. Closing a closed session changes nothing.
+    pub async fn close_session(
+        &self,
+        org_id: &str,
+        scope: Option<&str>,
+        id: &str,
+    ) -> Result<SessionView, RuntimeError> {
+        let (org, sid, sc) = (
+            org_id.to_string(),
+            id.to_string(),
+            scope.map(str::to_string),
+        );
+        let (s, _) = self
+            .store
+            .read_async(move |c| load(c, &org, &sid, sc.as_deref()))
+            .await?;
+        if s.status != "closed" {
+            self.cancel_running(id);
+            let (org, sid) = (org_id.to_string(), id.to_string());
+            self.store
+                .write_async(move |c| {
+                    let patch = SessionPatch {
+                        status: Some("closed".into()),
+                        pending_input: Some(None),
+                        ..Default::default()
+                    };
+                    sessions::update(c, &org, &sid, patch)
+                })
+                .await?;
+            if let Some(d) = self.drivers.get(&s.driver) {
+                let sid = id.to_string();
+                let _ = tokio::task::spawn_blocking(move || d.driver.end_session(&sid)).await;
+            }
+        }
+        self.get_session(org_id, scope, id).await
+    }
+
     pub(crate) fn workspace_dir(&self, org_id: &str, session_id: &str) -> PathBuf {
-        workspace_path(&self.settings().data_dir, org_id, session_id)
+        self.settings()
+            .data_dir
+            .join("workspaces")
+            .join(org_id)
+            .join(session_id)
     }
 }
 
-fn workspace_path(data_dir: &Path, org_id: &str, session_id: &str) -> PathBuf {
-    data_dir.join("workspaces").join(org_id).join(session_id)
+/// A participant entry.
+pub(crate) fn participant(name: &str, kind: &str, display_name: Option<String>) -> Value {
+    json!({
+        "name": name,
+        "type": kind,
+        "display_name": display_name,
+        "joined_at": iso(store::now()),
+        "turns": 0,
+        "last_turn_at": null,
+    })
 }

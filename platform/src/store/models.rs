@@ -27,6 +27,8 @@ pub struct Project {
     pub slug: String,
     pub source_path: String,
     pub harness: Option<String>,
+    /// `reject`, `enqueue` or `interrupt`.
+    pub multitask: String,
     pub managed_by: String,
     pub disabled_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
@@ -56,6 +58,8 @@ pub struct Session {
     pub org_id: String,
     pub project_id: String,
     pub driver: String,
+    /// The harness-app folder pinned at creation.
+    pub app_path: String,
     pub harness_session_id: Option<String>,
     pub status: String,
     pub current_agent: String,
@@ -66,6 +70,8 @@ pub struct Session {
     pub participants: String,
     /// JSON object, when a turn waits for input.
     pub pending_input: Option<String>,
+    /// JSON array of tool names approved for the session.
+    pub approved_tools: String,
     pub parent_id: Option<String>,
     pub last_seq: i64,
     pub created_at: NaiveDateTime,

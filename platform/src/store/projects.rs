@@ -59,12 +59,14 @@ pub fn update(
     id: &str,
     source_path: &str,
     harness: Option<&str>,
+    multitask: &str,
     disabled_at: Option<chrono::NaiveDateTime>,
 ) -> Result<(), StoreError> {
     diesel::update(projects::table.find(id))
         .set((
             projects::source_path.eq(source_path),
             projects::harness.eq(harness),
+            projects::multitask.eq(multitask),
             projects::disabled_at.eq(disabled_at),
             projects::updated_at.eq(super::now()),
         ))
@@ -113,4 +115,12 @@ pub fn list_all_ids(c: &mut Conn, org_id: &str) -> Result<Vec<String>, StoreErro
 pub fn delete_all_for_org(c: &mut Conn, org_id: &str) -> Result<(), StoreError> {
     diesel::delete(projects::table.filter(projects::org_id.eq(org_id))).execute(c)?;
     Ok(())
+}
+
+/// All the org's projects, enabled or not.
+pub fn list_all(c: &mut Conn, org_id: &str) -> Result<Vec<Project>, StoreError> {
+    Ok(projects::table
+        .filter(projects::org_id.eq(org_id))
+        .select(Project::as_select())
+        .load(c)?)
 }

@@ -1,10 +1,25 @@
 //! Session handles. Every query takes the org.
 
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::models::Session;
-use super::schema::sessions;
+use super::schema::{session_events, sessions};
 use super::{Conn, OptionalRow, StoreError};
+
+/// A partial update of a session; `None` fields are left alone, `Some(None)` clears a column.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = sessions)]
+pub struct SessionPatch {
+    pub status: Option<String>,
+    pub current_agent: Option<String>,
+    pub harness_session_id: Option<Option<String>>,
+    pub metadata: Option<String>,
+    pub participants: Option<String>,
+    pub pending_input: Option<Option<String>>,
+    pub approved_tools: Option<String>,
+    pub updated_at: Option<NaiveDateTime>,
+}
 
 /// Inserts a session.
 pub fn insert(c: &mut Conn, s: &Session) -> Result<(), StoreError> {
@@ -22,62 +37,81 @@ pub fn get(c: &mut Conn, org_id: &str, id: &str) -> Result<Session, StoreError> 
         .found()
 }
 
-/// Records the harness's own session id.
-pub fn set_harness_session(
+/// Applies a patch (and bumps `updated_at`).
+pub fn update(
     c: &mut Conn,
     org_id: &str,
     id: &str,
-    harness_session_id: &str,
+    mut patch: SessionPatch,
 ) -> Result<(), StoreError> {
-    diesel::update(
+    patch.updated_at = Some(super::now());
+    let n = diesel::update(
         sessions::table
             .filter(sessions::org_id.eq(org_id))
             .filter(sessions::id.eq(id)),
     )
-    .set((
-        sessions::harness_session_id.eq(Some(harness_session_id)),
-        sessions::updated_at.eq(super::now()),
-    ))
+    .set(&patch)
     .execute(c)?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
     Ok(())
 }
 
-/// Replaces the participants list (JSON) and bumps `updated_at`.
-pub fn set_participants(
-    c: &mut Conn,
-    org_id: &str,
-    id: &str,
-    participants_json: &str,
-) -> Result<(), StoreError> {
-    diesel::update(
-        sessions::table
-            .filter(sessions::org_id.eq(org_id))
-            .filter(sessions::id.eq(id)),
-    )
-    .set((
-        sessions::participants.eq(participants_json),
-        sessions::updated_at.eq(super::now()),
-    ))
-    .execute(c)?;
-    Ok(())
+/// Filters for [`list`].
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    /// Only this project's sessions.
+    pub project_id: Option<String>,
+    /// Only sessions with this status.
+    pub status: Option<String>,
+    /// Keyset cursor: only sessions before (created_at, id) in newest-first order.
+    pub before: Option<(NaiveDateTime, String)>,
 }
 
-/// Replaces the metadata (JSON) and bumps `updated_at`.
-pub fn set_metadata(
+/// The org's sessions, newest first.
+pub fn list(
     c: &mut Conn,
     org_id: &str,
-    id: &str,
-    metadata_json: &str,
-) -> Result<(), StoreError> {
-    diesel::update(
-        sessions::table
-            .filter(sessions::org_id.eq(org_id))
-            .filter(sessions::id.eq(id)),
-    )
-    .set((
-        sessions::metadata.eq(metadata_json),
-        sessions::updated_at.eq(super::now()),
-    ))
-    .execute(c)?;
-    Ok(())
+    f: &SessionFilter,
+    limit: i64,
+) -> Result<Vec<Session>, StoreError> {
+    let mut q = sessions::table
+        .filter(sessions::org_id.eq(org_id))
+        .select(Session::as_select())
+        .order((sessions::created_at.desc(), sessions::id.desc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some(p) = &f.project_id {
+        q = q.filter(sessions::project_id.eq(p.clone()));
+    }
+    if let Some(s) = &f.status {
+        q = q.filter(sessions::status.eq(s.clone()));
+    }
+    if let Some((t, id)) = &f.before {
+        q = q.filter(
+            sessions::created_at
+                .lt(*t)
+                .or(sessions::created_at.eq(*t).and(sessions::id.lt(id.clone()))),
+        );
+    }
+    Ok(q.load(c)?)
+}
+
+/// Whether the session's log holds an `input_required` event with this request id.
+pub fn input_was_requested(
+    c: &mut Conn,
+    org_id: &str,
+    session_id: &str,
+    request_id: &str,
+) -> Result<bool, StoreError> {
+    let needle = format!("%\"request_id\":\"{request_id}\"%");
+    let n: i64 = session_events::table
+        .filter(session_events::org_id.eq(org_id))
+        .filter(session_events::session_id.eq(session_id))
+        .filter(session_events::event_type.eq("input_required"))
+        .filter(session_events::payload.like(needle))
+        .count()
+        .get_result(c)?;
+    Ok(n > 0)
 }

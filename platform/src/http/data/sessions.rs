@@ -3,44 +3,69 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use karta_plugin_api::DecisionKind;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use crate::app::App;
-use crate::http::auth::ApiCaller;
+use crate::http::auth::Access;
 use crate::http::body;
 use crate::http::error::ApiError;
 use crate::http::sse;
 use crate::platform::keys::Scope;
-use crate::runtime::{CreateSession, SendMessage};
+use crate::runtime::{CreateSession, ListSessions, SendMessage, Subscription, TurnOutcome};
 use crate::store;
 
+/// Path of routes about one session.
 #[derive(Deserialize)]
-struct CreateBody {
-    #[serde(default)]
-    metadata: Option<Map<String, Value>>,
-    #[serde(default)]
-    session_id: Option<String>,
-    #[serde(default)]
-    project: Option<String>,
+pub struct SessionPath {
+    session_id: String,
 }
 
-/// `POST /v1/sessions`: 201 when created, 200 when resumed.
+/// Path of the input route.
+#[derive(Deserialize)]
+pub struct InputPath {
+    session_id: String,
+    request_id: String,
+}
+
+/// `POST .../sessions` body.
+#[derive(Deserialize, ToSchema)]
+pub struct CreateBody {
+    /// Free-form tags (at most 50 keys).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    /// Resume this session instead of creating one.
+    #[serde(default)]
+    session_id: Option<String>,
+    /// Project slug or id (flat route only); defaults to the org's only project.
+    #[serde(default)]
+    project: Option<String>,
+    /// `interactive` or `autonomous`.
+    #[serde(default)]
+    permission_mode: Option<String>,
+}
+
+/// Create (201) or resume (200) a session.
 pub async fn create(
     app: web::Data<App>,
-    caller: ApiCaller,
+    access: Access,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let who = caller.require(Scope::Write)?;
+    access.require(Scope::Write)?;
     let b: CreateBody = body::parse(&bytes)?;
     let (session, created) = app
         .runtime
         .create_session(
-            &who.org_id,
+            access.org(),
+            access.scope(),
             CreateSession {
                 metadata: b.metadata,
                 session_id: b.session_id,
                 project: b.project,
+                permission_mode: b.permission_mode,
             },
         )
         .await?;
@@ -51,29 +76,94 @@ pub async fn create(
     })
 }
 
-/// `GET /v1/sessions/{id}`
+/// List the org's sessions, newest first: `project`, `status`, `metadata.<key>=<value>`,
+/// `limit` (1-100, default 20), `cursor`.
+pub async fn list(
+    app: web::Data<App>,
+    access: Access,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    access.require(Scope::Read)?;
+    let pairs: Vec<(String, String)> =
+        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .map_err(|e| ApiError::invalid(vec!["query".into()], e.to_string(), "value_error"))?;
+    let mut q = ListSessions::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "project" => q.project = Some(v),
+            "status" => q.status = Some(v),
+            "cursor" => q.cursor = Some(v),
+            "limit" => {
+                q.limit = Some(v.parse().map_err(|_| {
+                    ApiError::invalid(
+                        vec!["query".into(), "limit".into()],
+                        "must be an integer",
+                        "type_error",
+                    )
+                })?)
+            }
+            other => {
+                if let Some(key) = other.strip_prefix("metadata.") {
+                    q.metadata.push((key.to_string(), v));
+                }
+            }
+        }
+    }
+    if let Some(p) = access.scope() {
+        q.project = Some(p.to_string());
+    }
+    let page = app.runtime.list_sessions(access.org(), q).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// Fetch a session.
 pub async fn fetch(
     app: web::Data<App>,
-    caller: ApiCaller,
-    path: web::Path<String>,
+    access: Access,
+    path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let who = caller.require(Scope::Read)?;
-    let session = app.runtime.get_session(&who.org_id, &path).await?;
+    access.require(Scope::Read)?;
+    let session = app
+        .runtime
+        .get_session(access.org(), access.scope(), &path.session_id)
+        .await?;
     Ok(HttpResponse::Ok().json(session))
 }
 
-#[derive(Deserialize)]
-struct SendBody {
+/// Close a session: a running turn is cancelled and later sends get 409.
+pub async fn close(
+    app: web::Data<App>,
+    access: Access,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    access.require(Scope::Write)?;
+    let session = app
+        .runtime
+        .close_session(access.org(), access.scope(), &path.session_id)
+        .await?;
+    Ok(HttpResponse::Ok().json(session))
+}
+
+/// `POST .../messages` body.
+#[derive(Deserialize, ToSchema)]
+pub struct SendBody {
+    /// The message.
     #[serde(default)]
     text: Option<String>,
+    /// Route the message to this agent; the session is handed off to it.
     #[serde(default)]
     agent: Option<String>,
+    /// Who sends it (default `user`).
     #[serde(default)]
     participant_name: Option<String>,
+    /// `human` (default) or `ai`.
     #[serde(default)]
     participant_type: Option<String>,
+    /// Surface reasoning events.
     #[serde(default)]
     thinking: bool,
+    /// Answer with server-sent events.
     #[serde(default)]
     stream: Option<bool>,
 }
@@ -85,25 +175,57 @@ fn wants_sse(req: &HttpRequest) -> bool {
         .is_some_and(|v| v.contains("text/event-stream"))
 }
 
-/// `POST /v1/sessions/{id}/messages`: SSE when asked (`"stream": true` or
-/// `Accept: text/event-stream`), else the accumulated turn as JSON.
+fn last_event_id(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    match req.headers().get("last-event-id") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    vec!["header".into(), "Last-Event-ID".into()],
+                    "must be an event id this API sent",
+                    "value_error",
+                )
+            }),
+    }
+}
+
+fn stream(app: &App, sub: Subscription) -> HttpResponse {
+    let period = Duration::from_secs(app.config().server.heartbeat_seconds);
+    sse::response(sub, app.runtime.clone(), period)
+}
+
+/// Run a turn. SSE when asked (`"stream": true` or `Accept: text/event-stream`), else the
+/// accumulated turn as JSON. With `Last-Event-ID`, no turn starts: the stream resumes after that
+/// event (replaying the log, then following a running turn).
 pub async fn send(
     app: web::Data<App>,
-    caller: ApiCaller,
+    access: Access,
     req: HttpRequest,
-    path: web::Path<String>,
+    path: web::Path<SessionPath>,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let who = caller.require(Scope::Write)?;
+    access.require(Scope::Write)?;
+    if let Some(after) = last_event_id(&req)? {
+        let sub = app
+            .runtime
+            .attach(access.org(), access.scope(), &path.session_id, after)
+            .await?;
+        return Ok(stream(&app, sub));
+    }
     let b: SendBody = body::parse(&bytes)?;
     let text = b.text.ok_or_else(|| body::missing("text"))?;
-    let stream = b.stream.unwrap_or_else(|| wants_sse(&req));
-    let session_id = path.into_inner();
-    let runtime = app.runtime.clone();
-    let sub = runtime
+    let as_stream = b.stream.unwrap_or_else(|| wants_sse(&req));
+    let sub = app
+        .runtime
         .send_message(
-            &who.org_id,
-            &session_id,
+            access.org(),
+            access.scope(),
+            &path.session_id,
             SendMessage {
                 text: text.clone(),
                 agent: b.agent,
@@ -113,27 +235,151 @@ pub async fn send(
             },
         )
         .await?;
-    if stream {
-        let period = Duration::from_secs(app.config().server.heartbeat_seconds);
-        return Ok(sse::response(sub, runtime, period));
+    if as_stream {
+        return Ok(stream(&app, sub));
     }
-    let out = sub.collect(&runtime).await?;
+    let out = sub.collect(&app.runtime).await;
+    Ok(HttpResponse::Ok().json(unary_answer(&path.session_id, &text, out)))
+}
+
+fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> Value {
+    let done = out.done.clone().unwrap_or(Value::Null);
+    let status = match (&out.done, &out.pending_input) {
+        (Some(d), _) => d["status"].clone(),
+        (None, Some(_)) => json!("pending_input"),
+        (None, None) => json!("failed"),
+    };
     let mut answer = json!({
         "text": out.text,
         "session_id": session_id,
-        "agent": out.agent,
-        "status": out.done["status"],
-        "stop_reason": out.done["stop_reason"],
+        "agent": done["message"]["agent"],
+        "status": status,
+        "stop_reason": done["stop_reason"],
         "messages": [
             {"id": store::new_id("msg"), "role": "user", "text": text,
              "parts": [{"type": "text", "text": text}]},
             {"id": store::new_id("msg"), "role": "assistant", "text": out.text,
              "parts": [{"type": "text", "text": out.text}]},
         ],
-        "usage": out.done["usage"],
+        "usage": done["usage"],
+        "pending_input": out.pending_input,
+        "events": out.events,
     });
     if !out.errors.is_empty() {
         answer["errors"] = Value::Array(out.errors);
     }
-    Ok(HttpResponse::Ok().json(answer))
+    answer
+}
+
+/// Attach to a session's events (SSE): the log after `after` (or `Last-Event-ID`), then the
+/// running turn, if any, to its end.
+pub async fn events(
+    app: web::Data<App>,
+    access: Access,
+    req: HttpRequest,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    access.require(Scope::Read)?;
+    let from_query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.iter().find(|(k, _)| k == "after").map(|(_, v)| v.clone()));
+    let after = match from_query {
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::invalid(
+                vec!["query".into(), "after".into()],
+                "must be a non-negative integer",
+                "type_error",
+            )
+        })?,
+        None => last_event_id(&req)?.unwrap_or(0),
+    };
+    let sub = app
+        .runtime
+        .attach(access.org(), access.scope(), &path.session_id, after)
+        .await?;
+    Ok(stream(&app, sub))
+}
+
+/// `PUT .../inputs/{request_id}` body.
+#[derive(Deserialize, ToSchema)]
+pub struct InputBody {
+    /// `approve_once`, `approve_session` or `deny`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    decision: Option<DecisionKind>,
+    /// A note for the agent (e.g. why it was denied).
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Answer a pending approval; the answer carries the turn's continuation up to its end (or its
+/// next approval) and the session.
+pub async fn resolve_input(
+    app: web::Data<App>,
+    access: Access,
+    path: web::Path<InputPath>,
+    bytes: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    access.require(Scope::Write)?;
+    let b: InputBody = body::parse(&bytes)?;
+    let decision = b.decision.ok_or_else(|| body::missing("decision"))?;
+    let sub = app
+        .runtime
+        .resolve_input(
+            access.org(),
+            access.scope(),
+            &path.session_id,
+            &path.request_id,
+            decision,
+            b.message,
+        )
+        .await?;
+    let out = sub.collect(&app.runtime).await;
+    let session = app
+        .runtime
+        .get_session(access.org(), access.scope(), &path.session_id)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "events": out.events, "session": session })))
+}
+
+/// `POST .../participants` body.
+#[derive(Deserialize, ToSchema)]
+pub struct ParticipantBody {
+    /// Stable name.
+    #[serde(default)]
+    name: Option<String>,
+    /// `human` (default) or `ai`.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    /// Name to show.
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+/// Add a participant (201), or update one's display name (200).
+pub async fn add_participant(
+    app: web::Data<App>,
+    access: Access,
+    path: web::Path<SessionPath>,
+    bytes: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    access.require(Scope::Write)?;
+    let b: ParticipantBody = body::parse(&bytes)?;
+    let name = b.name.ok_or_else(|| body::missing("name"))?;
+    let (session, added) = app
+        .runtime
+        .add_participant(
+            access.org(),
+            access.scope(),
+            &path.session_id,
+            &name,
+            b.kind.as_deref().unwrap_or("human"),
+            b.display_name,
+        )
+        .await?;
+    Ok(if added {
+        HttpResponse::Created().json(session)
+    } else {
+        HttpResponse::Ok().json(session)
+    })
 }
