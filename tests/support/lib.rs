@@ -251,3 +251,171 @@ pub fn write_config(
     }
     std::fs::write(dir.join("karta.platform.toml"), t).expect("write config");
 }
+
+/// Reads an SSE response frame by frame, as it arrives.
+pub struct SseReader {
+    lines: std::io::Lines<std::io::BufReader<reqwest::blocking::Response>>,
+    /// Keep-alive comments seen so far.
+    pub comments: usize,
+}
+
+impl SseReader {
+    /// Wraps a streaming response.
+    pub fn new(r: reqwest::blocking::Response) -> Self {
+        use std::io::BufRead;
+        Self {
+            lines: std::io::BufReader::new(r).lines(),
+            comments: 0,
+        }
+    }
+
+    /// The next frame, or `None` when the server ended the stream.
+    pub fn next_frame(&mut self) -> Option<SseFrame> {
+        let (mut id, mut event, mut data) = (None, String::new(), String::new());
+        loop {
+            let line = self.lines.next()?.ok()?;
+            if line.is_empty() {
+                if !event.is_empty() {
+                    return Some(SseFrame {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).expect("data is one line of JSON"),
+                    });
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                self.comments += 1;
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            }
+        }
+    }
+
+    /// Frames until (and including) the first of type `event`.
+    pub fn until(&mut self, event: &str) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        while let Some(f) = self.next_frame() {
+            let stop = f.event == event;
+            out.push(f);
+            if stop {
+                return out;
+            }
+        }
+        panic!("stream ended before `{event}`: {out:?}");
+    }
+
+    /// Every remaining frame.
+    pub fn rest(&mut self) -> Vec<SseFrame> {
+        std::iter::from_fn(|| self.next_frame()).collect()
+    }
+}
+
+/// One `[[projects]]` entry for [`PlatformFile`].
+pub struct ProjectSpec {
+    /// Tenant slug.
+    pub tenant: String,
+    /// Project slug.
+    pub slug: String,
+    /// The harness-app folder.
+    pub path: PathBuf,
+    /// `reject`, `enqueue` or `interrupt`.
+    pub multitask: Option<String>,
+}
+
+/// A platform configuration for a test, written as TOML.
+pub struct PlatformFile {
+    /// Tenant slugs.
+    pub tenants: Vec<String>,
+    /// Projects.
+    pub projects: Vec<ProjectSpec>,
+    /// The echo driver's delay between events.
+    pub delay_ms: u64,
+    /// Extra TOML appended verbatim (e.g. `[runtime]` settings).
+    pub extra: String,
+}
+
+impl PlatformFile {
+    /// Tenant `acme` with one project `hello` on the example app.
+    pub fn new() -> Self {
+        PlatformFile {
+            tenants: vec!["acme".into()],
+            projects: vec![],
+            delay_ms: 2,
+            extra: String::new(),
+        }
+    }
+
+    /// Adds a project of `acme`.
+    pub fn project(mut self, slug: &str, path: &Path, multitask: Option<&str>) -> Self {
+        self.projects.push(ProjectSpec {
+            tenant: "acme".into(),
+            slug: slug.into(),
+            path: path.to_path_buf(),
+            multitask: multitask.map(str::to_string),
+        });
+        self
+    }
+
+    /// Writes `karta.platform.toml` into `dir`.
+    pub fn write(&self, dir: &Path) {
+        let mut t = format!(
+            "[[drivers]]\npath = \"{}\"\nsettings = {{ delay_ms = {} }}\n\n",
+            echo_plugin().display(),
+            self.delay_ms
+        );
+        for slug in &self.tenants {
+            t.push_str(&format!(
+                "[[tenants]]\nslug = \"{slug}\"\nname = \"Tenant {slug}\"\n\n"
+            ));
+        }
+        for p in &self.projects {
+            t.push_str(&format!(
+                "[[projects]]\ntenant = \"{}\"\nslug = \"{}\"\npath = \"{}\"\n",
+                p.tenant,
+                p.slug,
+                p.path.display()
+            ));
+            if let Some(m) = &p.multitask {
+                t.push_str(&format!("multitask = \"{m}\"\n"));
+            }
+            t.push('\n');
+        }
+        t.push_str(&self.extra);
+        std::fs::write(dir.join("karta.platform.toml"), t).expect("write config");
+    }
+}
+
+impl Default for PlatformFile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A copy of an example app in `dir/<name>`, with `karta.jsonc` replaced when given.
+pub fn app_copy(dir: &Path, name: &str, example: &str, karta_jsonc: Option<&str>) -> PathBuf {
+    let src = workspace_root().join("examples").join(example);
+    let dst = dir.join(name);
+    copy_dir(&src, &dst);
+    if let Some(text) = karta_jsonc {
+        std::fs::write(dst.join("karta.jsonc"), text).expect("write karta.jsonc");
+    }
+    dst
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for e in std::fs::read_dir(src).expect("read example") {
+        let e = e.expect("entry");
+        let to = dst.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).expect("copy");
+        }
+    }
+}

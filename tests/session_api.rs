@@ -1,0 +1,753 @@
+//! End-to-end: the complete session API over HTTP with the echo plugin — project routes,
+//! lifecycle, approvals and their policies, replay, multitasking, agents, participants, errors.
+
+use std::thread;
+use std::time::Duration;
+
+use karta_e2e::*;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{json, Value};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    k: Karta,
+    key: String,
+    c: Client,
+}
+
+impl Env {
+    fn start(build: impl FnOnce(&std::path::Path, PlatformFile) -> PlatformFile) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), PlatformFile::new()).write(dir.path());
+        let k = Karta::start(dir.path());
+        let key = k.create_key("acme");
+        let c = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Env {
+            _dir: dir,
+            k,
+            key,
+            c,
+        }
+    }
+
+    /// One project `hello` on the plain echo app.
+    fn simple() -> Env {
+        Env::start(|_, pf| pf.project("hello", &hello_app(), None))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.k.public)
+    }
+
+    fn get(&self, path: &str) -> RequestBuilder {
+        self.c.get(self.url(path)).bearer_auth(&self.key)
+    }
+
+    fn post(&self, path: &str, body: Value) -> RequestBuilder {
+        self.c
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(&body)
+    }
+
+    fn put(&self, path: &str, body: Value) -> RequestBuilder {
+        self.c
+            .put(self.url(path))
+            .bearer_auth(&self.key)
+            .json(&body)
+    }
+
+    fn session(&self, body: Value) -> String {
+        let r = self.post("/v1/sessions", body).send().unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn stream(&self, sid: &str, body: Value) -> SseReader {
+        let mut body = body;
+        body["stream"] = json!(true);
+        let r = self
+            .post(&format!("/v1/sessions/{sid}/messages"), body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+        SseReader::new(r)
+    }
+
+    fn unary(&self, sid: &str, body: Value) -> Value {
+        let r = self
+            .post(&format!("/v1/sessions/{sid}/messages"), body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    }
+
+    fn fetch(&self, sid: &str) -> Value {
+        self.get(&format!("/v1/sessions/{sid}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn decide(&self, sid: &str, request_id: &str, decision: &str) -> Response {
+        self.put(
+            &format!("/v1/sessions/{sid}/inputs/{request_id}"),
+            json!({"decision": decision}),
+        )
+        .send()
+        .unwrap()
+    }
+}
+
+fn types(frames: &[SseFrame]) -> Vec<String> {
+    frames.iter().map(|f| f.event.clone()).collect()
+}
+
+fn event_types(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn detail(r: Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn project_routes_mirror_the_flat_ones_and_scope_sessions_to_their_project() {
+    let e = Env::start(|_, pf| {
+        pf.project("hello", &hello_app(), None).project(
+            "team",
+            &workspace_root().join("examples/echo-team"),
+            None,
+        )
+    });
+    let r = e
+        .post("/v1/projects/team/sessions", json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let s: Value = r.json().unwrap();
+    assert_eq!(s["project"]["ref"], "team");
+    let sid = s["id"].as_str().unwrap().to_string();
+    let pid = s["project"]["project_id"].as_str().unwrap().to_string();
+
+    // By slug or by id.
+    for r#ref in ["team", pid.as_str()] {
+        let r = e
+            .get(&format!("/v1/projects/{}/sessions/{sid}", r#ref))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Another project's route does not see it; an unknown project is a 404 too.
+    let (status, body) = detail(
+        e.get(&format!("/v1/projects/hello/sessions/{sid}"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 404, "{body}");
+    let r = e
+        .get(&format!("/v1/projects/nope/sessions/{sid}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+
+    let r = e
+        .post(
+            &format!("/v1/projects/team/sessions/{sid}/messages"),
+            json!({"text": "hi", "stream": true}),
+        )
+        .send()
+        .unwrap();
+    let frames = SseReader::new(r).rest();
+    assert_eq!(frames.last().unwrap().event, "done");
+    assert_eq!(
+        frames.last().unwrap().data["data"]["message"]["agent"],
+        "triage"
+    );
+    // The project route lists only its project's sessions.
+    e.session(json!({"project": "hello"}));
+    let page: Value = e
+        .get("/v1/projects/team/sessions")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let page: Value = e.get("/v1/sessions").send().unwrap().json().unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn sessions_list_with_filters_and_cursor_paging_and_close() {
+    let e = Env::simple();
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            e.session(
+                json!({"metadata": {"n": i, "tier": if i % 2 == 0 { "gold" } else { "free" }}}),
+            )
+        })
+        .collect();
+    let page: Value = e
+        .get("/v1/sessions?limit=2")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let first: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, [ids[4].as_str(), ids[3].as_str()], "newest first");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let page: Value = e
+        .get(&format!("/v1/sessions?limit=2&cursor={cursor}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let second: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(second, [ids[2].as_str(), ids[1].as_str()]);
+    let page: Value = e
+        .get(&format!(
+            "/v1/sessions?limit=2&cursor={}",
+            page["next_cursor"].as_str().unwrap()
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    let gold: Value = e
+        .get("/v1/sessions?metadata.tier=gold&limit=10")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(gold["data"].as_array().unwrap().len(), 3);
+    let two: Value = e
+        .get("/v1/sessions?metadata.n=2")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(two["data"][0]["id"], ids[2].as_str());
+    assert_eq!(e.get("/v1/sessions?limit=0").send().unwrap().status(), 422);
+    assert_eq!(
+        e.get("/v1/sessions?cursor=garbage")
+            .send()
+            .unwrap()
+            .status(),
+        422
+    );
+
+    let r =
+        e.c.delete(e.url(&format!("/v1/sessions/{}", ids[0])))
+            .bearer_auth(&e.key)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["status"], "closed");
+    let (status, body) = detail(
+        e.post(
+            &format!("/v1/sessions/{}/messages", ids[0]),
+            json!({"text": "hi"}),
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 409);
+    assert_eq!(body["detail"], "session is closed");
+    let closed: Value = e
+        .get("/v1/sessions?status=closed")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(closed["data"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn approval_round_trip_on_an_open_stream() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    let mut s = e.stream(&sid, json!({"text": "copy this [approve]"}));
+    let head = s.until("input_required");
+    assert_eq!(types(&head).last().unwrap(), "input_required");
+    let ask = head.last().unwrap().data["data"].clone();
+    let rid = ask["request_id"].as_str().unwrap().to_string();
+    assert!(rid.starts_with("req_"), "{ask}");
+    assert_eq!(ask["tool"], "echo");
+    assert_eq!(
+        ask["options"],
+        json!(["approve_once", "approve_session", "deny"])
+    );
+    // The tool waits: announced as pending before the prompt.
+    let pending_tool = head.iter().find(|f| f.event == "tool_use").unwrap();
+    assert_eq!(pending_tool.data["data"]["status"], "pending");
+
+    let session = e.fetch(&sid);
+    assert_eq!(session["pending_input"]["request_id"], rid.as_str());
+    // A second send while paused is busy.
+    assert_eq!(
+        e.post(
+            &format!("/v1/sessions/{sid}/messages"),
+            json!({"text": "x"})
+        )
+        .send()
+        .unwrap()
+        .status(),
+        409
+    );
+
+    // Bad answers first.
+    let (status, body) = detail(e.decide(&sid, &rid, "maybe"));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "decision"]));
+    assert_eq!(e.decide(&sid, "req_unknown", "deny").status(), 404);
+
+    let r = e.decide(&sid, &rid, "approve_once");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().unwrap();
+    assert_eq!(
+        event_types(&body["events"]),
+        ["tool_use", "tool_use", "step_finish", "done"]
+    );
+    assert_eq!(body["events"][1]["data"]["status"], "completed");
+    assert_eq!(body["session"]["pending_input"], Value::Null);
+    assert_eq!(body["session"]["id"], sid.as_str());
+
+    // The open stream carried the continuation too, then ended.
+    let rest = s.rest();
+    assert_eq!(
+        types(&rest),
+        ["tool_use", "tool_use", "step_finish", "done"]
+    );
+    assert_eq!(rest.last().unwrap().data["data"]["status"], "completed");
+
+    // Answering again: already resolved.
+    let (status, body) = detail(e.decide(&sid, &rid, "approve_once"));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["detail"], "input request already resolved");
+}
+
+#[test]
+fn approve_session_is_remembered_and_deny_refuses_the_tool() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    // Unary: the pause answers 200 with what happened so far.
+    let body = e.unary(&sid, json!({"text": "twice [approve] [approve]"}));
+    assert_eq!(body["status"], "pending_input");
+    let rid = body["pending_input"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        event_types(&body["events"]).last().unwrap(),
+        "input_required"
+    );
+
+    let r = e.decide(&sid, &rid, "approve_session");
+    let cont: Value = r.json().unwrap();
+    let kinds = event_types(&cont["events"]);
+    assert!(
+        !kinds.contains(&"input_required".to_string()),
+        "second call asked again: {kinds:?}"
+    );
+    // First call: running, completed. Second call: pending, then (approved by Karta, unasked)
+    // running, completed.
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "tool_use").count(),
+        2 + 3,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().unwrap(), "done");
+
+    // A later turn in the same session is not asked either.
+    let body = e.unary(&sid, json!({"text": "again [approve]"}));
+    assert_eq!(body["status"], "completed");
+    assert!(!event_types(&body["events"]).contains(&"input_required".to_string()));
+
+    // Another session is asked; deny refuses the tool and the turn completes.
+    let other = e.session(json!({}));
+    let body = e.unary(&other, json!({"text": "[approve]"}));
+    let rid = body["pending_input"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cont: Value = e.decide(&other, &rid, "deny").json().unwrap();
+    let tool = cont["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "tool_use")
+        .unwrap()
+        .clone();
+    assert_eq!(tool["data"]["status"], "error");
+    assert!(tool["data"]["result"]
+        .as_str()
+        .unwrap()
+        .starts_with("denied"));
+    assert_eq!(
+        cont["events"].as_array().unwrap().last().unwrap()["data"]["status"],
+        "completed"
+    );
+}
+
+#[test]
+fn a_paused_turn_resumes_for_a_client_that_reconnects_with_last_event_id() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    let mut s = e.stream(&sid, json!({"text": "reconnect [approve]"}));
+    let head = s.until("input_required");
+    let ask = head.last().unwrap().clone();
+    let last_seen = ask.id.unwrap() - 1; // pretend the prompt itself was lost
+    drop(s);
+
+    // Reconnect: the same send with Last-Event-ID replays and follows the paused turn.
+    let r = e
+        .post(
+            &format!("/v1/sessions/{sid}/messages"),
+            json!({"text": "reconnect [approve]", "stream": true}),
+        )
+        .header("last-event-id", last_seen.to_string())
+        .send()
+        .unwrap();
+    let mut again = SseReader::new(r);
+    let replayed = again.next_frame().unwrap();
+    assert_eq!(replayed.event, "input_required");
+    assert_eq!(replayed.id, ask.id);
+    let rid = replayed.data["data"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The GET events route attaches the same way.
+    let r = e
+        .get(&format!("/v1/sessions/{sid}/events?after={last_seen}"))
+        .send()
+        .unwrap();
+    let mut attached = SseReader::new(r);
+    assert_eq!(attached.next_frame().unwrap().event, "input_required");
+
+    assert_eq!(e.decide(&sid, &rid, "approve_once").status(), 200);
+    let rest = again.rest();
+    assert_eq!(
+        types(&rest),
+        ["tool_use", "tool_use", "step_finish", "done"]
+    );
+    assert_eq!(
+        types(&attached.rest()),
+        ["tool_use", "tool_use", "step_finish", "done"]
+    );
+    // Ids continue without gaps across the reconnect.
+    assert_eq!(rest[0].id, Some(ask.id.unwrap() + 1));
+    // Nothing ran twice: no second turn was started by the reconnect.
+    assert_eq!(e.fetch(&sid)["participants"][0]["turns"], 1);
+}
+
+#[test]
+fn app_and_session_policies_decide_without_a_human() {
+    let dir = tempfile::tempdir().unwrap();
+    let auto = app_copy(
+        dir.path(),
+        "auto",
+        "hello-echo",
+        Some(r#"{ "runtime": { "permission_mode": "autonomous" } }"#),
+    );
+    let hidden = app_copy(
+        dir.path(),
+        "hidden",
+        "hello-echo",
+        Some(r#"{ "cli": { "hidden_event_types": ["input_required"] } }"#),
+    );
+    let erroring = app_copy(
+        dir.path(),
+        "erroring",
+        "hello-echo",
+        Some(
+            r#"{ "cli": { "hidden_event_types": ["input_required"], "input_required_hidden_policy": "error" } }"#,
+        ),
+    );
+    let e = Env::start(|_, pf| {
+        pf.project("auto", &auto, None)
+            .project("hidden", &hidden, None)
+            .project("erroring", &erroring, None)
+    });
+
+    // autonomous: approved for the session, no prompt.
+    let sid = e.session(json!({"project": "auto"}));
+    let body = e.unary(&sid, json!({"text": "go [approve]"}));
+    assert_eq!(body["status"], "completed");
+    let kinds = event_types(&body["events"]);
+    assert!(!kinds.contains(&"input_required".to_string()), "{kinds:?}");
+    assert!(body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["data"]["status"] == "completed" && e["type"] == "tool_use"));
+
+    // The session's own mode wins over the app's.
+    let sid = e.session(json!({"project": "auto", "permission_mode": "interactive"}));
+    assert_eq!(e.fetch(&sid)["permission_mode"], "interactive");
+    let body = e.unary(&sid, json!({"text": "go [approve]"}));
+    assert_eq!(body["status"], "pending_input");
+    let r = e
+        .post(
+            "/v1/sessions",
+            json!({"permission_mode": "sometimes", "project": "auto"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // A prompt nobody can see is denied (the default hidden policy)...
+    let sid = e.session(json!({"project": "hidden", "permission_mode": "interactive"}));
+    let body = e.unary(&sid, json!({"text": "go [approve]"}));
+    assert_eq!(body["status"], "completed");
+    let tool = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "tool_use")
+        .unwrap()
+        .clone();
+    assert_eq!(tool["data"]["status"], "error");
+
+    // ...or, with policy `error`, ends the turn with an error.
+    let sid = e.session(json!({"project": "erroring"}));
+    let mut s = e.stream(&sid, json!({"text": "go [approve]"}));
+    let frames = s.rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert_eq!(err.data["data"]["code"], "input_required_refused");
+    assert_eq!(frames.last().unwrap().event, "done");
+    assert_eq!(frames.last().unwrap().data["data"]["status"], "failed");
+}
+
+#[test]
+fn an_unanswered_prompt_times_out_into_the_hidden_policy() {
+    let e = Env::start(|_, mut pf| {
+        pf.extra = "[runtime]\ninput_timeout_seconds = 1\n".into();
+        pf.project("hello", &hello_app(), None)
+    });
+    let sid = e.session(json!({}));
+    let frames = e.stream(&sid, json!({"text": "wait [approve]"})).rest();
+    let kinds = types(&frames);
+    assert!(kinds.contains(&"input_required".to_string()), "{kinds:?}");
+    let expired = frames
+        .iter()
+        .find(|f| f.event == "system")
+        .expect("a system event");
+    assert_eq!(expired.data["data"]["subtype"], "input_expired");
+    assert_eq!(expired.data["data"]["decision"], "deny");
+    let tool = frames.iter().rev().find(|f| f.event == "tool_use").unwrap();
+    assert_eq!(tool.data["data"]["status"], "error");
+    assert_eq!(e.fetch(&sid)["pending_input"], Value::Null);
+}
+
+#[test]
+fn enqueue_runs_the_second_message_after_the_first_and_interrupt_cancels_it() {
+    let e = Env::start(|_, mut pf| {
+        pf.delay_ms = 60;
+        pf.project("queue", &hello_app(), Some("enqueue")).project(
+            "cut",
+            &hello_app(),
+            Some("interrupt"),
+        )
+    });
+    // enqueue
+    let sid = e.session(json!({"project": "queue"}));
+    let mut first = e.stream(&sid, json!({"text": "one two three four five"}));
+    let head = first.next_frame().unwrap();
+    let second = e.unary(&sid, json!({"text": "second"}));
+    assert_eq!(second["status"], "completed");
+    let rest = first.rest();
+    assert_eq!(rest.last().unwrap().data["data"]["status"], "completed");
+    let first_done = rest.last().unwrap().id.unwrap();
+    let second_seqs: Vec<i64> = second["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(
+        second_seqs.iter().all(|s| *s > first_done),
+        "turns interleaved: {first_done} vs {second_seqs:?}"
+    );
+    assert!(head.id.unwrap() < first_done);
+
+    // interrupt
+    let sid = e.session(json!({"project": "cut"}));
+    let mut first = e.stream(&sid, json!({"text": "a b c d e f g h i j k l"}));
+    first.next_frame().unwrap();
+    let second = e.unary(&sid, json!({"text": "now"}));
+    assert_eq!(second["text"], "echo: now");
+    let rest = first.rest();
+    assert_eq!(rest.last().unwrap().event, "done");
+    assert_eq!(rest.last().unwrap().data["data"]["status"], "cancelled");
+}
+
+#[test]
+fn agents_route_and_hand_off_and_unknown_agents_are_refused() {
+    let e =
+        Env::start(|_, pf| pf.project("team", &workspace_root().join("examples/echo-team"), None));
+    let sid = e.session(json!({}));
+    assert_eq!(e.fetch(&sid)["current_agent"], "triage");
+    let body = e.unary(&sid, json!({"text": "refund please", "agent": "billing"}));
+    assert_eq!(body["agent"], "billing");
+    assert_eq!(
+        e.fetch(&sid)["current_agent"],
+        "billing",
+        "naming an agent hands the session off"
+    );
+    let body = e.unary(&sid, json!({"text": "and then"}));
+    assert_eq!(body["agent"], "billing");
+    let (status, body) = detail(
+        e.post(
+            &format!("/v1/sessions/{sid}/messages"),
+            json!({"text": "x", "agent": "sales"}),
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "agent"]));
+    assert!(
+        body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("billing, triage"),
+        "{body}"
+    );
+}
+
+#[test]
+fn participants_join_and_each_turn_is_attributed() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    let r = e
+        .post(
+            &format!("/v1/sessions/{sid}/participants"),
+            json!({"name": "ana", "display_name": "Ana Lima"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = e
+        .post(
+            &format!("/v1/sessions/{sid}/participants"),
+            json!({"name": "ana", "display_name": "Ana L."}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        e.post(
+            &format!("/v1/sessions/{sid}/participants"),
+            json!({"name": "bot", "type": "robot"})
+        )
+        .send()
+        .unwrap()
+        .status(),
+        422
+    );
+    e.unary(&sid, json!({"text": "hi", "participant_name": "ana"}));
+    e.unary(
+        &sid,
+        json!({"text": "hello", "participant_name": "helper-bot", "participant_type": "ai"}),
+    );
+    e.unary(&sid, json!({"text": "again", "participant_name": "ana"}));
+    let people = e.fetch(&sid)["participants"].clone();
+    let find = |n: &str| {
+        people
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("ana")["turns"], 2);
+    assert_eq!(find("ana")["display_name"], "Ana L.");
+    assert_eq!(find("helper-bot")["type"], "ai");
+    assert_eq!(find("helper-bot")["turns"], 1);
+}
+
+#[test]
+fn errors_after_the_stream_starts_are_events_and_the_stream_ends_cleanly() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    let frames = e.stream(&sid, json!({"text": "boom [fail]"})).rest();
+    assert_eq!(types(&frames), ["step_start", "text", "error", "done"]);
+    assert_eq!(frames[2].data["data"]["code"], "echo_failure");
+    assert_eq!(frames[3].data["data"]["status"], "failed");
+    // The session still works.
+    assert_eq!(
+        e.unary(&sid, json!({"text": "fine"}))["status"],
+        "completed"
+    );
+    // Status codes and bodies before a stream starts.
+    let r =
+        e.c.get(e.url(&format!("/v1/sessions/{sid}")))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    let read_only =
+        e.k.cli(&["keys", "create", "--tenant", "acme", "--scopes", "read"]);
+    let ro = String::from_utf8(read_only.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let r =
+        e.c.post(e.url(&format!("/v1/sessions/{sid}/messages")))
+            .bearer_auth(&ro)
+            .json(&json!({"text": "x"}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        e.c.get(e.url(&format!("/v1/sessions/{sid}")))
+            .bearer_auth(&ro)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let r =
+        e.c.get(e.url("/v1/sessions/sess_nope"))
+            .bearer_auth(&e.key)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 404);
+    let _ = thread::spawn(|| ()).join();
+}
