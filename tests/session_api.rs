@@ -751,3 +751,215 @@ fn errors_after_the_stream_starts_are_events_and_the_stream_ends_cleanly() {
     assert_eq!(r.status(), 404);
     let _ = thread::spawn(|| ()).join();
 }
+
+#[test]
+fn session_tokens_reach_their_own_project_routes_only() {
+    let e = Env::start(|_, pf| {
+        pf.project("hello", &hello_app(), None).project(
+            "team",
+            &workspace_root().join("examples/echo-team"),
+            None,
+        )
+    });
+    let r = e
+        .post("/v1/projects/hello/session_tokens", json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let minted: Value = r.json().unwrap();
+    let token = minted["token"].as_str().unwrap().to_string();
+    assert_eq!(minted["project"]["slug"], "hello");
+    assert!(minted["expires_at"].as_str().unwrap().ends_with('Z'));
+    // The original control plane's path works too.
+    assert_eq!(
+        e.post("/agent_projects/hello/session_tokens", json!({}))
+            .send()
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        e.post(
+            "/v1/projects/hello/session_tokens",
+            json!({"ttl_seconds": 5})
+        )
+        .send()
+        .unwrap()
+        .status(),
+        422
+    );
+    let as_token = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = e.c.request(method, e.url(path)).bearer_auth(&token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().unwrap()
+    };
+    // A token cannot mint tokens, list, close, or use flat routes or another project.
+    assert_eq!(
+        as_token(
+            reqwest::Method::POST,
+            "/v1/projects/hello/session_tokens",
+            Some(json!({}))
+        )
+        .status(),
+        403
+    );
+    let (status, body) = detail(as_token(
+        reqwest::Method::POST,
+        "/v1/sessions",
+        Some(json!({})),
+    ));
+    assert_eq!(status, 403);
+    assert_eq!(
+        body["detail"],
+        "session tokens are valid only on project routes"
+    );
+    assert_eq!(
+        as_token(
+            reqwest::Method::POST,
+            "/v1/projects/team/sessions",
+            Some(json!({}))
+        )
+        .status(),
+        403
+    );
+    assert_eq!(
+        as_token(reqwest::Method::GET, "/v1/projects/hello/sessions", None).status(),
+        403
+    );
+
+    // What a browser does: create, stream, answer an approval.
+    let r = as_token(
+        reqwest::Method::POST,
+        "/v1/projects/hello/sessions",
+        Some(json!({})),
+    );
+    assert_eq!(r.status(), 201);
+    let sid = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = as_token(
+        reqwest::Method::POST,
+        &format!("/v1/projects/hello/sessions/{sid}/messages"),
+        Some(json!({"text": "from the browser [approve]"})),
+    );
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["status"], "pending_input");
+    let rid = body["pending_input"]["request_id"].as_str().unwrap();
+    let r = as_token(
+        reqwest::Method::PUT,
+        &format!("/v1/projects/hello/sessions/{sid}/inputs/{rid}"),
+        Some(json!({"decision": "approve_once"})),
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().unwrap()["session"]["pending_input"],
+        Value::Null
+    );
+    assert_eq!(
+        as_token(
+            reqwest::Method::DELETE,
+            &format!("/v1/projects/hello/sessions/{sid}"),
+            None
+        )
+        .status(),
+        403
+    );
+
+    // A forged token is refused outright.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let r =
+        e.c.get(e.url(&format!("/v1/projects/hello/sessions/{sid}")))
+            .bearer_auth(&forged)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Tokens bound to an end user reach only that user's sessions.
+    let mint = |sub: &str| -> String {
+        e.post("/v1/projects/hello/session_tokens", json!({"sub": sub}))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (u1, u2) = (mint("user-1"), mint("user-2"));
+    let create = |t: &str, body: Value| {
+        e.c.post(e.url("/v1/projects/hello/sessions"))
+            .bearer_auth(t)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        create(&u1, json!({"metadata": {"user_id": "user-2"}})).status(),
+        403
+    );
+    let r = create(&u1, json!({"metadata": {"user_id": "user-1"}}));
+    assert_eq!(r.status(), 201);
+    let mine = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let get = |t: &str| {
+        e.c.get(e.url(&format!("/v1/projects/hello/sessions/{mine}")))
+            .bearer_auth(t)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(get(&u1), 200);
+    assert_eq!(get(&u2), 404);
+}
+
+#[test]
+fn the_openapi_document_covers_every_public_route() {
+    let e = Env::simple();
+    let r = e.c.get(e.url("/openapi.json")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in ["get", "post", "put", "delete"] {
+            if item.get(m).is_some() {
+                ops.push(format!("{} {path}", m.to_uppercase()));
+            }
+        }
+    }
+    ops.sort();
+    let mut expected = Vec::new();
+    for prefix in ["/v1/sessions", "/v1/projects/{project_ref}/sessions"] {
+        for (m, p) in [
+            ("GET", ""),
+            ("POST", ""),
+            ("GET", "/{session_id}"),
+            ("DELETE", "/{session_id}"),
+            ("POST", "/{session_id}/messages"),
+            ("GET", "/{session_id}/events"),
+            ("PUT", "/{session_id}/inputs/{request_id}"),
+            ("POST", "/{session_id}/participants"),
+        ] {
+            expected.push(format!("{m} {prefix}{p}"));
+        }
+    }
+    expected.push("POST /v1/projects/{project_ref}/session_tokens".into());
+    expected.sort();
+    assert_eq!(ops, expected);
+    assert!(
+        !doc.to_string().contains("/admin/"),
+        "operator routes stay out of the public document"
+    );
+    let params = doc["paths"]["/v1/projects/{project_ref}/sessions/{session_id}/messages"]["post"]
+        ["parameters"]
+        .as_array()
+        .unwrap();
+    assert_eq!(params[0]["name"], "project_ref");
+}

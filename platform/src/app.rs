@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use crate::config::{self, ConfigError, LoadOptions, PlatformConfig};
 use crate::drivers::DriverRegistry;
 use crate::platform::keys::KeyVerifier;
+use crate::platform::tokens::TokenKeys;
 use crate::reconcile::{self, Plan, ReconcileError};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::store::{Store, StoreError};
@@ -33,6 +34,8 @@ pub struct App {
     pub runtime: Arc<Runtime>,
     /// API-key verification.
     pub keys: KeyVerifier,
+    /// Session-token signing and verification.
+    pub tokens: TokenKeys,
     /// The operator token for `/admin/v1` (from `KARTA_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
     config: RwLock<Arc<PlatformConfig>>,
@@ -63,11 +66,19 @@ impl App {
             drivers.clone(),
             runtime_settings(&cfg),
         ));
+        let (tokens, generated) = TokenKeys::from_env();
+        if generated {
+            tracing::warn!(
+                "KARTA_SESSION_TOKEN_SECRET is not set: session tokens are signed with a random \
+                 secret and stop working when this process stops"
+            );
+        }
         let admin_token = std::env::var("KARTA_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
         Ok(Arc::new(App {
             keys: KeyVerifier::new(store.clone()),
+            tokens,
             store,
             drivers,
             runtime,

@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use crate::app::App;
 use crate::platform::keys::{Principal, Scope};
+use crate::platform::tokens::{looks_like_jwt, Claims};
 
 fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get("authorization")?.to_str().ok()?;
@@ -20,24 +21,75 @@ fn bearer(req: &HttpRequest) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-/// A caller authenticated by an org API key.
-pub struct ApiCaller(pub Principal);
+/// The credential behind a request.
+pub enum Credential {
+    /// An org API key.
+    Key(Principal),
+    /// A session token (project routes only).
+    Token(Claims),
+}
 
-impl ApiCaller {
-    /// 403 unless the key holds `scope`.
-    pub fn require(&self, scope: Scope) -> Result<&Principal, ApiError> {
-        if self.0.has(scope) {
-            Ok(&self.0)
+/// An authenticated caller and, on project routes, the project the route names.
+pub struct Access {
+    org_id: String,
+    /// The credential.
+    pub credential: Credential,
+    /// `Some(project id)` on `/v1/projects/{project_ref}/...`.
+    pub project_id: Option<String>,
+}
+
+impl Access {
+    /// The caller's org.
+    pub fn org(&self) -> &str {
+        &self.org_id
+    }
+
+    /// The project scope of the route.
+    pub fn scope(&self) -> Option<&str> {
+        self.project_id.as_deref()
+    }
+
+    /// The end user a session token is bound to.
+    pub fn subject(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Token(c) => c.sub.as_deref(),
+            Credential::Key(_) => None,
+        }
+    }
+
+    /// 403 unless the credential may do `scope`. Session tokens may read and write on their
+    /// project (create, fetch, send, answer inputs, follow events), never administer.
+    pub fn require(&self, scope: Scope) -> Result<&Self, ApiError> {
+        let ok = match &self.credential {
+            Credential::Key(p) => p.has(scope),
+            Credential::Token(_) => scope != Scope::Admin,
+        };
+        if ok {
+            Ok(self)
         } else {
             Err(ApiError::Forbidden(format!(
-                "this key lacks the `{}` scope",
+                "this credential lacks the `{}` scope",
                 scope.as_str()
             )))
         }
     }
+
+    /// 403 for session tokens: the operation needs an org API key with `scope`.
+    pub fn require_key(&self, scope: Scope) -> Result<&Self, ApiError> {
+        match &self.credential {
+            Credential::Token(_) => Err(ApiError::Forbidden(
+                "this operation needs an API key; session tokens cannot do it".into(),
+            )),
+            Credential::Key(_) => self.require(scope),
+        }
+    }
 }
 
-impl FromRequest for ApiCaller {
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl FromRequest for Access {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
@@ -46,69 +98,45 @@ impl FromRequest for ApiCaller {
             .app_data::<web::Data<App>>()
             .map(|d| d.clone().into_inner());
         let token = bearer(req);
+        let project_ref = req.match_info().get("project_ref").map(str::to_string);
         Box::pin(async move {
             let (Some(app), Some(token)) = (app, token) else {
                 return Err(ApiError::Unauthorized);
             };
-            match app.keys.verify(&token).await {
-                Ok(Some(p)) => Ok(ApiCaller(p)),
-                Ok(None) => Err(ApiError::Unauthorized),
-                Err(e) => Err(ApiError::Internal(e.to_string())),
+            if looks_like_jwt(&token) {
+                let claims = app
+                    .tokens
+                    .verify(&token, now_unix())
+                    .map_err(|_| ApiError::Unauthorized)?;
+                let Some(r) = project_ref else {
+                    return Err(ApiError::Forbidden(
+                        "session tokens are valid only on project routes".into(),
+                    ));
+                };
+                if r != claims.project_slug && r != claims.project_id {
+                    return Err(ApiError::Forbidden(
+                        "this session token is for another project".into(),
+                    ));
+                }
+                let project_id = app.runtime.project_id(&claims.org_id, &r).await?;
+                return Ok(Access {
+                    org_id: claims.org_id.clone(),
+                    credential: Credential::Token(claims),
+                    project_id: Some(project_id),
+                });
             }
-        })
-    }
-}
-
-/// An authenticated caller and, on project routes, the project the route names.
-pub struct Access {
-    /// Who is calling.
-    pub principal: Principal,
-    /// `Some(project id)` on `/v1/projects/{project_ref}/...`.
-    pub project_id: Option<String>,
-}
-
-impl Access {
-    /// The caller's org.
-    pub fn org(&self) -> &str {
-        &self.principal.org_id
-    }
-
-    /// The project scope of the route.
-    pub fn scope(&self) -> Option<&str> {
-        self.project_id.as_deref()
-    }
-
-    /// 403 unless the credential holds `scope`.
-    pub fn require(&self, scope: Scope) -> Result<&Self, ApiError> {
-        if self.principal.has(scope) {
-            Ok(self)
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this key lacks the `{}` scope",
-                scope.as_str()
-            )))
-        }
-    }
-}
-
-impl FromRequest for Access {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
-
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let caller = ApiCaller::from_request(req, payload);
-        let app = req
-            .app_data::<web::Data<App>>()
-            .map(|d| d.clone().into_inner());
-        let project_ref = req.match_info().get("project_ref").map(str::to_string);
-        Box::pin(async move {
-            let ApiCaller(principal) = caller.await?;
-            let project_id = match (project_ref, app) {
-                (Some(r), Some(app)) => Some(app.runtime.project_id(&principal.org_id, &r).await?),
-                _ => None,
+            let principal = match app.keys.verify(&token).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err(ApiError::Unauthorized),
+                Err(e) => return Err(ApiError::Internal(e.to_string())),
+            };
+            let project_id = match project_ref {
+                Some(r) => Some(app.runtime.project_id(&principal.org_id, &r).await?),
+                None => None,
             };
             Ok(Access {
-                principal,
+                org_id: principal.org_id.clone(),
+                credential: Credential::Key(principal),
                 project_id,
             })
         })

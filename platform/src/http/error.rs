@@ -6,6 +6,32 @@ use serde_json::json;
 
 use crate::runtime::RuntimeError;
 
+/// The body of most errors.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// One problem of a 422.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ValidationItem {
+    /// Where: `["body", "text"]`, `["query", "limit"]`, ...
+    pub loc: Vec<String>,
+    /// What is wrong.
+    pub msg: String,
+    /// A machine-readable kind: `missing`, `type_error`, `value_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// The body of a 422.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ValidationErrorBody {
+    /// Every problem found.
+    pub detail: Vec<ValidationItem>,
+}
+
 /// An error answer of the HTTP API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod body;
 pub mod data;
 pub mod error;
+pub mod openapi;
+pub mod org;
 pub mod sse;
 
 use std::sync::Arc;
@@ -69,7 +71,9 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .wrap(middleware::from_fn(request_id))
             .route("/healthz", web::get().to(health))
+            .route("/openapi.json", web::get().to(openapi::document))
             .configure(data::configure)
+            .configure(org::configure)
             .default_service(web::to(not_found))
     })
     .bind(&cfg.server.listen)?;

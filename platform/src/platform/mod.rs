@@ -2,3 +2,4 @@
 //! join here as they are built.
 
 pub mod keys;
+pub mod tokens;

@@ -381,6 +381,22 @@ impl Runtime {
             })
     }
 
+    /// An enabled project of the org, by slug or id.
+    pub async fn project(
+        &self,
+        org_id: &str,
+        reference: &str,
+    ) -> Result<models::Project, RuntimeError> {
+        let (org, r) = (org_id.to_string(), reference.to_string());
+        self.store
+            .read_async(move |c| projects::get_enabled(c, &org, &r))
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => RuntimeError::NotFound("project"),
+                other => RuntimeError::Store(other),
+            })
+    }
+
     /// A session of the caller's org (and project, when scoped).
     pub async fn get_session(
         &self,

@@ -11,10 +11,12 @@ use utoipa::ToSchema;
 use crate::app::App;
 use crate::http::auth::Access;
 use crate::http::body;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody, ValidationErrorBody};
 use crate::http::sse;
 use crate::platform::keys::Scope;
-use crate::runtime::{CreateSession, ListSessions, SendMessage, Subscription, TurnOutcome};
+use crate::runtime::{
+    CreateSession, ListSessions, SendMessage, SessionPage, SessionView, Subscription, TurnOutcome,
+};
 use crate::store;
 
 /// Path of routes about one session.
@@ -28,6 +30,21 @@ pub struct SessionPath {
 pub struct InputPath {
     session_id: String,
     request_id: String,
+}
+
+/// A session token bound to an end user reaches only that user's sessions (those whose
+/// `metadata.user_id` is the token's subject); others are not found.
+async fn check_subject(app: &App, access: &Access, session_id: &str) -> Result<(), ApiError> {
+    if let Some(sub) = access.subject() {
+        let s = app
+            .runtime
+            .get_session(access.org(), access.scope(), session_id)
+            .await?;
+        if s.metadata["user_id"] != sub {
+            return Err(ApiError::NotFound("session not found".into()));
+        }
+    }
+    Ok(())
 }
 
 /// `POST .../sessions` body.
@@ -49,6 +66,14 @@ pub struct CreateBody {
 }
 
 /// Create (201) or resume (200) a session.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "sessions",
+    request_body = CreateBody,
+    responses((status = 201, description = "Created", body = SessionView), (status = 200, description = "Resumed (`session_id` given)", body = SessionView), (status = 400, description = "The body is not JSON", body = ErrorBody), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody), (status = 422, description = "A field is invalid", body = ValidationErrorBody), (status = 503, description = "The harness cannot run now (see Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     app: web::Data<App>,
     access: Access,
@@ -56,6 +81,19 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Write)?;
     let b: CreateBody = body::parse(&bytes)?;
+    if let Some(sub) = access.subject() {
+        match &b.session_id {
+            Some(id) => check_subject(&app, &access, id).await?,
+            None => {
+                let user = b.metadata.as_ref().and_then(|m| m.get("user_id"));
+                if user.and_then(Value::as_str) != Some(sub) {
+                    return Err(ApiError::Forbidden(
+                        "metadata.user_id must equal the session token's subject".into(),
+                    ));
+                }
+            }
+        }
+    }
     let (session, created) = app
         .runtime
         .create_session(
@@ -78,12 +116,20 @@ pub async fn create(
 
 /// List the org's sessions, newest first: `project`, `status`, `metadata.<key>=<value>`,
 /// `limit` (1-100, default 20), `cursor`.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    params(("project" = Option<String>, Query, description = "Project slug or id"), ("status" = Option<String>, Query, description = "`active` or `closed`"), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, description = "A page of sessions, newest first", body = SessionPage), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 422, description = "A field is invalid", body = ValidationErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     app: web::Data<App>,
     access: Access,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    access.require(Scope::Read)?;
+    access.require_key(Scope::Read)?;
     let pairs: Vec<(String, String)> =
         web::Query::<Vec<(String, String)>>::from_query(req.query_string())
             .map(|q| q.into_inner())
@@ -118,12 +164,21 @@ pub async fn list(
 }
 
 /// Fetch a session.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{session_id}",
+    tag = "sessions",
+    params(("session_id" = String, Path, description = "`sess_...`")),
+    responses((status = 200, description = "The session", body = SessionView), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn fetch(
     app: web::Data<App>,
     access: Access,
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Read)?;
+    check_subject(&app, &access, &path.session_id).await?;
     let session = app
         .runtime
         .get_session(access.org(), access.scope(), &path.session_id)
@@ -132,12 +187,20 @@ pub async fn fetch(
 }
 
 /// Close a session: a running turn is cancelled and later sends get 409.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{session_id}",
+    tag = "sessions",
+    params(("session_id" = String, Path, description = "`sess_...`")),
+    responses((status = 200, description = "The closed session", body = SessionView), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn close(
     app: web::Data<App>,
     access: Access,
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
-    access.require(Scope::Write)?;
+    access.require_key(Scope::Write)?;
     let session = app
         .runtime
         .close_session(access.org(), access.scope(), &path.session_id)
@@ -202,6 +265,15 @@ fn stream(app: &App, sub: Subscription) -> HttpResponse {
 /// Run a turn. SSE when asked (`"stream": true` or `Accept: text/event-stream`), else the
 /// accumulated turn as JSON. With `Last-Event-ID`, no turn starts: the stream resumes after that
 /// event (replaying the log, then following a running turn).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{session_id}/messages",
+    tag = "sessions",
+    params(("session_id" = String, Path, description = "`sess_...`"), ("Last-Event-ID" = Option<i64>, Header, description = "Resume a stream after this event instead of starting a turn")),
+    request_body = SendBody,
+    responses((status = 200, description = "The accumulated turn (JSON), or its events (`text/event-stream`)", content((TurnAnswer = "application/json"), (String = "text/event-stream"))), (status = 400, description = "The body is not JSON", body = ErrorBody), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody), (status = 409, description = "Busy, closed, or already resolved", body = ErrorBody), (status = 422, description = "A field is invalid", body = ValidationErrorBody), (status = 503, description = "The harness cannot run now (see Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn send(
     app: web::Data<App>,
     access: Access,
@@ -210,6 +282,7 @@ pub async fn send(
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Write)?;
+    check_subject(&app, &access, &path.session_id).await?;
     if let Some(after) = last_event_id(&req)? {
         let sub = app
             .runtime
@@ -240,6 +313,45 @@ pub async fn send(
     }
     let out = sub.collect(&app.runtime).await;
     Ok(HttpResponse::Ok().json(unary_answer(&path.session_id, &text, out)))
+}
+
+/// The unary answer of a turn (documentation of the JSON built by `unary_answer`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TurnAnswer {
+    /// The assistant's text.
+    text: String,
+    /// The session.
+    session_id: String,
+    /// The agent that answered.
+    agent: String,
+    /// `completed`, `failed`, `cancelled`, or `pending_input` when the turn paused.
+    status: String,
+    /// Why the model stopped.
+    stop_reason: Option<String>,
+    /// This turn's user and assistant messages.
+    #[schema(value_type = Vec<Object>)]
+    messages: Vec<Value>,
+    /// Tokens and cost of the turn.
+    #[schema(value_type = Object)]
+    usage: Value,
+    /// The approval the turn waits for, when it paused.
+    #[schema(value_type = Option<Object>)]
+    pending_input: Option<Value>,
+    /// Every event of the turn (the SSE `data:` envelopes).
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Value>,
+}
+
+/// The answer to an input: the turn's continuation and the session.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InputAnswer {
+    /// Events after the decision, up to `done` or the next `input_required`.
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Value>,
+    /// The session, `pending_input` cleared (or the next request).
+    session: SessionView,
 }
 
 fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> Value {
@@ -273,6 +385,14 @@ fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> Value {
 
 /// Attach to a session's events (SSE): the log after `after` (or `Last-Event-ID`), then the
 /// running turn, if any, to its end.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{session_id}/events",
+    tag = "sessions",
+    params(("session_id" = String, Path, description = "`sess_...`"), ("after" = Option<i64>, Query, description = "Replay events after this sequence number"), ("Last-Event-ID" = Option<i64>, Header, description = "Same as `after`")),
+    responses((status = 200, description = "Logged events after `after`, then the running turn (`text/event-stream`)", content_type = "text/event-stream"), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody), (status = 422, description = "A field is invalid", body = ValidationErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn events(
     app: web::Data<App>,
     access: Access,
@@ -280,6 +400,7 @@ pub async fn events(
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Read)?;
+    check_subject(&app, &access, &path.session_id).await?;
     let from_query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.iter().find(|(k, _)| k == "after").map(|(_, v)| v.clone()));
@@ -314,6 +435,15 @@ pub struct InputBody {
 
 /// Answer a pending approval; the answer carries the turn's continuation up to its end (or its
 /// next approval) and the session.
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{session_id}/inputs/{request_id}",
+    tag = "sessions",
+    params(("session_id" = String, Path, description = "`sess_...`"), ("request_id" = String, Path, description = "`req_...` from `input_required`")),
+    request_body = InputBody,
+    responses((status = 200, description = "The continuation of the turn and the session", body = InputAnswer), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "Unknown session or request", body = ErrorBody), (status = 409, description = "Already resolved, or the turn is gone", body = ErrorBody), (status = 422, description = "Missing decision, or one not offered", body = ValidationErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn resolve_input(
     app: web::Data<App>,
     access: Access,
@@ -321,6 +451,7 @@ pub async fn resolve_input(
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Write)?;
+    check_subject(&app, &access, &path.session_id).await?;
     let b: InputBody = body::parse(&bytes)?;
     let decision = b.decision.ok_or_else(|| body::missing("decision"))?;
     let sub = app
@@ -357,6 +488,15 @@ pub struct ParticipantBody {
 }
 
 /// Add a participant (201), or update one's display name (200).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{session_id}/participants",
+    tag = "sessions",
+    params(("session_id" = String, Path, description = "`sess_...`")),
+    request_body = ParticipantBody,
+    responses((status = 201, description = "Joined", body = SessionView), (status = 200, description = "Already a participant (display name updated)", body = SessionView), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody), (status = 422, description = "A field is invalid", body = ValidationErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn add_participant(
     app: web::Data<App>,
     access: Access,
@@ -364,6 +504,7 @@ pub async fn add_participant(
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Write)?;
+    check_subject(&app, &access, &path.session_id).await?;
     let b: ParticipantBody = body::parse(&bytes)?;
     let name = b.name.ok_or_else(|| body::missing("name"))?;
     let (session, added) = app
