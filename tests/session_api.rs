@@ -33,6 +33,17 @@ impl Env {
         }
     }
 
+    /// One project `hello` on the plain echo app, on PostgreSQL when `db` is given.
+    fn simple_on(db: Option<&str>) -> Env {
+        let extra = db
+            .map(|url| format!("[database]\nurl = \"{url}\"\n"))
+            .unwrap_or_default();
+        Env::start(move |_, mut pf| {
+            pf.extra = extra;
+            pf.project("hello", &hello_app(), None)
+        })
+    }
+
     /// One project `hello` on the plain echo app.
     fn simple() -> Env {
         Env::start(|_, pf| pf.project("hello", &hello_app(), None))
@@ -292,7 +303,17 @@ fn sessions_list_with_filters_and_cursor_paging_and_close() {
 
 #[test]
 fn approval_round_trip_on_an_open_stream() {
-    let e = Env::simple();
+    approval_round_trip(None);
+}
+
+#[test]
+fn approval_round_trip_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    approval_round_trip(Some(&db.url));
+}
+
+fn approval_round_trip(db: Option<&str>) {
+    let e = Env::simple_on(db);
     let sid = e.session(json!({}));
     let mut s = e.stream(&sid, json!({"text": "copy this [approve]"}));
     let head = s.until("input_required");
@@ -962,4 +983,47 @@ fn the_openapi_document_covers_every_public_route() {
         .as_array()
         .unwrap();
     assert_eq!(params[0]["name"], "project_ref");
+}
+
+#[test]
+fn a_paused_stream_gets_keepalives_and_a_missing_driver_is_a_503() {
+    let e = Env::start(|_, mut pf| {
+        pf.extra = "[server]\nheartbeat_seconds = 1\n".into();
+        pf.project("hello", &hello_app(), None)
+    });
+    let sid = e.session(json!({}));
+    let mut s = e.stream(&sid, json!({"text": "hold on [approve]"}));
+    let rid = s.until("input_required").last().unwrap().data["data"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = s.comments;
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(e.decide(&sid, &rid, "approve_once").status(), 200);
+    let rest = s.rest();
+    assert!(s.comments > before, "no keep-alive while paused");
+    assert_eq!(rest.last().unwrap().event, "done");
+
+    // A project whose harness has no loaded driver.
+    let dir = tempfile::tempdir().unwrap();
+    let mut pf = PlatformFile::new().project("hello", &hello_app(), None);
+    pf.extra = format!(
+        "[[projects]]\ntenant = \"acme\"\nslug = \"ghost\"\npath = \"{}\"\nharness = \"no-such-driver\"\n",
+        hello_app().display()
+    );
+    pf.write(dir.path());
+    let k = Karta::start(dir.path());
+    let key = k.create_key("acme");
+    let r =
+        e.c.post(format!("{}/v1/sessions", k.public))
+            .bearer_auth(&key)
+            .json(&json!({"project": "ghost"}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.json::<Value>().unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-driver"));
 }

@@ -440,3 +440,96 @@ fn api_keys_verify_only_with_the_exact_key() {
         ));
     }
 }
+
+#[test]
+fn session_patches_paging_and_input_lookups() {
+    use karta::store::sessions::{SessionFilter, SessionPatch};
+    for b in backends() {
+        let s = &b.store;
+        reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
+        let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
+        let prj = s
+            .read(|c| projects::get_enabled(c, &org.id, "bot"))
+            .unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let row = session_row(&org.id, &prj.id);
+            s.write(|c| sessions::insert(c, &row)).unwrap();
+            ids.push(row.id);
+        }
+        // Keyset paging visits every session once, newest first.
+        let mut seen = Vec::new();
+        let mut f = SessionFilter::default();
+        loop {
+            let page = s.read(|c| sessions::list(c, &org.id, &f, 2)).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            let last = page.last().unwrap();
+            f.before = Some((last.created_at, last.id.clone()));
+            seen.extend(page.into_iter().map(|r| r.id));
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 5, "{}: {seen:?}", b.label);
+
+        let id = ids[0].clone();
+        let patch = SessionPatch {
+            status: Some("closed".into()),
+            pending_input: Some(Some("{\"request_id\":\"req_1\"}".into())),
+            ..Default::default()
+        };
+        s.write(|c| sessions::update(c, &org.id, &id, patch))
+            .unwrap();
+        let row = s.read(|c| sessions::get(c, &org.id, &id)).unwrap();
+        assert_eq!(row.status, "closed");
+        assert!(row.pending_input.is_some());
+        // Some(None) clears; None leaves alone.
+        let clear = SessionPatch {
+            pending_input: Some(None),
+            ..Default::default()
+        };
+        s.write(|c| sessions::update(c, &org.id, &id, clear))
+            .unwrap();
+        let row = s.read(|c| sessions::get(c, &org.id, &id)).unwrap();
+        assert_eq!(
+            (row.status.as_str(), row.pending_input),
+            ("closed", None),
+            "{}",
+            b.label
+        );
+        // Another org cannot patch it.
+        let err = s.write(|c| {
+            sessions::update(
+                c,
+                "org_other",
+                &id,
+                SessionPatch {
+                    status: Some("active".into()),
+                    ..Default::default()
+                },
+            )
+        });
+        assert!(matches!(err, Err(StoreError::NotFound)), "{}", b.label);
+
+        let ev = models::SessionEvent {
+            session_id: id.clone(),
+            org_id: org.id.clone(),
+            seq: 1,
+            event_type: "input_required".into(),
+            payload: r#"{"type":"input_required","data":{"request_id":"req_abc"}}"#.into(),
+            created_at: store::now(),
+        };
+        s.write(|c| events::append(c, &ev, 100)).unwrap();
+        assert!(s
+            .read(|c| sessions::input_was_requested(c, &org.id, &id, "req_abc"))
+            .unwrap());
+        assert!(!s
+            .read(|c| sessions::input_was_requested(c, &org.id, &id, "req_abd"))
+            .unwrap());
+        assert!(!s
+            .read(|c| sessions::input_was_requested(c, "org_other", &id, "req_abc"))
+            .unwrap());
+    }
+}

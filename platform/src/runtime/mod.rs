@@ -106,6 +106,16 @@ impl Runtime {
             .clone()
     }
 
+    /// Forgets an idle slot nobody else holds, so the map does not grow with every session ever
+    /// used. Clones are only made under the map lock, so the count is exact here.
+    fn forget_slot(&self, session_id: &str, slot: Arc<turns::Slot>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's.
+        if Arc::strong_count(&slot) == 2 && slot.is_idle() {
+            slots.remove(session_id);
+        }
+    }
+
     /// The slot, only if it exists (no turn has run here since start otherwise).
     fn existing_slot(&self, session_id: &str) -> Option<Arc<turns::Slot>> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());

@@ -55,6 +55,10 @@ impl Slot {
             .clone()
     }
 
+    pub(crate) fn is_idle(&self) -> bool {
+        self.running().is_none() && self.lock.try_lock().is_ok()
+    }
+
     fn set_running(&self, r: Option<Arc<Running>>) {
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = r;
     }
@@ -389,6 +393,7 @@ impl Runtime {
         slot.set_running(None);
         drop(guard);
         let _ = ctx.running.tx.send(done);
+        self.forget_slot(&ctx.session.id, slot);
     }
 
     /// Records who sent the turn (participants join on their first message) and a handoff.
