@@ -43,8 +43,37 @@ pub struct App {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
+/// The environment harness processes get for the configured providers. A secret that cannot be
+/// read is left out (and logged without its value).
+fn provider_env(c: &PlatformConfig) -> std::collections::BTreeMap<String, String> {
+    let mut env = std::collections::BTreeMap::new();
+    for (name, p) in &c.providers {
+        let prefix = match name.as_str() {
+            "anthropic" => "ANTHROPIC",
+            "openai" => "OPENAI",
+            other => {
+                tracing::warn!(provider = %other, "unknown provider ignored");
+                continue;
+            }
+        };
+        if let Some(secret) = &p.api_key {
+            match secret.resolve() {
+                Ok(v) => {
+                    env.insert(format!("{prefix}_API_KEY"), v);
+                }
+                Err(e) => tracing::warn!(provider = %name, error = %e, "provider key unavailable"),
+            }
+        }
+        if let Some(url) = &p.base_url {
+            env.insert(format!("{prefix}_BASE_URL"), url.clone());
+        }
+    }
+    env
+}
+
 fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
     RuntimeSettings {
+        provider_env: provider_env(c),
         data_dir: c.data_dir.clone(),
         event_log_retention: c.runtime.event_log_retention,
         input_timeout: std::time::Duration::from_secs(c.runtime.input_timeout_seconds),

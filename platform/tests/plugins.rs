@@ -61,6 +61,7 @@ fn echo_plugin_loads_detects_and_streams_a_turn() {
         thinking: false,
         permission_mode: None,
         env: Default::default(),
+        app_config: serde_json::Value::Null,
     };
     let _turn = d
         .driver
@@ -223,10 +224,14 @@ fn plugins_dropped_into_the_plugin_folder_are_loaded() {
     };
     let reg = DriverRegistry::new();
     assert!(reg.load_from_config(&cfg).is_empty());
-    let list = reg.list();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].0, "echo");
+    let plugins: Vec<String> = reg
+        .list()
+        .into_iter()
+        .filter(|(_, o)| matches!(o, DriverOrigin::Plugin(_)))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(plugins, ["echo"]);
     // A reload does not load it twice.
     assert!(reg.load_from_config(&cfg).is_empty());
-    assert_eq!(reg.list().len(), 1);
+    assert_eq!(reg.list().len(), 2, "echo and the linked-in claude-code");
 }

@@ -34,6 +34,10 @@ pub struct TurnRequest {
     /// Environment the platform injects into the harness process (model keys, base URLs).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The app's `karta.jsonc` as JSON (`null` when it has none), for harness settings such as
+    /// `harness.claude.idle_timeout_seconds`.
+    #[serde(default)]
+    pub app_config: Value,
 }
 
 /// The sender of a message.

@@ -37,6 +37,40 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Run a fake model server (Anthropic Messages API) that answers from a script.
+    MockModel(MockModelArgs),
+    /// Install a harness CLI into Karta's data folder.
+    Harness {
+        #[command(subcommand)]
+        action: HarnessAction,
+    },
+}
+
+/// Flags of `karta mock-model`.
+#[derive(Args, Debug)]
+pub struct MockModelArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Write the chosen port to this file.
+    #[arg(long)]
+    pub port_file: Option<PathBuf>,
+    /// A JSON script of replies.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// Append every request to this JSON-lines file.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+}
+
+/// `karta harness ...`
+#[derive(Subcommand, Debug)]
+pub enum HarnessAction {
+    /// Install the pinned version of a harness CLI (needs npm).
+    Install {
+        /// `claude-code`
+        name: String,
+    },
 }
 
 /// Flags of `karta serve` (the last configuration layer).
@@ -139,6 +173,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::MockModel(args) => mock_model(args),
+        Command::Harness {
+            action: HarnessAction::Install { name },
+        } => {
+            let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
+            let path = crate::harness::install(&name, &cfg.data_dir)?;
+            println!("Installed {name}: {}", path.display());
+            Ok(())
+        }
         Command::Keys { action } => match action {
             KeysAction::Create {
                 tenant,
@@ -169,4 +212,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     }
+}
+
+fn mock_model(args: MockModelArgs) -> anyhow::Result<()> {
+    use crate::mockmodel::{script::Script, MockState};
+    let script = match &args.script {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Script::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => Script::default(),
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", args.port))
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    let port = listener.local_addr()?.port();
+    if let Some(f) = &args.port_file {
+        std::fs::write(f, port.to_string())?;
+    }
+    println!("PORT={port}");
+    tracing::info!(%port, "mock model listening on http://127.0.0.1:{port}");
+    actix_web::rt::System::new()
+        .block_on(crate::mockmodel::serve(
+            listener,
+            MockState::new(script, args.log),
+        ))
+        .context("mock model stopped")
 }

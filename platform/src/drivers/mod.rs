@@ -52,8 +52,24 @@ pub enum DriverLoadError {
 /// First-party drivers linked into the host: (name, constructor from settings JSON).
 type BuiltinCtor = fn(&str) -> Result<HarnessDriverBox, String>;
 
+fn claude_code(settings: &str) -> Result<HarnessDriverBox, String> {
+    let v: serde_json::Value = serde_json::from_str(settings).map_err(|e| e.to_string())?;
+    karta_driver_claude_code::ClaudeDriver::from_settings(&v).map(karta_plugin_api::into_ffi)
+}
+
 fn builtins() -> Vec<(&'static str, BuiltinCtor)> {
-    Vec::new()
+    vec![("claude-code", claude_code)]
+}
+
+/// A driver's settings plus what the host tells every driver (`data_dir`).
+fn with_host_settings(
+    settings: &serde_json::Map<String, serde_json::Value>,
+    cfg: &PlatformConfig,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut s = settings.clone();
+    s.entry("data_dir")
+        .or_insert_with(|| cfg.data_dir.display().to_string().into());
+    s
 }
 
 /// All registered drivers.
@@ -161,24 +177,6 @@ impl DriverRegistry {
                 errors.push(e);
             }
         };
-        for (name, ctor) in builtins() {
-            if self.get(name).is_some() {
-                continue;
-            }
-            let settings = cfg
-                .drivers
-                .iter()
-                .find(|d| d.path.is_none() && d.name.as_deref() == Some(name))
-                .map(|d| serde_json::Value::Object(d.settings.clone()).to_string())
-                .unwrap_or_else(|| "{}".into());
-            let r = ctor(&settings)
-                .map_err(|message| DriverLoadError::Plugin {
-                    path: PathBuf::from(format!("<builtin {name}>")),
-                    message,
-                })
-                .and_then(|d| self.register(d, DriverOrigin::Builtin));
-            report(r, "builtin");
-        }
         for d in &cfg.drivers {
             match (&d.path, &d.name) {
                 (Some(path), _) => {
@@ -187,7 +185,11 @@ impl DriverRegistry {
                         continue;
                     }
                     report(
-                        self.load_plugin(path, &d.settings, d.name.as_deref()),
+                        self.load_plugin(
+                            path,
+                            &with_host_settings(&d.settings, cfg),
+                            d.name.as_deref(),
+                        ),
                         &path.display().to_string(),
                     );
                 }
@@ -198,6 +200,27 @@ impl DriverRegistry {
                 }
                 (None, None) => {}
             }
+        }
+        // First-party drivers are linked in; a configured plugin of the same name (e.g. the
+        // driver's own cdylib) takes precedence.
+        for (name, ctor) in builtins() {
+            if self.get(name).is_some() {
+                continue;
+            }
+            let settings = cfg
+                .drivers
+                .iter()
+                .find(|d| d.path.is_none() && d.name.as_deref() == Some(name))
+                .map(|d| with_host_settings(&d.settings, cfg))
+                .unwrap_or_else(|| with_host_settings(&Default::default(), cfg));
+            let settings = serde_json::Value::Object(settings).to_string();
+            let r = ctor(&settings)
+                .map_err(|message| DriverLoadError::Plugin {
+                    path: PathBuf::from(format!("<builtin {name}>")),
+                    message,
+                })
+                .and_then(|d| self.register(d, DriverOrigin::Builtin));
+            report(r, "builtin");
         }
         for dir in cfg.plugin_dirs() {
             let Ok(entries) = std::fs::read_dir(&dir) else {

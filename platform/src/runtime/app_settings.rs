@@ -84,13 +84,16 @@ pub struct AppRuntime {
 }
 
 /// The settings of one harness app.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AppSettings {
     /// `cli.*`
     pub cli: CliSettings,
     /// `runtime.*`
     pub runtime: AppRuntime,
+    /// The whole file as JSON, for the harness's own settings (`harness.*`).
+    #[serde(skip)]
+    pub raw: serde_json::Value,
 }
 
 impl AppSettings {
@@ -108,8 +111,10 @@ impl AppSettings {
                 None => format!("{}: syntax error: {msg}", path.display()),
             },
         })?;
-        serde_path_to_error::deserialize(value)
-            .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))
+        let mut settings: AppSettings = serde_path_to_error::deserialize(value.clone())
+            .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))?;
+        settings.raw = value;
+        Ok(settings)
     }
 
     /// The policy for an approval prompt in served traffic. Precedence, first match wins:

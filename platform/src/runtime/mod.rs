@@ -9,6 +9,7 @@ pub mod app_settings;
 mod events;
 mod sessions;
 mod turns;
+mod workspace;
 
 pub use app_settings::{AppSettings, PermissionMode, Policy};
 pub use events::Frame;
@@ -64,6 +65,8 @@ pub struct RuntimeSettings {
     pub event_log_retention: u64,
     /// How long a turn waits for an approval.
     pub input_timeout: Duration,
+    /// Provider credentials and endpoints for harness processes (`ANTHROPIC_API_KEY`, ...).
+    pub provider_env: std::collections::BTreeMap<String, String>,
 }
 
 /// The session runtime.

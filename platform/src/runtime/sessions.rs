@@ -232,9 +232,13 @@ impl Runtime {
             updated_at: now,
         };
         let workspace = self.workspace_dir(org_id, &row.id);
-        std::fs::create_dir_all(&workspace).map_err(|e| {
-            RuntimeError::Unavailable(format!("cannot create the session workspace: {e}"))
-        })?;
+        let app = app_dir.clone();
+        tokio::task::spawn_blocking(move || super::workspace::copy_app(&app, &workspace))
+            .await
+            .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))?
+            .map_err(|e| {
+                RuntimeError::Unavailable(format!("cannot create the session workspace: {e}"))
+            })?;
         let inserted = row.clone();
         self.store
             .write_async(move |c| sessions::insert(c, &inserted))

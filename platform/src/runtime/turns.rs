@@ -312,7 +312,8 @@ impl Runtime {
             participant: who.clone(),
             thinking: msg.thinking,
             permission_mode: session.permission_mode.clone(),
-            env: Default::default(),
+            env: self.settings().provider_env,
+            app_config: settings.raw.clone(),
         };
         let rt = self.clone();
         let ctx = TurnCtx {

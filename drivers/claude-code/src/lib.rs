@@ -1,0 +1,10 @@
+//! The Claude Code driver: serves a harness app with `CLAUDE.md` or `.claude/` through the real
+//! `claude` CLI, one long-lived process per active session (stream-json in and out, the stdio
+//! control protocol for approvals), resumed with `--resume` after it stops.
+
+mod discover;
+mod process;
+
+pub use process::ClaudeDriver;
+
+karta_plugin_api::export_driver!(ClaudeDriver::from_settings);
