@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: PostgreSQL up, everything built (the tests load the plugins and start the
-# real binary), then every test with nextest. Extra arguments go to `cargo nextest run`.
+# The whole test suite: PostgreSQL up, the pinned harness CLIs installed, everything built (the
+# tests load the plugins and start the real binary), then every test with nextest. The harness
+# tests run inside a network namespace with only loopback, where the machine allows it, so
+# nothing they start can reach the outside. Extra arguments go to `cargo nextest run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,5 +10,28 @@ scripts/ensure-postgres.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+
+# The Claude Code CLI, pinned to the version the driver is built against (one source of truth).
+claude_version=$(sed -n 's/^pub const CLAUDE_CODE_VERSION: &str = "\(.*\)";/\1/p' platform/src/harness.rs)
+cache="${KARTA_HARNESS_CACHE:-$HOME/.cache/karta-harnesses}"
+claude="$cache/claude-code/node_modules/.bin/claude"
+if ! { [ -x "$claude" ] && "$claude" --version 2>/dev/null | grep -q "^$claude_version"; }; then
+  echo "test.sh: installing @anthropic-ai/claude-code@$claude_version into $cache/claude-code"
+  npm install --no-audit --no-fund --prefix "$cache/claude-code" "@anthropic-ai/claude-code@$claude_version" >/dev/null
+fi
+export KARTA_TEST_CLAUDE_BIN="$claude"
+
 cargo build --workspace
-cargo nextest run --workspace --no-fail-fast "$@"
+
+status=0
+cargo nextest run --workspace --no-fail-fast -E 'not binary(claude_code)' "$@" || status=$?
+
+harness_tests=(cargo nextest run --offline --no-fail-fast -p karta-e2e --test claude_code "$@")
+if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
+  echo "test.sh: harness tests inside a loopback-only network namespace"
+  unshare -n bash -c 'ip link set lo up && exec "$@"' harness "${harness_tests[@]}" || status=$?
+else
+  echo "test.sh: unshare -n unavailable; harness tests run on the host network (loopback only by configuration)"
+  "${harness_tests[@]}" || status=$?
+fi
+exit "$status"

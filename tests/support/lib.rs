@@ -77,6 +77,11 @@ pub struct Karta {
 impl Karta {
     /// Starts `karta serve --config <dir>/karta.platform.toml` and waits until both listeners answer.
     pub fn start(dir: &Path) -> Karta {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// Like [`Karta::start`], with extra environment variables for the server.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Karta {
         let (pp, ap) = (free_port(), free_port());
         let log = dir.join("karta.log");
         let admin_token = "test-operator-token".to_string();
@@ -91,6 +96,7 @@ impl Karta {
             .env("KARTA_ADMIN_TOKEN", &admin_token)
             .env("KARTA_LOG", "info")
             .env_remove("KARTA_ENV")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -418,4 +424,103 @@ fn copy_dir(src: &Path, dst: &Path) {
             std::fs::copy(e.path(), to).expect("copy");
         }
     }
+}
+
+/// A running `karta mock-model`; killed on drop.
+pub struct MockModel {
+    child: Child,
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+}
+
+impl MockModel {
+    /// Starts the fake model with a script (JSON text).
+    pub fn start(dir: &Path, script: &str) -> MockModel {
+        let script_path = dir.join(format!("script-{}.json", free_port()));
+        std::fs::write(&script_path, script).expect("write script");
+        let port_file = dir.join(format!("mock-port-{}", free_port()));
+        let child = Command::new(karta_bin())
+            .arg("mock-model")
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--script")
+            .arg(&script_path)
+            .env("KARTA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mock-model");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "mock-model did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        MockModel {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Every request the fake model received.
+    pub fn requests(&self) -> Vec<Value> {
+        reqwest::blocking::get(format!("{}/__requests", self.url))
+            .and_then(|r| r.json())
+            .expect("requests log")
+    }
+
+    /// The requests to `POST /v1/messages`.
+    pub fn message_requests(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/v1/messages"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for MockModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `claude` CLI the tests drive: `KARTA_TEST_CLAUDE_BIN`, else the test script's cache.
+/// `None` (skip) when it is missing outside CI; in CI a missing CLI fails the test.
+pub fn claude_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("KARTA_TEST_CLAUDE_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h).join(".cache/karta-harnesses/claude-code/node_modules/.bin/claude")
+            })
+        })?;
+    if p.is_file() {
+        return Some(p);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "the Claude Code CLI is required in CI but missing at {}",
+        p.display()
+    );
+    eprintln!(
+        "note: {} missing; skipping (scripts/test.sh installs it)",
+        p.display()
+    );
+    None
+}
+
+/// The Claude Code driver's plugin library.
+pub fn claude_plugin() -> PathBuf {
+    built("libkarta_driver_claude_code.so")
 }

@@ -144,6 +144,8 @@ impl Inner {
 
 /// A running turn inside a process.
 struct ActiveTurn {
+    /// What started it (to start it again in a fresh conversation if the old one is gone).
+    request: TurnRequest,
     sink: Sink,
     thinking: bool,
     step: u32,
@@ -363,12 +365,21 @@ impl Proc {
         }
     }
 
-    fn handle(&self, v: Value) {
+    fn handle(self: &Arc<Self>, v: Value) {
         let mut s = lock(&self.state);
         let st = &mut *s;
         let Some(turn) = st.turn.as_mut() else {
             return;
         };
+        if lost_conversation(&v) && turn.request.harness_session_id.is_some() {
+            // The harness died before it saved the conversation it was asked to resume (e.g.
+            // killed during its first turn): start a fresh one and run the turn there.
+            if let Some(turn) = st.turn.take() {
+                drop(s);
+                self.restart_fresh(turn);
+            }
+            return;
+        }
         match v["type"].as_str() {
             Some("system") => match v["subtype"].as_str() {
                 Some("init") if !turn.announced => {
@@ -531,6 +542,68 @@ impl Proc {
     }
 }
 
+/// `--resume` named a conversation the harness does not have.
+fn lost_conversation(v: &Value) -> bool {
+    v["type"] == "result"
+        && v["is_error"] == true
+        && v["errors"].as_array().is_some_and(|e| {
+            e.iter().any(|m| {
+                m.as_str()
+                    .is_some_and(|m| m.contains("No conversation found"))
+            })
+        })
+}
+
+impl Proc {
+    fn restart_fresh(self: &Arc<Self>, mut turn: ActiveTurn) {
+        let Some(inner) = self.driver.upgrade() else {
+            return;
+        };
+        inner.remove_if(&self.session_id, self);
+        let old = self.clone();
+        thread::spawn(move || {
+            old.stop();
+            turn.request.harness_session_id = None;
+            turn.announced = false;
+            turn.sink.emit(&Event::new(EventKind::System(json!({
+                "subtype": "harness_session_lost",
+                "message": "the harness had not saved this conversation; a new one was started",
+            }))));
+            let sink = turn.sink.clone();
+            let req = turn.request.clone();
+            match Proc::spawn(&inner, &req) {
+                Ok(p) => {
+                    lock(&inner.procs).insert(p.session_id.clone(), p.clone());
+                    lock(&p.state).turn = Some(turn);
+                    if let Err(e) = p.write(&user_line(&req.text)) {
+                        lock(&p.state).turn.take();
+                        p.kill();
+                        fail(&sink, e);
+                    }
+                }
+                Err(e) => fail(&sink, e),
+            }
+        });
+    }
+}
+
+fn fail(sink: &Sink, message: String) {
+    sink.emit_kind(EventKind::Error(ErrorInfo {
+        code: "harness_start_failed".into(),
+        message,
+        provider: None,
+    }));
+    sink.emit_kind(EventKind::Done(Done {
+        status: TurnStatus::Failed,
+        ..Done::default()
+    }));
+}
+
+fn user_line(text: &str) -> Value {
+    json!({"type": "user", "session_id": "", "parent_tool_use_id": null,
+        "message": {"role": "user", "content": [{"type": "text", "text": text}]}})
+}
+
 fn allow(request_id: &str, input: &Value) -> Value {
     json!({"type": "control_response", "response": {"subtype": "success", "request_id": request_id,
         "response": {"behavior": "allow", "updatedInput": input}}})
@@ -583,15 +656,24 @@ fn stream_event(turn: &mut ActiveTurn, e: &Value) {
     }
 }
 
-/// The handle the host holds on a turn.
+/// The handle the host holds on a turn. It finds the session's current process each time: the
+/// turn may have moved to a new one (see `restart_fresh`).
 struct ClaudeTurn {
-    proc: Arc<Proc>,
+    inner: Arc<Inner>,
+    session_id: String,
     cancelled: Arc<AtomicBool>,
+}
+
+impl ClaudeTurn {
+    fn proc(&self) -> Option<Arc<Proc>> {
+        lock(&self.inner.procs).get(&self.session_id).cloned()
+    }
 }
 
 impl Turn for ClaudeTurn {
     fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
-        let mut s = lock(&self.proc.state);
+        let proc = self.proc().ok_or("the turn has ended")?;
+        let mut s = lock(&proc.state);
         let st = &mut *s;
         let turn = st.turn.as_mut().ok_or("the turn has ended")?;
         let (tool, input) = turn
@@ -611,13 +693,15 @@ impl Turn for ClaudeTurn {
             }
         };
         drop(s);
-        self.proc.write(&answer)
+        proc.write(&answer)
     }
 
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         // The transcript is saved as it goes; the next turn resumes it in a new process.
-        self.proc.kill();
+        if let Some(p) = self.proc() {
+            p.kill();
+        }
     }
 }
 
@@ -657,6 +741,7 @@ impl Driver for ClaudeDriver {
                 return Err("a turn is already running in this session".into());
             }
             s.turn = Some(ActiveTurn {
+                request: req.clone(),
                 sink,
                 thinking: req.thinking,
                 step: 0,
@@ -670,15 +755,17 @@ impl Driver for ClaudeDriver {
             });
             s.last_used = Instant::now();
         }
-        let line = json!({"type": "user", "session_id": "", "parent_tool_use_id": null,
-            "message": {"role": "user", "content": [{"type": "text", "text": req.text}]}});
-        if let Err(e) = proc.write(&line) {
+        if let Err(e) = proc.write(&user_line(&req.text)) {
             lock(&proc.state).turn = None;
             lock(&inner.procs).remove(&req.session_id);
             proc.kill();
             return Err(e);
         }
-        Ok(Box::new(ClaudeTurn { proc, cancelled }))
+        Ok(Box::new(ClaudeTurn {
+            inner: inner.clone(),
+            session_id: req.session_id.clone(),
+            cancelled,
+        }))
     }
 
     fn end_session(&self, session_id: &str) {

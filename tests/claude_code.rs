@@ -1,0 +1,434 @@
+//! End-to-end: the real Claude Code CLI behind the Karta HTTP API, against `karta mock-model`.
+//! Nothing leaves loopback; `scripts/test.sh` runs this binary inside `unshare -n` where it can.
+
+use std::time::{Duration, Instant};
+
+use karta_e2e::*;
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+const KEY_ENV: &str = "KARTA_TEST_ANTHROPIC_KEY";
+
+struct Env {
+    dir: tempfile::TempDir,
+    mock: MockModel,
+    k: Option<Karta>,
+    key: String,
+    c: Client,
+}
+
+/// A support-bot project served by the Claude Code plugin, talking to a fake model with `script`.
+fn env(script: &str) -> Option<Env> {
+    let claude = claude_bin()?;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockModel::start(dir.path(), script);
+    let app = app_copy(dir.path(), "support-bot", "support-bot", None);
+    let toml = format!(
+        r#"
+[providers.anthropic]
+api_key = {{ env = "{KEY_ENV}" }}
+base_url = "{url}"
+
+[[drivers]]
+path = "{plugin}"
+settings = {{ command = "{claude}", max_retries = 0 }}
+
+[[tenants]]
+slug = "acme"
+name = "Acme"
+
+[[projects]]
+tenant = "acme"
+slug = "bot"
+path = "{app}"
+"#,
+        url = mock.url,
+        plugin = claude_plugin().display(),
+        claude = claude.display(),
+        app = app.display(),
+    );
+    std::fs::write(dir.path().join("karta.platform.toml"), toml).unwrap();
+    let k = Karta::start_with_env(dir.path(), &[(KEY_ENV, "sk-test-fake")]);
+    let key = k.create_key("acme");
+    Some(Env {
+        dir,
+        mock,
+        k: Some(k),
+        key,
+        c: Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    })
+}
+
+impl Env {
+    fn k(&self) -> &Karta {
+        self.k.as_ref().unwrap()
+    }
+
+    fn session(&self) -> String {
+        let r = self
+            .c
+            .post(format!("{}/v1/sessions", self.k().public))
+            .bearer_auth(&self.key)
+            .json(&json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text());
+        r.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn stream(&self, sid: &str, text: &str) -> SseReader {
+        let r = self
+            .c
+            .post(format!("{}/v1/sessions/{sid}/messages", self.k().public))
+            .bearer_auth(&self.key)
+            .json(&json!({"text": text, "stream": true}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        SseReader::new(r)
+    }
+
+    fn decide(&self, sid: &str, rid: &str, decision: &str) -> Value {
+        let r = self
+            .c
+            .put(format!(
+                "{}/v1/sessions/{sid}/inputs/{rid}",
+                self.k().public
+            ))
+            .bearer_auth(&self.key)
+            .json(&json!({"decision": decision}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    }
+
+    fn restart(&mut self) {
+        drop(self.k.take());
+        self.k = Some(Karta::start_with_env(
+            self.dir.path(),
+            &[(KEY_ENV, "sk-test-fake")],
+        ));
+    }
+}
+
+fn text_of(frames: &[SseFrame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "text")
+        .map(|f| f.data["data"]["part"]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn done(frames: &[SseFrame]) -> Value {
+    let last = frames.last().expect("frames");
+    assert_eq!(last.event, "done", "{frames:?}");
+    last.data["data"].clone()
+}
+
+/// The text of every message the model was sent in its last request.
+fn last_request_text(mock: &MockModel) -> String {
+    let reqs = mock.message_requests();
+    reqs.last().unwrap()["body"]["messages"].to_string()
+}
+
+#[test]
+fn a_text_turn_streams_and_reports_the_fakes_usage() {
+    let Some(e) = env(
+        r#"[{"text": "Hello from the fake model.", "usage": {"input_tokens": 31, "output_tokens": 7}}]"#,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let frames = e.stream(&sid, "hi there").rest();
+    let kinds: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    assert!(
+        kinds.contains(&"step_start") && kinds.contains(&"step_finish"),
+        "{kinds:?}"
+    );
+    assert!(
+        frames.iter().filter(|f| f.event == "text").count() >= 2,
+        "text arrives in deltas: {kinds:?}"
+    );
+    assert_eq!(text_of(&frames), "Hello from the fake model.");
+    let d = done(&frames);
+    assert_eq!(d["status"], "completed");
+    assert_eq!(d["usage"]["input_tokens"], 31);
+    assert_eq!(d["usage"]["output_tokens"], 7);
+    assert!(d["usage"]["cost_micro_cents"].as_u64().unwrap() > 0);
+    assert_eq!(d["message"]["text"], "Hello from the fake model.");
+    // The platform's key and endpoint reached the harness; CLAUDE.md went with the prompt.
+    let req = e.mock.message_requests().pop().unwrap();
+    assert_eq!(req["headers"]["x-api-key"], "sk-test-fake");
+    assert!(req["body"].to_string().contains("Lumen Books"));
+}
+
+#[test]
+fn a_read_only_tool_runs_and_its_result_comes_back() {
+    let Some(e) = env(
+        r#"[{"tool_use": {"name": "Bash", "input": {"command": "echo hello-from-bash", "description": "Say hello"}}},
+            {"text": "The command printed hello."}]"#,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let frames = e.stream(&sid, "run it").rest();
+    let tools: Vec<&SseFrame> = frames.iter().filter(|f| f.event == "tool_use").collect();
+    assert_eq!(tools.len(), 2, "{frames:?}");
+    assert_eq!(tools[0].data["data"]["status"], "running");
+    assert_eq!(tools[0].data["data"]["tool_name"], "Bash");
+    assert_eq!(tools[1].data["data"]["status"], "completed");
+    assert_eq!(
+        tools[1].data["data"]["tool_use_id"],
+        tools[0].data["data"]["tool_use_id"]
+    );
+    assert!(tools[1].data["data"]["result"]
+        .as_str()
+        .unwrap()
+        .contains("hello-from-bash"));
+    assert_eq!(text_of(&frames), "The command printed hello.");
+    // Two model calls at the fake's default 100/20 each.
+    let d = done(&frames);
+    assert_eq!(
+        (
+            d["usage"]["input_tokens"].as_u64(),
+            d["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(200), Some(40))
+    );
+}
+
+const TOUCH: &str = r#"{"tool_use": {"name": "Bash", "input": {"command": "touch made_by_agent.txt && echo created", "description": "Create a file"}}}"#;
+
+#[test]
+fn approvals_allow_deny_and_approve_for_the_session() {
+    let script = format!(r#"[{TOUCH}, {{"text": "Finished."}}, {TOUCH}, {{"text": "Again."}}]"#);
+    let Some(e) = env(&script) else { return };
+
+    // Allowed once: the tool runs.
+    let sid = e.session();
+    let mut s = e.stream(&sid, "create a file");
+    let ask = s.until("input_required").pop().unwrap();
+    assert_eq!(ask.data["data"]["tool"], "Bash");
+    assert_eq!(
+        ask.data["data"]["tool_input"]["command"],
+        "touch made_by_agent.txt && echo created"
+    );
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    let cont = e.decide(&sid, &rid, "approve_once");
+    let result = cont["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "tool_use" && e["data"]["status"] == "completed")
+        .cloned();
+    assert_eq!(result.expect("tool completed")["data"]["result"], "created");
+    assert_eq!(done(&s.rest())["status"], "completed");
+
+    // Denied: the tool does not run and the turn still completes.
+    let sid2 = e.session();
+    let mut s = e.stream(&sid2, "create a file");
+    let rid = s.until("input_required").pop().unwrap().data["data"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cont = e.decide(&sid2, &rid, "deny");
+    let tool = cont["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "tool_use" && e["data"]["status"] == "error")
+        .cloned();
+    assert!(tool.is_some(), "{cont}");
+    assert_eq!(done(&s.rest())["status"], "completed");
+
+    // Approved for the session: the next turn's Bash call is not asked again.
+    let sid3 = e.session();
+    let mut s = e.stream(&sid3, "create a file");
+    let rid = s.until("input_required").pop().unwrap().data["data"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    e.decide(&sid3, &rid, "approve_session");
+    s.rest();
+    let frames = e.stream(&sid3, "and once more").rest();
+    assert!(
+        !frames.iter().any(|f| f.event == "input_required"),
+        "asked again: {frames:?}"
+    );
+    assert!(frames
+        .iter()
+        .any(|f| f.event == "tool_use" && f.data["data"]["status"] == "completed"));
+}
+
+#[test]
+fn the_second_turn_remembers_the_first_and_survives_a_karta_restart() {
+    let Some(mut e) = env(
+        r#"[{"match": "first question", "text": "Answer one."}, {"match": "second question", "text": "Answer two."}, {"match": "third question", "text": "Answer three."}]"#,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    assert_eq!(
+        text_of(&e.stream(&sid, "first question").rest()),
+        "Answer one."
+    );
+    assert_eq!(
+        text_of(&e.stream(&sid, "second question").rest()),
+        "Answer two."
+    );
+    assert!(
+        last_request_text(&e.mock).contains("Answer one."),
+        "history not replayed"
+    );
+
+    e.restart();
+    assert_eq!(
+        text_of(&e.stream(&sid, "third question").rest()),
+        "Answer three."
+    );
+    let history = last_request_text(&e.mock);
+    assert!(
+        history.contains("Answer one.") && history.contains("Answer two."),
+        "resume lost the history: {history}"
+    );
+}
+
+#[test]
+fn a_model_error_becomes_an_error_event() {
+    let Some(e) = env(
+        r#"[{"match": "", "once": false, "error": {"status": 400, "message": "scripted failure"}}]"#,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let frames = e.stream(&sid, "hi").rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert_eq!(err.data["data"]["code"], "model_error");
+    assert!(
+        err.data["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scripted failure"),
+        "{err:?}"
+    );
+    assert_eq!(done(&frames)["status"], "failed");
+}
+
+/// The pid of the `claude` process serving a session (its working folder is the workspace).
+fn harness_pid(sid: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let entry = entry.ok()?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cwd = std::fs::read_link(entry.path().join("cwd")).ok();
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cwd.is_some_and(|c| c.ends_with(sid))
+            && String::from_utf8_lossy(&cmd).contains("--permission-prompt-tool")
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn killing_the_harness_mid_turn_gives_an_error_and_the_next_turn_works() {
+    let Some(e) = env(
+        r#"[{"match": "slow", "text": "too late", "delay": 20000}, {"match": "after", "text": "Back again."}]"#,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let mut s = e.stream(&sid, "slow please");
+    // Wait until the harness is waiting on the model.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e.mock.message_requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the harness never called the model"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = harness_pid(&sid).expect("the claude process");
+    assert!(std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+    let frames = s.rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert_eq!(err.data["data"]["code"], "harness_crashed");
+    assert_eq!(done(&frames)["status"], "failed");
+    let after = e.stream(&sid, "after the crash").rest();
+    assert_eq!(
+        text_of(&after),
+        "Back again.",
+        "{after:?}\n{:?}",
+        e.mock.message_requests().last()
+    );
+}
+
+#[test]
+fn without_the_cli_a_turn_fails_with_an_error_that_names_the_install_command() {
+    let Some(_) = claude_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_copy(dir.path(), "support-bot", "support-bot", None);
+    std::fs::write(
+        dir.path().join("karta.platform.toml"),
+        format!(
+            "[[drivers]]\npath = \"{}\"\n\n[[tenants]]\nslug = \"acme\"\nname = \"Acme\"\n\n[[projects]]\ntenant = \"acme\"\nslug = \"bot\"\npath = \"{}\"\n",
+            claude_plugin().display(),
+            app.display()
+        ),
+    )
+    .unwrap();
+    // No claude on PATH, none installed in the data folder.
+    let k = Karta::start_with_env(dir.path(), &[("PATH", "/usr/bin:/bin")]);
+    let key = k.create_key("acme");
+    let c = Client::new();
+    let sid = c
+        .post(format!("{}/v1/sessions", k.public))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"text": "hi", "stream": true}))
+        .send()
+        .unwrap();
+    let frames = SseReader::new(r).rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert!(
+        err.data["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("karta harness install claude-code"),
+        "{err:?}"
+    );
+    assert_eq!(done(&frames)["status"], "failed");
+}
