@@ -432,3 +432,106 @@ fn without_the_cli_a_turn_fails_with_an_error_that_names_the_install_command() {
     );
     assert_eq!(done(&frames)["status"], "failed");
 }
+
+#[test]
+fn an_idle_harness_is_stopped_and_the_next_turn_resumes_it() {
+    let Some(e) =
+        env(r#"[{"match": "one", "text": "First."}, {"match": "two", "text": "Second."}]"#)
+    else {
+        return;
+    };
+    // This copy of the app stops its harness after one idle second.
+    let app = e.dir.path().join("support-bot");
+    std::fs::write(
+        app.join("karta.jsonc"),
+        r#"{ "harness": { "claude": { "idle_timeout_seconds": 1 } } }"#,
+    )
+    .unwrap();
+    let sid = e.session();
+    assert_eq!(text_of(&e.stream(&sid, "one").rest()), "First.");
+    assert!(
+        harness_pid(&sid).is_some(),
+        "the process stays warm after a turn"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while harness_pid(&sid).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle harness was not stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(text_of(&e.stream(&sid, "two").rest()), "Second.");
+    assert!(
+        last_request_text(&e.mock).contains("First."),
+        "the new process did not resume"
+    );
+}
+
+#[test]
+fn reasoning_streams_when_the_caller_asks_for_thinking() {
+    let Some(e) = env(r#"[{"thinking": "Let me think about books.", "text": "Here you go."}]"#)
+    else {
+        return;
+    };
+    let sid = e.session();
+    let r =
+        e.c.post(format!("{}/v1/sessions/{sid}/messages", e.k().public))
+            .bearer_auth(&e.key)
+            .json(&json!({"text": "think first", "stream": true, "thinking": true}))
+            .send()
+            .unwrap();
+    let frames = SseReader::new(r).rest();
+    let reasoning: String = frames
+        .iter()
+        .filter(|f| f.event == "reasoning")
+        .map(|f| f.data["data"]["part"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reasoning, "Let me think about books.", "{frames:?}");
+    assert_eq!(text_of(&frames), "Here you go.");
+}
+
+#[test]
+fn the_driver_finds_the_cli_installed_in_the_data_folder() {
+    let Some(claude) = claude_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockModel::start(dir.path(), r#"[{"text": "Found it."}]"#);
+    let app = app_copy(dir.path(), "support-bot", "support-bot", None);
+    // Where `karta harness install claude-code` puts it.
+    let bin = dir
+        .path()
+        .join(".karta/harnesses/claude-code/node_modules/.bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(&claude, bin.join("claude")).unwrap();
+    std::fs::write(
+        dir.path().join("karta.platform.toml"),
+        format!(
+            "[providers.anthropic]\nbase_url = \"{}\"\napi_key = {{ env = \"{KEY_ENV}\" }}\n\n[[drivers]]\npath = \"{}\"\n\n[[tenants]]\nslug = \"acme\"\nname = \"Acme\"\n\n[[projects]]\ntenant = \"acme\"\nslug = \"bot\"\npath = \"{}\"\n",
+            mock.url,
+            claude_plugin().display(),
+            app.display()
+        ),
+    )
+    .unwrap();
+    let k = Karta::start_with_env(dir.path(), &[("PATH", "/usr/bin:/bin"), (KEY_ENV, "sk-x")]);
+    let key = k.create_key("acme");
+    let c = Client::new();
+    let sid = c
+        .post(format!("{}/v1/sessions", k.public))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"text": "hi", "stream": true}))
+        .send()
+        .unwrap();
+    assert_eq!(text_of(&SseReader::new(r).rest()), "Found it.");
+}
