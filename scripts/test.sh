@@ -21,12 +21,20 @@ if ! { [ -x "$claude" ] && "$claude" --version 2>/dev/null | grep -q "^$claude_v
 fi
 export KARTA_TEST_CLAUDE_BIN="$claude"
 
+opencode_version=$(sed -n 's/^pub const OPENCODE_VERSION: &str = "\(.*\)";/\1/p' platform/src/harness.rs)
+opencode="$cache/opencode/node_modules/.bin/opencode"
+if ! { [ -x "$opencode" ] && [ "$("$opencode" --version 2>/dev/null)" = "$opencode_version" ]; }; then
+  echo "test.sh: installing opencode-ai@$opencode_version into $cache/opencode"
+  npm install --no-audit --no-fund --prefix "$cache/opencode" "opencode-ai@$opencode_version" >/dev/null
+fi
+export KARTA_TEST_OPENCODE_BIN="$opencode"
+
 cargo build --workspace
 
 status=0
-cargo nextest run --workspace --no-fail-fast -E 'not binary(claude_code)' "$@" || status=$?
+cargo nextest run --workspace --no-fail-fast -E 'not (binary(claude_code) | binary(opencode))' "$@" || status=$?
 
-harness_tests=(cargo nextest run --offline --no-fail-fast -p karta-e2e --test claude_code "$@")
+harness_tests=(cargo nextest run --offline --no-fail-fast -p karta-e2e --test claude_code --test opencode "$@")
 if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
   echo "test.sh: harness tests inside a loopback-only network namespace"
   unshare -n bash -c 'ip link set lo up && exec "$@"' harness "${harness_tests[@]}" || status=$?

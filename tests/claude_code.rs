@@ -325,21 +325,8 @@ fn a_model_error_becomes_an_error_event() {
 }
 
 /// The pid of the `claude` process serving a session (its working folder is the workspace).
-fn harness_pid(sid: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()? {
-        let entry = entry.ok()?;
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cwd = std::fs::read_link(entry.path().join("cwd")).ok();
-        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if cwd.is_some_and(|c| c.ends_with(sid))
-            && String::from_utf8_lossy(&cmd).contains("--permission-prompt-tool")
-        {
-            return Some(pid);
-        }
-    }
-    None
+fn claude_pid(sid: &str) -> Option<u32> {
+    harness_pid(sid, "--permission-prompt-tool")
 }
 
 #[test]
@@ -360,7 +347,7 @@ fn killing_the_harness_mid_turn_gives_an_error_and_the_next_turn_works() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pid = harness_pid(&sid).expect("the claude process");
+    let pid = claude_pid(&sid).expect("the claude process");
     assert!(std::process::Command::new("kill")
         .arg("-9")
         .arg(pid.to_string())
@@ -450,11 +437,11 @@ fn an_idle_harness_is_stopped_and_the_next_turn_resumes_it() {
     let sid = e.session();
     assert_eq!(text_of(&e.stream(&sid, "one").rest()), "First.");
     assert!(
-        harness_pid(&sid).is_some(),
+        claude_pid(&sid).is_some(),
         "the process stays warm after a turn"
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while harness_pid(&sid).is_some() {
+    while claude_pid(&sid).is_some() {
         assert!(
             Instant::now() < deadline,
             "the idle harness was not stopped"

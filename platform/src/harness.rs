@@ -7,11 +7,14 @@ use std::process::Command;
 /// The Claude Code version the driver is built and tested against.
 pub const CLAUDE_CODE_VERSION: &str = "2.1.332";
 
+/// The OpenCode version the driver is built and tested against.
+pub const OPENCODE_VERSION: &str = "1.18.33";
+
 /// Installation failures.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// Not a harness Karta knows how to install.
-    #[error("unknown harness `{0}` (known: claude-code)")]
+    #[error("unknown harness `{0}` (known: claude-code, opencode)")]
     Unknown(String),
     /// npm is missing or failed.
     #[error("npm failed: {0}")]
@@ -29,6 +32,10 @@ pub fn install(name: &str, data_dir: &Path) -> Result<PathBuf, InstallError> {
         "claude-code" => (
             format!("@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"),
             "node_modules/.bin/claude",
+        ),
+        "opencode" => (
+            format!("opencode-ai@{OPENCODE_VERSION}"),
+            "node_modules/.bin/opencode",
         ),
         other => return Err(InstallError::Unknown(other.to_string())),
     };

@@ -233,5 +233,9 @@ fn plugins_dropped_into_the_plugin_folder_are_loaded() {
     assert_eq!(plugins, ["echo"]);
     // A reload does not load it twice.
     assert!(reg.load_from_config(&cfg).is_empty());
-    assert_eq!(reg.list().len(), 2, "echo and the linked-in claude-code");
+    assert_eq!(
+        reg.list().len(),
+        3,
+        "echo and the linked-in claude-code and opencode"
+    );
 }

@@ -11,6 +11,7 @@
 
 pub mod driver;
 pub mod ffi;
+pub mod markdown;
 pub mod types;
 
 pub use abi_stable;

@@ -524,3 +524,50 @@ pub fn claude_bin() -> Option<PathBuf> {
 pub fn claude_plugin() -> PathBuf {
     built("libkarta_driver_claude_code.so")
 }
+
+/// The `opencode` CLI the tests drive: `KARTA_TEST_OPENCODE_BIN`, else the test script's cache.
+/// `None` (skip) when it is missing outside CI; in CI a missing CLI fails the test.
+pub fn opencode_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("KARTA_TEST_OPENCODE_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h).join(".cache/karta-harnesses/opencode/node_modules/.bin/opencode")
+            })
+        })?;
+    if p.is_file() {
+        return Some(p);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "the OpenCode CLI is required in CI but missing at {}",
+        p.display()
+    );
+    eprintln!(
+        "note: {} missing; skipping (scripts/test.sh installs it)",
+        p.display()
+    );
+    None
+}
+
+/// The OpenCode driver's plugin library.
+pub fn opencode_plugin() -> PathBuf {
+    built("libkarta_driver_opencode.so")
+}
+
+/// The pid of the harness process whose working folder is the session's workspace.
+pub fn harness_pid(sid: &str, marker: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let entry = entry.ok()?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cwd = std::fs::read_link(entry.path().join("cwd")).ok();
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cwd.is_some_and(|c| c.ends_with(sid)) && String::from_utf8_lossy(&cmd).contains(marker) {
+            return Some(pid);
+        }
+    }
+    None
+}

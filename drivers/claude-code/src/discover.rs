@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use karta_plugin_api::markdown::{frontmatter, line_in_message};
 use karta_plugin_api::{AgentInfo, Discovery, SkillInfo};
 use serde::Deserialize;
 
@@ -22,19 +23,6 @@ struct Front {
     description: Option<String>,
 }
 
-/// The frontmatter of a Markdown file and the 1-based line it starts on (after `---`).
-fn frontmatter(text: &str) -> Option<(&str, usize)> {
-    let rest = text.strip_prefix("---")?;
-    let rest = rest
-        .strip_prefix("\r\n")
-        .or_else(|| rest.strip_prefix('\n'))?;
-    let end = rest.match_indices("\n---").map(|(i, _)| i).find(|i| {
-        let after = &rest[i + 4..];
-        after.is_empty() || after.starts_with('\n') || after.starts_with("\r\n")
-    })?;
-    Some((&rest[..end + 1], 2))
-}
-
 /// Parses one agent or skill file; errors name the file and, for YAML errors, the line.
 fn read_front(path: &Path) -> Result<Front, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -46,7 +34,7 @@ fn read_front(path: &Path) -> Result<Front, String> {
     })?;
     serde_saphyr::from_str::<Front>(yaml).map_err(|e| {
         let msg = e.to_string();
-        match yaml_line(&msg) {
+        match line_in_message(&msg) {
             Some(l) => format!(
                 "{}:{}: invalid frontmatter: {}",
                 path.display(),
@@ -64,17 +52,6 @@ fn read_front(path: &Path) -> Result<Front, String> {
 
 fn first_line_of(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
-}
-
-/// The line number a YAML error message reports (`... line N ...`).
-fn yaml_line(msg: &str) -> Option<usize> {
-    let i = msg.find("line ")?;
-    msg[i + 5..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
 }
 
 fn md_files(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -68,7 +68,7 @@ pub struct MockModelArgs {
 pub enum HarnessAction {
     /// Install the pinned version of a harness CLI (needs npm).
     Install {
-        /// `claude-code`
+        /// `claude-code` or `opencode`
         name: String,
     },
 }

@@ -57,8 +57,13 @@ fn claude_code(settings: &str) -> Result<HarnessDriverBox, String> {
     karta_driver_claude_code::ClaudeDriver::from_settings(&v).map(karta_plugin_api::into_ffi)
 }
 
+fn opencode(settings: &str) -> Result<HarnessDriverBox, String> {
+    let v: serde_json::Value = serde_json::from_str(settings).map_err(|e| e.to_string())?;
+    karta_driver_opencode::OpenCodeDriver::from_settings(&v).map(karta_plugin_api::into_ffi)
+}
+
 fn builtins() -> Vec<(&'static str, BuiltinCtor)> {
-    vec![("claude-code", claude_code)]
+    vec![("claude-code", claude_code), ("opencode", opencode)]
 }
 
 /// A driver's settings plus what the host tells every driver (`data_dir`).

@@ -1,11 +1,13 @@
 //! `karta mock-model`: a deterministic fake model server for offline runs and tests.
 //!
-//! It speaks the Anthropic Messages API (`POST /v1/messages`, streamed or not), answers from a
-//! JSON script (see [`script`]), and logs every request: `GET /__requests` returns the log,
+//! It speaks the Anthropic Messages API (`POST /v1/messages`) and OpenAI Chat Completions
+//! (`POST /v1/chat/completions`), streamed or not, answers from a JSON script (see [`script`]),
+//! and logs every request: `GET /__requests` returns the log,
 //! `POST /__script` replaces the script, `POST /__reset` clears the log and rewinds the script.
 //! A harness-app author points `[providers.anthropic] base_url` at it to run an app offline.
 
 pub mod anthropic;
+pub mod openai;
 pub mod script;
 
 use std::io::Write;
@@ -121,6 +123,54 @@ async fn messages(state: web::Data<MockState>, req: HttpRequest, bytes: Bytes) -
         .streaming(stream)
 }
 
+async fn chat_completions(
+    state: web::Data<MockState>,
+    req: HttpRequest,
+    bytes: Bytes,
+) -> HttpResponse {
+    let body = json_body(&bytes);
+    state.record(&req, &body);
+    let last = openai::last_user_text(&body);
+    let step = state
+        .script
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .select(&RequestShape {
+            last_user_text: &last,
+            has_tools: body["tools"].as_array().is_some_and(|t| !t.is_empty()),
+            assistant_messages: openai::assistant_messages(&body),
+        });
+    if let Some(ms) = step.delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(err) = &step.error {
+        let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return HttpResponse::build(status).json(openai::error_body(err.status, &err.message));
+    }
+    let n = state.next_n();
+    let model = body["model"].as_str().unwrap_or("fake-model").to_string();
+    let usage = step.usage.unwrap_or_default();
+    if body["stream"] != json!(true) {
+        return HttpResponse::Ok().json(openai::completion(&model, n, &step, &usage));
+    }
+    let chunks = openai::stream_chunks(&model, n, &step, &usage);
+    let gap = Duration::from_millis(step.chunk_delay.unwrap_or(0));
+    let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut it| async move {
+        let data = it.next()?;
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        Some((
+            Ok::<_, actix_web::Error>(Bytes::from(format!("data: {data}\n\n"))),
+            it,
+        ))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(stream)
+}
+
 async fn count_tokens(state: web::Data<MockState>, req: HttpRequest, bytes: Bytes) -> HttpResponse {
     let body = json_body(&bytes);
     state.record(&req, &body);
@@ -129,8 +179,11 @@ async fn count_tokens(state: web::Data<MockState>, req: HttpRequest, bytes: Byte
 
 async fn models(state: web::Data<MockState>, req: HttpRequest) -> HttpResponse {
     state.record(&req, &Value::Null);
+    // One shape that satisfies both APIs' model listings.
     HttpResponse::Ok().json(json!({
-        "data": [{"type": "model", "id": "fake-model", "display_name": "Fake Model", "created_at": "2026-01-01T00:00:00Z"}],
+        "object": "list",
+        "data": [{"type": "model", "object": "model", "id": "fake-model", "display_name": "Fake Model",
+                  "created_at": "2026-01-01T00:00:00Z", "created": 1_767_225_600, "owned_by": "karta"}],
         "has_more": false, "first_id": "fake-model", "last_id": "fake-model",
     }))
 }
@@ -180,6 +233,7 @@ pub async fn serve(listener: TcpListener, state: MockState) -> std::io::Result<(
             .app_data(web::PayloadConfig::new(32 << 20))
             .route("/v1/messages", web::post().to(messages))
             .route("/v1/messages/count_tokens", web::post().to(count_tokens))
+            .route("/v1/chat/completions", web::post().to(chat_completions))
             .route("/v1/models", web::get().to(models))
             .route("/__requests", web::get().to(requests))
             .route("/__script", web::post().to(set_script))

@@ -1,0 +1,10 @@
+//! The OpenCode driver: serves a harness app with `.opencode/` (or with no harness signal at
+//! all) through the real OpenCode, one `opencode serve` per session workspace on a loopback port,
+//! driven over its HTTP API and followed on its `/event` stream.
+
+mod discover;
+mod server;
+
+pub use server::OpenCodeDriver;
+
+karta_plugin_api::export_driver!(OpenCodeDriver::from_settings);

@@ -1,0 +1,795 @@
+//! One `opencode serve` per session workspace, its `/event` stream, and the mapping from
+//! OpenCode's message/part events to Karta events.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use karta_plugin_api::{
+    Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, Event, EventKind, InputRequest,
+    Part, Sink, ToolStatus, ToolUse, Turn, TurnRequest, TurnStatus, Usage,
+};
+use serde_json::{json, Value};
+
+use crate::discover;
+
+const DEFAULT_IDLE_SECONDS: u64 = 600;
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const OUTPUT_TAIL: usize = 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The OpenCode driver.
+pub struct OpenCodeDriver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    command: Option<String>,
+    data_dir: Option<PathBuf>,
+    model: Option<String>,
+    servers: Mutex<HashMap<String, Arc<Server>>>,
+}
+
+impl OpenCodeDriver {
+    /// Settings: `command` (path or name of the CLI), `model` (the model id Karta's provider
+    /// offers, e.g. `gpt-4.1`; when set it is the default model); the host adds `data_dir`.
+    pub fn from_settings(settings: &Value) -> Result<Self, String> {
+        let text = |k: &str| -> Result<Option<String>, String> {
+            match settings.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(other) => Err(format!("settings.{k} must be a string, got {other}")),
+            }
+        };
+        let inner = Arc::new(Inner {
+            command: text("command")?,
+            data_dir: text("data_dir")?.map(PathBuf::from),
+            model: text("model")?,
+            servers: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&inner);
+        thread::Builder::new()
+            .name("opencode-reaper".into())
+            .spawn(move || reap_idle(weak))
+            .map_err(|e| format!("cannot start the idle reaper: {e}"))?;
+        Ok(Self { inner })
+    }
+}
+
+fn reap_idle(inner: Weak<Inner>) {
+    loop {
+        thread::sleep(Duration::from_millis(500));
+        let Some(inner) = inner.upgrade() else { return };
+        let idle: Vec<Arc<Server>> = {
+            let mut servers = lock(&inner.servers);
+            let ids: Vec<String> = servers
+                .iter()
+                .filter(|(_, s)| s.idle_expired())
+                .map(|(k, _)| k.clone())
+                .collect();
+            ids.iter().filter_map(|k| servers.remove(k)).collect()
+        };
+        for s in idle {
+            s.kill();
+        }
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+impl Inner {
+    /// The CLI: the configured command, else the one `karta harness install opencode` put in the
+    /// data folder, else `opencode` on PATH.
+    fn find_command(&self) -> Result<PathBuf, String> {
+        if let Some(c) = &self.command {
+            if c.contains('/') {
+                let p = PathBuf::from(c);
+                return if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(format!(
+                        "the OpenCode CLI configured in settings.command ({c}) does not exist"
+                    ))
+                };
+            }
+            if let Some(found) = on_path(c) {
+                return Ok(found);
+            }
+        }
+        if let Some(d) = &self.data_dir {
+            let installed = d.join("harnesses/opencode/node_modules/.bin/opencode");
+            if installed.is_file() {
+                return Ok(installed);
+            }
+        }
+        on_path("opencode").ok_or_else(|| {
+            "OpenCode is not installed: run `karta harness install opencode` \
+             (or point [[drivers]] settings.command at an `opencode` binary)"
+                .to_string()
+        })
+    }
+
+    fn remove_if(&self, session_id: &str, server: &Arc<Server>) {
+        let mut servers = lock(&self.servers);
+        if servers
+            .get(session_id)
+            .is_some_and(|s| Arc::ptr_eq(s, server))
+        {
+            servers.remove(session_id);
+        }
+    }
+
+    /// The provider block Karta injects: an OpenAI-compatible provider `karta` pointing at the
+    /// platform's endpoint and key, so OpenCode needs no catalogue and reaches nothing else.
+    fn config_content(&self, req: &TurnRequest) -> Option<String> {
+        let base = req.env.get("OPENAI_BASE_URL");
+        let key = req.env.get("OPENAI_API_KEY");
+        if base.is_none() && key.is_none() {
+            return None;
+        }
+        let base = base
+            .cloned()
+            .unwrap_or_else(|| "https://api.openai.com/v1".into());
+        let base = if base.trim_end_matches('/').ends_with("/v1") {
+            base
+        } else {
+            format!("{}/v1", base.trim_end_matches('/'))
+        };
+        let model = self.model.clone().unwrap_or_else(|| "gpt-4.1".into());
+        let mut cfg = json!({
+            "provider": {"karta": {
+                "npm": "@ai-sdk/openai-compatible",
+                "name": "Karta",
+                "options": {"baseURL": base, "apiKey": key.cloned().unwrap_or_default()},
+                "models": {model.clone(): {"name": model, "tool_call": true,
+                    "limit": {"context": 128000, "output": 8192}}},
+            }},
+            "autoupdate": false,
+            "share": "disabled",
+        });
+        if self.model.is_some() {
+            cfg["model"] = json!(format!("karta/{model}"));
+            cfg["small_model"] = json!(format!("karta/{model}"));
+        }
+        Some(cfg.to_string())
+    }
+}
+
+/// Seeds a config folder so OpenCode's background plugin install finds nothing to do (it would
+/// otherwise reach the npm registry on every start).
+fn seed_config_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("node_modules"))?;
+    if !dir.join("package.json").exists() {
+        std::fs::write(
+            dir.join("package.json"),
+            r#"{"dependencies":{"@opencode-ai/plugin":"*"}}"#,
+        )?;
+        std::fs::write(
+            dir.join("package-lock.json"),
+            r#"{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"*"}}}}"#,
+        )?;
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// A running turn.
+struct ActiveTurn {
+    sink: Sink,
+    thinking: bool,
+    oc_session: String,
+    /// part id -> (type, text already emitted)
+    parts: HashMap<String, (String, usize)>,
+    /// message id -> role
+    roles: HashMap<String, String>,
+    /// call id -> last status emitted
+    tools: HashMap<String, String>,
+    pending: HashSet<String>,
+    step: u32,
+    usage: Usage,
+    cost_usd: f64,
+    failed: bool,
+    finish: Option<String>,
+    cancelled: Arc<AtomicBool>,
+}
+
+struct State {
+    turn: Option<ActiveTurn>,
+    last_used: Instant,
+}
+
+/// One `opencode serve` for one session's workspace.
+struct Server {
+    session_id: String,
+    base: String,
+    http: reqwest::blocking::Client,
+    child: Mutex<Child>,
+    state: Mutex<State>,
+    idle_timeout: Duration,
+    output: Arc<Mutex<VecDeque<String>>>,
+    driver: Weak<Inner>,
+}
+
+fn harness_home(workspace: &str) -> PathBuf {
+    PathBuf::from(format!("{}.home", workspace.trim_end_matches('/')))
+}
+
+impl Server {
+    fn spawn(inner: &Arc<Inner>, req: &TurnRequest) -> Result<Arc<Server>, String> {
+        let cmd = inner.find_command()?;
+        let home = harness_home(&req.workspace_dir);
+        let config = home.join(".config");
+        seed_config_dir(&config.join("opencode"))
+            .map_err(|e| format!("cannot prepare {}: {e}", home.display()))?;
+        let project_config = Path::new(&req.workspace_dir).join(".opencode");
+        if project_config.is_dir() {
+            seed_config_dir(&project_config)
+                .map_err(|e| format!("cannot prepare {}: {e}", project_config.display()))?;
+        }
+        let port = free_port()?;
+        let mut c = Command::new(&cmd);
+        c.args([
+            "serve",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", &config)
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env("XDG_STATE_HOME", home.join(".local/state"))
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "dumb")
+        .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
+        .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
+        .env("OPENCODE_DISABLE_LSP_DOWNLOAD", "1")
+        .env("OPENCODE_DISABLE_SHARE", "1")
+        .envs(&req.env)
+        .current_dir(&req.workspace_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(content) = inner.config_content(req) {
+            c.env("OPENCODE_CONFIG_CONTENT", content);
+        }
+        let mut child = c
+            .spawn()
+            .map_err(|e| format!("cannot start OpenCode ({}): {e}", cmd.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let output = Arc::new(Mutex::new(VecDeque::new()));
+        // Requests sent before the "listening" line can hang forever: wait for it.
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        for (name, stream) in [
+            (
+                "opencode-out",
+                Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            ),
+            ("opencode-err", Box::new(stderr)),
+        ] {
+            let out = output.clone();
+            let ready = ready_tx.clone();
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        if line.contains("listening on") {
+                            let _ = ready.send(());
+                        }
+                        let mut o = lock(&out);
+                        if o.len() == OUTPUT_TAIL {
+                            o.pop_front();
+                        }
+                        o.push_back(line);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        drop(ready_tx);
+        if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let tail: Vec<String> = lock(&output).iter().cloned().collect();
+            return Err(format!("OpenCode did not start: {}", tail.join(" | ")));
+        }
+        let idle_secs = req.app_config["harness"]["opencode"]["idle_timeout_seconds"]
+            .as_u64()
+            .unwrap_or(DEFAULT_IDLE_SECONDS);
+        let server = Arc::new(Server {
+            session_id: req.session_id.clone(),
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| e.to_string())?,
+            child: Mutex::new(child),
+            state: Mutex::new(State {
+                turn: None,
+                last_used: Instant::now(),
+            }),
+            idle_timeout: Duration::from_secs(idle_secs),
+            output,
+            driver: Arc::downgrade(inner),
+        });
+        server.follow_events()?;
+        Ok(server)
+    }
+
+    /// Opens `/event` and follows it on a thread of its own; returns once the server confirmed
+    /// the subscription, so no event of the coming turn is missed.
+    fn follow_events(self: &Arc<Self>) -> Result<(), String> {
+        let stream = reqwest::blocking::Client::builder()
+            .timeout(None::<Duration>)
+            .build()
+            .map_err(|e| e.to_string())?
+            .get(format!("{}/event", self.base))
+            .send()
+            .map_err(|e| format!("cannot follow OpenCode's events: {e}"))?;
+        let (tx, rx) = mpsc::channel::<()>();
+        let me = self.clone();
+        thread::Builder::new()
+            .name("opencode-events".into())
+            .spawn(move || {
+                let mut connected = Some(tx);
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let Some(data) = line.strip_prefix("data:") else {
+                        continue;
+                    };
+                    let Ok(ev) = serde_json::from_str::<Value>(data.trim()) else {
+                        continue;
+                    };
+                    if ev["type"] == "server.connected" {
+                        if let Some(t) = connected.take() {
+                            let _ = t.send(());
+                        }
+                        continue;
+                    }
+                    me.handle(&ev);
+                }
+                me.exited();
+            })
+            .map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "OpenCode's event stream did not open".to_string())
+    }
+
+    fn idle_expired(&self) -> bool {
+        let s = lock(&self.state);
+        s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout
+    }
+
+    fn kill(&self) {
+        let mut c = lock(&self.child);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .map_err(|e| format!("OpenCode did not answer {path}: {e}"))?;
+        let status = r.status();
+        let text = r.text().unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!("OpenCode answered {status} to {path}: {text}"));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The event stream ended: the server is gone. Finish the turn it was running.
+    fn exited(self: &Arc<Self>) {
+        let status = {
+            let mut c = lock(&self.child);
+            let _ = c.kill();
+            c.wait().ok()
+        };
+        if let Some(t) = lock(&self.state).turn.take() {
+            if t.cancelled.load(Ordering::SeqCst) {
+                t.sink.emit_kind(EventKind::Done(Done {
+                    usage: t.usage,
+                    status: TurnStatus::Cancelled,
+                    stop_reason: Some("cancelled".into()),
+                    message: None,
+                }));
+            } else {
+                let tail: Vec<String> = lock(&self.output).iter().cloned().collect();
+                let why = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown status".into());
+                t.sink.emit_kind(EventKind::Error(ErrorInfo {
+                    code: "harness_crashed".into(),
+                    message: format!(
+                        "OpenCode exited in the middle of the turn ({why}){}",
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", tail.join(" | "))
+                        }
+                    ),
+                    provider: None,
+                }));
+                t.sink.emit_kind(EventKind::Done(Done {
+                    usage: t.usage,
+                    status: TurnStatus::Failed,
+                    ..Done::default()
+                }));
+            }
+        }
+        if let Some(d) = self.driver.upgrade() {
+            d.remove_if(&self.session_id, self);
+        }
+    }
+
+    fn handle(&self, ev: &Value) {
+        let p = &ev["properties"];
+        let mut s = lock(&self.state);
+        let st = &mut *s;
+        let Some(turn) = st.turn.as_mut() else { return };
+        let session = p["sessionID"]
+            .as_str()
+            .or_else(|| p["part"]["sessionID"].as_str())
+            .or_else(|| p["info"]["sessionID"].as_str());
+        if session != Some(turn.oc_session.as_str()) {
+            return;
+        }
+        match ev["type"].as_str().unwrap_or_default() {
+            "message.updated" => {
+                if let (Some(id), Some(role)) =
+                    (p["info"]["id"].as_str(), p["info"]["role"].as_str())
+                {
+                    turn.roles.insert(id.to_string(), role.to_string());
+                }
+            }
+            "message.part.updated" => part_updated(turn, &p["part"]),
+            "message.part.delta" => {
+                let Some(pid) = p["partID"].as_str() else {
+                    return;
+                };
+                let delta = p["delta"].as_str().unwrap_or_default();
+                if p["field"] != "text" || delta.is_empty() {
+                    return;
+                }
+                let assistant = p["messageID"]
+                    .as_str()
+                    .and_then(|m| turn.roles.get(m))
+                    .is_some_and(|r| r == "assistant");
+                let Some((kind, emitted)) = turn.parts.get_mut(pid) else {
+                    return;
+                };
+                if !assistant {
+                    return;
+                }
+                *emitted += delta.len();
+                let kind = kind.clone();
+                emit_text(turn, &kind, delta);
+            }
+            "permission.asked" | "permission.updated" => {
+                let Some(id) = p["id"].as_str() else { return };
+                let tool = p["permission"]
+                    .as_str()
+                    .or_else(|| p["type"].as_str())
+                    .unwrap_or("tool")
+                    .to_string();
+                let patterns: Vec<&str> = p["patterns"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                turn.pending.insert(id.to_string());
+                turn.sink.emit(
+                    &Event::new(EventKind::InputRequired(InputRequest {
+                        request_id: id.to_string(),
+                        kind: "tool_use".into(),
+                        message: if patterns.is_empty() {
+                            format!("Allow {tool}?")
+                        } else {
+                            format!("Allow {tool}: {}?", patterns.join(", "))
+                        },
+                        tool: Some(tool),
+                        options: vec![
+                            DecisionKind::ApproveOnce,
+                            DecisionKind::ApproveSession,
+                            DecisionKind::Deny,
+                        ],
+                        tool_input: Some(p["metadata"].clone()),
+                    }))
+                    .with_raw(ev.clone()),
+                );
+            }
+            "session.error" => {
+                let e = &p["error"];
+                let name = e["name"].as_str().unwrap_or("UnknownError");
+                if name == "MessageAbortedError" && turn.cancelled.load(Ordering::SeqCst) {
+                    return;
+                }
+                turn.failed = true;
+                turn.sink.emit(
+                    &Event::new(EventKind::Error(ErrorInfo {
+                        code: if name == "APIError" {
+                            "model_error".into()
+                        } else {
+                            name.to_string()
+                        },
+                        message: e["data"]["message"].as_str().unwrap_or(name).to_string(),
+                        provider: (name == "APIError").then(|| "openai".to_string()),
+                    }))
+                    .with_raw(ev.clone()),
+                );
+            }
+            "session.idle" => {
+                let Some(t) = st.turn.take() else { return };
+                st.last_used = Instant::now();
+                let mut usage = t.usage;
+                usage.cost_micro_cents = (t.cost_usd * 1e8).round().max(0.0) as u64;
+                let status = if t.cancelled.load(Ordering::SeqCst) {
+                    TurnStatus::Cancelled
+                } else if t.failed {
+                    TurnStatus::Failed
+                } else {
+                    TurnStatus::Completed
+                };
+                t.sink.emit_kind(EventKind::Done(Done {
+                    usage,
+                    status,
+                    stop_reason: t.finish.clone(),
+                    message: None,
+                }));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn emit_text(turn: &ActiveTurn, kind: &str, text: &str) {
+    match kind {
+        "text" => turn.sink.emit_kind(EventKind::Text {
+            part: Part::Text {
+                text: text.to_string(),
+            },
+        }),
+        "reasoning" if turn.thinking => turn.sink.emit_kind(EventKind::Reasoning {
+            part: Part::Reasoning {
+                text: text.to_string(),
+            },
+        }),
+        _ => {}
+    }
+}
+
+fn part_updated(turn: &mut ActiveTurn, part: &Value) {
+    let Some(id) = part["id"].as_str() else {
+        return;
+    };
+    let kind = part["type"].as_str().unwrap_or_default();
+    let assistant = part["messageID"]
+        .as_str()
+        .and_then(|m| turn.roles.get(m))
+        .is_some_and(|r| r == "assistant");
+    match kind {
+        "text" | "reasoning" => {
+            let text = part["text"].as_str().unwrap_or_default();
+            let entry = turn
+                .parts
+                .entry(id.to_string())
+                .or_insert((kind.to_string(), 0));
+            // Text that did not come as deltas (or came only in part) is sent from the update.
+            if assistant && text.len() > entry.1 && text.is_char_boundary(entry.1) {
+                let rest = text[entry.1..].to_string();
+                entry.1 = text.len();
+                emit_text(turn, kind, &rest);
+            }
+        }
+        "tool" => {
+            let call = part["callID"].as_str().unwrap_or(id).to_string();
+            let state = &part["state"];
+            let status = state["status"].as_str().unwrap_or_default();
+            if turn.tools.get(&call).is_some_and(|s| s == status) {
+                return;
+            }
+            turn.tools.insert(call.clone(), status.to_string());
+            let (st, result) = match status {
+                "pending" => (ToolStatus::Pending, None),
+                "running" => (ToolStatus::Running, None),
+                "completed" => (ToolStatus::Completed, Some(state["output"].clone())),
+                "error" => (ToolStatus::Error, Some(state["error"].clone())),
+                _ => return,
+            };
+            turn.sink.emit(&Event::new(EventKind::ToolUse(ToolUse {
+                tool_use_id: call,
+                tool_name: part["tool"].as_str().unwrap_or_default().to_string(),
+                tool_input: state["input"].clone(),
+                status: st,
+                result,
+            })));
+        }
+        "step-start" => turn.sink.emit_kind(EventKind::StepStart {
+            step_index: turn.step,
+            description: None,
+        }),
+        "step-finish" => {
+            let t = &part["tokens"];
+            let n = |v: &Value| v.as_u64().unwrap_or(0);
+            let add = Usage::new(
+                n(&t["input"]),
+                n(&t["output"]) + n(&t["reasoning"]),
+                n(&t["cache"]["read"]),
+                n(&t["cache"]["write"]),
+            );
+            let u = &mut turn.usage;
+            u.input_tokens += add.input_tokens;
+            u.output_tokens += add.output_tokens;
+            u.cache_read_tokens += add.cache_read_tokens;
+            u.cache_write_tokens += add.cache_write_tokens;
+            u.total_tokens += add.total_tokens;
+            turn.cost_usd += part["cost"].as_f64().unwrap_or(0.0);
+            turn.finish = part["reason"].as_str().map(str::to_string);
+            turn.sink.emit_kind(EventKind::StepFinish {
+                step_index: turn.step,
+                result: turn.finish.clone(),
+            });
+            turn.step += 1;
+        }
+        _ => {}
+    }
+}
+
+/// The handle the host holds on a turn.
+struct OpenCodeTurn {
+    server: Arc<Server>,
+    oc_session: String,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Turn for OpenCodeTurn {
+    fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
+        {
+            let mut s = lock(&self.server.state);
+            let turn = s.turn.as_mut().ok_or("the turn has ended")?;
+            if !turn.pending.remove(request_id) {
+                return Err(format!("no pending request {request_id}"));
+            }
+        }
+        let reply = match decision.decision {
+            DecisionKind::ApproveOnce => "once",
+            DecisionKind::ApproveSession => "always",
+            DecisionKind::Deny => "reject",
+        };
+        let mut body = json!({"reply": reply});
+        if let Some(m) = decision.message {
+            body["message"] = json!(m);
+        }
+        self.server
+            .post(&format!("/permission/{request_id}/reply"), &body)
+            .map(|_| ())
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if self
+            .server
+            .post(&format!("/session/{}/abort", self.oc_session), &json!({}))
+            .is_err()
+        {
+            self.server.kill();
+        }
+    }
+}
+
+impl Driver for OpenCodeDriver {
+    fn name(&self) -> String {
+        "opencode".into()
+    }
+
+    fn detect(&self, app_dir: &Path) -> u32 {
+        discover::detect(app_dir)
+    }
+
+    fn discover(&self, app_dir: &Path) -> Result<Discovery, String> {
+        discover::discover(app_dir)
+    }
+
+    fn start_turn(&self, req: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String> {
+        let inner = &self.inner;
+        let existing = lock(&inner.servers).get(&req.session_id).cloned();
+        let server = match existing {
+            Some(s) => s,
+            None => {
+                let s = Server::spawn(inner, &req)?;
+                lock(&inner.servers).insert(req.session_id.clone(), s.clone());
+                s
+            }
+        };
+        let oc_session = match &req.harness_session_id {
+            Some(id) => id.clone(),
+            None => {
+                // A title up front spares the title-generation model call.
+                let created = server.post(
+                    "/session",
+                    &json!({"title": format!("karta {}", req.session_id)}),
+                )?;
+                let id = created["id"]
+                    .as_str()
+                    .ok_or("OpenCode created a session without an id")?
+                    .to_string();
+                sink.emit_kind(EventKind::HarnessSession {
+                    harness_session_id: id.clone(),
+                });
+                id
+            }
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        {
+            let mut s = lock(&server.state);
+            if s.turn.is_some() {
+                return Err("a turn is already running in this session".into());
+            }
+            s.turn = Some(ActiveTurn {
+                sink,
+                thinking: req.thinking,
+                oc_session: oc_session.clone(),
+                parts: HashMap::new(),
+                roles: HashMap::new(),
+                tools: HashMap::new(),
+                pending: HashSet::new(),
+                step: 0,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                failed: false,
+                finish: None,
+                cancelled: cancelled.clone(),
+            });
+            s.last_used = Instant::now();
+        }
+        let mut body = json!({"parts": [{"type": "text", "text": req.text}]});
+        if req.agent != "default" {
+            body["agent"] = json!(req.agent);
+        }
+        if let Err(e) = server.post(&format!("/session/{oc_session}/prompt_async"), &body) {
+            lock(&server.state).turn = None;
+            return Err(e);
+        }
+        Ok(Box::new(OpenCodeTurn {
+            server,
+            oc_session,
+            cancelled,
+        }))
+    }
+
+    fn end_session(&self, session_id: &str) {
+        if let Some(s) = lock(&self.inner.servers).remove(session_id) {
+            s.kill();
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! End-to-end: the real OpenCode (`opencode serve`) behind the Karta HTTP API, against
+//! `karta mock-model`'s Chat Completions. `scripts/test.sh` runs this binary inside `unshare -n`.
+
+use std::time::{Duration, Instant};
+
+use karta_e2e::*;
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+const KEY_ENV: &str = "KARTA_TEST_OPENAI_KEY";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    mock: MockModel,
+    k: Karta,
+    key: String,
+    c: Client,
+}
+
+/// An OpenCode project (`bash` asks for approval unless `bash_allowed`) talking to the fake.
+fn env(script: &str, bash_allowed: bool) -> Option<Env> {
+    let opencode = opencode_bin()?;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockModel::start(dir.path(), script);
+    let app = app_copy(dir.path(), "ops", "opencode-app", None);
+    if bash_allowed {
+        std::fs::write(
+            app.join(".opencode/opencode.jsonc"),
+            r#"{ "permission": { "bash": "allow" } }"#,
+        )
+        .unwrap();
+    }
+    let toml = format!(
+        r#"
+[providers.openai]
+api_key = {{ env = "{KEY_ENV}" }}
+base_url = "{url}/v1"
+
+[[drivers]]
+path = "{plugin}"
+settings = {{ command = "{bin}", model = "fake-model" }}
+
+[[tenants]]
+slug = "acme"
+name = "Acme"
+
+[[projects]]
+tenant = "acme"
+slug = "ops"
+path = "{app}"
+"#,
+        url = mock.url,
+        plugin = opencode_plugin().display(),
+        bin = opencode.display(),
+        app = app.display(),
+    );
+    std::fs::write(dir.path().join("karta.platform.toml"), toml).unwrap();
+    let k = Karta::start_with_env(dir.path(), &[(KEY_ENV, "sk-openai-fake")]);
+    let key = k.create_key("acme");
+    Some(Env {
+        _dir: dir,
+        mock,
+        k,
+        key,
+        c: Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    })
+}
+
+impl Env {
+    fn session(&self) -> String {
+        let r = self
+            .c
+            .post(format!("{}/v1/sessions", self.k.public))
+            .bearer_auth(&self.key)
+            .json(&json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text());
+        r.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn stream(&self, sid: &str, text: &str) -> SseReader {
+        let r = self
+            .c
+            .post(format!("{}/v1/sessions/{sid}/messages", self.k.public))
+            .bearer_auth(&self.key)
+            .json(&json!({"text": text, "stream": true}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        SseReader::new(r)
+    }
+
+    fn decide(&self, sid: &str, rid: &str, decision: &str) -> Value {
+        let r = self
+            .c
+            .put(format!("{}/v1/sessions/{sid}/inputs/{rid}", self.k.public))
+            .bearer_auth(&self.key)
+            .json(&json!({"decision": decision}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    }
+
+    fn chat_requests(&self) -> Vec<Value> {
+        self.mock
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/v1/chat/completions"))
+            })
+            .collect()
+    }
+}
+
+fn text_of(frames: &[SseFrame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "text")
+        .map(|f| f.data["data"]["part"]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn done(frames: &[SseFrame]) -> Value {
+    let last = frames.last().expect("frames");
+    assert_eq!(last.event, "done", "{frames:?}");
+    last.data["data"].clone()
+}
+
+#[test]
+fn a_text_turn_streams_with_the_fakes_usage() {
+    let Some(e) = env(
+        r#"[{"text": "Hello from the fake model.", "usage": {"input_tokens": 31, "output_tokens": 7}}]"#,
+        false,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let frames = e.stream(&sid, "hi there").rest();
+    assert_eq!(text_of(&frames), "Hello from the fake model.");
+    assert!(
+        frames.iter().filter(|f| f.event == "text").count() >= 2,
+        "deltas: {frames:?}"
+    );
+    assert!(
+        frames.iter().any(|f| f.event == "step_start")
+            && frames.iter().any(|f| f.event == "step_finish")
+    );
+    let d = done(&frames);
+    assert_eq!(d["status"], "completed");
+    assert_eq!(d["usage"]["input_tokens"], 31);
+    assert_eq!(d["usage"]["output_tokens"], 7);
+    // Karta's provider and key reached OpenCode; the session's title spared a title request.
+    let reqs = e.chat_requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0]["headers"]["authorization"], "Bearer sk-openai-fake");
+    assert!(
+        reqs[0]["body"].to_string().contains("Lumen Books"),
+        "AGENTS.md reached the model"
+    );
+}
+
+#[test]
+fn a_tool_runs_and_its_result_comes_back() {
+    let Some(e) = env(
+        r#"[{"tool_call": {"name": "bash", "arguments": {"command": "echo hello-from-bash", "description": "Say hello"}}},
+            {"text": "It printed hello."}]"#,
+        true,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let frames = e.stream(&sid, "run it").rest();
+    let tools: Vec<&SseFrame> = frames.iter().filter(|f| f.event == "tool_use").collect();
+    let statuses: Vec<&str> = tools
+        .iter()
+        .map(|f| f.data["data"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.last(), Some(&"completed"), "{statuses:?}");
+    assert!(tools.last().unwrap().data["data"]["result"]
+        .as_str()
+        .unwrap()
+        .contains("hello-from-bash"));
+    assert_eq!(tools.last().unwrap().data["data"]["tool_name"], "bash");
+    assert_eq!(text_of(&frames), "It printed hello.");
+    let d = done(&frames);
+    assert_eq!(
+        (
+            d["usage"]["input_tokens"].as_u64(),
+            d["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(200), Some(40))
+    );
+}
+
+const TOUCH: &str = r#"{"tool_call": {"name": "bash", "arguments": {"command": "touch made_by_agent.txt && echo created", "description": "Create a file"}}}"#;
+
+#[test]
+fn approvals_once_always_and_reject() {
+    let script = format!(r#"[{TOUCH}, {{"text": "Finished."}}, {TOUCH}, {{"text": "Again."}}]"#);
+    let Some(e) = env(&script, false) else { return };
+
+    let sid = e.session();
+    let mut s = e.stream(&sid, "create a file");
+    let ask = s.until("input_required").pop().unwrap();
+    assert_eq!(ask.data["data"]["tool"], "bash");
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    let cont = e.decide(&sid, &rid, "approve_once");
+    let events = cont["events"].as_array().unwrap();
+    let completed = events
+        .iter()
+        .find(|e| e["type"] == "tool_use" && e["data"]["status"] == "completed")
+        .expect("tool completed");
+    assert!(completed["data"]["result"]
+        .as_str()
+        .unwrap()
+        .contains("created"));
+    assert_eq!(done(&s.rest())["status"], "completed");
+
+    // Rejected: the tool does not run.
+    let sid2 = e.session();
+    let mut s = e.stream(&sid2, "create a file");
+    let rid = s.until("input_required").pop().unwrap().data["data"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cont = e.decide(&sid2, &rid, "deny");
+    assert!(
+        cont["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "tool_use" && e["data"]["status"] == "error"),
+        "{cont}"
+    );
+    s.rest();
+
+    // Always: the session's next call of the same command is not asked.
+    let sid3 = e.session();
+    let mut s = e.stream(&sid3, "create a file");
+    let rid = s.until("input_required").pop().unwrap().data["data"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    e.decide(&sid3, &rid, "approve_session");
+    s.rest();
+    let frames = e.stream(&sid3, "and once more").rest();
+    assert!(
+        !frames.iter().any(|f| f.event == "input_required"),
+        "asked again: {frames:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.event == "tool_use" && f.data["data"]["status"] == "completed"),
+        "{frames:?}"
+    );
+}
+
+#[test]
+fn the_second_turn_continues_the_session() {
+    let Some(e) = env(
+        r#"[{"match": "first question", "text": "Answer one."}, {"match": "second question", "text": "Answer two."}]"#,
+        false,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    assert_eq!(
+        text_of(&e.stream(&sid, "first question").rest()),
+        "Answer one."
+    );
+    assert_eq!(
+        text_of(&e.stream(&sid, "second question").rest()),
+        "Answer two."
+    );
+    let last = e.chat_requests().pop().unwrap();
+    assert!(
+        last["body"]["messages"].to_string().contains("Answer one."),
+        "history not sent"
+    );
+}
+
+#[test]
+fn a_model_4xx_becomes_an_error_event() {
+    let Some(e) = env(
+        r#"[{"match": "", "once": false, "error": {"status": 400, "message": "scripted failure"}}]"#,
+        false,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let frames = e.stream(&sid, "hi").rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert_eq!(err.data["data"]["code"], "model_error");
+    assert!(
+        err.data["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scripted failure"),
+        "{err:?}"
+    );
+    assert_eq!(done(&frames)["status"], "failed");
+}
+
+#[test]
+fn killing_opencode_mid_turn_gives_an_error_and_the_next_turn_works() {
+    let Some(e) = env(
+        r#"[{"match": "slow", "text": "too late", "delay": 20000}, {"match": "after", "text": "Back again."}]"#,
+        false,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let mut s = e.stream(&sid, "slow please");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e.chat_requests().is_empty() {
+        assert!(Instant::now() < deadline, "OpenCode never called the model");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = harness_pid(&sid, "serve").expect("the opencode process");
+    assert!(std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+    let frames = s.rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert_eq!(err.data["data"]["code"], "harness_crashed");
+    assert_eq!(done(&frames)["status"], "failed");
+    assert_eq!(
+        text_of(&e.stream(&sid, "after the crash").rest()),
+        "Back again."
+    );
+}
+
+#[test]
+fn without_the_cli_a_turn_fails_with_an_error_that_names_the_install_command() {
+    let Some(_) = opencode_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_copy(dir.path(), "ops", "opencode-app", None);
+    std::fs::write(
+        dir.path().join("karta.platform.toml"),
+        format!(
+            "[[drivers]]\npath = \"{}\"\n\n[[tenants]]\nslug = \"acme\"\nname = \"Acme\"\n\n[[projects]]\ntenant = \"acme\"\nslug = \"ops\"\npath = \"{}\"\n",
+            opencode_plugin().display(),
+            app.display()
+        ),
+    )
+    .unwrap();
+    let k = Karta::start_with_env(dir.path(), &[("PATH", "/usr/bin:/bin")]);
+    let key = k.create_key("acme");
+    let c = Client::new();
+    let sid = c
+        .post(format!("{}/v1/sessions", k.public))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"text": "hi", "stream": true}))
+        .send()
+        .unwrap();
+    let frames = SseReader::new(r).rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert!(
+        err.data["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("karta harness install opencode"),
+        "{err:?}"
+    );
+    assert_eq!(done(&frames)["status"], "failed");
+}
