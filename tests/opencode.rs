@@ -398,3 +398,33 @@ fn without_the_cli_a_turn_fails_with_an_error_that_names_the_install_command() {
     );
     assert_eq!(done(&frames)["status"], "failed");
 }
+
+#[test]
+fn an_idle_server_is_stopped_and_the_next_turn_continues_on_a_new_one() {
+    let Some(e) = env(
+        r#"[{"match": "one", "text": "First."}, {"match": "two", "text": "Second."}]"#,
+        false,
+    ) else {
+        return;
+    };
+    std::fs::write(
+        e._dir.path().join("ops/karta.jsonc"),
+        r#"{ "harness": { "opencode": { "idle_timeout_seconds": 1 } } }"#,
+    )
+    .unwrap();
+    let sid = e.session();
+    assert_eq!(text_of(&e.stream(&sid, "one").rest()), "First.");
+    let first = harness_pid(&sid, "serve").expect("the server stays warm after a turn");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while harness_pid(&sid, "serve").is_some() {
+        assert!(Instant::now() < deadline, "the idle server was not stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(text_of(&e.stream(&sid, "two").rest()), "Second.");
+    assert_ne!(harness_pid(&sid, "serve"), Some(first));
+    let last = e.chat_requests().pop().unwrap();
+    assert!(
+        last["body"]["messages"].to_string().contains("First."),
+        "the session was not continued"
+    );
+}
