@@ -4,21 +4,12 @@
 use std::time::{Duration, Instant};
 
 use karta_e2e::*;
-use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const KEY_ENV: &str = "KARTA_TEST_ANTHROPIC_KEY";
 
-struct Env {
-    dir: tempfile::TempDir,
-    mock: MockModel,
-    k: Option<Karta>,
-    key: String,
-    c: Client,
-}
-
 /// A support-bot project served by the Claude Code plugin, talking to a fake model with `script`.
-fn env(script: &str) -> Option<Env> {
+fn env(script: &str) -> Option<HarnessEnv> {
     let claude = claude_bin()?;
     let dir = tempfile::tempdir().unwrap();
     let mock = MockModel::start(dir.path(), script);
@@ -47,89 +38,12 @@ path = "{app}"
         claude = claude.display(),
         app = app.display(),
     );
-    std::fs::write(dir.path().join("karta.platform.toml"), toml).unwrap();
-    let k = Karta::start_with_env(dir.path(), &[(KEY_ENV, "sk-test-fake")]);
-    let key = k.create_key("acme");
-    Some(Env {
+    Some(HarnessEnv::start(
         dir,
         mock,
-        k: Some(k),
-        key,
-        c: Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap(),
-    })
-}
-
-impl Env {
-    fn k(&self) -> &Karta {
-        self.k.as_ref().unwrap()
-    }
-
-    fn session(&self) -> String {
-        let r = self
-            .c
-            .post(format!("{}/v1/sessions", self.k().public))
-            .bearer_auth(&self.key)
-            .json(&json!({}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "{:?}", r.text());
-        r.json::<Value>().unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn stream(&self, sid: &str, text: &str) -> SseReader {
-        let r = self
-            .c
-            .post(format!("{}/v1/sessions/{sid}/messages", self.k().public))
-            .bearer_auth(&self.key)
-            .json(&json!({"text": text, "stream": true}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        SseReader::new(r)
-    }
-
-    fn decide(&self, sid: &str, rid: &str, decision: &str) -> Value {
-        let r = self
-            .c
-            .put(format!(
-                "{}/v1/sessions/{sid}/inputs/{rid}",
-                self.k().public
-            ))
-            .bearer_auth(&self.key)
-            .json(&json!({"decision": decision}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().unwrap()
-    }
-
-    fn restart(&mut self) {
-        drop(self.k.take());
-        self.k = Some(Karta::start_with_env(
-            self.dir.path(),
-            &[(KEY_ENV, "sk-test-fake")],
-        ));
-    }
-}
-
-fn text_of(frames: &[SseFrame]) -> String {
-    frames
-        .iter()
-        .filter(|f| f.event == "text")
-        .map(|f| f.data["data"]["part"]["text"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn done(frames: &[SseFrame]) -> Value {
-    let last = frames.last().expect("frames");
-    assert_eq!(last.event, "done", "{frames:?}");
-    last.data["data"].clone()
+        &toml,
+        &[(KEY_ENV, "sk-test-fake")],
+    ))
 }
 
 /// The text of every message the model was sent in its last request.
@@ -373,39 +287,7 @@ fn killing_the_harness_mid_turn_gives_an_error_and_the_next_turn_works() {
 #[test]
 fn without_the_cli_a_turn_fails_with_an_error_that_names_the_install_command() {
     let Some(_) = claude_bin() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let app = app_copy(dir.path(), "support-bot", "support-bot", None);
-    std::fs::write(
-        dir.path().join("karta.platform.toml"),
-        format!(
-            "[[drivers]]\npath = \"{}\"\n\n[[tenants]]\nslug = \"acme\"\nname = \"Acme\"\n\n[[projects]]\ntenant = \"acme\"\nslug = \"bot\"\npath = \"{}\"\n",
-            claude_plugin().display(),
-            app.display()
-        ),
-    )
-    .unwrap();
-    // No claude on PATH, none installed in the data folder.
-    let k = Karta::start_with_env(dir.path(), &[("PATH", "/usr/bin:/bin")]);
-    let key = k.create_key("acme");
-    let c = Client::new();
-    let sid = c
-        .post(format!("{}/v1/sessions", k.public))
-        .bearer_auth(&key)
-        .json(&json!({}))
-        .send()
-        .unwrap()
-        .json::<Value>()
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
-        .json(&json!({"text": "hi", "stream": true}))
-        .send()
-        .unwrap();
-    let frames = SseReader::new(r).rest();
+    let frames = turn_without_cli(&claude_plugin(), "support-bot");
     let err = frames
         .iter()
         .find(|f| f.event == "error")
@@ -490,35 +372,18 @@ fn the_driver_finds_the_cli_installed_in_the_data_folder() {
         .join(".karta/harnesses/claude-code/node_modules/.bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(&claude, bin.join("claude")).unwrap();
-    std::fs::write(
-        dir.path().join("karta.platform.toml"),
-        format!(
+    let toml = format!(
             "[providers.anthropic]\nbase_url = \"{}\"\napi_key = {{ env = \"{KEY_ENV}\" }}\n\n[[drivers]]\npath = \"{}\"\n\n[[tenants]]\nslug = \"acme\"\nname = \"Acme\"\n\n[[projects]]\ntenant = \"acme\"\nslug = \"bot\"\npath = \"{}\"\n",
             mock.url,
             claude_plugin().display(),
             app.display()
-        ),
-    )
-    .unwrap();
-    let k = Karta::start_with_env(dir.path(), &[("PATH", "/usr/bin:/bin"), (KEY_ENV, "sk-x")]);
-    let key = k.create_key("acme");
-    let c = Client::new();
-    let sid = c
-        .post(format!("{}/v1/sessions", k.public))
-        .bearer_auth(&key)
-        .json(&json!({}))
-        .send()
-        .unwrap()
-        .json::<Value>()
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
-        .json(&json!({"text": "hi", "stream": true}))
-        .send()
-        .unwrap();
-    assert_eq!(text_of(&SseReader::new(r).rest()), "Found it.");
+        );
+    let e = HarnessEnv::start(
+        dir,
+        mock,
+        &toml,
+        &[("PATH", "/usr/bin:/bin"), (KEY_ENV, "sk-x")],
+    );
+    let sid = e.session();
+    assert_eq!(text_of(&e.stream(&sid, "hi").rest()), "Found it.");
 }

@@ -4,21 +4,12 @@
 use std::time::{Duration, Instant};
 
 use karta_e2e::*;
-use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const KEY_ENV: &str = "KARTA_TEST_OPENAI_KEY";
 
-struct Env {
-    _dir: tempfile::TempDir,
-    mock: MockModel,
-    k: Karta,
-    key: String,
-    c: Client,
-}
-
 /// An OpenCode project (`bash` asks for approval unless `bash_allowed`) talking to the fake.
-fn env(script: &str, bash_allowed: bool) -> Option<Env> {
+fn env(script: &str, bash_allowed: bool) -> Option<HarnessEnv> {
     let opencode = opencode_bin()?;
     let dir = tempfile::tempdir().unwrap();
     let mock = MockModel::start(dir.path(), script);
@@ -54,86 +45,25 @@ path = "{app}"
         bin = opencode.display(),
         app = app.display(),
     );
-    std::fs::write(dir.path().join("karta.platform.toml"), toml).unwrap();
-    let k = Karta::start_with_env(dir.path(), &[(KEY_ENV, "sk-openai-fake")]);
-    let key = k.create_key("acme");
-    Some(Env {
-        _dir: dir,
+    Some(HarnessEnv::start(
+        dir,
         mock,
-        k,
-        key,
-        c: Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap(),
-    })
+        &toml,
+        &[(KEY_ENV, "sk-openai-fake")],
+    ))
 }
 
-impl Env {
-    fn session(&self) -> String {
-        let r = self
-            .c
-            .post(format!("{}/v1/sessions", self.k.public))
-            .bearer_auth(&self.key)
-            .json(&json!({}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "{:?}", r.text());
-        r.json::<Value>().unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn stream(&self, sid: &str, text: &str) -> SseReader {
-        let r = self
-            .c
-            .post(format!("{}/v1/sessions/{sid}/messages", self.k.public))
-            .bearer_auth(&self.key)
-            .json(&json!({"text": text, "stream": true}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        SseReader::new(r)
-    }
-
-    fn decide(&self, sid: &str, rid: &str, decision: &str) -> Value {
-        let r = self
-            .c
-            .put(format!("{}/v1/sessions/{sid}/inputs/{rid}", self.k.public))
-            .bearer_auth(&self.key)
-            .json(&json!({"decision": decision}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().unwrap()
-    }
-
-    fn chat_requests(&self) -> Vec<Value> {
-        self.mock
-            .requests()
-            .into_iter()
-            .filter(|r| {
-                r["path"]
-                    .as_str()
-                    .is_some_and(|p| p.starts_with("/v1/chat/completions"))
-            })
-            .collect()
-    }
-}
-
-fn text_of(frames: &[SseFrame]) -> String {
-    frames
-        .iter()
-        .filter(|f| f.event == "text")
-        .map(|f| f.data["data"]["part"]["text"].as_str().unwrap().to_string())
+/// The fake's Chat Completions requests.
+fn chat_requests(e: &HarnessEnv) -> Vec<Value> {
+    e.mock
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/v1/chat/completions"))
+        })
         .collect()
-}
-
-fn done(frames: &[SseFrame]) -> Value {
-    let last = frames.last().expect("frames");
-    assert_eq!(last.event, "done", "{frames:?}");
-    last.data["data"].clone()
 }
 
 #[test]
@@ -160,7 +90,7 @@ fn a_text_turn_streams_with_the_fakes_usage() {
     assert_eq!(d["usage"]["input_tokens"], 31);
     assert_eq!(d["usage"]["output_tokens"], 7);
     // Karta's provider and key reached OpenCode; the session's title spared a title request.
-    let reqs = e.chat_requests();
+    let reqs = chat_requests(&e);
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(reqs[0]["headers"]["authorization"], "Bearer sk-openai-fake");
     assert!(
@@ -283,7 +213,7 @@ fn the_second_turn_continues_the_session() {
         text_of(&e.stream(&sid, "second question").rest()),
         "Answer two."
     );
-    let last = e.chat_requests().pop().unwrap();
+    let last = chat_requests(&e).pop().unwrap();
     assert!(
         last["body"]["messages"].to_string().contains("Answer one."),
         "history not sent"
@@ -326,7 +256,7 @@ fn killing_opencode_mid_turn_gives_an_error_and_the_next_turn_works() {
     let sid = e.session();
     let mut s = e.stream(&sid, "slow please");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while e.chat_requests().is_empty() {
+    while chat_requests(&e).is_empty() {
         assert!(Instant::now() < deadline, "OpenCode never called the model");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -353,38 +283,7 @@ fn killing_opencode_mid_turn_gives_an_error_and_the_next_turn_works() {
 #[test]
 fn without_the_cli_a_turn_fails_with_an_error_that_names_the_install_command() {
     let Some(_) = opencode_bin() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let app = app_copy(dir.path(), "ops", "opencode-app", None);
-    std::fs::write(
-        dir.path().join("karta.platform.toml"),
-        format!(
-            "[[drivers]]\npath = \"{}\"\n\n[[tenants]]\nslug = \"acme\"\nname = \"Acme\"\n\n[[projects]]\ntenant = \"acme\"\nslug = \"ops\"\npath = \"{}\"\n",
-            opencode_plugin().display(),
-            app.display()
-        ),
-    )
-    .unwrap();
-    let k = Karta::start_with_env(dir.path(), &[("PATH", "/usr/bin:/bin")]);
-    let key = k.create_key("acme");
-    let c = Client::new();
-    let sid = c
-        .post(format!("{}/v1/sessions", k.public))
-        .bearer_auth(&key)
-        .json(&json!({}))
-        .send()
-        .unwrap()
-        .json::<Value>()
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = c
-        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
-        .bearer_auth(&key)
-        .json(&json!({"text": "hi", "stream": true}))
-        .send()
-        .unwrap();
-    let frames = SseReader::new(r).rest();
+    let frames = turn_without_cli(&opencode_plugin(), "opencode-app");
     let err = frames
         .iter()
         .find(|f| f.event == "error")
@@ -408,7 +307,7 @@ fn an_idle_server_is_stopped_and_the_next_turn_continues_on_a_new_one() {
         return;
     };
     std::fs::write(
-        e._dir.path().join("ops/karta.jsonc"),
+        e.dir.path().join("ops/karta.jsonc"),
         r#"{ "harness": { "opencode": { "idle_timeout_seconds": 1 } } }"#,
     )
     .unwrap();
@@ -422,7 +321,7 @@ fn an_idle_server_is_stopped_and_the_next_turn_continues_on_a_new_one() {
     }
     assert_eq!(text_of(&e.stream(&sid, "two").rest()), "Second.");
     assert_ne!(harness_pid(&sid, "serve"), Some(first));
-    let last = e.chat_requests().pop().unwrap();
+    let last = chat_requests(&e).pop().unwrap();
     assert!(
         last["body"]["messages"].to_string().contains("First."),
         "the session was not continued"

@@ -9,6 +9,7 @@
 //!   export it with [`export_driver!`], and emit typed [`Event`]s through a [`Sink`]. The host uses
 //!   the same types on its side.
 
+pub mod cli;
 pub mod driver;
 pub mod ffi;
 pub mod markdown;

@@ -571,3 +571,165 @@ pub fn harness_pid(sid: &str, marker: &str) -> Option<u32> {
     }
     None
 }
+
+/// A Karta server with one project on a harness driver, talking to a fake model.
+pub struct HarnessEnv {
+    /// Holds the config, the app copy and Karta's data.
+    pub dir: tempfile::TempDir,
+    /// The fake model.
+    pub mock: MockModel,
+    k: Option<Karta>,
+    env: Vec<(String, String)>,
+    /// An API key of tenant `acme`.
+    pub key: String,
+    /// A client with a generous timeout (harness turns spawn processes).
+    pub c: reqwest::blocking::Client,
+}
+
+impl HarnessEnv {
+    /// Writes `toml` as the platform config in `dir` and starts Karta with `env`.
+    pub fn start(
+        dir: tempfile::TempDir,
+        mock: MockModel,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        std::fs::write(dir.path().join("karta.platform.toml"), toml).expect("write config");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let k = Self::boot(dir.path(), &env);
+        let key = k.create_key("acme");
+        HarnessEnv {
+            dir,
+            mock,
+            k: Some(k),
+            env,
+            key,
+            c: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    fn boot(dir: &Path, env: &[(String, String)]) -> Karta {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        Karta::start_with_env(dir, &pairs)
+    }
+
+    /// The running server.
+    pub fn k(&self) -> &Karta {
+        self.k.as_ref().expect("karta is running")
+    }
+
+    /// Stops Karta and starts it again on the same folder.
+    pub fn restart(&mut self) {
+        drop(self.k.take());
+        self.k = Some(Self::boot(self.dir.path(), &self.env));
+    }
+
+    /// A new session on the org's only project.
+    pub fn session(&self) -> String {
+        let r = self
+            .c
+            .post(format!("{}/v1/sessions", self.k().public))
+            .bearer_auth(&self.key)
+            .json(&serde_json::json!({}))
+            .send()
+            .expect("create session");
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    }
+
+    /// Sends `body` with `"stream": true` and returns the stream.
+    pub fn send_stream(&self, sid: &str, mut body: Value) -> SseReader {
+        body["stream"] = Value::Bool(true);
+        let r = self
+            .c
+            .post(format!("{}/v1/sessions/{sid}/messages", self.k().public))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        SseReader::new(r)
+    }
+
+    /// Streams a turn with `text`.
+    pub fn stream(&self, sid: &str, text: &str) -> SseReader {
+        self.send_stream(sid, serde_json::json!({ "text": text }))
+    }
+
+    /// Answers an approval; returns the continuation.
+    pub fn decide(&self, sid: &str, rid: &str, decision: &str) -> Value {
+        let r = self
+            .c
+            .put(format!(
+                "{}/v1/sessions/{sid}/inputs/{rid}",
+                self.k().public
+            ))
+            .bearer_auth(&self.key)
+            .json(&serde_json::json!({ "decision": decision }))
+            .send()
+            .expect("decide");
+        assert_eq!(r.status(), 200);
+        r.json().expect("json")
+    }
+}
+
+/// The assistant text of a turn's frames.
+pub fn text_of(frames: &[SseFrame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "text")
+        .filter_map(|f| f.data["data"]["part"]["text"].as_str())
+        .collect()
+}
+
+/// The `done` payload, which must be the last frame.
+pub fn done(frames: &[SseFrame]) -> Value {
+    let last = frames.last().expect("frames");
+    assert_eq!(last.event, "done", "{frames:?}");
+    last.data["data"].clone()
+}
+
+/// Runs one turn of an app served by `plugin` on a machine where the harness CLI is nowhere to
+/// be found; returns its frames.
+pub fn turn_without_cli(plugin: &Path, example: &str) -> Vec<SseFrame> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app_copy(dir.path(), "app", example, None);
+    std::fs::write(
+        dir.path().join("karta.platform.toml"),
+        format!(
+            "[[drivers]]\npath = \"{}\"\n\n[[tenants]]\nslug = \"acme\"\nname = \"Acme\"\n\n[[projects]]\ntenant = \"acme\"\nslug = \"app\"\npath = \"{}\"\n",
+            plugin.display(),
+            app.display()
+        ),
+    )
+    .expect("write config");
+    let k = Karta::start_with_env(dir.path(), &[("PATH", "/usr/bin:/bin")]);
+    let key = k.create_key("acme");
+    let c = reqwest::blocking::Client::new();
+    let sid = c
+        .post(format!("{}/v1/sessions", k.public))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({}))
+        .send()
+        .and_then(|r| r.json::<Value>())
+        .expect("session")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"text": "hi", "stream": true}))
+        .send()
+        .expect("send");
+    SseReader::new(r).rest()
+}

@@ -95,43 +95,15 @@ fn reap_idle(inner: Weak<Inner>) {
     }
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 impl Inner {
-    /// The CLI: the configured command, else the one `karta harness install` put in the data
-    /// folder, else `claude` on PATH.
     fn find_command(&self) -> Result<PathBuf, String> {
-        if let Some(c) = &self.command {
-            let p = Path::new(c);
-            if c.contains('/') {
-                return if p.is_file() {
-                    Ok(p.to_path_buf())
-                } else {
-                    Err(format!(
-                        "the Claude Code CLI configured in settings.command ({c}) does not exist"
-                    ))
-                };
-            }
-            if let Some(found) = on_path(c) {
-                return Ok(found);
-            }
-        }
-        if let Some(d) = &self.data_dir {
-            let installed = d.join("harnesses/claude-code/node_modules/.bin/claude");
-            if installed.is_file() {
-                return Ok(installed);
-            }
-        }
-        on_path("claude").ok_or_else(|| {
-            "Claude Code is not installed: run `karta harness install claude-code` \
-             (or point [[drivers]] settings.command at a `claude` binary)"
-                .to_string()
-        })
+        karta_plugin_api::cli::locate(
+            self.command.as_deref(),
+            self.data_dir.as_deref(),
+            "claude-code",
+            "claude",
+            "Claude Code",
+        )
     }
 
     fn remove_if(&self, session_id: &str, proc: &Arc<Proc>) {

@@ -85,43 +85,15 @@ fn reap_idle(inner: Weak<Inner>) {
     }
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 impl Inner {
-    /// The CLI: the configured command, else the one `karta harness install opencode` put in the
-    /// data folder, else `opencode` on PATH.
     fn find_command(&self) -> Result<PathBuf, String> {
-        if let Some(c) = &self.command {
-            if c.contains('/') {
-                let p = PathBuf::from(c);
-                return if p.is_file() {
-                    Ok(p)
-                } else {
-                    Err(format!(
-                        "the OpenCode CLI configured in settings.command ({c}) does not exist"
-                    ))
-                };
-            }
-            if let Some(found) = on_path(c) {
-                return Ok(found);
-            }
-        }
-        if let Some(d) = &self.data_dir {
-            let installed = d.join("harnesses/opencode/node_modules/.bin/opencode");
-            if installed.is_file() {
-                return Ok(installed);
-            }
-        }
-        on_path("opencode").ok_or_else(|| {
-            "OpenCode is not installed: run `karta harness install opencode` \
-             (or point [[drivers]] settings.command at an `opencode` binary)"
-                .to_string()
-        })
+        karta_plugin_api::cli::locate(
+            self.command.as_deref(),
+            self.data_dir.as_deref(),
+            "opencode",
+            "opencode",
+            "OpenCode",
+        )
     }
 
     fn remove_if(&self, session_id: &str, server: &Arc<Server>) {

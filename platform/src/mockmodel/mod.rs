@@ -80,29 +80,71 @@ fn json_body(bytes: &Bytes) -> Value {
     serde_json::from_slice(bytes).unwrap_or(Value::Null)
 }
 
-async fn messages(state: web::Data<MockState>, req: HttpRequest, bytes: Bytes) -> HttpResponse {
-    let body = json_body(&bytes);
-    state.record(&req, &body);
-    let last = anthropic::last_user_text(&body);
+/// A reply chosen for a request: the step, its number, the model asked for, the usage to report.
+struct Pick {
+    step: script::Step,
+    n: u64,
+    model: String,
+    usage: script::ScriptedUsage,
+}
+
+/// Logs the request, picks its step, waits its delay; a scripted error is answered right away
+/// with `error_body`'s shape.
+async fn pick(
+    state: &MockState,
+    req: &HttpRequest,
+    body: &Value,
+    last_user_text: &str,
+    assistant_messages: usize,
+    error_body: fn(u16, &str) -> Value,
+) -> Result<Pick, HttpResponse> {
+    state.record(req, body);
     let step = state
         .script
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .select(&RequestShape {
-            last_user_text: &last,
+            last_user_text,
             has_tools: body["tools"].as_array().is_some_and(|t| !t.is_empty()),
-            assistant_messages: anthropic::assistant_messages(&body),
+            assistant_messages,
         });
     if let Some(ms) = step.delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if let Some(err) = &step.error {
         let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return HttpResponse::build(status).json(anthropic::error_body(err.status, &err.message));
+        return Err(HttpResponse::build(status).json(error_body(err.status, &err.message)));
     }
-    let n = state.next_n();
-    let model = body["model"].as_str().unwrap_or("fake-model").to_string();
-    let usage = step.usage.unwrap_or_default();
+    Ok(Pick {
+        n: state.next_n(),
+        model: body["model"].as_str().unwrap_or("fake-model").to_string(),
+        usage: step.usage.unwrap_or_default(),
+        step,
+    })
+}
+
+async fn messages(state: web::Data<MockState>, req: HttpRequest, bytes: Bytes) -> HttpResponse {
+    let body = json_body(&bytes);
+    let last = anthropic::last_user_text(&body);
+    let assistants = anthropic::assistant_messages(&body);
+    let Pick {
+        step,
+        n,
+        model,
+        usage,
+    } = match pick(
+        &state,
+        &req,
+        &body,
+        &last,
+        assistants,
+        anthropic::error_body,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(answer) => return answer,
+    };
     let blocks = anthropic::blocks(&step, n);
     if body["stream"] != json!(true) {
         return HttpResponse::Ok().json(anthropic::message(&model, n, blocks, &usage));

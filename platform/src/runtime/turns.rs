@@ -375,20 +375,7 @@ impl Runtime {
         // not refused as busy.
         let had_pending = ctx.running.pending().take().is_some();
         if had_pending {
-            let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
-            let _ = self
-                .store
-                .write_async(move |c| {
-                    sessions::update(
-                        c,
-                        &org,
-                        &id,
-                        SessionPatch {
-                            pending_input: Some(None),
-                            ..Default::default()
-                        },
-                    )
-                })
+            self.clear_pending(&ctx.session.org_id, &ctx.session.id)
                 .await;
         }
         slot.set_running(None);
@@ -463,14 +450,12 @@ impl Runtime {
             };
             let event = match event.kind {
                 EventKind::HarnessSession { harness_session_id } => {
-                    let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
                     let patch = SessionPatch {
                         harness_session_id: Some(Some(harness_session_id)),
                         ..Default::default()
                     };
                     if let Err(e) = self
-                        .store
-                        .write_async(move |c| sessions::update(c, &org, &id, patch))
+                        .patch_session(&ctx.session.org_id, &ctx.session.id, patch)
                         .await
                     {
                         tracing::error!(session = %ctx.session.id, error = %e, "harness session id not saved");
@@ -554,21 +539,12 @@ impl Runtime {
                     options: req.options.clone(),
                     tool: req.tool.clone(),
                 });
-                let json = serde_json::to_string(&public).unwrap_or_default();
-                let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
+                let patch = SessionPatch {
+                    pending_input: Some(Some(serde_json::to_string(&public).unwrap_or_default())),
+                    ..Default::default()
+                };
                 if let Err(e) = self
-                    .store
-                    .write_async(move |c| {
-                        sessions::update(
-                            c,
-                            &org,
-                            &id,
-                            SessionPatch {
-                                pending_input: Some(Some(json)),
-                                ..Default::default()
-                            },
-                        )
-                    })
+                    .patch_session(&ctx.session.org_id, &ctx.session.id, patch)
                     .await
                 {
                     tracing::error!(session = %ctx.session.id, error = %e, "pending input not saved");
@@ -586,7 +562,8 @@ impl Runtime {
             }
             Policy::ApproveSession => {
                 if let Some(tool) = &req.tool {
-                    self.remember_approval(ctx, tool).await;
+                    self.approve_for_session(running, &ctx.session.org_id, &ctx.session.id, tool)
+                        .await;
                 }
                 decide(
                     DecisionKind::ApproveSession,
@@ -609,36 +586,6 @@ impl Runtime {
                     ),
                 ))
             }
-        }
-    }
-
-    async fn remember_approval(&self, ctx: &TurnCtx, tool: &str) {
-        let json = {
-            let mut set = ctx
-                .running
-                .approved_tools
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            set.insert(tool.to_string());
-            serde_json::to_string(&*set).unwrap_or_else(|_| "[]".into())
-        };
-        let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
-        if let Err(e) = self
-            .store
-            .write_async(move |c| {
-                sessions::update(
-                    c,
-                    &org,
-                    &id,
-                    SessionPatch {
-                        approved_tools: Some(json),
-                        ..Default::default()
-                    },
-                )
-            })
-            .await
-        {
-            tracing::error!(session = %ctx.session.id, error = %e, "session approval not saved");
         }
     }
 
@@ -667,23 +614,7 @@ impl Runtime {
             };
             let Some(pending) = pending else { return };
             tracing::info!(session = %id, request = %public_id, decision = ?hidden, "input timed out");
-            let _ = rt
-                .store
-                .write_async({
-                    let (org, id) = (org.clone(), id.clone());
-                    move |c| {
-                        sessions::update(
-                            c,
-                            &org,
-                            &id,
-                            SessionPatch {
-                                pending_input: Some(None),
-                                ..Default::default()
-                            },
-                        )
-                    }
-                })
-                .await;
+            rt.clear_pending(&org, &id).await;
             let _ = running
                 .control
                 .send(Control::Publish(Event::new(EventKind::System(json!({
@@ -776,28 +707,8 @@ impl Runtime {
             .await?;
         if decision == DecisionKind::ApproveSession {
             if let Some(tool) = &pending.tool {
-                let ctx_tools = {
-                    let mut set = running
-                        .approved_tools
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    set.insert(tool.clone());
-                    serde_json::to_string(&*set).unwrap_or_else(|_| "[]".into())
-                };
-                let (org, id) = (org_id.to_string(), session_id.to_string());
-                self.store
-                    .write_async(move |c| {
-                        sessions::update(
-                            c,
-                            &org,
-                            &id,
-                            SessionPatch {
-                                approved_tools: Some(ctx_tools),
-                                ..Default::default()
-                            },
-                        )
-                    })
-                    .await?;
+                self.approve_for_session(&running, org_id, session_id, tool)
+                    .await;
             }
         }
         running
@@ -828,20 +739,7 @@ impl Runtime {
         );
         if stale {
             // The turn that asked is gone (a restart): the prompt can never be answered.
-            let _ = self
-                .store
-                .write_async(move |c| {
-                    sessions::update(
-                        c,
-                        &org,
-                        &id,
-                        SessionPatch {
-                            pending_input: Some(None),
-                            ..Default::default()
-                        },
-                    )
-                })
-                .await;
+            self.clear_pending(&org, &id).await;
             return RuntimeError::Conflict(
                 "the turn that asked for this input is no longer running".into(),
             );
@@ -893,6 +791,55 @@ impl Runtime {
             rx,
             after_seq: after,
         })
+    }
+
+    /// Applies a patch to one of the org's sessions.
+    async fn patch_session(
+        &self,
+        org_id: &str,
+        session_id: &str,
+        patch: SessionPatch,
+    ) -> Result<(), store::StoreError> {
+        let (org, id) = (org_id.to_string(), session_id.to_string());
+        self.store
+            .write_async(move |c| sessions::update(c, &org, &id, patch))
+            .await
+    }
+
+    /// Clears the session's pending input; a failure is logged (the turn goes on).
+    async fn clear_pending(&self, org_id: &str, session_id: &str) {
+        let patch = SessionPatch {
+            pending_input: Some(None),
+            ..Default::default()
+        };
+        if let Err(e) = self.patch_session(org_id, session_id, patch).await {
+            tracing::error!(session = %session_id, error = %e, "pending input not cleared");
+        }
+    }
+
+    /// Remembers a tool approved for the rest of the session (in the turn and in the store).
+    async fn approve_for_session(
+        &self,
+        running: &Running,
+        org_id: &str,
+        session_id: &str,
+        tool: &str,
+    ) {
+        let json = {
+            let mut set = running
+                .approved_tools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            set.insert(tool.to_string());
+            serde_json::to_string(&*set).unwrap_or_else(|_| "[]".into())
+        };
+        let patch = SessionPatch {
+            approved_tools: Some(json),
+            ..Default::default()
+        };
+        if let Err(e) = self.patch_session(org_id, session_id, patch).await {
+            tracing::error!(session = %session_id, error = %e, "session approval not saved");
+        }
     }
 
     /// Numbers an event and writes it to the replay log.
