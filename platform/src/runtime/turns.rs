@@ -97,25 +97,38 @@ impl Running {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands a decision to the driver. Drivers answer quickly (they only pass it on).
-    fn decide(
-        &self,
+    /// Hands a decision to the driver, off the async workers (a driver may answer over HTTP).
+    async fn decide(
+        self: &Arc<Self>,
         driver_id: &str,
         decision: DecisionKind,
         message: Option<String>,
     ) -> Result<(), String> {
-        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner());
-        match handle.as_ref() {
-            Some(h) => h.resolve_input(
-                driver_id,
-                &Decision {
-                    v: PAYLOAD_VERSION,
-                    decision,
-                    message,
-                },
-            ),
-            None => Err("the turn has no harness handle".into()),
-        }
+        let me = self.clone();
+        let driver_id = driver_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let handle = me.handle.lock().unwrap_or_else(|p| p.into_inner());
+            match handle.as_ref() {
+                Some(h) => h.resolve_input(
+                    &driver_id,
+                    &Decision {
+                        v: PAYLOAD_VERSION,
+                        decision,
+                        message,
+                    },
+                ),
+                None => Err("the turn has no harness handle".into()),
+            }
+        })
+        .await
+        .map_err(|e| format!("the driver panicked: {e}"))?
+    }
+
+    /// Marks the turn cancelled at once and asks the driver to stop it, off the async workers.
+    fn cancel_soon(self: &Arc<Self>) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.cancel());
     }
 
     fn cancel(&self) {
@@ -356,7 +369,7 @@ impl Runtime {
             Ok(Ok(handle)) => {
                 *ctx.running.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
                 if ctx.running.cancelled.load(Ordering::SeqCst) {
-                    ctx.running.cancel();
+                    ctx.running.cancel_soon();
                 }
             }
             Ok(Err(message)) => {
@@ -522,9 +535,13 @@ impl Runtime {
         } else {
             ctx.settings.policy_for(mode)
         };
-        let decide = |d: DecisionKind, why: &str| {
-            if let Err(e) = running.decide(&req.request_id, d, Some(why.to_string())) {
-                tracing::error!(session = %ctx.session.id, error = %e, "automatic decision not delivered");
+        let decide = |d: DecisionKind, why: &'static str| {
+            let running = running.clone();
+            let (rid, sid) = (req.request_id.clone(), ctx.session.id.clone());
+            async move {
+                if let Err(e) = running.decide(&rid, d, Some(why.to_string())).await {
+                    tracing::error!(session = %sid, error = %e, "automatic decision not delivered");
+                }
             }
         };
         match policy {
@@ -557,7 +574,7 @@ impl Runtime {
                 })
             }
             Policy::ApproveOnce => {
-                decide(DecisionKind::ApproveOnce, "approved by policy");
+                decide(DecisionKind::ApproveOnce, "approved by policy").await;
                 None
             }
             Policy::ApproveSession => {
@@ -568,16 +585,17 @@ impl Runtime {
                 decide(
                     DecisionKind::ApproveSession,
                     "approved for the session by policy",
-                );
+                )
+                .await;
                 None
             }
             Policy::Deny => {
-                decide(DecisionKind::Deny, "denied by policy");
+                decide(DecisionKind::Deny, "denied by policy").await;
                 None
             }
             Policy::Error => {
-                decide(DecisionKind::Deny, "refused by policy");
-                running.cancel();
+                decide(DecisionKind::Deny, "refused by policy").await;
+                running.cancel_soon();
                 Some(error_event(
                     "input_required_refused",
                     format!(
@@ -622,8 +640,9 @@ impl Runtime {
                     "request_id": public_id,
                     "decision": hidden,
                 })))));
-            if let Err(e) =
-                running.decide(&pending.driver_id, hidden, Some("no answer in time".into()))
+            if let Err(e) = running
+                .decide(&pending.driver_id, hidden, Some("no answer in time".into()))
+                .await
             {
                 tracing::error!(session = %id, error = %e, "expired input not delivered");
             }
@@ -713,6 +732,7 @@ impl Runtime {
         }
         running
             .decide(&pending.driver_id, decision, message)
+            .await
             .map_err(|e| {
                 RuntimeError::Conflict(format!("the harness did not take the decision: {e}"))
             })?;
@@ -758,7 +778,7 @@ impl Runtime {
     /// Cancels the session's running turn, if any (its driver still ends it with `done`).
     pub(crate) fn cancel_running(&self, session_id: &str) {
         if let Some(r) = self.existing_slot(session_id).and_then(|s| s.running()) {
-            r.cancel();
+            r.cancel_soon();
         }
     }
 
