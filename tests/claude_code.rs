@@ -387,3 +387,23 @@ fn the_driver_finds_the_cli_installed_in_the_data_folder() {
     let sid = e.session();
     assert_eq!(text_of(&e.stream(&sid, "hi").rest()), "Found it.");
 }
+
+#[test]
+fn harness_processes_die_with_karta() {
+    let Some(mut e) = env(r#"[{"text": "Still here."}]"#) else {
+        return;
+    };
+    let sid = e.session();
+    e.stream(&sid, "hi").rest();
+    assert!(
+        claude_pid(&sid).is_some(),
+        "the process stays warm after a turn"
+    );
+    // A hard kill: Karta gets no chance to clean up.
+    e.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while claude_pid(&sid).is_some() {
+        assert!(Instant::now() < deadline, "the harness outlived Karta");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -438,6 +438,15 @@ fn api_keys_verify_only_with_the_exact_key() {
             karta::platform::keys::create(s, "nobody", "x", &[karta::platform::keys::Scope::Read]),
             Err(karta::platform::keys::KeyError::UnknownTenant(_))
         ));
+        // Removing the tenant from the configuration disables it (it has a key): the key stops
+        // working with it.
+        reconcile::apply(s, &config(&[], &[]), "test").unwrap();
+        let fresh = karta::platform::keys::KeyVerifier::new(s.clone());
+        assert!(
+            rt.block_on(fresh.verify(&key.plaintext)).unwrap().is_none(),
+            "{}",
+            b.label
+        );
     }
 }
 

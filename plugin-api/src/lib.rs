@@ -13,6 +13,7 @@ pub mod cli;
 pub mod driver;
 pub mod ffi;
 pub mod markdown;
+pub mod process;
 pub mod types;
 
 pub use abi_stable;

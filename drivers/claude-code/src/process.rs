@@ -213,8 +213,7 @@ impl Proc {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = c
-            .spawn()
+        let mut child = karta_plugin_api::process::spawn_tied(c)
             .map_err(|e| format!("cannot start Claude Code ({}): {e}", cmd.display()))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -263,9 +262,15 @@ impl Proc {
         Ok(proc)
     }
 
+    /// Retires the process if it is idle past its timeout; a retired process takes no turn
+    /// (checked under the same lock `start_turn` claims it with).
     fn idle_expired(&self) -> bool {
-        let s = lock(&self.state);
-        s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout
+        let mut s = lock(&self.state);
+        let idle = s.alive && s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout;
+        if idle {
+            s.alive = false;
+        }
+        idle
     }
 
     fn write(&self, v: &Value) -> Result<(), String> {
@@ -692,41 +697,54 @@ impl Driver for ClaudeDriver {
 
     fn start_turn(&self, req: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String> {
         let inner = &self.inner;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let active = |sink: Sink| ActiveTurn {
+            request: req.clone(),
+            sink,
+            thinking: req.thinking,
+            step: 0,
+            step_open: false,
+            announced: false,
+            tools: HashMap::new(),
+            pending: HashMap::new(),
+            streamed: HashSet::new(),
+            current_message: None,
+            cancelled: cancelled.clone(),
+        };
+        // Claim a live process for the turn under its state lock (the idle reaper retires
+        // processes under the same lock), or start one.
         let existing = lock(&inner.procs).get(&req.session_id).cloned();
-        let proc = match existing {
-            Some(p) if lock(&p.state).alive && p.agent == req.agent => p,
-            other => {
-                if let Some(old) = other {
-                    // A different agent needs a process started for it; the session resumes there.
-                    lock(&inner.procs).remove(&req.session_id);
-                    old.stop();
+        let mut sink = Some(sink);
+        let mut proc = None;
+        if let Some(p) = existing {
+            let mut s = lock(&p.state);
+            if s.alive && p.agent == req.agent {
+                if s.turn.is_some() {
+                    return Err("a turn is already running in this session".into());
                 }
+                s.turn = sink.take().map(active);
+                s.last_used = Instant::now();
+                drop(s);
+                proc = Some(p);
+            } else {
+                drop(s);
+                // Retired, dead, or for another agent: the session resumes in a new process.
+                lock(&inner.procs).remove(&req.session_id);
+                p.stop();
+            }
+        }
+        let proc = match proc {
+            Some(p) => p,
+            None => {
                 let p = Proc::spawn(inner, &req)?;
                 lock(&inner.procs).insert(req.session_id.clone(), p.clone());
+                let mut s = lock(&p.state);
+                s.turn = sink.take().map(active);
+                s.last_used = Instant::now();
+                drop(s);
                 p
             }
         };
-        let cancelled = Arc::new(AtomicBool::new(false));
-        {
-            let mut s = lock(&proc.state);
-            if s.turn.is_some() {
-                return Err("a turn is already running in this session".into());
-            }
-            s.turn = Some(ActiveTurn {
-                request: req.clone(),
-                sink,
-                thinking: req.thinking,
-                step: 0,
-                step_open: false,
-                announced: false,
-                tools: HashMap::new(),
-                pending: HashMap::new(),
-                streamed: HashSet::new(),
-                current_message: None,
-                cancelled: cancelled.clone(),
-            });
-            s.last_used = Instant::now();
-        }
         if let Err(e) = proc.write(&user_line(&req.text)) {
             lock(&proc.state).turn = None;
             lock(&inner.procs).remove(&req.session_id);

@@ -189,6 +189,8 @@ struct ActiveTurn {
 struct State {
     turn: Option<ActiveTurn>,
     last_used: Instant,
+    /// False once the reaper retired the server (or it died): it takes no more turns.
+    alive: bool,
 }
 
 /// One `opencode serve` for one session's workspace.
@@ -252,8 +254,7 @@ impl Server {
         if let Some(content) = inner.config_content(req) {
             c.env("OPENCODE_CONFIG_CONTENT", content);
         }
-        let mut child = c
-            .spawn()
+        let mut child = karta_plugin_api::process::spawn_tied(c)
             .map_err(|e| format!("cannot start OpenCode ({}): {e}", cmd.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
@@ -306,12 +307,16 @@ impl Server {
             state: Mutex::new(State {
                 turn: None,
                 last_used: Instant::now(),
+                alive: true,
             }),
             idle_timeout: Duration::from_secs(idle_secs),
             output,
             driver: Arc::downgrade(inner),
         });
-        server.follow_events()?;
+        if let Err(e) = server.follow_events() {
+            server.kill();
+            return Err(e);
+        }
         Ok(server)
     }
 
@@ -353,9 +358,14 @@ impl Server {
             .map_err(|_| "OpenCode's event stream did not open".to_string())
     }
 
+    /// Retires the server if it is idle past its timeout (under the lock turns claim it with).
     fn idle_expired(&self) -> bool {
-        let s = lock(&self.state);
-        s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout
+        let mut s = lock(&self.state);
+        let idle = s.alive && s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout;
+        if idle {
+            s.alive = false;
+        }
+        idle
     }
 
     fn kill(&self) {
@@ -386,7 +396,12 @@ impl Server {
             let _ = c.kill();
             c.wait().ok()
         };
-        if let Some(t) = lock(&self.state).turn.take() {
+        let turn = {
+            let mut st = lock(&self.state);
+            st.alive = false;
+            st.turn.take()
+        };
+        if let Some(t) = turn {
             if t.cancelled.load(Ordering::SeqCst) {
                 t.sink.emit_kind(EventKind::Done(Done {
                     usage: t.usage,
@@ -695,6 +710,15 @@ impl Driver for OpenCodeDriver {
     fn start_turn(&self, req: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String> {
         let inner = &self.inner;
         let existing = lock(&inner.servers).get(&req.session_id).cloned();
+        // Touch a live server under its state lock so the idle reaper (which retires under the
+        // same lock) leaves it alone; a retired or dead one is replaced.
+        let existing = existing.filter(|srv| {
+            let mut st = lock(&srv.state);
+            if st.alive {
+                st.last_used = Instant::now();
+            }
+            st.alive
+        });
         let server = match existing {
             Some(s) => s,
             None => {

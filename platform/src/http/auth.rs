@@ -119,6 +119,12 @@ impl FromRequest for Access {
                     ));
                 }
                 let project_id = app.runtime.project_id(&claims.org_id, &r).await?;
+                // A slug reused by a newer project does not inherit the old project's tokens.
+                if project_id != claims.project_id {
+                    return Err(ApiError::Forbidden(
+                        "this session token is for another project".into(),
+                    ));
+                }
                 return Ok(Access {
                     org_id: claims.org_id.clone(),
                     credential: Credential::Token(claims),

@@ -78,8 +78,15 @@ impl TokenKeys {
     /// stops; the second value says so.
     pub fn from_env() -> (TokenKeys, bool) {
         match std::env::var("KARTA_SESSION_TOKEN_SECRET") {
-            Ok(v) if !v.trim().is_empty() => (
-                TokenKeys::new(v.split(',').map(|s| s.trim().as_bytes().to_vec()).collect()),
+            // Empty entries (`"new,old,"`) would let anyone sign with an empty key: skip them.
+            Ok(v) if v.split(',').any(|s| !s.trim().is_empty()) => (
+                TokenKeys::new(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| s.as_bytes().to_vec())
+                        .collect(),
+                ),
                 false,
             ),
             _ => {
@@ -89,9 +96,11 @@ impl TokenKeys {
         }
     }
 
-    /// Keys from explicit secrets (current first).
+    /// Keys from explicit secrets (current first). Empty secrets are dropped.
     pub fn new(secrets: Vec<Vec<u8>>) -> Self {
-        Self { secrets }
+        Self {
+            secrets: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+        }
     }
 
     fn mac(secret: &[u8]) -> HmacSha256 {
@@ -130,11 +139,12 @@ impl TokenKeys {
             .decode(s)
             .map_err(|_| TokenError::Malformed)?;
         let signing_input = &token[..h.len() + 1 + p.len()];
-        let signed = self.secrets.iter().any(|secret| {
-            let mut mac = Self::mac(secret);
-            mac.update(signing_input.as_bytes());
-            mac.verify_slice(&sig).is_ok()
-        });
+        let signed = !self.secrets.is_empty()
+            && self.secrets.iter().any(|secret| {
+                let mut mac = Self::mac(secret);
+                mac.update(signing_input.as_bytes());
+                mac.verify_slice(&sig).is_ok()
+            });
         if !signed {
             return Err(TokenError::Signature);
         }
@@ -217,6 +227,16 @@ mod tests {
             Err(TokenError::Signature)
         );
         assert_eq!(keys().verify("a.b", 0), Err(TokenError::Malformed));
+        // An empty secret in a rotation list is ignored, not a key anyone can sign with.
+        let with_empty = TokenKeys::new(vec![b"real".to_vec(), Vec::new()]);
+        let forged_empty = TokenKeys {
+            secrets: vec![Vec::new()],
+        }
+        .mint(&keys().verify(VECTOR, 1_767_225_700).unwrap());
+        assert_eq!(
+            with_empty.verify(&forged_empty, 1_767_225_700),
+            Err(TokenError::Signature)
+        );
         assert_eq!(
             keys().verify("not-base64.!!.??", 0),
             Err(TokenError::Malformed)

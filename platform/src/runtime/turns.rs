@@ -158,6 +158,8 @@ pub struct Subscription {
     pub after_seq: i64,
     /// A `done` with a sequence number above this ends the stream.
     pub done_after: i64,
+    /// The live receiver fell behind: re-read the log before reading it again.
+    pub catch_up: bool,
 }
 
 /// A turn folded into one result (the unary answer, or an input's continuation).
@@ -268,22 +270,14 @@ impl Runtime {
                 slot.lock.clone().lock_owned().await
             }
         };
-        // Re-read now that the session is ours: the previous turn advanced its sequence.
-        let (org, id) = (org_id.to_string(), session_id.to_string());
-        let session = self
-            .store
-            .read_async(move |c| sessions::get(c, &org, &id))
-            .await?;
-        if session.status == "closed" {
-            return Err(RuntimeError::Conflict("session is closed".into()));
-        }
-        let app_dir = session.app_path.clone();
-        let settings = tokio::task::spawn_blocking(move || AppSettings::load(Path::new(&app_dir)))
-            .await
-            .map_err(|e| RuntimeError::Store(store::StoreError::Task(e.to_string())))?
-            .map_err(|e| {
-                RuntimeError::Conflict(format!("the harness app is misconfigured: {e}"))
-            })?;
+        let (session, settings) = match self.prepare_turn(org_id, session_id).await {
+            Ok(v) => v,
+            Err(e) => {
+                drop(guard);
+                self.forget_slot(session_id, slot);
+                return Err(e);
+            }
+        };
 
         let agent = msg
             .agent
@@ -308,6 +302,7 @@ impl Runtime {
             rx: Some(running.tx.subscribe()),
             after_seq: session.last_seq,
             done_after: session.last_seq,
+            catch_up: false,
         };
         slot.set_running(Some(running.clone()));
 
@@ -340,6 +335,31 @@ impl Runtime {
                 .await;
         });
         Ok(sub)
+    }
+
+    /// The session as it is now that the turn lock is ours (the previous turn advanced its
+    /// sequence) and the app's settings.
+    async fn prepare_turn(
+        &self,
+        org_id: &str,
+        session_id: &str,
+    ) -> Result<(models::Session, AppSettings), RuntimeError> {
+        let (org, id) = (org_id.to_string(), session_id.to_string());
+        let session = self
+            .store
+            .read_async(move |c| sessions::get(c, &org, &id))
+            .await?;
+        if session.status == "closed" {
+            return Err(RuntimeError::Conflict("session is closed".into()));
+        }
+        let app_dir = session.app_path.clone();
+        let settings = tokio::task::spawn_blocking(move || AppSettings::load(Path::new(&app_dir)))
+            .await
+            .map_err(|e| RuntimeError::Store(store::StoreError::Task(e.to_string())))?
+            .map_err(|e| {
+                RuntimeError::Conflict(format!("the harness app is misconfigured: {e}"))
+            })?;
+        Ok((session, settings))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -540,7 +560,8 @@ impl Runtime {
             let (rid, sid) = (req.request_id.clone(), ctx.session.id.clone());
             async move {
                 if let Err(e) = running.decide(&rid, d, Some(why.to_string())).await {
-                    tracing::error!(session = %sid, error = %e, "automatic decision not delivered");
+                    tracing::error!(session = %sid, error = %e, "automatic decision not delivered; cancelling the turn");
+                    running.cancel_soon();
                 }
             }
         };
@@ -644,7 +665,8 @@ impl Runtime {
                 .decide(&pending.driver_id, hidden, Some("no answer in time".into()))
                 .await
             {
-                tracing::error!(session = %id, error = %e, "expired input not delivered");
+                tracing::error!(session = %id, error = %e, "expired input not delivered; cancelling the turn");
+                running.cancel_soon();
             }
         });
     }
@@ -730,12 +752,13 @@ impl Runtime {
                     .await;
             }
         }
-        running
-            .decide(&pending.driver_id, decision, message)
-            .await
-            .map_err(|e| {
-                RuntimeError::Conflict(format!("the harness did not take the decision: {e}"))
-            })?;
+        if let Err(e) = running.decide(&pending.driver_id, decision, message).await {
+            // The harness would wait forever for an answer nobody can give again: end the turn.
+            running.cancel_soon();
+            return Err(RuntimeError::Conflict(format!(
+                "the harness did not take the decision, so the turn was cancelled: {e}"
+            )));
+        }
         Ok(Subscription {
             session_id: session.id,
             org_id: session.org_id,
@@ -743,6 +766,7 @@ impl Runtime {
             rx: Some(rx),
             after_seq: last_seq,
             done_after: last_seq,
+            catch_up: false,
         })
     }
 
@@ -810,6 +834,7 @@ impl Runtime {
             done_after: running.as_ref().map(|r| r.start_seq).unwrap_or(i64::MAX),
             rx,
             after_seq: after,
+            catch_up: false,
         })
     }
 
@@ -966,6 +991,24 @@ impl Subscription {
                 }
                 return Some(self.deliver(f));
             }
+            // Set before awaiting, so a caller that drops this future mid-way (a heartbeat won
+            // the select) still catches up on its next call.
+            if self.catch_up {
+                match runtime
+                    .frames_after(&self.org_id, &self.session_id, self.after_seq)
+                    .await
+                {
+                    Ok(frames) => {
+                        self.backlog = frames;
+                        self.catch_up = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "stream catch-up failed");
+                        return None;
+                    }
+                }
+            }
             let rx = self.rx.as_mut()?;
             match rx.recv().await {
                 Ok(f) => {
@@ -974,18 +1017,7 @@ impl Subscription {
                     }
                     return Some(self.deliver(f));
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    match runtime
-                        .frames_after(&self.org_id, &self.session_id, self.after_seq)
-                        .await
-                    {
-                        Ok(frames) => self.backlog = frames,
-                        Err(e) => {
-                            tracing::error!(error = %e, "stream catch-up failed");
-                            return None;
-                        }
-                    }
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }

@@ -23,6 +23,7 @@ pub fn append(c: &mut Conn, ev: &SessionEvent, retention: u64) -> Result<(), Sto
     if keep_from > 0 && ev.seq % 100 == 0 {
         diesel::delete(
             session_events::table
+                .filter(session_events::org_id.eq(&ev.org_id))
                 .filter(session_events::session_id.eq(&ev.session_id))
                 .filter(session_events::seq.le(keep_from)),
         )

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::models::ApiKey;
-use super::schema::api_keys;
+use super::schema::{api_keys, orgs};
 use super::{Conn, StoreError};
 
 /// Inserts a key record.
@@ -16,9 +16,12 @@ pub fn insert(c: &mut Conn, key: &ApiKey) -> Result<(), StoreError> {
 
 /// The unrevoked key with this lookup prefix. Not org-scoped: the credential itself names the org.
 pub fn find_active_by_prefix(c: &mut Conn, prefix: &str) -> Result<Option<ApiKey>, StoreError> {
+    // A disabled org's keys stop working with it.
     Ok(api_keys::table
+        .inner_join(orgs::table)
         .filter(api_keys::lookup_prefix.eq(prefix))
         .filter(api_keys::revoked_at.is_null())
+        .filter(orgs::disabled_at.is_null())
         .select(ApiKey::as_select())
         .first(c)
         .optional()?)

@@ -87,6 +87,7 @@ diesel::table! {
 }
 
 diesel::joinable!(projects -> orgs (org_id));
+diesel::joinable!(api_keys -> orgs (org_id));
 diesel::allow_tables_to_appear_in_same_query!(
     orgs,
     projects,

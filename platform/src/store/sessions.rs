@@ -105,12 +105,17 @@ pub fn input_was_requested(
     session_id: &str,
     request_id: &str,
 ) -> Result<bool, StoreError> {
-    let needle = format!("%\"request_id\":\"{request_id}\"%");
+    // Escape LIKE's wildcards: `_` is legal in request ids.
+    let escaped = request_id
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let needle = format!("%\"request_id\":\"{escaped}\"%");
     let n: i64 = session_events::table
         .filter(session_events::org_id.eq(org_id))
         .filter(session_events::session_id.eq(session_id))
         .filter(session_events::event_type.eq("input_required"))
-        .filter(session_events::payload.like(needle))
+        .filter(session_events::payload.like(needle).escape('\\'))
         .count()
         .get_result(c)?;
     Ok(n > 0)

@@ -83,7 +83,16 @@ pub async fn create(
     let b: CreateBody = body::parse(&bytes)?;
     if let Some(sub) = access.subject() {
         match &b.session_id {
-            Some(id) => check_subject(&app, &access, id).await?,
+            Some(id) => {
+                check_subject(&app, &access, id).await?;
+                // A resume must not hand the session to another end user.
+                let user = b.metadata.as_ref().and_then(|m| m.get("user_id"));
+                if user.is_some_and(|u| u.as_str() != Some(sub)) {
+                    return Err(ApiError::Forbidden(
+                        "metadata.user_id must equal the session token's subject".into(),
+                    ));
+                }
+            }
             None => {
                 let user = b.metadata.as_ref().and_then(|m| m.get("user_id"));
                 if user.and_then(Value::as_str) != Some(sub) {
