@@ -5,10 +5,12 @@
 //! holds hundreds of megabytes). The kernel sends that signal when the *thread* that started the
 //! child ends, so every child is started from one thread that lives as long as the library.
 
+use std::collections::HashMap;
 use std::io;
 use std::process::{Child, Command};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 type Job = (Command, Sender<io::Result<Child>>);
 
@@ -61,6 +63,51 @@ pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the harness spawner thread is not running"))?;
     rx.recv()
         .map_err(|_| io::Error::other("the harness spawner thread stopped"))?
+}
+
+/// A warm harness process (or server) a driver keeps per session.
+pub trait Warm: Send + Sync + 'static {
+    /// Marks it retired when it has been idle past its timeout; says whether it did. Must be
+    /// decided under the same lock a new turn claims it with, so the two cannot race.
+    fn retire_if_idle(&self) -> bool;
+    /// Stops it (it is already out of the driver's map).
+    fn stop(&self);
+}
+
+/// The per-session map a driver keeps its warm processes in.
+pub type WarmMap<T> = Arc<Mutex<HashMap<String, Arc<T>>>>;
+
+/// Starts a thread that stops idle processes of `map` every half second, until the map is gone.
+pub fn spawn_idle_reaper<T: Warm>(name: &str, map: &WarmMap<T>) -> io::Result<()> {
+    let weak: Weak<Mutex<HashMap<String, Arc<T>>>> = Arc::downgrade(map);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let Some(map) = weak.upgrade() else { return };
+            let idle: Vec<Arc<T>> = {
+                let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+                let ids: Vec<String> = m
+                    .iter()
+                    .filter(|(_, w)| w.retire_if_idle())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                ids.iter().filter_map(|k| m.remove(k)).collect()
+            };
+            for w in idle {
+                w.stop();
+            }
+        })
+        .map(|_| ())
+}
+
+/// An optional non-empty string setting; any other type is an error naming the key.
+pub fn string_setting(settings: &serde_json::Value, key: &str) -> Result<Option<String>, String> {
+    match settings.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(other) => Err(format!("settings.{key} must be a string, got {other}")),
+    }
 }
 
 #[cfg(test)]

@@ -494,23 +494,25 @@ impl Drop for MockModel {
     }
 }
 
-/// The `claude` CLI the tests drive: `KARTA_TEST_CLAUDE_BIN`, else the test script's cache.
-/// `None` (skip) when it is missing outside CI; in CI a missing CLI fails the test.
-pub fn claude_bin() -> Option<PathBuf> {
-    let p = std::env::var_os("KARTA_TEST_CLAUDE_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                PathBuf::from(h).join(".cache/karta-harnesses/claude-code/node_modules/.bin/claude")
-            })
-        })?;
+/// A harness CLI the tests drive: `$var`, else the test script's cache. `None` (skip) when it
+/// is missing outside CI; in CI a missing CLI fails the test.
+fn harness_bin(var: &str, harness: &str, bin: &str, product: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(var).map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| {
+            PathBuf::from(h)
+                .join(".cache/karta-harnesses")
+                .join(harness)
+                .join("node_modules/.bin")
+                .join(bin)
+        })
+    })?;
     if p.is_file() {
         return Some(p);
     }
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     assert!(
         !ci,
-        "the Claude Code CLI is required in CI but missing at {}",
+        "the {product} CLI is required in CI but missing at {}",
         p.display()
     );
     eprintln!(
@@ -518,6 +520,16 @@ pub fn claude_bin() -> Option<PathBuf> {
         p.display()
     );
     None
+}
+
+/// The `claude` CLI the tests drive (`KARTA_TEST_CLAUDE_BIN`, else the test script's cache).
+pub fn claude_bin() -> Option<PathBuf> {
+    harness_bin(
+        "KARTA_TEST_CLAUDE_BIN",
+        "claude-code",
+        "claude",
+        "Claude Code",
+    )
 }
 
 /// The Claude Code driver's plugin library.
@@ -525,30 +537,14 @@ pub fn claude_plugin() -> PathBuf {
     built("libkarta_driver_claude_code.so")
 }
 
-/// The `opencode` CLI the tests drive: `KARTA_TEST_OPENCODE_BIN`, else the test script's cache.
-/// `None` (skip) when it is missing outside CI; in CI a missing CLI fails the test.
+/// The `opencode` CLI the tests drive (`KARTA_TEST_OPENCODE_BIN`, else the test script's cache).
 pub fn opencode_bin() -> Option<PathBuf> {
-    let p = std::env::var_os("KARTA_TEST_OPENCODE_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                PathBuf::from(h).join(".cache/karta-harnesses/opencode/node_modules/.bin/opencode")
-            })
-        })?;
-    if p.is_file() {
-        return Some(p);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "the OpenCode CLI is required in CI but missing at {}",
-        p.display()
-    );
-    eprintln!(
-        "note: {} missing; skipping (scripts/test.sh installs it)",
-        p.display()
-    );
-    None
+    harness_bin(
+        "KARTA_TEST_OPENCODE_BIN",
+        "opencode",
+        "opencode",
+        "OpenCode",
+    )
 }
 
 /// The OpenCode driver's plugin library.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
 use karta_plugin_api::{
     Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, Event, EventKind, InputRequest,
     Part, Sink, ToolStatus, ToolUse, Turn, TurnRequest, TurnStatus, Usage,
@@ -38,60 +39,30 @@ struct Inner {
     command: Option<String>,
     data_dir: Option<PathBuf>,
     max_retries: u64,
-    procs: Mutex<HashMap<String, Arc<Proc>>>,
+    procs: WarmMap<Proc>,
 }
 
 impl ClaudeDriver {
     /// Settings: `command` (path or name of the CLI), `max_retries` (default 2); the host adds
     /// `data_dir`, where `karta harness install claude-code` puts the CLI.
     pub fn from_settings(settings: &Value) -> Result<Self, String> {
-        let command = match settings.get("command") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(other) => return Err(format!("settings.command must be a string, got {other}")),
-        };
+        let command = string_setting(settings, "command")?;
         let max_retries = match settings.get("max_retries") {
             None => DEFAULT_MAX_RETRIES,
             Some(v) => v.as_u64().ok_or_else(|| {
                 format!("settings.max_retries must be a non-negative integer, got {v}")
             })?,
         };
-        let data_dir = settings
-            .get("data_dir")
-            .and_then(Value::as_str)
-            .map(PathBuf::from);
+        let data_dir = string_setting(settings, "data_dir")?.map(PathBuf::from);
         let inner = Arc::new(Inner {
             command,
             data_dir,
             max_retries,
-            procs: Mutex::new(HashMap::new()),
+            procs: Arc::new(Mutex::new(HashMap::new())),
         });
-        let weak = Arc::downgrade(&inner);
-        thread::Builder::new()
-            .name("claude-reaper".into())
-            .spawn(move || reap_idle(weak))
+        spawn_idle_reaper("claude-reaper", &inner.procs)
             .map_err(|e| format!("cannot start the idle reaper: {e}"))?;
         Ok(Self { inner })
-    }
-}
-
-/// Stops processes idle past their timeout, until the driver is gone.
-fn reap_idle(inner: Weak<Inner>) {
-    loop {
-        thread::sleep(Duration::from_millis(500));
-        let Some(inner) = inner.upgrade() else { return };
-        let idle: Vec<Arc<Proc>> = {
-            let mut procs = lock(&inner.procs);
-            let ids: Vec<String> = procs
-                .iter()
-                .filter(|(_, p)| p.idle_expired())
-                .map(|(k, _)| k.clone())
-                .collect();
-            ids.iter().filter_map(|k| procs.remove(k)).collect()
-        };
-        for p in idle {
-            p.stop();
-        }
     }
 }
 
@@ -111,6 +82,23 @@ impl Inner {
         if procs.get(session_id).is_some_and(|p| Arc::ptr_eq(p, proc)) {
             procs.remove(session_id);
         }
+    }
+}
+
+impl Warm for Proc {
+    /// Retires the process if it is idle past its timeout; a retired process takes no turn
+    /// (checked under the same lock `start_turn` claims it with).
+    fn retire_if_idle(&self) -> bool {
+        let mut s = lock(&self.state);
+        let idle = s.alive && s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout;
+        if idle {
+            s.alive = false;
+        }
+        idle
+    }
+
+    fn stop(&self) {
+        Proc::stop(self);
     }
 }
 
@@ -260,17 +248,6 @@ impl Proc {
             })
             .map_err(|e| e.to_string())?;
         Ok(proc)
-    }
-
-    /// Retires the process if it is idle past its timeout; a retired process takes no turn
-    /// (checked under the same lock `start_turn` claims it with).
-    fn idle_expired(&self) -> bool {
-        let mut s = lock(&self.state);
-        let idle = s.alive && s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout;
-        if idle {
-            s.alive = false;
-        }
-        idle
     }
 
     fn write(&self, v: &Value) -> Result<(), String> {

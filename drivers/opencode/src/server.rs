@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
 use karta_plugin_api::{
     Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, Event, EventKind, InputRequest,
     Part, Sink, ToolStatus, ToolUse, Turn, TurnRequest, TurnStatus, Usage,
@@ -37,51 +38,22 @@ struct Inner {
     command: Option<String>,
     data_dir: Option<PathBuf>,
     model: Option<String>,
-    servers: Mutex<HashMap<String, Arc<Server>>>,
+    servers: WarmMap<Server>,
 }
 
 impl OpenCodeDriver {
     /// Settings: `command` (path or name of the CLI), `model` (the model id Karta's provider
     /// offers, e.g. `gpt-4.1`; when set it is the default model); the host adds `data_dir`.
     pub fn from_settings(settings: &Value) -> Result<Self, String> {
-        let text = |k: &str| -> Result<Option<String>, String> {
-            match settings.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-                Some(other) => Err(format!("settings.{k} must be a string, got {other}")),
-            }
-        };
         let inner = Arc::new(Inner {
-            command: text("command")?,
-            data_dir: text("data_dir")?.map(PathBuf::from),
-            model: text("model")?,
-            servers: Mutex::new(HashMap::new()),
+            command: string_setting(settings, "command")?,
+            data_dir: string_setting(settings, "data_dir")?.map(PathBuf::from),
+            model: string_setting(settings, "model")?,
+            servers: Arc::new(Mutex::new(HashMap::new())),
         });
-        let weak = Arc::downgrade(&inner);
-        thread::Builder::new()
-            .name("opencode-reaper".into())
-            .spawn(move || reap_idle(weak))
+        spawn_idle_reaper("opencode-reaper", &inner.servers)
             .map_err(|e| format!("cannot start the idle reaper: {e}"))?;
         Ok(Self { inner })
-    }
-}
-
-fn reap_idle(inner: Weak<Inner>) {
-    loop {
-        thread::sleep(Duration::from_millis(500));
-        let Some(inner) = inner.upgrade() else { return };
-        let idle: Vec<Arc<Server>> = {
-            let mut servers = lock(&inner.servers);
-            let ids: Vec<String> = servers
-                .iter()
-                .filter(|(_, s)| s.idle_expired())
-                .map(|(k, _)| k.clone())
-                .collect();
-            ids.iter().filter_map(|k| servers.remove(k)).collect()
-        };
-        for s in idle {
-            s.kill();
-        }
     }
 }
 
@@ -164,6 +136,22 @@ fn free_port() -> Result<u16, String> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("no free port: {e}"))
+}
+
+impl Warm for Server {
+    /// Retires the server if it is idle past its timeout (under the lock turns claim it with).
+    fn retire_if_idle(&self) -> bool {
+        let mut s = lock(&self.state);
+        let idle = s.alive && s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout;
+        if idle {
+            s.alive = false;
+        }
+        idle
+    }
+
+    fn stop(&self) {
+        self.kill();
+    }
 }
 
 /// A running turn.
@@ -356,16 +344,6 @@ impl Server {
             .map_err(|e| e.to_string())?;
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(|_| "OpenCode's event stream did not open".to_string())
-    }
-
-    /// Retires the server if it is idle past its timeout (under the lock turns claim it with).
-    fn idle_expired(&self) -> bool {
-        let mut s = lock(&self.state);
-        let idle = s.alive && s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout;
-        if idle {
-            s.alive = false;
-        }
-        idle
     }
 
     fn kill(&self) {
