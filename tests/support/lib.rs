@@ -534,7 +534,7 @@ pub fn claude_bin() -> Option<PathBuf> {
 
 /// The Claude Code driver's plugin library.
 pub fn claude_plugin() -> PathBuf {
-    built("libkarta_driver_claude_code.so")
+    built("libkarta_plugin_claude_code.so")
 }
 
 /// The `opencode` CLI the tests drive (`KARTA_TEST_OPENCODE_BIN`, else the test script's cache).
@@ -549,7 +549,7 @@ pub fn opencode_bin() -> Option<PathBuf> {
 
 /// The OpenCode driver's plugin library.
 pub fn opencode_plugin() -> PathBuf {
-    built("libkarta_driver_opencode.so")
+    built("libkarta_plugin_opencode.so")
 }
 
 /// The pid of the harness process whose working folder is the session's workspace.

@@ -7,4 +7,3 @@ mod process;
 
 pub use process::ClaudeDriver;
 
-karta_plugin_api::export_driver!(ClaudeDriver::from_settings);

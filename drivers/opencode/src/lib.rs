@@ -7,4 +7,3 @@ mod server;
 
 pub use server::OpenCodeDriver;
 
-karta_plugin_api::export_driver!(OpenCodeDriver::from_settings);

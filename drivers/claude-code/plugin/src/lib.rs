@@ -1,0 +1,7 @@
+//! The Claude Code driver as a drop-in plugin library.
+//!
+//! The plugin root symbol lives here, in a crate of its own, and not in the driver crate: the host
+//! links the driver's rlib, and a root symbol there would collide with the other linked-in drivers'
+//! when the release binary is linked.
+
+karta_plugin_api::export_driver!(karta_driver_claude_code::ClaudeDriver::from_settings);
