@@ -7,6 +7,7 @@ use crate::drivers::DriverRegistry;
 use crate::platform::keys::KeyVerifier;
 use crate::platform::tokens::TokenKeys;
 use crate::reconcile::{self, Plan, ReconcileError};
+use crate::runtime::journal::JournalLimits;
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::store::{Store, StoreError};
 
@@ -73,7 +74,9 @@ fn provider_env(c: &PlatformConfig) -> std::collections::BTreeMap<String, String
 
 fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
     RuntimeSettings {
-        provider_env: provider_env(c),
+        provider_env: std::sync::Arc::new(provider_env(c)),
+        turn_event_queue: c.runtime.turn_event_queue,
+        replay_page_size: c.runtime.replay_page_size,
         data_dir: c.data_dir.clone(),
         event_log_retention: c.runtime.event_log_retention,
         input_timeout: std::time::Duration::from_secs(c.runtime.input_timeout_seconds),
@@ -90,11 +93,18 @@ impl App {
         log_plan(&plan);
         let drivers = Arc::new(DriverRegistry::new());
         drivers.load_from_config(&cfg);
-        let runtime = Arc::new(Runtime::new(
-            store.clone(),
-            drivers.clone(),
-            runtime_settings(&cfg),
-        ));
+        let runtime = Arc::new(
+            Runtime::new(
+                store.clone(),
+                drivers.clone(),
+                runtime_settings(&cfg),
+                JournalLimits {
+                    queue: cfg.runtime.journal_queue,
+                    batch: cfg.runtime.journal_batch,
+                },
+            )
+            .map_err(|e| StoreError::Task(format!("cannot start the event writer: {e}")))?,
+        );
         let (tokens, generated) = TokenKeys::from_env();
         if generated {
             tracing::warn!(

@@ -371,19 +371,19 @@ fn sessions_and_events_are_invisible_to_another_org() {
             s.write(|c| events::append(c, &ev, 100)).unwrap();
         }
         let mine = s
-            .read(|c| events::list_after(c, &acme.id, &row.id, 240))
+            .read(|c| events::list_after(c, &acme.id, &row.id, 240, 1000))
             .unwrap();
         assert_eq!(
             mine.iter().map(|e| e.seq).collect::<Vec<_>>(),
             (241..=250).collect::<Vec<_>>()
         );
         assert!(s
-            .read(|c| events::list_after(c, &other.id, &row.id, 0))
+            .read(|c| events::list_after(c, &other.id, &row.id, 0, 1000))
             .unwrap()
             .is_empty());
         // Retention: at most 100 kept after the prune at seq 200 (plus what came after).
         let all = s
-            .read(|c| events::list_after(c, &acme.id, &row.id, 0))
+            .read(|c| events::list_after(c, &acme.id, &row.id, 0, 1000))
             .unwrap();
         assert_eq!(all.first().map(|e| e.seq), Some(101), "{}", b.label);
         assert_eq!(

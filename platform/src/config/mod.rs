@@ -171,6 +171,14 @@ pub struct RuntimeConfig {
     pub event_log_retention: u64,
     /// How long a turn waits for an approval before the hidden-prompt policy decides.
     pub input_timeout_seconds: u64,
+    /// Events a driver may queue ahead of a turn's pump before the driver's thread waits.
+    pub turn_event_queue: usize,
+    /// Events queued for the replay log's writer before turns wait for it.
+    pub journal_queue: usize,
+    /// Events the writer commits in one transaction at most.
+    pub journal_batch: usize,
+    /// Events read from the replay log per query when a stream replays.
+    pub replay_page_size: i64,
 }
 
 impl Default for RuntimeConfig {
@@ -178,6 +186,10 @@ impl Default for RuntimeConfig {
         Self {
             event_log_retention: 10_000,
             input_timeout_seconds: 3600,
+            turn_event_queue: 256,
+            journal_queue: 4096,
+            journal_batch: 512,
+            replay_page_size: 500,
         }
     }
 }

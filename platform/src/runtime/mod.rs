@@ -1,28 +1,42 @@
 //! Sessions and turns: the service layer between the HTTP handlers and the drivers.
 //!
-//! A turn's events flow driver -> channel -> one pump task per turn, which numbers them with the
-//! session's sequence, writes them to the replay log, and broadcasts them to every subscriber. The
-//! pump owns the turn: a client that disconnects does not stop it. Turns on one session are
+//! A turn's events flow driver -> bounded channel -> one pump task per turn, which numbers them
+//! with the session's sequence, broadcasts them to every subscriber and keeps them in the turn's
+//! live buffer, then queues them for the journal, which group-commits the replay log. The pump
+//! owns the turn: a client that disconnects does not stop it. Turns on one session are
 //! serialized by the session's slot lock; approvals pause a turn until a decision arrives.
+//!
+//! Files: `turns` (starting a turn), `pump` (the event pump), `running` (a running turn's
+//! state), `slot` (per-session serialization), `approvals`, `subscription` (replay + live tail),
+//! `journal` (the log writer), `events` (the public envelope), `sessions`, `workspace`.
 
 pub mod app_settings;
+mod approvals;
 mod events;
+pub mod journal;
+mod pump;
+mod running;
 mod sessions;
+mod settings_cache;
+mod slot;
+mod subscription;
 mod turns;
 mod workspace;
 
 pub use app_settings::{AppSettings, PermissionMode, Policy};
 pub use events::Frame;
 pub use sessions::{CreateSession, ListSessions, ProjectRef, SessionPage, SessionView};
-pub use turns::{SendMessage, Subscription, TurnOutcome};
+pub use subscription::{Subscription, TurnOutcome};
+pub use turns::SendMessage;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::drivers::DriverRegistry;
 use crate::store::{Store, StoreError};
+use journal::Journal;
 
 /// Service errors, mapped to HTTP statuses by the handlers.
 #[derive(Debug, thiserror::Error)]
@@ -66,52 +80,68 @@ pub struct RuntimeSettings {
     /// How long a turn waits for an approval.
     pub input_timeout: Duration,
     /// Provider credentials and endpoints for harness processes (`ANTHROPIC_API_KEY`, ...).
-    pub provider_env: std::collections::BTreeMap<String, String>,
+    pub provider_env: Arc<std::collections::BTreeMap<String, String>>,
+    /// Events a driver may queue ahead of the pump before its thread waits.
+    pub turn_event_queue: usize,
+    /// Events read from the replay log per query.
+    pub replay_page_size: i64,
 }
 
 /// The session runtime.
 pub struct Runtime {
     store: Store,
     drivers: Arc<DriverRegistry>,
-    settings: Mutex<RuntimeSettings>,
-    slots: Mutex<HashMap<String, Arc<turns::Slot>>>,
+    settings: RwLock<Arc<RuntimeSettings>>,
+    slots: Mutex<HashMap<String, Arc<slot::Slot>>>,
+    journal: Journal,
+    app_settings: settings_cache::SettingsCache,
 }
 
 impl Runtime {
-    /// A runtime over the store and drivers.
-    pub fn new(store: Store, drivers: Arc<DriverRegistry>, settings: RuntimeSettings) -> Self {
-        Self {
+    /// A runtime over the store and drivers; starts the journal's writer thread.
+    pub fn new(
+        store: Store,
+        drivers: Arc<DriverRegistry>,
+        settings: RuntimeSettings,
+        journal: journal::JournalLimits,
+    ) -> std::io::Result<Self> {
+        let journal = Journal::start(store.clone(), journal, settings.event_log_retention)?;
+        Ok(Self {
             store,
             drivers,
-            settings: Mutex::new(settings),
+            settings: RwLock::new(Arc::new(settings)),
             slots: Mutex::new(HashMap::new()),
-        }
+            journal,
+            app_settings: settings_cache::SettingsCache::default(),
+        })
     }
 
     /// Replaces the reloadable settings.
     pub fn update_settings(&self, settings: RuntimeSettings) {
-        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        self.journal.set_retention(settings.event_log_retention);
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
-    fn settings(&self) -> RuntimeSettings {
+    /// The settings in force (shared, never cloned per event).
+    fn settings(&self) -> Arc<RuntimeSettings> {
         self.settings
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
     /// The session's slot (its turn lock and running turn), created on first use.
-    fn slot(&self, session_id: &str) -> Arc<turns::Slot> {
+    fn slot(&self, session_id: &str) -> Arc<slot::Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .entry(session_id.to_string())
-            .or_insert_with(|| Arc::new(turns::Slot::default()))
+            .or_insert_with(|| Arc::new(slot::Slot::default()))
             .clone()
     }
 
     /// Forgets an idle slot nobody else holds, so the map does not grow with every session ever
     /// used. Clones are only made under the map lock, so the count is exact here.
-    fn forget_slot(&self, session_id: &str, slot: Arc<turns::Slot>) {
+    fn forget_slot(&self, session_id: &str, slot: Arc<slot::Slot>) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         // Ours and the map's.
         if Arc::strong_count(&slot) == 2 && slot.is_idle() {
@@ -120,8 +150,27 @@ impl Runtime {
     }
 
     /// The slot, only if it exists (no turn has run here since start otherwise).
-    fn existing_slot(&self, session_id: &str) -> Option<Arc<turns::Slot>> {
+    fn existing_slot(&self, session_id: &str) -> Option<Arc<slot::Slot>> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.get(session_id).cloned()
     }
+}
+
+/// A harness-app problem for an API client: what is wrong, with paths relative to the app
+/// folder (the host's own paths stay in the server log).
+pub(crate) fn app_problem(app_dir: &Path, message: &str) -> RuntimeError {
+    tracing::warn!(app = %app_dir.display(), problem = %message, "harness app is misconfigured");
+    let mut shown = message.to_string();
+    let mut prefixes = vec![app_dir.to_path_buf()];
+    if let Ok(canonical) = app_dir.canonicalize() {
+        prefixes.push(canonical);
+    }
+    for p in prefixes {
+        let p = p.display().to_string();
+        if p.is_empty() {
+            continue;
+        }
+        shown = shown.replace(&format!("{p}/"), "").replace(&p, ".");
+    }
+    RuntimeError::Conflict(format!("the harness app is misconfigured: {shown}"))
 }

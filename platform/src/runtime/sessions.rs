@@ -312,12 +312,11 @@ impl Runtime {
                     )
                 })?,
             };
-            AppSettings::load(&dir).map_err(|e| {
-                RuntimeError::Conflict(format!("the harness app is misconfigured: {e}"))
-            })?;
-            let discovery = driver.driver.discover(&dir).map_err(|e| {
-                RuntimeError::Conflict(format!("the harness app is misconfigured: {e}"))
-            })?;
+            AppSettings::load(&dir).map_err(|e| super::app_problem(&dir, &e))?;
+            let discovery = driver
+                .driver
+                .discover(&dir)
+                .map_err(|e| super::app_problem(&dir, &e))?;
             Ok::<_, RuntimeError>((
                 driver.name.clone(),
                 discovery.default_agent.unwrap_or_else(|| "default".into()),

@@ -1,49 +1,82 @@
 //! The per-session event log behind stream replay.
 
+use std::collections::BTreeMap;
+
 use diesel::prelude::*;
 
 use super::models::SessionEvent;
 use super::schema::{session_events, sessions};
-use super::{Conn, StoreError};
+use super::{AnyConnection, Conn, StoreError};
 
-/// Appends one event and advances the session's sequence; prunes beyond `retention` events.
-pub fn append(c: &mut Conn, ev: &SessionEvent, retention: u64) -> Result<(), StoreError> {
-    diesel::insert_into(session_events::table)
-        .values(ev)
-        .execute(c)?;
-    diesel::update(
-        sessions::table
-            .filter(sessions::org_id.eq(&ev.org_id))
-            .filter(sessions::id.eq(&ev.session_id)),
-    )
-    .set(sessions::last_seq.eq(ev.seq))
-    .execute(c)?;
-    let keep_from = ev.seq - retention as i64;
-    // Pruning is cheap when there is nothing to prune; do it every 100 events.
-    if keep_from > 0 && ev.seq % 100 == 0 {
-        diesel::delete(
-            session_events::table
-                .filter(session_events::org_id.eq(&ev.org_id))
-                .filter(session_events::session_id.eq(&ev.session_id))
-                .filter(session_events::seq.le(keep_from)),
+/// Appends events (any sessions, each session's in sequence order) and advances each session's
+/// `last_seq`; prunes a session's log beyond `retention` events whenever its sequence crosses a
+/// multiple of 100 (pruning every time would cost a delete per event).
+pub fn append_batch(
+    c: &mut Conn,
+    rows: &[&SessionEvent],
+    retention: u64,
+) -> Result<(), StoreError> {
+    // (org, session) -> (lowest seq, highest seq) in this batch.
+    let mut spans: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    // One multi-row INSERT per chunk; diesel builds those per backend, not for the
+    // multi-backend connection.
+    for chunk in rows.chunks(200) {
+        let values = chunk.to_vec();
+        let q = diesel::insert_into(session_events::table).values(values);
+        match c {
+            AnyConnection::Postgresql(pg) => q.execute(pg)?,
+            AnyConnection::Sqlite(lite) => q.execute(lite)?,
+        };
+    }
+    for r in rows {
+        let span = spans
+            .entry((r.org_id.as_str(), r.session_id.as_str()))
+            .or_insert((r.seq, r.seq));
+        span.0 = span.0.min(r.seq);
+        span.1 = span.1.max(r.seq);
+    }
+    for ((org, session), (low, high)) in spans {
+        diesel::update(
+            sessions::table
+                .filter(sessions::org_id.eq(org))
+                .filter(sessions::id.eq(session))
+                .filter(sessions::last_seq.lt(high)),
         )
+        .set(sessions::last_seq.eq(high))
         .execute(c)?;
+        let keep_from = high - retention as i64;
+        if keep_from > 0 && high / 100 != (low - 1) / 100 {
+            diesel::delete(
+                session_events::table
+                    .filter(session_events::org_id.eq(org))
+                    .filter(session_events::session_id.eq(session))
+                    .filter(session_events::seq.le(keep_from)),
+            )
+            .execute(c)?;
+        }
     }
     Ok(())
 }
 
-/// Events of the org's session with `seq > after`, in order.
+/// Appends one event (see [`append_batch`]).
+pub fn append(c: &mut Conn, ev: &SessionEvent, retention: u64) -> Result<(), StoreError> {
+    append_batch(c, &[ev], retention)
+}
+
+/// Up to `limit` events of the org's session with `seq > after`, in order.
 pub fn list_after(
     c: &mut Conn,
     org_id: &str,
     session_id: &str,
     after: i64,
+    limit: i64,
 ) -> Result<Vec<SessionEvent>, StoreError> {
     Ok(session_events::table
         .filter(session_events::org_id.eq(org_id))
         .filter(session_events::session_id.eq(session_id))
         .filter(session_events::seq.gt(after))
         .order(session_events::seq.asc())
+        .limit(limit)
         .select(SessionEvent::as_select())
         .load(c)?)
 }

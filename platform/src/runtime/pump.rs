@@ -1,0 +1,227 @@
+//! The event pump: one task per turn that reads the driver's events, numbers them, broadcasts
+//! them, and queues them for the journal. It runs to `done` whether or not anyone listens.
+
+use std::sync::Arc;
+
+use karta_plugin_api::{
+    AssistantMessage, Done, ErrorInfo, Event, EventKind, Part, TurnStatus, Usage,
+};
+use tokio::sync::mpsc;
+
+use super::events::{frame, Frame};
+use super::running::Control;
+use super::turns::TurnCtx;
+use super::Runtime;
+use crate::store::sessions::SessionPatch;
+use crate::store::{self, models};
+
+/// An `error` event.
+pub(crate) fn error_event(code: &str, message: impl Into<String>) -> Event {
+    Event::new(EventKind::Error(ErrorInfo {
+        code: code.into(),
+        message: message.into(),
+        provider: None,
+    }))
+}
+
+fn assistant(text: &str, agent: &str) -> AssistantMessage {
+    AssistantMessage {
+        role: "assistant".into(),
+        text: text.to_string(),
+        agent: agent.to_string(),
+    }
+}
+
+/// The final assistant message: the text of the turn's last step that said something. Each
+/// step's own text stays in its `text` events; `done` carries what the assistant said last.
+#[derive(Default)]
+pub(crate) struct FinalText {
+    current: String,
+    previous: String,
+}
+
+impl FinalText {
+    /// Follows one event.
+    pub(crate) fn observe(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::StepStart { .. } => self.step_start(),
+            EventKind::Text {
+                part: Part::Text { text },
+            } => self.push(text),
+            _ => {}
+        }
+    }
+
+    /// A new step begins.
+    pub(crate) fn step_start(&mut self) {
+        if !self.current.is_empty() {
+            self.previous = std::mem::take(&mut self.current);
+        }
+    }
+
+    /// Text of the current step.
+    pub(crate) fn push(&mut self, text: &str) {
+        self.current.push_str(text);
+    }
+
+    /// The text so far.
+    pub(crate) fn as_str(&self) -> &str {
+        if self.current.is_empty() {
+            &self.previous
+        } else {
+            &self.current
+        }
+    }
+}
+
+fn log_row(session: &models::Session, f: &Frame) -> models::SessionEvent {
+    models::SessionEvent {
+        session_id: session.id.clone(),
+        org_id: session.org_id.clone(),
+        seq: f.seq,
+        event_type: f.event_type.clone(),
+        payload: f.json.clone(),
+        created_at: store::now(),
+    }
+}
+
+impl Runtime {
+    /// Broadcasts an event, then queues it for the replay log.
+    async fn publish(&self, ctx: &TurnCtx, seq: i64, ev: &Event) {
+        let f = Arc::new(frame(&ctx.session.id, seq, ev));
+        ctx.running.publish(f.clone());
+        self.journal.append(log_row(&ctx.session, &f)).await;
+    }
+
+    /// Writes `done` (and everything before it) to the log and waits until it is committed, so
+    /// the next turn starts from a stored sequence and replay of this turn is complete.
+    async fn finish(&self, ctx: &TurnCtx, seq: i64, done: &Event) -> Arc<Frame> {
+        let f = Arc::new(frame(&ctx.session.id, seq, done));
+        self.journal.append_durable(log_row(&ctx.session, &f)).await;
+        f
+    }
+
+    /// Consumes the driver's events until `done`; returns the logged (not yet broadcast) `done`.
+    pub(crate) async fn pump(
+        self: &Arc<Self>,
+        ctx: &TurnCtx,
+        mut rx: mpsc::Receiver<Result<Event, String>>,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Arc<Frame> {
+        let mut seq = ctx.running.start_seq;
+        let mut text = FinalText::default();
+        let mut failed = false;
+        loop {
+            let event = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(message)) => error_event("driver_protocol_error", message),
+                    None => {
+                        // The driver let go of the sink without `done`.
+                        seq += 1;
+                        let err = error_event("harness_ended", "the harness ended the turn without finishing it");
+                        tracing::warn!(session = %ctx.session.id, "harness ended the turn without `done`");
+                        self.publish(ctx, seq, &err).await;
+                        let done = Event::new(EventKind::Done(Done {
+                            usage: Usage::default(),
+                            status: TurnStatus::Failed,
+                            stop_reason: None,
+                            message: Some(assistant(text.as_str(), &ctx.agent)),
+                        }));
+                        return self.finish(ctx, seq + 1, &done).await;
+                    }
+                },
+                Some(Control::Publish(ev)) = control.recv() => ev,
+            };
+            let event = match event.kind {
+                EventKind::HarnessSession { harness_session_id } => {
+                    let patch = SessionPatch {
+                        harness_session_id: Some(Some(harness_session_id)),
+                        ..Default::default()
+                    };
+                    if let Err(e) = self
+                        .patch_session(&ctx.session.org_id, &ctx.session.id, patch)
+                        .await
+                    {
+                        tracing::error!(session = %ctx.session.id, error = %e, "harness session id not saved");
+                    }
+                    continue;
+                }
+                EventKind::InputRequired(req) => {
+                    match self.on_input_required(ctx, req, event.raw).await {
+                        Some(ev) => ev,
+                        None => continue,
+                    }
+                }
+                EventKind::Done(mut d) => {
+                    d.message = Some(assistant(text.as_str(), &ctx.agent));
+                    if failed {
+                        d.status = TurnStatus::Failed;
+                    } else if d.status == TurnStatus::Completed && ctx.running.is_cancelled() {
+                        d.status = TurnStatus::Cancelled;
+                    }
+                    let done = Event {
+                        kind: EventKind::Done(d),
+                        ..event
+                    };
+                    return self.finish(ctx, seq + 1, &done).await;
+                }
+                _ => event,
+            };
+            text.observe(&event.kind);
+            if let EventKind::Error(e) = &event.kind {
+                failed = true;
+                tracing::warn!(session = %ctx.session.id, code = %e.code, message = %e.message, "turn error");
+            }
+            seq += 1;
+            self.publish(ctx, seq, &event).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(t: &str) -> EventKind {
+        EventKind::Text {
+            part: Part::Text { text: t.into() },
+        }
+    }
+
+    #[test]
+    fn the_final_text_is_the_last_steps() {
+        let mut f = FinalText::default();
+        for k in [
+            EventKind::StepStart {
+                step_index: 0,
+                description: None,
+            },
+            text("Let me "),
+            text("look."),
+            EventKind::StepStart {
+                step_index: 1,
+                description: None,
+            },
+            text("It is "),
+            text("42."),
+        ] {
+            f.observe(&k);
+        }
+        assert_eq!(f.as_str(), "It is 42.");
+        // A last step that only ran a tool keeps the text before it.
+        f.observe(&EventKind::StepStart {
+            step_index: 2,
+            description: None,
+        });
+        assert_eq!(f.as_str(), "It is 42.");
+    }
+
+    #[test]
+    fn without_steps_all_text_counts() {
+        let mut f = FinalText::default();
+        f.observe(&text("a"));
+        f.observe(&text("b"));
+        assert_eq!(f.as_str(), "ab");
+    }
+}
