@@ -34,7 +34,7 @@ pub struct App {
     /// The session runtime.
     pub runtime: Arc<Runtime>,
     /// API-key verification.
-    pub keys: KeyVerifier,
+    pub keys: Arc<KeyVerifier>,
     /// Session-token signing and verification.
     pub tokens: TokenKeys,
     /// The operator token for `/admin/v1` (from `KARTA_ADMIN_TOKEN`).
@@ -116,7 +116,7 @@ impl App {
             .ok()
             .filter(|t| !t.is_empty());
         Ok(Arc::new(App {
-            keys: KeyVerifier::new(store.clone()),
+            keys: Arc::new(KeyVerifier::new(store.clone())),
             tokens,
             store,
             drivers,

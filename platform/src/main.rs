@@ -3,6 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+// glibc's allocator keeps per-thread arenas that it rarely returns (resident memory grew from
+// 20 MB to over 1 GB under 50 concurrent sessions); mimalloc returns freed memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {

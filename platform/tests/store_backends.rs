@@ -408,11 +408,21 @@ fn api_keys_verify_only_with_the_exact_key() {
             karta::platform::keys::create(s, "acme", "ci", &[karta::platform::keys::Scope::Read])
                 .unwrap();
         assert!(key.plaintext.starts_with("kt_live_") && key.plaintext.len() == 40);
-        let v = karta::platform::keys::KeyVerifier::new(s.clone());
+        let v = std::sync::Arc::new(karta::platform::keys::KeyVerifier::new(s.clone()));
+        // Twenty requests with the same new key at once: one argon2 check, one shared answer.
+        let answers = rt.block_on(futures_util::future::join_all(
+            (0..20).map(|_| v.verify(&key.plaintext)),
+        ));
+        assert!(
+            answers.iter().all(|a| matches!(a, Ok(Some(_)))),
+            "{answers:?}"
+        );
+        assert_eq!(v.checks_run(), 1, "{}: single flight", b.label);
         let p = rt
             .block_on(v.verify(&key.plaintext))
             .unwrap()
             .expect("valid key");
+        assert_eq!(v.checks_run(), 1, "{}: cached", b.label);
         assert_eq!(p.scopes, vec![karta::platform::keys::Scope::Read]);
         // Same lookup prefix, different secret part.
         let mut forged = key.plaintext.clone();
@@ -441,7 +451,7 @@ fn api_keys_verify_only_with_the_exact_key() {
         // Removing the tenant from the configuration disables it (it has a key): the key stops
         // working with it.
         reconcile::apply(s, &config(&[], &[]), "test").unwrap();
-        let fresh = karta::platform::keys::KeyVerifier::new(s.clone());
+        let fresh = std::sync::Arc::new(karta::platform::keys::KeyVerifier::new(s.clone()));
         assert!(
             rt.block_on(fresh.verify(&key.plaintext)).unwrap().is_none(),
             "{}",

@@ -6,4 +6,3 @@ mod discover;
 mod process;
 
 pub use process::ClaudeDriver;
-

@@ -6,4 +6,3 @@ mod discover;
 mod server;
 
 pub use server::OpenCodeDriver;
-

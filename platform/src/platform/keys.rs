@@ -2,7 +2,7 @@
 //! lookup prefix, verified with a short cache so the hash is not recomputed on every request.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -161,11 +161,27 @@ pub fn create(
 }
 
 /// Checks presented keys against the store, caching successes for a few seconds.
+///
+/// Verification is single-flight per key: while one argon2 check of a key runs, other requests
+/// with the same key wait for its answer instead of hashing again. A cached answer is refreshed in
+/// the background during the last part of its lifetime, so a busy key never makes its callers
+/// wait when the entry expires. At most `VERIFY_CONCURRENCY` argon2 checks run at once.
 pub struct KeyVerifier {
     store: Store,
     // Keyed by SHA-256 of the key, so the cache never holds a plaintext key.
     cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    inflight: Mutex<HashMap<[u8; 32], Flight>>,
+    hashing: Arc<tokio::sync::Semaphore>,
+    checks: std::sync::atomic::AtomicU64,
 }
+
+/// One verification in progress; every waiter shares its answer.
+type Flight = Arc<tokio::sync::OnceCell<Result<Option<Principal>, String>>>;
+
+/// argon2 checks running at once (each takes tens of MiB and milliseconds of CPU).
+const VERIFY_CONCURRENCY: usize = 4;
+/// Age after which a cached answer is refreshed in the background.
+const REFRESH_AFTER: Duration = Duration::from_secs(4);
 
 fn well_formed(key: &str) -> bool {
     key.len() == KEY_PREFIX.len() + RANDOM_LEN
@@ -181,60 +197,128 @@ impl KeyVerifier {
         Self {
             store,
             cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            hashing: Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY)),
+            checks: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// The principal behind `presented`, or `None` for a wrong, revoked or malformed key.
-    pub async fn verify(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
+    pub async fn verify(
+        self: &Arc<Self>,
+        presented: &str,
+    ) -> Result<Option<Principal>, StoreError> {
         if !well_formed(presented) {
             return Ok(None);
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some(p) = self.cached(&digest) {
+        if let Some((p, age)) = self.cached(&digest) {
+            if age >= REFRESH_AFTER {
+                let me = self.clone();
+                let key = presented.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = me.verify_once(&key, digest).await {
+                        tracing::warn!(error = %e, "background key refresh failed");
+                    }
+                });
+            }
             return Ok(Some(p));
         }
-        let store = self.store.clone();
-        let key = presented.to_string();
-        let found =
-            tokio::task::spawn_blocking(move || -> Result<Option<Principal>, StoreError> {
-                let row = store.read(|c| keys::find_active_by_prefix(c, &key[..LOOKUP_LEN]))?;
-                let Some(row) = row else { return Ok(None) };
-                let Ok(parsed) = PasswordHash::new(&row.key_hash) else {
-                    return Ok(None);
-                };
-                // argon2's verifier compares the hashes in constant time.
-                if hasher().verify_password(key.as_bytes(), &parsed).is_err() {
-                    return Ok(None);
-                }
-                store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
-                Ok(Some(Principal {
-                    org_id: row.org_id,
-                    key_id: row.id,
-                    scopes: row.scopes.split(',').filter_map(Scope::parse).collect(),
-                }))
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-        if let Some(p) = &found {
-            if let Ok(mut cache) = self.cache.lock() {
-                cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-                cache.insert(digest, (p.clone(), Instant::now()));
-            }
-        }
-        Ok(found)
+        self.verify_once(presented, digest).await
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<Principal> {
-        let cache = self.cache.lock().ok()?;
+    /// Runs (or joins) the one verification of this key in flight.
+    async fn verify_once(
+        &self,
+        presented: &str,
+        digest: [u8; 32],
+    ) -> Result<Option<Principal>, StoreError> {
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(&digest) {
+                // An answered flight left behind by a cancelled caller is stale: start anew.
+                Some(f) if !f.initialized() => f.clone(),
+                _ => {
+                    let f = Flight::default();
+                    inflight.insert(digest, f.clone());
+                    f
+                }
+            }
+        };
+        let answer = flight
+            .get_or_init(|| async {
+                let r = self.check(presented).await.map_err(|e| e.to_string());
+                if let Ok(Some(p)) = &r {
+                    let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                    cache.insert(digest, (p.clone(), Instant::now()));
+                }
+                r
+            })
+            .await
+            .clone();
+        // Whoever sees the answer first retires the flight (if it is still this one).
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight
+            .get(&digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &flight))
+        {
+            inflight.remove(&digest);
+        }
+        drop(inflight);
+        answer.map_err(StoreError::Task)
+    }
+
+    /// How many key checks against the store have run (each is one lookup and, for a known
+    /// prefix, one argon2 verification).
+    pub fn checks_run(&self) -> u64 {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks the key up and checks its hash (on the blocking pool, bounded).
+    async fn check(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _permit = self
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = self.store.clone();
+        let key = presented.to_string();
+        tokio::task::spawn_blocking(move || -> Result<Option<Principal>, StoreError> {
+            let row = store.read(|c| keys::find_active_by_prefix(c, &key[..LOOKUP_LEN]))?;
+            let Some(row) = row else { return Ok(None) };
+            let Ok(parsed) = PasswordHash::new(&row.key_hash) else {
+                return Ok(None);
+            };
+            // argon2's verifier compares the hashes in constant time.
+            if hasher().verify_password(key.as_bytes(), &parsed).is_err() {
+                return Ok(None);
+            }
+            store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
+            Ok(Some(Principal {
+                org_id: row.org_id,
+                key_id: row.id,
+                scopes: row.scopes.split(',').filter_map(Scope::parse).collect(),
+            }))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// A live cached answer and its age.
+    fn cached(&self, digest: &[u8; 32]) -> Option<(Principal, Duration)> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let (p, at) = cache.get(digest)?;
-        (at.elapsed() < CACHE_TTL).then(|| p.clone())
+        let age = at.elapsed();
+        (age < CACHE_TTL).then(|| (p.clone(), age))
     }
 
     /// Drops every cached verification (after a revocation on this instance).
     pub fn invalidate_all(&self) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.clear();
-        }
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 

@@ -1,16 +1,17 @@
 //! Reconcile: the desired state declared in the platform files -> the store.
 //!
 //! Only rows with `managed_by = 'config'` are ever touched; a plan lists create / update / delete
-//! (or disable, for rows with history) per resource, and `apply` recomputes and applies it in one
-//! transaction, recording each change in the audit log. Applying twice is a no-op.
+//! (or disable, for rows with history) per resource, and `apply` recomputes and applies it in
+//! short transactions (one for an ordinary plan), recording each change in the audit log in the
+//! same transaction. Applying twice is a no-op.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::PlatformConfig;
+use crate::config::{PlatformConfig, ProjectConfig, TenantConfig};
 use crate::store::models::{Org, Project};
 use crate::store::{self, orgs, projects, Conn, Store, StoreError};
 
@@ -111,22 +112,43 @@ fn diff(
     }
 }
 
+/// The config-managed rows the plan was computed against, and every org's id by slug.
+struct Current {
+    orgs: BTreeMap<String, Org>,
+    projects: BTreeMap<(String, String), Project>,
+    org_ids: HashMap<String, String>,
+}
+
+/// Changes applied per write transaction: a large reload never holds the database's write lock
+/// for long, so turns keep streaming while it runs.
+const APPLY_BATCH: usize = 500;
+
 /// Computes the plan against the store as seen through `c`.
 pub fn compute(c: &mut Conn, cfg: &PlatformConfig) -> Result<Plan, ReconcileError> {
+    Ok(compute_state(c, cfg)?.0)
+}
+
+/// Computes the plan; every lookup is by key, so the work grows linearly with the resources.
+fn compute_state(c: &mut Conn, cfg: &PlatformConfig) -> Result<(Plan, Current), ReconcileError> {
     let mut plan = Plan::default();
     let current_orgs: BTreeMap<String, Org> = orgs::list_config_managed(c)?
         .into_iter()
         .map(|o| (o.slug.clone(), o))
         .collect();
-    let slug_of: BTreeMap<String, String> = current_orgs
-        .values()
-        .map(|o| (o.id.clone(), o.slug.clone()))
+    let every_org = orgs::list_every_id_slug(c)?;
+    let org_ids: HashMap<String, String> = every_org
+        .iter()
+        .map(|(id, slug)| (slug.clone(), id.clone()))
+        .collect();
+    let slug_of: HashMap<&str, &str> = every_org
+        .iter()
+        .map(|(id, slug)| (id.as_str(), slug.as_str()))
         .collect();
 
     for t in &cfg.tenants {
         match current_orgs.get(&t.slug) {
             None => {
-                if orgs::find_by_slug(c, &t.slug)?.is_some() {
+                if org_ids.contains_key(&t.slug) {
                     return Err(ReconcileError::Conflict(format!(
                         "tenant `{}` already exists and is managed through the API, not the configuration",
                         t.slug
@@ -160,25 +182,38 @@ pub fn compute(c: &mut Conn, cfg: &PlatformConfig) -> Result<Plan, ReconcileErro
     let current_projects: BTreeMap<(String, String), Project> = projects::list_config_managed(c)?
         .into_iter()
         .filter_map(|p| {
-            let org = slug_of.get(&p.org_id)?.clone();
+            let org = slug_of.get(p.org_id.as_str())?.to_string();
             Some(((org, p.slug.clone()), p))
         })
         .collect();
+    let every_project: HashSet<(String, String)> = projects::list_every_key(c)?
+        .into_iter()
+        .filter_map(|(org_id, slug)| Some((slug_of.get(org_id.as_str())?.to_string(), slug)))
+        .collect();
+    let mut declared: HashSet<(&str, &str)> = HashSet::with_capacity(cfg.projects.len());
     for p in &cfg.projects {
+        declared.insert((p.tenant.as_str(), p.slug.as_str()));
         let path = p.path.display().to_string();
         let key = (p.tenant.clone(), p.slug.clone());
         let name = format!("{}/{}", p.tenant, p.slug);
         match current_projects.get(&key) {
-            None => plan.changes.push(Change {
-                action: Action::Create,
-                resource: "project",
-                name,
-                fields: vec![
-                    ("path".into(), None, Some(path)),
-                    ("harness".into(), None, p.harness.clone()),
-                    ("multitask".into(), None, Some(p.multitask.as_str().into())),
-                ],
-            }),
+            None => {
+                if every_project.contains(&key) {
+                    return Err(ReconcileError::Conflict(format!(
+                        "project `{name}` already exists and is managed through the API, not the configuration"
+                    )));
+                }
+                plan.changes.push(Change {
+                    action: Action::Create,
+                    resource: "project",
+                    name,
+                    fields: vec![
+                        ("path".into(), None, Some(path)),
+                        ("harness".into(), None, p.harness.clone()),
+                        ("multitask".into(), None, Some(p.multitask.as_str().into())),
+                    ],
+                })
+            }
             Some(cur) => {
                 let mut fields = Vec::new();
                 diff(&mut fields, "path", Some(&cur.source_path), Some(&path));
@@ -208,41 +243,37 @@ pub fn compute(c: &mut Conn, cfg: &PlatformConfig) -> Result<Plan, ReconcileErro
             }
         }
     }
-    for ((org, slug), cur) in &current_projects {
-        let declared = cfg
-            .projects
-            .iter()
-            .any(|p| &p.tenant == org && &p.slug == slug);
-        if !declared && cur.disabled_at.is_none() {
-            let action = if projects::has_history(c, &cur.id)? {
-                Action::Disable
-            } else {
-                Action::Delete
-            };
-            plan.changes.push(Change {
-                action,
-                resource: "project",
-                name: format!("{org}/{slug}"),
-                fields: vec![],
-            });
-        }
+    let removed: Vec<(&(String, String), &Project)> = current_projects
+        .iter()
+        .filter(|((org, slug), cur)| {
+            !declared.contains(&(org.as_str(), slug.as_str())) && cur.disabled_at.is_none()
+        })
+        .collect();
+    let removed_ids: Vec<String> = removed.iter().map(|(_, p)| p.id.clone()).collect();
+    let with_history = projects::with_history(c, &removed_ids)?;
+    // Projects deleted by this plan, per tenant slug.
+    let mut deleted_per_org: HashMap<&str, usize> = HashMap::new();
+    for ((org, slug), cur) in removed {
+        let action = if with_history.contains(&cur.id) {
+            Action::Disable
+        } else {
+            *deleted_per_org.entry(org.as_str()).or_default() += 1;
+            Action::Delete
+        };
+        plan.changes.push(Change {
+            action,
+            resource: "project",
+            name: format!("{org}/{slug}"),
+            fields: vec![],
+        });
     }
+    let declared_tenants: HashSet<&str> = cfg.tenants.iter().map(|t| t.slug.as_str()).collect();
     for (slug, cur) in &current_orgs {
-        let declared = cfg.tenants.iter().any(|t| &t.slug == slug);
-        if declared || cur.disabled_at.is_some() {
+        if declared_tenants.contains(slug.as_str()) || cur.disabled_at.is_some() {
             continue;
         }
         // The org can go only when nothing refers to it once this plan's deletions are done.
-        let prefix = format!("{slug}/");
-        let deleted_here = plan
-            .changes
-            .iter()
-            .filter(|ch| {
-                ch.resource == "project"
-                    && ch.action == Action::Delete
-                    && ch.name.starts_with(&prefix)
-            })
-            .count();
+        let deleted_here = deleted_per_org.get(slug.as_str()).copied().unwrap_or(0);
         let projects_left = projects::list_all_ids(c, &cur.id)?.len() > deleted_here;
         let has_keys = store::keys::count_for_org(c, &cur.id)? > 0;
         plan.changes.push(Change {
@@ -256,7 +287,14 @@ pub fn compute(c: &mut Conn, cfg: &PlatformConfig) -> Result<Plan, ReconcileErro
             fields: vec![],
         });
     }
-    Ok(plan)
+    Ok((
+        plan,
+        Current {
+            orgs: current_orgs,
+            projects: current_projects,
+            org_ids,
+        },
+    ))
 }
 
 /// Computes the plan without writing anything.
@@ -265,32 +303,27 @@ pub fn plan(store: &Store, cfg: &PlatformConfig) -> Result<Plan, ReconcileError>
     compute(&mut conn, cfg)
 }
 
-/// Computes and applies the plan in one transaction; returns what was applied.
+/// Computes the plan and applies it: in one transaction when it has at most `APPLY_BATCH`
+/// changes, else in transactions of that many, so the write lock is never held for long. Every
+/// change is idempotent against the plan, so a failure part-way leaves a consistent prefix and
+/// the next apply completes the rest. Returns what was applied.
 pub fn apply(store: &Store, cfg: &PlatformConfig, actor: &str) -> Result<Plan, ReconcileError> {
-    store
-        .write(|c| {
-            let plan = compute(c, cfg).map_err(|e| match e {
-                ReconcileError::Store(s) => s,
-                ReconcileError::Conflict(m) => StoreError::Conflict(m),
-            })?;
-            apply_changes(c, cfg, &plan, actor)?;
-            Ok(plan)
-        })
-        .map_err(|e| match e {
-            StoreError::Conflict(m) => ReconcileError::Conflict(m),
-            other => ReconcileError::Store(other),
-        })
-}
-
-fn apply_changes(
-    c: &mut Conn,
-    cfg: &PlatformConfig,
-    plan: &Plan,
-    actor: &str,
-) -> Result<(), StoreError> {
-    let now = store::now();
+    let (plan, mut current) = {
+        let mut conn = store.conn()?;
+        compute_state(&mut conn, cfg)?
+    };
+    if plan.is_empty() {
+        return Ok(plan);
+    }
+    let tenants: HashMap<&str, &TenantConfig> =
+        cfg.tenants.iter().map(|t| (t.slug.as_str(), t)).collect();
+    let declared: HashMap<(&str, &str), &ProjectConfig> = cfg
+        .projects
+        .iter()
+        .map(|p| ((p.tenant.as_str(), p.slug.as_str()), p))
+        .collect();
     // Tenants first (projects refer to them), deletions of tenants last.
-    let ordered = plan
+    let ordered: Vec<&Change> = plan
         .changes
         .iter()
         .filter(|ch| !(ch.resource == "tenant" && ch.action == Action::Delete))
@@ -298,23 +331,61 @@ fn apply_changes(
             plan.changes
                 .iter()
                 .filter(|ch| ch.resource == "tenant" && ch.action == Action::Delete),
-        );
-    for ch in ordered {
-        let org_id = match ch.resource {
-            "tenant" => apply_tenant(c, cfg, ch, now)?,
-            _ => apply_project(c, cfg, ch, now)?,
+        )
+        .collect();
+    let desired = Desired {
+        tenants: &tenants,
+        projects: &declared,
+    };
+    for batch in ordered.chunks(APPLY_BATCH) {
+        store
+            .write(|c| apply_batch(c, batch, &desired, &mut current, actor))
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => ReconcileError::Conflict(m),
+                other => ReconcileError::Store(other),
+            })?;
+    }
+    Ok(plan)
+}
+
+/// The declared resources by key.
+struct Desired<'a> {
+    tenants: &'a HashMap<&'a str, &'a TenantConfig>,
+    projects: &'a HashMap<(&'a str, &'a str), &'a ProjectConfig>,
+}
+
+fn apply_batch(
+    c: &mut Conn,
+    batch: &[&Change],
+    desired: &Desired<'_>,
+    current: &mut Current,
+    actor: &str,
+) -> Result<(), StoreError> {
+    let now = store::now();
+    let mut new_projects: Vec<Project> = Vec::new();
+    let mut audit = Vec::with_capacity(batch.len());
+    for ch in batch {
+        let org_id = if ch.resource == "tenant" {
+            apply_tenant(c, desired, current, ch, now)?
+        } else if ch.action == Action::Create {
+            let p = new_project(desired, current, ch, now)?;
+            let org = p.org_id.clone();
+            new_projects.push(p);
+            Some(org)
+        } else {
+            apply_project(c, desired, current, ch, now)?
         };
         let details = json!({ "resource": ch.resource, "fields": ch.fields });
-        store::audit::record(
-            c,
+        audit.push(store::audit::entry(
             org_id.as_deref(),
             actor,
             &format!("config.{}.{}", ch.resource, action_name(ch.action)),
             &ch.name,
             &details,
-        )?;
+        ));
     }
-    Ok(())
+    projects::insert_many(c, &new_projects)?;
+    store::audit::record_many(c, &audit)
 }
 
 fn action_name(a: Action) -> &'static str {
@@ -326,14 +397,21 @@ fn action_name(a: Action) -> &'static str {
     }
 }
 
+fn changed_under_us(what: &str, name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "{what} `{name}` changed while the plan was applied"
+    ))
+}
+
 fn apply_tenant(
     c: &mut Conn,
-    cfg: &PlatformConfig,
+    desired: &Desired<'_>,
+    current: &mut Current,
     ch: &Change,
     now: chrono::NaiveDateTime,
 ) -> Result<Option<String>, StoreError> {
-    let existing = orgs::find_by_slug(c, &ch.name)?;
-    let declared = cfg.tenants.iter().find(|t| t.slug == ch.name);
+    let existing = current.orgs.get(&ch.name);
+    let declared = desired.tenants.get(ch.name.as_str());
     match (ch.action, existing, declared) {
         (Action::Create, _, Some(t)) => {
             let org = Org {
@@ -346,59 +424,69 @@ fn apply_tenant(
                 updated_at: now,
             };
             orgs::insert(c, &org)?;
+            current.org_ids.insert(org.slug.clone(), org.id.clone());
             Ok(Some(org.id))
         }
         (Action::Update, Some(o), Some(t)) => {
             orgs::update(c, &o.id, &t.name, None)?;
-            Ok(Some(o.id))
+            Ok(Some(o.id.clone()))
         }
         (Action::Disable, Some(o), _) => {
             orgs::update(c, &o.id, &o.name, Some(now))?;
-            Ok(Some(o.id))
+            Ok(Some(o.id.clone()))
         }
         (Action::Delete, Some(o), _) => {
             projects::delete_all_for_org(c, &o.id)?;
             orgs::delete(c, &o.id)?;
             Ok(None)
         }
-        _ => Err(StoreError::Conflict(format!(
-            "tenant `{}` changed while the plan was applied",
-            ch.name
-        ))),
+        _ => Err(changed_under_us("tenant", &ch.name)),
     }
+}
+
+fn split_name(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or((name, ""))
+}
+
+fn new_project(
+    desired: &Desired<'_>,
+    current: &Current,
+    ch: &Change,
+    now: chrono::NaiveDateTime,
+) -> Result<Project, StoreError> {
+    let (tenant, slug) = split_name(&ch.name);
+    let org_id = current.org_ids.get(tenant).ok_or(StoreError::NotFound)?;
+    let p = desired
+        .projects
+        .get(&(tenant, slug))
+        .ok_or_else(|| changed_under_us("project", &ch.name))?;
+    Ok(Project {
+        id: store::new_id("prj"),
+        org_id: org_id.clone(),
+        slug: p.slug.clone(),
+        source_path: p.path.display().to_string(),
+        harness: p.harness.clone(),
+        multitask: p.multitask.as_str().into(),
+        managed_by: "config".into(),
+        disabled_at: None,
+        created_at: now,
+        updated_at: now,
+    })
 }
 
 fn apply_project(
     c: &mut Conn,
-    cfg: &PlatformConfig,
+    desired: &Desired<'_>,
+    current: &Current,
     ch: &Change,
     now: chrono::NaiveDateTime,
 ) -> Result<Option<String>, StoreError> {
-    let (tenant, slug) = ch.name.split_once('/').unwrap_or((&ch.name, ""));
-    let org = orgs::find_by_slug(c, tenant)?.ok_or(StoreError::NotFound)?;
-    let existing = projects::find_by_slug_any(c, &org.id, slug)?;
-    let declared = cfg
+    let (tenant, slug) = split_name(&ch.name);
+    let existing = current
         .projects
-        .iter()
-        .find(|p| p.tenant == tenant && p.slug == slug);
+        .get(&(tenant.to_string(), slug.to_string()));
+    let declared = desired.projects.get(&(tenant, slug));
     match (ch.action, existing, declared) {
-        (Action::Create, None, Some(p)) => {
-            projects::insert(
-                c,
-                &Project {
-                    id: store::new_id("prj"),
-                    org_id: org.id.clone(),
-                    slug: p.slug.clone(),
-                    source_path: p.path.display().to_string(),
-                    harness: p.harness.clone(),
-                    multitask: p.multitask.as_str().into(),
-                    managed_by: "config".into(),
-                    disabled_at: None,
-                    created_at: now,
-                    updated_at: now,
-                },
-            )?;
-        }
         (Action::Update, Some(cur), Some(p)) => projects::update(
             c,
             &cur.id,
@@ -416,12 +504,7 @@ fn apply_project(
             Some(now),
         )?,
         (Action::Delete, Some(cur), _) => projects::delete(c, &cur.id)?,
-        _ => {
-            return Err(StoreError::Conflict(format!(
-                "project `{}` changed while the plan was applied",
-                ch.name
-            )))
-        }
+        _ => return Err(changed_under_us("project", &ch.name)),
     }
-    Ok(Some(org.id))
+    Ok(existing.map(|p| p.org_id.clone()))
 }

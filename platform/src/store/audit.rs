@@ -15,8 +15,35 @@ pub fn record(
     target: &str,
     details: &serde_json::Value,
 ) -> Result<(), StoreError> {
+    let entry = entry(org_id, actor, action, target, details);
+    diesel::insert_into(audit_log::table)
+        .values(&entry)
+        .execute(c)?;
+    Ok(())
+}
+
+/// Appends many entries with multi-row statements; call inside the transaction of the changes.
+pub fn record_many(c: &mut Conn, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    for chunk in entries.chunks(500) {
+        let q = diesel::insert_into(audit_log::table).values(chunk);
+        match c {
+            super::AnyConnection::Postgresql(pg) => q.execute(pg)?,
+            super::AnyConnection::Sqlite(lite) => q.execute(lite)?,
+        };
+    }
+    Ok(())
+}
+
+/// A new entry, stamped now.
+pub fn entry(
+    org_id: Option<&str>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: &serde_json::Value,
+) -> AuditEntry {
     let now = super::now();
-    let entry = AuditEntry {
+    AuditEntry {
         // Time-ordered ids: a sortable timestamp, then randomness.
         id: format!(
             "aud_{}{}",
@@ -29,11 +56,7 @@ pub fn record(
         target: target.to_string(),
         details: details.to_string(),
         created_at: now,
-    };
-    diesel::insert_into(audit_log::table)
-        .values(&entry)
-        .execute(c)?;
-    Ok(())
+    }
 }
 
 /// Entries for one org (or platform-wide when `org_id` is `None`), oldest first.

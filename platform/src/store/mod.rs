@@ -80,8 +80,10 @@ enum Target {
 /// Opens connections to the configured backend (r2d2 manager).
 pub struct Manager(Target);
 
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+// busy_timeout first: the pool opens its connections concurrently, and a connection that meets
+// another's lock before it has a timeout fails (or retries slowly) instead of waiting.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 impl ManageConnection for Manager {
     type Connection = AnyConnection;
@@ -174,12 +176,23 @@ impl Store {
             }
             // Every connection to `:memory:` is its own database: keep exactly one.
             let size = if path == ":memory:" { 1 } else { 4 };
+            if path != ":memory:" {
+                // Switch a new file to WAL once, alone, before the pool opens connections.
+                let mut first = SqliteConnection::establish(path)
+                    .map_err(|e| StoreError::Pool(format!("cannot open {path}: {e}")))?;
+                first
+                    .batch_execute(SQLITE_PRAGMAS)
+                    .map_err(|e| StoreError::Pool(format!("cannot configure {path}: {e}")))?;
+            }
             (Target::Sqlite(path.to_string()), Backend::Sqlite, size)
         } else {
             (Target::Postgres(url.to_string()), Backend::Postgres, 8)
         };
         let pool = Pool::builder()
             .max_size(size)
+            // A broken connection shows up as a query error; testing each checkout with a
+            // `SELECT 1` cost a round trip per query.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(10))
             .build(Manager(target))
             .map_err(|e| StoreError::Pool(e.to_string()))?;

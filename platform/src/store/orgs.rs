@@ -62,3 +62,13 @@ pub fn delete(c: &mut Conn, id: &str) -> Result<(), StoreError> {
     diesel::delete(orgs::table.find(id)).execute(c)?;
     Ok(())
 }
+
+/// Slugs of every org, whoever manages it.
+pub fn list_every_slug(c: &mut Conn) -> Result<Vec<String>, StoreError> {
+    Ok(orgs::table.select(orgs::slug).load(c)?)
+}
+
+/// (id, slug) of every org, whoever manages it.
+pub fn list_every_id_slug(c: &mut Conn) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(orgs::table.select((orgs::id, orgs::slug)).load(c)?)
+}

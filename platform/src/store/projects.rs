@@ -124,3 +124,39 @@ pub fn list_all(c: &mut Conn, org_id: &str) -> Result<Vec<Project>, StoreError> 
         .select(Project::as_select())
         .load(c)?)
 }
+
+/// Inserts many projects with multi-row statements.
+pub fn insert_many(c: &mut Conn, rows: &[Project]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(500) {
+        let q = diesel::insert_into(projects::table).values(chunk);
+        match c {
+            super::AnyConnection::Postgresql(pg) => q.execute(pg)?,
+            super::AnyConnection::Sqlite(lite) => q.execute(lite)?,
+        };
+    }
+    Ok(())
+}
+
+/// (org id, slug) of every project, whoever manages it.
+pub fn list_every_key(c: &mut Conn) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(projects::table
+        .select((projects::org_id, projects::slug))
+        .load(c)?)
+}
+
+/// Which of `ids` have sessions referring to them.
+pub fn with_history(
+    c: &mut Conn,
+    ids: &[String],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in ids.chunks(500) {
+        let found: Vec<String> = sessions::table
+            .filter(sessions::project_id.eq_any(chunk))
+            .select(sessions::project_id)
+            .distinct()
+            .load(c)?;
+        out.extend(found);
+    }
+    Ok(out)
+}
