@@ -1027,3 +1027,204 @@ fn a_paused_stream_gets_keepalives_and_a_missing_driver_is_a_503() {
         .unwrap()
         .contains("no-such-driver"));
 }
+
+/// A small deterministic generator for "random" disconnect points (the seed is printed).
+struct Points(u64);
+
+impl Points {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+#[test]
+fn replay_after_random_disconnects_is_gap_free_and_duplicate_free() {
+    replay_under_disconnects(None);
+}
+
+#[test]
+fn replay_after_random_disconnects_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    replay_under_disconnects(Some(&db.url));
+}
+
+/// A 1,000-event turn read by a client that drops its connection at random points and comes
+/// back with `Last-Event-ID` (or `?after=`): it sees every event exactly once, in order, and the
+/// log replayed afterwards is the same sequence.
+fn replay_under_disconnects(db: Option<&str>) {
+    let extra = db
+        .map(|url| format!("[database]\nurl = \"{url}\"\n"))
+        .unwrap_or_default();
+    let e = Env::start(move |_, mut pf| {
+        pf.delay_ms = 1;
+        // A small page, so a replay crosses several pages of the stored log.
+        pf.extra = format!("{extra}[runtime]\nreplay_page_size = 37\n");
+        pf.project("hello", &hello_app(), None)
+    });
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("disconnect points seed: {seed}");
+    let mut points = Points(seed);
+    let sid = e.session(json!({}));
+    let mut seen: Vec<SseFrame> = Vec::new();
+    let mut s = e.stream(&sid, json!({"text": "go [flood:1000]"}));
+    let mut reconnects = 0;
+    loop {
+        let take = 1 + points.below(150);
+        let mut finished = false;
+        for _ in 0..take {
+            match s.next_frame() {
+                Some(f) => {
+                    finished = f.event == "done";
+                    seen.push(f);
+                    if finished {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        if finished {
+            break;
+        }
+        assert!(reconnects < 200, "the turn never finished");
+        drop(s);
+        reconnects += 1;
+        if points.below(3) == 0 {
+            // Sometimes wait, so the turn runs ahead of the reader (and of the log writer).
+            thread::sleep(Duration::from_millis(points.below(40)));
+        }
+        let last = seen.last().and_then(|f| f.id).unwrap_or(0);
+        let r = if reconnects % 2 == 0 {
+            e.get(&format!("/v1/sessions/{sid}/events?after={last}"))
+                .send()
+                .unwrap()
+        } else {
+            e.post(
+                &format!("/v1/sessions/{sid}/messages"),
+                json!({"text": "go [flood:1000]", "stream": true}),
+            )
+            .header("last-event-id", last.to_string())
+            .send()
+            .unwrap()
+        };
+        assert_eq!(r.status(), 200);
+        s = SseReader::new(r);
+    }
+    let ids: Vec<i64> = seen.iter().map(|f| f.id.unwrap()).collect();
+    let expected: Vec<i64> = (1..=ids.len() as i64).collect();
+    assert_eq!(
+        ids, expected,
+        "gaps or duplicates after {reconnects} reconnects"
+    );
+    assert!(ids.len() > 1000, "{} events", ids.len());
+    assert_eq!(seen.last().unwrap().data["data"]["status"], "completed");
+
+    // The stored log, replayed from the start, is the same sequence with the same payloads.
+    let r = e
+        .get(&format!("/v1/sessions/{sid}/events?after=0"))
+        .send()
+        .unwrap();
+    let replayed = SseReader::new(r).rest();
+    assert_eq!(replayed.len(), seen.len());
+    for (a, b) in replayed.iter().zip(&seen) {
+        assert_eq!((a.id, &a.data), (b.id, &b.data));
+    }
+    // Only one turn ran: reconnecting never started another.
+    assert_eq!(e.fetch(&sid)["participants"][0]["turns"], 1);
+}
+
+#[test]
+fn done_carries_the_last_steps_text_and_a_paused_unary_answer_is_complete() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    let answer = e.unary(&sid, json!({"text": "hello there"}));
+    assert_eq!(answer["text"], "echo: hello there");
+    let done = answer["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(done["data"]["message"]["text"], "echo: hello there");
+
+    let paused = e.unary(&sid, json!({"text": "wait [approve]"}));
+    assert_eq!(paused["status"], "pending_input");
+    assert_eq!(paused["agent"], "default");
+    assert_eq!(paused["stop_reason"], "input_required");
+    assert_eq!(paused["usage"]["total_tokens"], 0);
+    assert!(paused["pending_input"]["request_id"].is_string());
+}
+
+#[test]
+fn app_errors_name_the_app_file_not_the_host_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = app_copy(dir.path(), "bad", "hello-echo", Some("{ runtime: "));
+    let e = Env::start(|_, pf| pf.project("bad", &bad, None));
+    let r = e.post("/v1/sessions", json!({})).send().unwrap();
+    assert_eq!(r.status(), 409);
+    let detail = r.json::<Value>().unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.contains("karta.jsonc:"), "{detail}");
+    let host = bad.display().to_string();
+    assert!(!detail.contains(&host), "{detail} names {host}");
+    assert!(!detail.contains("/tmp"), "{detail}");
+    // The operator still sees where it is.
+    assert!(e.k.log_text().contains(&host));
+}
+
+#[test]
+fn a_reload_of_ten_thousand_projects_while_a_turn_streams() {
+    let e = Env::start(|_, mut pf| {
+        pf.delay_ms = 1;
+        pf.project("hello", &hello_app(), None)
+    });
+    let sid = e.session(json!({}));
+    let mut s = e.stream(&sid, json!({"text": "go [flood:400]"}));
+    let first = s.next_frame().unwrap();
+
+    // Rewrite the configuration with 10,000 more projects and reload while the turn streams.
+    let mut pf = PlatformFile::new().project("hello", &hello_app(), None);
+    pf.delay_ms = 1;
+    for i in 0..10_000 {
+        pf = pf.project(&format!("p{i:05}"), &hello_app(), None);
+    }
+    pf.write(&e.k.dir);
+    let admin = Client::new();
+    let r = admin
+        .post(format!("{}/admin/v1/config/reload", e.k.admin))
+        .bearer_auth(&e.k.admin_token)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+
+    let mut frames = vec![first];
+    frames.extend(s.rest());
+    let ids: Vec<i64> = frames.iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+    assert_eq!(frames.last().unwrap().event, "done");
+    assert_eq!(frames.last().unwrap().data["data"]["status"], "completed");
+
+    // The new projects serve at once; a second reload of the same files changes nothing.
+    let r = e
+        .post("/v1/sessions", json!({"project": "p09999"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let again: Value = admin
+        .post(format!("{}/admin/v1/config/reload", e.k.admin))
+        .bearer_auth(&e.k.admin_token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        again["changes"].as_array().map(Vec::len),
+        Some(0),
+        "{again}"
+    );
+}

@@ -5,7 +5,8 @@
 //! the platform's test driver, so a few markers in the message exercise the rest of the protocol:
 //!
 //! - `[approve]`: one `echo` tool call that asks for approval (`input_required`) per marker;
-//! - `[fail]`: an `error` event after the first chunk, then `done` with status `failed`.
+//! - `[fail]`: an `error` event after the first chunk, then `done` with status `failed`;
+//! - `[flood:N]`: N more text events (at most 100,000), for long turns and back-pressure.
 //!
 //! Agents are discovered from `.echo/agents/*.md` (frontmatter `name:` and `description:`); the
 //! default agent is named by a `default_agent: <name>` line in `ECHO.md`, or is the only agent.
@@ -188,6 +189,18 @@ impl Driver for EchoDriver {
     }
 }
 
+/// N of a `[flood:N]` marker, capped.
+fn flood_count(text: &str) -> u64 {
+    let Some(rest) = text.split("[flood:").nth(1) else {
+        return 0;
+    };
+    rest.split(']')
+        .next()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(100_000)
+}
+
 struct Run {
     req: TurnRequest,
     sink: Sink,
@@ -204,7 +217,9 @@ enum Stop {
 
 impl Run {
     fn pause(&self) -> Result<(), Stop> {
-        thread::sleep(self.delay);
+        if !self.delay.is_zero() {
+            thread::sleep(self.delay);
+        }
         if self.cancelled.load(Ordering::SeqCst) {
             Err(Stop::Cancelled)
         } else {
@@ -270,6 +285,15 @@ impl Run {
                 }));
                 return Ok(TurnStatus::Failed);
             }
+        }
+        for n in 0..flood_count(&req.text) {
+            self.pause()?;
+            *output_tokens += 1;
+            self.sink.emit_kind(EventKind::Text {
+                part: Part::Text {
+                    text: format!(" {n}"),
+                },
+            });
         }
         let approvals = req.text.matches("[approve]").count();
         let calls = approvals.max(1);

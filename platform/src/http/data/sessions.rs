@@ -370,19 +370,36 @@ fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> Value {
         (None, Some(_)) => json!("pending_input"),
         (None, None) => json!("failed"),
     };
+    // A paused turn has no `done` yet: the agent is the turn's, the usage so far is zero (the
+    // harness reports it at the end) and the stop reason says why it stopped.
+    let agent = match &done["message"]["agent"] {
+        Value::Null => json!(out.agent),
+        a => a.clone(),
+    };
+    let usage = match &done["usage"] {
+        Value::Null => json!({
+            "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
+            "cache_write_tokens": 0, "total_tokens": 0, "cost_micro_cents": 0,
+        }),
+        u => u.clone(),
+    };
+    let stop_reason = match (&done["stop_reason"], &out.pending_input) {
+        (Value::Null, Some(_)) => json!("input_required"),
+        (r, _) => r.clone(),
+    };
     let mut answer = json!({
         "text": out.text,
         "session_id": session_id,
-        "agent": done["message"]["agent"],
+        "agent": agent,
         "status": status,
-        "stop_reason": done["stop_reason"],
+        "stop_reason": stop_reason,
         "messages": [
             {"id": store::new_id("msg"), "role": "user", "text": text,
              "parts": [{"type": "text", "text": text}]},
             {"id": store::new_id("msg"), "role": "assistant", "text": out.text,
              "parts": [{"type": "text", "text": out.text}]},
         ],
-        "usage": done["usage"],
+        "usage": usage,
         "pending_input": out.pending_input,
         "events": out.events,
     });
