@@ -1228,3 +1228,34 @@ fn a_reload_of_ten_thousand_projects_while_a_turn_streams() {
         "{again}"
     );
 }
+
+#[test]
+fn closing_a_session_removes_its_workspace() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    let done = e.unary(&sid, json!({"text": "hi"}));
+    assert_eq!(done["status"], "completed");
+    let workspaces = e.k.dir.join(".karta/workspaces");
+    let find = || {
+        std::fs::read_dir(&workspaces)
+            .unwrap()
+            .filter_map(|org| org.ok())
+            .map(|org| org.path().join(&sid))
+            .find(|p| p.exists())
+    };
+    assert!(
+        find().is_some(),
+        "workspace of {sid} under {}",
+        workspaces.display()
+    );
+    let r =
+        e.c.delete(e.url(&format!("/v1/sessions/{sid}")))
+            .bearer_auth(&e.key)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        find().is_none(),
+        "the closed session's workspace is still there"
+    );
+}

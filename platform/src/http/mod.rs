@@ -30,8 +30,24 @@ async fn request_id(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let id = crate::store::new_id("req");
-    let res = next.call(req).await?.map_into_boxed_body();
+    // An incoming id is honoured when it is a sane token, so a caller can trace its own request.
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::store::new_id("req"));
+    // Every line logged while serving the request (and by the turn it starts) carries the id.
+    let span = tracing::info_span!("request", request_id = %id);
+    let res = tracing::Instrument::instrument(next.call(req), span)
+        .await?
+        .map_into_boxed_body();
     let mut res = match res.status() {
         StatusCode::INTERNAL_SERVER_ERROR => {
             let body = json!({"detail": "internal error", "request_id": id});

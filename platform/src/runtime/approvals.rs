@@ -283,6 +283,7 @@ impl Runtime {
     /// Cancels the session's running turn, if any (its driver still ends it with `done`).
     pub(crate) fn cancel_running(&self, session_id: &str) {
         if let Some(r) = self.existing_slot(session_id).and_then(|s| s.running()) {
+            tracing::info!(session = %session_id, "cancelling the running turn");
             r.cancel_soon();
         }
     }

@@ -585,6 +585,21 @@ impl Runtime {
                 let sid = id.to_string();
                 let _ = tokio::task::spawn_blocking(move || d.driver.end_session(&sid)).await;
             }
+            // A closed session never runs again: its workspace (and the harness's home beside
+            // it) goes, so closed sessions do not fill the disk.
+            let ws = self.workspace_dir(org_id, id);
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut home = ws.clone().into_os_string();
+                home.push(".home");
+                for dir in [ws, PathBuf::from(home)] {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(dir = %dir.display(), error = %e, "workspace not removed");
+                        }
+                    }
+                }
+            })
+            .await;
         }
         self.get_session(org_id, scope, id).await
     }

@@ -168,10 +168,15 @@ impl Runtime {
             settings,
             running,
         };
-        tokio::spawn(async move {
-            rt.run_turn(ctx, driver, request, who, queue, control_rx, slot, guard)
-                .await;
-        });
+        // The turn outlives the request; its log lines keep the request's id.
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                rt.run_turn(ctx, driver, request, who, queue, control_rx, slot, guard)
+                    .await;
+            },
+            span,
+        ));
         Ok(sub)
     }
 

@@ -21,7 +21,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// `POST /admin/v1/config/reload`: 200 with the applied plan, 422 with every problem (the running
 /// configuration stays).
 async fn reload(app: web::Data<App>, _op: Operator) -> Result<HttpResponse, ApiError> {
-    match app.into_inner().reload().await {
+    let result = app.into_inner().reload().await;
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "reload refused, the running configuration stays");
+    }
+    match result {
         Ok(plan) => Ok(HttpResponse::Ok().json(json!({
             "applied": true,
             "changes": plan.changes,
