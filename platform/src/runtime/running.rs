@@ -11,8 +11,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::events::Frame;
 
-/// Frames a slow subscriber may fall behind before it re-reads the live buffer.
-pub(crate) const BROADCAST_CAPACITY: usize = 256;
+/// Frames a slow subscriber may fall behind before it re-reads the live buffer (allocated up
+/// front for every running turn, so kept small: catching up from the buffer is cheap).
+pub(crate) const BROADCAST_CAPACITY: usize = 64;
 
 /// An approval the turn waits for.
 #[derive(Clone, Debug)]
