@@ -26,10 +26,7 @@ pub fn record(
 pub fn record_many(c: &mut Conn, entries: &[AuditEntry]) -> Result<(), StoreError> {
     for chunk in entries.chunks(500) {
         let q = diesel::insert_into(audit_log::table).values(chunk);
-        match c {
-            super::AnyConnection::Postgresql(pg) => q.execute(pg)?,
-            super::AnyConnection::Sqlite(lite) => q.execute(lite)?,
-        };
+        super::execute_on_backend!(c, q)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::models::SessionEvent;
 use super::schema::{session_events, sessions};
-use super::{AnyConnection, Conn, StoreError};
+use super::{Conn, StoreError};
 
 /// Appends events (any sessions, each session's in sequence order) and advances each session's
 /// `last_seq`; prunes a session's log beyond `retention` events whenever its sequence crosses a
@@ -21,12 +21,8 @@ pub fn append_batch(
     // One multi-row INSERT per chunk; diesel builds those per backend, not for the
     // multi-backend connection.
     for chunk in rows.chunks(200) {
-        let values = chunk.to_vec();
-        let q = diesel::insert_into(session_events::table).values(values);
-        match c {
-            AnyConnection::Postgresql(pg) => q.execute(pg)?,
-            AnyConnection::Sqlite(lite) => q.execute(lite)?,
-        };
+        let q = diesel::insert_into(session_events::table).values(chunk.to_vec());
+        super::execute_on_backend!(c, q)?;
     }
     for r in rows {
         let span = spans

@@ -21,6 +21,18 @@ use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection};
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+/// Executes a query on whichever backend `c` is, building it for that backend: diesel builds
+/// multi-row inserts per backend only, not for the multi-backend connection.
+macro_rules! execute_on_backend {
+    ($c:expr, $q:expr) => {
+        match $c {
+            $crate::store::AnyConnection::Postgresql(pg) => $q.execute(pg),
+            $crate::store::AnyConnection::Sqlite(lite) => $q.execute(lite),
+        }
+    };
+}
+pub(crate) use execute_on_backend;
+
 /// One connection to either backend.
 #[derive(diesel::MultiConnection)]
 pub enum AnyConnection {

@@ -129,10 +129,7 @@ pub fn list_all(c: &mut Conn, org_id: &str) -> Result<Vec<Project>, StoreError> 
 pub fn insert_many(c: &mut Conn, rows: &[Project]) -> Result<(), StoreError> {
     for chunk in rows.chunks(500) {
         let q = diesel::insert_into(projects::table).values(chunk);
-        match c {
-            super::AnyConnection::Postgresql(pg) => q.execute(pg)?,
-            super::AnyConnection::Sqlite(lite) => q.execute(lite)?,
-        };
+        super::execute_on_backend!(c, q)?;
     }
     Ok(())
 }
