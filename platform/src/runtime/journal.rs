@@ -1,29 +1,40 @@
 //! The replay log's writer: one thread per instance that group-commits events.
 //!
-//! The live path never waits for the database: the pump broadcasts a frame to subscribers first
-//! and then queues it here. The writer takes everything queued (up to a batch) and writes it in
-//! one transaction: the events, each session's new `last_seq`, and pruning past the retention.
-//! The queue is bounded, so a database slower than the drivers pushes back on the pump (and the
-//! pump on the driver threads) instead of growing memory.
+//! The live path never waits for the database: the pump broadcasts frames to subscribers first
+//! and then queues them here, a run at a time (everything the driver had ready). The writer
+//! takes everything queued (up to a batch of events) and writes it in one transaction: the
+//! events, each session's new `last_seq`, pruning past the retention, and the small session
+//! updates a turn queues beside its events (who sent it, a handoff). The queue is bounded, so a
+//! database slower than the drivers pushes back on the pumps (and the pumps on the drivers).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::models::SessionEvent;
-use crate::store::{events, Store};
+use crate::store::{events, Conn, Store, StoreError};
 
-/// One event to persist, and who wants to know when it is durable.
-struct Entry {
-    row: SessionEvent,
-    ack: Option<oneshot::Sender<()>>,
+/// A session update run inside the writer's transaction, after the events queued before it.
+pub type SessionOp = Box<dyn FnOnce(&mut Conn) -> Result<(), StoreError> + Send>;
+
+/// What one queue slot carries.
+enum Entry {
+    /// Events of one turn, in sequence order, and who wants to know when they are committed.
+    Events {
+        rows: Vec<SessionEvent>,
+        ack: Option<oneshot::Sender<()>>,
+    },
+    /// A session update.
+    Op(SessionOp),
 }
 
 /// Queue sizes and retention of the writer.
 #[derive(Clone, Copy, Debug)]
 pub struct JournalLimits {
-    /// Events queued before the pump waits (`runtime.journal_queue`).
+    /// Queue slots (a run of events or an update each) before pumps wait
+    /// (`runtime.journal_queue`).
     pub queue: usize,
     /// Events written per transaction at most (`runtime.journal_batch`).
     pub batch: usize,
@@ -40,7 +51,7 @@ impl Journal {
     /// Starts the writer thread over `store`.
     pub fn start(store: Store, limits: JournalLimits, retention: u64) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(limits.queue.max(1));
-        let retention = Arc::new(AtomicU64::new(retention));
+        let retention = Arc::new(AtomicU64::new(retention.max(1)));
         let r = retention.clone();
         let batch = limits.batch.max(1);
         std::thread::Builder::new()
@@ -54,49 +65,91 @@ impl Journal {
         self.retention.store(events.max(1), Ordering::Relaxed);
     }
 
-    /// Queues an event; waits only while the queue is full.
-    pub async fn append(&self, row: SessionEvent) {
-        if self.tx.send(Entry { row, ack: None }).await.is_err() {
-            tracing::error!("event writer is gone; the event is not logged for replay");
+    async fn send(&self, entry: Entry) -> bool {
+        if self.tx.send(entry).await.is_err() {
+            tracing::error!("the event writer is gone; events are not logged for replay");
+            return false;
+        }
+        true
+    }
+
+    /// Queues a run of events; waits only while the queue is full.
+    pub async fn append(&self, rows: Vec<SessionEvent>) {
+        if !rows.is_empty() {
+            self.send(Entry::Events { rows, ack: None }).await;
         }
     }
 
-    /// Queues an event and waits until it (and everything queued before it) is committed.
-    pub async fn append_durable(&self, row: SessionEvent) {
+    /// Queues a run of events and waits until it (and everything queued before it) is committed.
+    pub async fn append_durable(&self, rows: Vec<SessionEvent>) {
         let (ack, done) = oneshot::channel();
-        let entry = Entry {
-            row,
-            ack: Some(ack),
-        };
-        if self.tx.send(entry).await.is_err() {
-            tracing::error!("event writer is gone; the event is not logged for replay");
-            return;
+        if self
+            .send(Entry::Events {
+                rows,
+                ack: Some(ack),
+            })
+            .await
+        {
+            // An error means the writer dropped the ack without committing (logged there).
+            let _ = done.await;
         }
-        // An error means the writer dropped the ack without committing (logged there).
-        let _ = done.await;
+    }
+
+    /// Queues a session update; it is committed with the next batch, in queue order.
+    pub async fn update(&self, op: SessionOp) {
+        self.send(Entry::Op(op)).await;
     }
 }
 
 fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: Arc<AtomicU64>) {
-    let mut entries: Vec<Entry> = Vec::with_capacity(batch);
+    let mut entries: Vec<Entry> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let mut events = count(&first);
         entries.push(first);
-        while entries.len() < batch {
+        while events < batch {
             match rx.try_recv() {
-                Ok(e) => entries.push(e),
+                Ok(e) => {
+                    events += count(&e);
+                    entries.push(e);
+                }
                 Err(_) => break,
             }
         }
         let keep = retention.load(Ordering::Relaxed);
-        let rows: Vec<&SessionEvent> = entries.iter().map(|e| &e.row).collect();
-        if let Err(e) = store.write(|c| events::append_batch(c, &rows, keep)) {
+        let result = store.write(|c| {
+            // Events and updates in queue order; consecutive event runs go in together.
+            let mut run: Vec<&SessionEvent> = Vec::new();
+            for e in entries.iter_mut() {
+                match e {
+                    Entry::Events { rows, .. } => run.extend(rows.iter()),
+                    Entry::Op(op) => {
+                        events::append_batch(c, &run, keep)?;
+                        run.clear();
+                        let op = std::mem::replace(op, Box::new(|_| Ok(())));
+                        // In a savepoint: one failed update must not cost the batch its events.
+                        if let Err(e) = c.transaction(op) {
+                            tracing::error!(error = %e, "session update not saved");
+                        }
+                    }
+                }
+            }
+            events::append_batch(c, &run, keep)
+        });
+        if let Err(e) = result {
             // Subscribers already have these events; only replay loses them.
-            tracing::error!(events = rows.len(), error = %e, "events not logged for replay");
+            tracing::error!(events, error = %e, "events not logged for replay");
         }
         for e in entries.drain(..) {
-            if let Some(ack) = e.ack {
+            if let Entry::Events { ack: Some(ack), .. } = e {
                 let _ = ack.send(());
             }
         }
+    }
+}
+
+fn count(e: &Entry) -> usize {
+    match e {
+        Entry::Events { rows, .. } => rows.len(),
+        Entry::Op(_) => 0,
     }
 }

@@ -13,7 +13,7 @@ use super::running::Control;
 use super::turns::TurnCtx;
 use super::Runtime;
 use crate::store::sessions::SessionPatch;
-use crate::store::{self, models};
+use crate::store::{self, models, sessions};
 
 /// An `error` event.
 pub(crate) fn error_event(code: &str, message: impl Into<String>) -> Event {
@@ -85,19 +85,36 @@ fn log_row(session: &models::Session, f: &Frame) -> models::SessionEvent {
     }
 }
 
+/// Events published but not yet queued for the log: the pump hands the journal a run at a time
+/// (whatever the driver had ready), so a fast driver costs one queue slot and one writer wake-up
+/// per run rather than per event. The turn's live buffer covers them meanwhile.
+const MAX_RUN: usize = 64;
+
 impl Runtime {
-    /// Broadcasts an event, then queues it for the replay log.
-    async fn publish(&self, ctx: &TurnCtx, seq: i64, ev: &Event) {
+    /// Broadcasts an event and keeps it for the next run to the log.
+    fn publish(&self, ctx: &TurnCtx, run: &mut Vec<models::SessionEvent>, seq: i64, ev: &Event) {
         let f = Arc::new(frame(&ctx.session.id, seq, ev));
         ctx.running.publish(f.clone());
-        self.journal.append(log_row(&ctx.session, &f)).await;
+        run.push(log_row(&ctx.session, &f));
+    }
+
+    /// Queues the run for the log.
+    async fn flush(&self, run: &mut Vec<models::SessionEvent>) {
+        self.journal.append(std::mem::take(run)).await;
     }
 
     /// Writes `done` (and everything before it) to the log and waits until it is committed, so
     /// the next turn starts from a stored sequence and replay of this turn is complete.
-    async fn finish(&self, ctx: &TurnCtx, seq: i64, done: &Event) -> Arc<Frame> {
+    async fn finish(
+        &self,
+        ctx: &TurnCtx,
+        mut run: Vec<models::SessionEvent>,
+        seq: i64,
+        done: &Event,
+    ) -> Arc<Frame> {
         let f = Arc::new(frame(&ctx.session.id, seq, done));
-        self.journal.append_durable(log_row(&ctx.session, &f)).await;
+        run.push(log_row(&ctx.session, &f));
+        self.journal.append_durable(run).await;
         f
     }
 
@@ -111,7 +128,11 @@ impl Runtime {
         let mut seq = ctx.running.start_seq;
         let mut text = FinalText::default();
         let mut failed = false;
+        let mut run: Vec<models::SessionEvent> = Vec::new();
         loop {
+            if !run.is_empty() && (rx.is_empty() || run.len() >= MAX_RUN) {
+                self.flush(&mut run).await;
+            }
             let event = tokio::select! {
                 ev = rx.recv() => match ev {
                     Some(Ok(ev)) => ev,
@@ -121,33 +142,35 @@ impl Runtime {
                         seq += 1;
                         let err = error_event("harness_ended", "the harness ended the turn without finishing it");
                         tracing::warn!(session = %ctx.session.id, "harness ended the turn without `done`");
-                        self.publish(ctx, seq, &err).await;
+                        self.publish(ctx, &mut run, seq, &err);
                         let done = Event::new(EventKind::Done(Done {
                             usage: Usage::default(),
                             status: TurnStatus::Failed,
                             stop_reason: None,
                             message: Some(assistant(text.as_str(), &ctx.agent)),
                         }));
-                        return self.finish(ctx, seq + 1, &done).await;
+                        return self.finish(ctx, run, seq + 1, &done).await;
                     }
                 },
                 Some(Control::Publish(ev)) = control.recv() => ev,
             };
             let event = match event.kind {
                 EventKind::HarnessSession { harness_session_id } => {
-                    let patch = SessionPatch {
-                        harness_session_id: Some(Some(harness_session_id)),
-                        ..Default::default()
-                    };
-                    if let Err(e) = self
-                        .patch_session(&ctx.session.org_id, &ctx.session.id, patch)
-                        .await
-                    {
-                        tracing::error!(session = %ctx.session.id, error = %e, "harness session id not saved");
-                    }
+                    let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
+                    self.journal
+                        .update(Box::new(move |c| {
+                            let patch = SessionPatch {
+                                harness_session_id: Some(Some(harness_session_id)),
+                                ..Default::default()
+                            };
+                            sessions::update(c, &org, &id, patch)
+                        }))
+                        .await;
                     continue;
                 }
                 EventKind::InputRequired(req) => {
+                    // The log has everything before a pause.
+                    self.flush(&mut run).await;
                     match self.on_input_required(ctx, req, event.raw).await {
                         Some(ev) => ev,
                         None => continue,
@@ -164,7 +187,7 @@ impl Runtime {
                         kind: EventKind::Done(d),
                         ..event
                     };
-                    return self.finish(ctx, seq + 1, &done).await;
+                    return self.finish(ctx, run, seq + 1, &done).await;
                 }
                 _ => event,
             };
@@ -174,7 +197,7 @@ impl Runtime {
                 tracing::warn!(session = %ctx.session.id, code = %e.code, message = %e.message, "turn error");
             }
             seq += 1;
-            self.publish(ctx, seq, &event).await;
+            self.publish(ctx, &mut run, seq, &event);
         }
     }
 }

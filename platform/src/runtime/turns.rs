@@ -36,6 +36,14 @@ pub struct SendMessage {
     pub thinking: bool,
 }
 
+/// A claimed session: its turn lock, the session under it, its driver and app settings.
+type Claimed = (
+    OwnedMutexGuard<()>,
+    models::Session,
+    Arc<LoadedDriver>,
+    Arc<AppSettings>,
+);
+
 /// What the pump and the approvals need to know about the turn.
 pub(crate) struct TurnCtx {
     pub(crate) session: models::Session,
@@ -76,48 +84,13 @@ impl Runtime {
         if msg.text.is_empty() {
             return Err(invalid("text", "must not be empty"));
         }
-        let (org, id, sc) = (
-            org_id.to_string(),
-            session_id.to_string(),
-            scope.map(str::to_string),
-        );
-        let (session, project) = self
-            .store
-            .read_async(move |c| load(c, &org, &id, sc.as_deref()))
-            .await?;
-        if session.status == "closed" {
-            return Err(RuntimeError::Conflict("session is closed".into()));
-        }
-        if project.disabled_at.is_some() {
-            return Err(RuntimeError::Unavailable(format!(
-                "project `{}` is disabled",
-                project.slug
-            )));
-        }
-        let driver = self.drivers.get(&session.driver).ok_or_else(|| {
-            RuntimeError::Unavailable(format!("driver `{}` is not loaded", session.driver))
-        })?;
-        if let Some(agent) = &msg.agent {
-            check_agent(&driver, &session.app_path, agent).await?;
-        }
-
         let slot = self.slot(session_id);
-        let guard = match Multitask::parse(&project.multitask) {
-            Multitask::Reject => slot
-                .lock
-                .clone()
-                .try_lock_owned()
-                .map_err(|_| RuntimeError::Busy)?,
-            Multitask::Enqueue => slot.lock.clone().lock_owned().await,
-            Multitask::Interrupt => {
-                self.cancel_running(session_id);
-                slot.lock.clone().lock_owned().await
-            }
-        };
-        let (session, settings) = match self.prepare_turn(org_id, session_id).await {
+        let started = self
+            .claim_session(org_id, scope, session_id, &slot, msg.agent.as_deref())
+            .await;
+        let (guard, session, driver, settings) = match started {
             Ok(v) => v,
             Err(e) => {
-                drop(guard);
                 self.forget_slot(session_id, slot);
                 return Err(e);
             }
@@ -180,27 +153,83 @@ impl Runtime {
         Ok(sub)
     }
 
-    /// The session as it is now that the turn lock is ours (the previous turn advanced its
-    /// sequence) and the app's settings.
-    async fn prepare_turn(
+    /// Takes the session's turn lock and reads the session as it is under it (a previous turn
+    /// advanced its sequence). An idle session is locked first and read once; a busy one is
+    /// refused, waited for or interrupted as its project says, then read again.
+    async fn claim_session(
         &self,
         org_id: &str,
+        scope: Option<&str>,
         session_id: &str,
-    ) -> Result<(models::Session, Arc<AppSettings>), RuntimeError> {
-        let (org, id) = (org_id.to_string(), session_id.to_string());
-        let session = self
-            .store
-            .read_async(move |c| sessions::get(c, &org, &id))
-            .await?;
-        if session.status == "closed" {
-            return Err(RuntimeError::Conflict("session is closed".into()));
-        }
+        slot: &Arc<Slot>,
+        agent: Option<&str>,
+    ) -> Result<Claimed, RuntimeError> {
+        let read = |store: &crate::store::Store| {
+            let (org, id, sc) = (
+                org_id.to_string(),
+                session_id.to_string(),
+                scope.map(str::to_string),
+            );
+            let store = store.clone();
+            async move {
+                store
+                    .read_async(move |c| load(c, &org, &id, sc.as_deref()))
+                    .await
+            }
+        };
+        let (guard, session, project) = match slot.lock.clone().try_lock_owned() {
+            Ok(guard) => {
+                let (s, p) = read(&self.store).await?;
+                (guard, s, p)
+            }
+            Err(_) => {
+                let (s, p) = read(&self.store).await?;
+                self.turn_gates(&s, &p, agent).await?;
+                let guard = match Multitask::parse(&p.multitask) {
+                    Multitask::Reject => return Err(RuntimeError::Busy),
+                    Multitask::Enqueue => slot.lock.clone().lock_owned().await,
+                    Multitask::Interrupt => {
+                        self.cancel_running(session_id);
+                        slot.lock.clone().lock_owned().await
+                    }
+                };
+                let (s, p) = read(&self.store).await?;
+                (guard, s, p)
+            }
+        };
+        let driver = self.turn_gates(&session, &project, agent).await?;
         let app_dir = Path::new(&session.app_path);
         let settings = self
             .app_settings
             .get(app_dir)
             .map_err(|e| app_problem(app_dir, &e))?;
-        Ok((session, settings))
+        Ok((guard, session, driver, settings))
+    }
+
+    /// What must hold before a turn may start: the session open, the project enabled, its
+    /// driver loaded, a named agent defined by the app.
+    async fn turn_gates(
+        &self,
+        session: &models::Session,
+        project: &models::Project,
+        agent: Option<&str>,
+    ) -> Result<Arc<LoadedDriver>, RuntimeError> {
+        if session.status == "closed" {
+            return Err(RuntimeError::Conflict("session is closed".into()));
+        }
+        if project.disabled_at.is_some() {
+            return Err(RuntimeError::Unavailable(format!(
+                "project `{}` is disabled",
+                project.slug
+            )));
+        }
+        let driver = self.drivers.get(&session.driver).ok_or_else(|| {
+            RuntimeError::Unavailable(format!("driver `{}` is not loaded", session.driver))
+        })?;
+        if let Some(agent) = agent {
+            check_agent(&driver, &session.app_path, agent).await?;
+        }
+        Ok(driver)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -217,9 +246,7 @@ impl Runtime {
     ) {
         let started_at = std::time::Instant::now();
         tracing::info!(session = %ctx.session.id, driver = %driver.name, agent = %ctx.agent, "turn started");
-        if let Err(e) = self.begin_turn(&ctx, &who).await {
-            tracing::warn!(session = %ctx.session.id, error = %e, "turn attribution not recorded");
-        }
+        self.begin_turn(&ctx, &who).await;
         // Bounded: a driver faster than the pump (and the journal) waits in its own thread.
         let (ev_tx, ev_rx) = mpsc::channel::<Result<Event, String>>(queue);
         let starter = ev_tx.clone();
@@ -268,15 +295,16 @@ impl Runtime {
     }
 
     /// Records who sent the turn (participants join on their first message) and a handoff.
-    async fn begin_turn(&self, ctx: &TurnCtx, who: &Participant) -> Result<(), store::StoreError> {
+    /// Queued beside the turn's events: committed with them, before its `done`.
+    async fn begin_turn(&self, ctx: &TurnCtx, who: &Participant) {
         let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
         let (who, agent) = (who.clone(), ctx.agent.clone());
         let handoff = agent != ctx.session.current_agent;
         if handoff {
             tracing::info!(session = %id, from = %ctx.session.current_agent, to = %agent, "agent handoff");
         }
-        self.store
-            .write_async(move |c| {
+        self.journal
+            .update(Box::new(move |c| {
                 let s = sessions::get(c, &org, &id)?;
                 let mut list: Vec<Value> =
                     serde_json::from_str(&s.participants).unwrap_or_default();
@@ -296,7 +324,7 @@ impl Runtime {
                     ..Default::default()
                 };
                 sessions::update(c, &org, &id, patch)
-            })
+            }))
             .await
     }
 }

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::models::SessionEvent;
 use super::schema::{session_events, sessions};
-use super::{Conn, StoreError};
+use super::{AnyConnection, Conn, StoreError};
 
 /// Appends events (any sessions, each session's in sequence order) and advances each session's
 /// `last_seq`; prunes a session's log beyond `retention` events whenever its sequence crosses a
@@ -16,13 +16,29 @@ pub fn append_batch(
     rows: &[&SessionEvent],
     retention: u64,
 ) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     // (org, session) -> (lowest seq, highest seq) in this batch.
     let mut spans: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
-    // One multi-row INSERT per chunk; diesel builds those per backend, not for the
-    // multi-backend connection.
-    for chunk in rows.chunks(200) {
-        let q = diesel::insert_into(session_events::table).values(chunk.to_vec());
-        super::execute_on_backend!(c, q)?;
+    match c {
+        // One multi-row INSERT per chunk saves PostgreSQL a round trip per row.
+        AnyConnection::Postgresql(pg) => {
+            for chunk in rows.chunks(200) {
+                diesel::insert_into(session_events::table)
+                    .values(chunk.to_vec())
+                    .execute(pg)?;
+            }
+        }
+        // SQLite has no round trips: one cached prepared statement per row beats parsing a new
+        // multi-row statement for every batch size.
+        AnyConnection::Sqlite(lite) => {
+            for row in rows {
+                diesel::insert_into(session_events::table)
+                    .values(*row)
+                    .execute(lite)?;
+            }
+        }
     }
     for r in rows {
         let span = spans
