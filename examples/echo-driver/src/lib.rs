@@ -14,22 +14,19 @@
 //! Settings (the `settings` table of its `[[drivers]]` entry):
 //! - `delay_ms` (default 5): pause between events, to make streaming observable.
 
+mod script;
+mod worker;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
-use karta_plugin_api::{
-    export_driver, AgentInfo, Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo,
-    EventKind, InputRequest, Part, Sink, ToolStatus, ToolUse, Turn, TurnRequest, TurnStatus, Usage,
-};
-use serde_json::{json, Value};
+use karta_plugin_api::{export_driver, AgentInfo, Discovery, Driver, Sink, Turn, TurnRequest};
+use serde_json::Value;
 
-/// The echo driver.
+/// The echo driver. Every turn of it runs on one worker thread (a turn is a script of steps,
+/// so a turn waiting for an approval holds no thread).
 pub struct EchoDriver {
-    delay: Duration,
+    worker: worker::Worker,
 }
 
 impl EchoDriver {
@@ -42,37 +39,12 @@ impl EchoDriver {
             })?,
         };
         Ok(Self {
-            delay: Duration::from_millis(delay_ms),
+            worker: worker::Worker::new(Duration::from_millis(delay_ms)),
         })
     }
 }
 
 export_driver!(EchoDriver::from_settings);
-
-struct EchoTurn {
-    cancelled: Arc<AtomicBool>,
-    pending: Arc<Mutex<Option<String>>>,
-    decisions: Mutex<Sender<Decision>>,
-}
-
-impl Turn for EchoTurn {
-    fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
-        let mut pending = self.pending.lock().map_err(|_| "echo turn poisoned")?;
-        if pending.as_deref() != Some(request_id) {
-            return Err(format!("no pending request {request_id}"));
-        }
-        *pending = None;
-        self.decisions
-            .lock()
-            .map_err(|_| "echo turn poisoned")?
-            .send(decision)
-            .map_err(|_| "the turn has ended".to_string())
-    }
-
-    fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-    }
-}
 
 /// Reads `key: value` lines of a leading `---` frontmatter block.
 fn frontmatter(text: &str) -> Option<Vec<(String, String)>> {
@@ -166,203 +138,8 @@ impl Driver for EchoDriver {
     }
 
     fn start_turn(&self, req: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String> {
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let pending = Arc::new(Mutex::new(None));
-        let (tx, rx) = channel();
-        let run = Run {
-            req,
-            sink,
-            cancelled: cancelled.clone(),
-            pending: pending.clone(),
-            decisions: rx,
-            delay: self.delay,
-        };
-        thread::Builder::new()
-            .name("echo-turn".into())
-            .spawn(move || run.turn())
-            .map_err(|e| format!("cannot start echo thread: {e}"))?;
-        Ok(Box::new(EchoTurn {
-            cancelled,
-            pending,
-            decisions: Mutex::new(tx),
-        }))
-    }
-}
-
-/// N of a `[flood:N]` marker, capped.
-fn flood_count(text: &str) -> u64 {
-    let Some(rest) = text.split("[flood:").nth(1) else {
-        return 0;
-    };
-    rest.split(']')
-        .next()
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        .min(100_000)
-}
-
-struct Run {
-    req: TurnRequest,
-    sink: Sink,
-    cancelled: Arc<AtomicBool>,
-    pending: Arc<Mutex<Option<String>>>,
-    decisions: Receiver<Decision>,
-    delay: Duration,
-}
-
-/// Why a turn stopped early.
-enum Stop {
-    Cancelled,
-}
-
-impl Run {
-    fn pause(&self) -> Result<(), Stop> {
-        if !self.delay.is_zero() {
-            thread::sleep(self.delay);
-        }
-        if self.cancelled.load(Ordering::SeqCst) {
-            Err(Stop::Cancelled)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn usage(&self, output_tokens: u64) -> Usage {
-        Usage::new(
-            self.req.text.split_whitespace().count() as u64,
-            output_tokens,
-            0,
-            0,
-        )
-    }
-
-    fn turn(self) {
-        let mut output_tokens = 0;
-        let status = match self.body(&mut output_tokens) {
-            Ok(status) => status,
-            Err(Stop::Cancelled) => TurnStatus::Cancelled,
-        };
-        self.sink.emit_kind(EventKind::Done(Done {
-            usage: self.usage(output_tokens),
-            status,
-            stop_reason: Some(
-                match status {
-                    TurnStatus::Completed => "end_turn",
-                    TurnStatus::Failed => "error",
-                    TurnStatus::Cancelled => "cancelled",
-                }
-                .into(),
-            ),
-            message: None,
-        }));
-    }
-
-    fn body(&self, output_tokens: &mut u64) -> Result<TurnStatus, Stop> {
-        let req = &self.req;
-        if req.harness_session_id.is_none() {
-            self.sink.emit_kind(EventKind::HarnessSession {
-                harness_session_id: format!("echo-{}", req.session_id),
-            });
-        }
-        self.sink.emit_kind(EventKind::StepStart {
-            step_index: 0,
-            description: Some("echo the message".into()),
-        });
-        let reply = format!("echo: {}", req.text);
-        for (i, w) in reply.split_inclusive(' ').enumerate() {
-            self.pause()?;
-            *output_tokens += 1;
-            self.sink.emit_kind(EventKind::Text {
-                part: Part::Text {
-                    text: w.to_string(),
-                },
-            });
-            if i == 0 && req.text.contains("[fail]") {
-                self.sink.emit_kind(EventKind::Error(ErrorInfo {
-                    code: "echo_failure".into(),
-                    message: "the echo harness failed on purpose ([fail])".into(),
-                    provider: None,
-                }));
-                return Ok(TurnStatus::Failed);
-            }
-        }
-        for n in 0..flood_count(&req.text) {
-            self.pause()?;
-            *output_tokens += 1;
-            self.sink.emit_kind(EventKind::Text {
-                part: Part::Text {
-                    text: format!(" {n}"),
-                },
-            });
-        }
-        let approvals = req.text.matches("[approve]").count();
-        let calls = approvals.max(1);
-        for n in 0..calls {
-            self.tool_call(n, approvals > 0)?;
-        }
-        self.sink.emit_kind(EventKind::StepFinish {
-            step_index: 0,
-            result: Some("echoed".into()),
-        });
-        Ok(TurnStatus::Completed)
-    }
-
-    fn tool_call(&self, n: usize, ask: bool) -> Result<(), Stop> {
-        let tool_use_id = format!("toolu_echo_{}_{n}", self.req.session_id);
-        let input = json!({ "text": self.req.text });
-        let tool = |status, result| {
-            EventKind::ToolUse(ToolUse {
-                tool_use_id: tool_use_id.clone(),
-                tool_name: "echo".into(),
-                tool_input: input.clone(),
-                status,
-                result,
-            })
-        };
-        if ask {
-            self.sink.emit_kind(tool(ToolStatus::Pending, None));
-            let request_id = format!("req_echo_{}_{n}", self.req.session_id);
-            if let Ok(mut p) = self.pending.lock() {
-                *p = Some(request_id.clone());
-            }
-            self.sink.emit_kind(EventKind::InputRequired(InputRequest {
-                request_id,
-                kind: "tool_use".into(),
-                tool: Some("echo".into()),
-                message: "Allow the echo tool to run?".into(),
-                options: vec![
-                    DecisionKind::ApproveOnce,
-                    DecisionKind::ApproveSession,
-                    DecisionKind::Deny,
-                ],
-                tool_input: Some(input.clone()),
-            }));
-            let decision = loop {
-                match self.decisions.recv_timeout(Duration::from_millis(20)) {
-                    Ok(d) => break d,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if self.cancelled.load(Ordering::SeqCst) {
-                            return Err(Stop::Cancelled);
-                        }
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return Err(Stop::Cancelled),
-                }
-            };
-            if decision.decision == DecisionKind::Deny {
-                let why = decision.message.unwrap_or_else(|| "denied".into());
-                self.sink.emit_kind(tool(
-                    ToolStatus::Error,
-                    Some(json!(format!("denied: {why}"))),
-                ));
-                return Ok(());
-            }
-        }
-        self.sink.emit_kind(tool(ToolStatus::Running, None));
-        self.pause()?;
-        self.sink.emit_kind(tool(
-            ToolStatus::Completed,
-            Some(json!(self.req.text.chars().count())),
-        ));
-        Ok(())
+        let steps = script::steps(&req);
+        let input_tokens = req.text.split_whitespace().count() as u64;
+        self.worker.start(steps, sink, input_tokens)
     }
 }

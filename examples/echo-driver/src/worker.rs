@@ -1,0 +1,283 @@
+//! The one thread that plays every echo turn. A turn is a list of [`Step`]s; the worker emits
+//! them in order, sleeps for pauses (the nearest due turn first), and parks a turn that waits
+//! for an approval until its decision arrives, so a paused turn costs no thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use karta_plugin_api::{
+    Decision, DecisionKind, Done, EventKind, Sink, ToolUse, Turn, TurnStatus, Usage,
+};
+use serde_json::json;
+
+use crate::script::{Step, SKIPPED_ON_DENY};
+
+/// Messages to the worker.
+enum Msg {
+    Start(u64, Box<Job>),
+    Decide(u64, Decision),
+    Cancel(u64),
+}
+
+/// Starts turns on the worker thread (started on first use, restarted if it died).
+pub struct Worker {
+    delay: Duration,
+    tx: Mutex<Option<Sender<Msg>>>,
+    next_id: AtomicU64,
+}
+
+impl Worker {
+    /// A worker that pauses `delay` at each pause step.
+    pub fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            tx: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Plays `steps` to `sink`; the handle answers approvals and cancels.
+    pub fn start(
+        &self,
+        steps: Vec<Step>,
+        sink: Sink,
+        input_tokens: u64,
+    ) -> Result<Box<dyn Turn>, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pending = Arc::new(Mutex::new(None));
+        let job = Box::new(Job {
+            sink,
+            steps: steps.into(),
+            due: Instant::now(),
+            waiting: None,
+            cancelled: false,
+            failed: false,
+            input_tokens,
+            output_tokens: 0,
+            pending: pending.clone(),
+        });
+        let mut tx = self.tx.lock().map_err(|_| "echo worker poisoned")?;
+        let mut msg = Msg::Start(id, job);
+        if let Some(t) = tx.as_ref() {
+            match t.send(msg) {
+                Ok(()) => return Ok(handle(id, pending, t.clone())),
+                // The worker died (a panic): start another below.
+                Err(e) => msg = e.0,
+            }
+        }
+        let (t, rx) = channel();
+        let delay = self.delay;
+        thread::Builder::new()
+            .name("echo-worker".into())
+            .spawn(move || run(rx, delay))
+            .map_err(|e| format!("cannot start the echo worker: {e}"))?;
+        t.send(msg).map_err(|_| "the echo worker stopped")?;
+        *tx = Some(t.clone());
+        Ok(handle(id, pending, t))
+    }
+}
+
+fn handle(id: u64, pending: Arc<Mutex<Option<String>>>, tx: Sender<Msg>) -> Box<dyn Turn> {
+    Box::new(EchoTurn {
+        id,
+        pending,
+        tx: Mutex::new(tx),
+    })
+}
+/// One turn being played.
+struct Job {
+    sink: Sink,
+    steps: VecDeque<Step>,
+    due: Instant,
+    /// The tool event a denial emits, while the turn waits for a decision.
+    waiting: Option<ToolUse>,
+    cancelled: bool,
+    failed: bool,
+    input_tokens: u64,
+    output_tokens: u64,
+    pending: Arc<Mutex<Option<String>>>,
+}
+
+/// The host's handle on one echo turn.
+struct EchoTurn {
+    id: u64,
+    pending: Arc<Mutex<Option<String>>>,
+    tx: Mutex<Sender<Msg>>,
+}
+
+impl EchoTurn {
+    fn send(&self, msg: Msg) -> Result<(), String> {
+        self.tx
+            .lock()
+            .map_err(|_| "echo turn poisoned")?
+            .send(msg)
+            .map_err(|_| "the turn has ended".to_string())
+    }
+}
+
+impl Turn for EchoTurn {
+    fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
+        let mut pending = self.pending.lock().map_err(|_| "echo turn poisoned")?;
+        if pending.as_deref() != Some(request_id) {
+            return Err(format!("no pending request {request_id}"));
+        }
+        *pending = None;
+        self.send(Msg::Decide(self.id, decision))
+    }
+
+    fn cancel(&self) {
+        let _ = self.send(Msg::Cancel(self.id));
+    }
+}
+
+/// The worker's loop: take messages, play every due turn, sleep until the next is due.
+fn run(rx: Receiver<Msg>, delay: Duration) {
+    let mut jobs: HashMap<u64, Box<Job>> = HashMap::new();
+    let mut open = true;
+    loop {
+        let next = jobs
+            .values()
+            .filter(|j| j.waiting.is_none())
+            .map(|j| j.due)
+            .min();
+        let msg = match (next, open) {
+            (None, false) if jobs.is_empty() => return,
+            (None, true) => rx.recv().ok(),
+            (None, false) => {
+                // Only parked turns and nobody left to answer them.
+                return;
+            }
+            (Some(due), _) => {
+                let now = Instant::now();
+                if due <= now {
+                    rx.try_recv().ok()
+                } else if open {
+                    match rx.recv_timeout(due - now) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            None
+                        }
+                    }
+                } else {
+                    thread::sleep(due - now);
+                    None
+                }
+            }
+        };
+        if msg.is_none() && next.is_none() && open {
+            // recv() failed: every sender is gone.
+            open = false;
+        }
+        let mut inbox: Vec<Msg> = msg.into_iter().collect();
+        while let Ok(m) = rx.try_recv() {
+            inbox.push(m);
+        }
+        for m in inbox {
+            match m {
+                Msg::Start(id, job) => {
+                    jobs.insert(id, job);
+                }
+                Msg::Decide(id, decision) => {
+                    if let Some(job) = jobs.get_mut(&id) {
+                        job.decide(decision);
+                    }
+                }
+                Msg::Cancel(id) => {
+                    if let Some(job) = jobs.get_mut(&id) {
+                        job.cancelled = true;
+                        job.waiting = None;
+                        job.due = Instant::now();
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        jobs.retain(|_, job| job.waiting.is_some() || job.due > now || !job.play(delay));
+    }
+}
+
+impl Job {
+    /// Plays steps until a pause, an approval or the end; true when the turn is over.
+    fn play(&mut self, delay: Duration) -> bool {
+        loop {
+            if self.cancelled {
+                self.finish(TurnStatus::Cancelled);
+                return true;
+            }
+            let Some(step) = self.steps.pop_front() else {
+                let status = if self.failed {
+                    TurnStatus::Failed
+                } else {
+                    TurnStatus::Completed
+                };
+                self.finish(status);
+                return true;
+            };
+            match step {
+                Step::Emit(kind) => self.sink.emit_kind(kind),
+                Step::Text(text) => {
+                    self.output_tokens += 1;
+                    self.sink.emit_kind(EventKind::Text {
+                        part: karta_plugin_api::Part::Text { text },
+                    });
+                }
+                Step::Pause if delay.is_zero() => {}
+                Step::Pause => {
+                    self.due = Instant::now() + delay;
+                    return false;
+                }
+                Step::Ask { request, denied } => {
+                    if let Ok(mut p) = self.pending.lock() {
+                        *p = Some(request.request_id.clone());
+                    }
+                    self.waiting = Some(denied);
+                    self.sink.emit_kind(EventKind::InputRequired(request));
+                    return false;
+                }
+                Step::Fail(error) => {
+                    self.sink.emit_kind(EventKind::Error(error));
+                    self.failed = true;
+                    self.steps.clear();
+                }
+            }
+        }
+    }
+
+    /// Resumes a parked turn with its decision.
+    fn decide(&mut self, decision: Decision) {
+        let Some(mut denied) = self.waiting.take() else {
+            return;
+        };
+        if decision.decision == DecisionKind::Deny {
+            let why = decision.message.unwrap_or_else(|| "denied".into());
+            denied.result = Some(json!(format!("denied: {why}")));
+            self.sink.emit_kind(EventKind::ToolUse(denied));
+            for _ in 0..SKIPPED_ON_DENY {
+                self.steps.pop_front();
+            }
+        }
+        self.due = Instant::now();
+    }
+
+    fn finish(&mut self, status: TurnStatus) {
+        self.sink.emit_kind(EventKind::Done(Done {
+            usage: Usage::new(self.input_tokens, self.output_tokens, 0, 0),
+            status,
+            stop_reason: Some(
+                match status {
+                    TurnStatus::Completed => "end_turn",
+                    TurnStatus::Failed => "error",
+                    TurnStatus::Cancelled => "cancelled",
+                }
+                .into(),
+            ),
+            message: None,
+        }));
+    }
+}
