@@ -147,7 +147,9 @@ impl App {
     }
 
     fn reload_blocking(&self) -> Result<Plan, AppError> {
+        let started = std::time::Instant::now();
         let cfg = config::load(&self.load_options)?;
+        let loaded = started.elapsed();
         let old = self.config();
         if cfg.database_url() != old.database_url() {
             tracing::warn!("database.url changed; the new database is used after a restart");
@@ -156,20 +158,37 @@ impl App {
             tracing::warn!("[server] changed; listeners change after a restart");
         }
         let plan = reconcile::apply(&self.store, &cfg, "config")?;
+        let applied = started.elapsed();
         log_plan(&plan);
         self.drivers.load_from_config(&cfg);
         self.runtime.update_settings(runtime_settings(&cfg));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        tracing::info!(
+            changes = plan.changes.len(),
+            load_ms = loaded.as_millis() as u64,
+            apply_ms = (applied - loaded).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "configuration reloaded"
+        );
         Ok(plan)
     }
 }
 
+/// Changes logged one by one at most; a larger plan is summarized (its audit rows have all).
+const LOGGED_CHANGES: usize = 50;
+
 fn log_plan(plan: &Plan) {
     if plan.is_empty() {
         tracing::info!("configuration applied: no changes");
-    } else {
-        for c in &plan.changes {
-            tracing::info!(resource = c.resource, name = %c.name, action = ?c.action, "configuration change applied");
-        }
+        return;
+    }
+    for c in plan.changes.iter().take(LOGGED_CHANGES) {
+        tracing::info!(resource = c.resource, name = %c.name, action = ?c.action, "configuration change applied");
+    }
+    if plan.changes.len() > LOGGED_CHANGES {
+        tracing::info!(
+            more = plan.changes.len() - LOGGED_CHANGES,
+            "more configuration changes applied (each has its audit-log entry)"
+        );
     }
 }

@@ -121,7 +121,7 @@ struct Current {
 
 /// Changes applied per write transaction: a large reload never holds the database's write lock
 /// for long, so turns keep streaming while it runs.
-const APPLY_BATCH: usize = 500;
+const APPLY_BATCH: usize = 250;
 
 /// Computes the plan against the store as seen through `c`.
 pub fn compute(c: &mut Conn, cfg: &PlatformConfig) -> Result<Plan, ReconcileError> {

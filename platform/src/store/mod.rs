@@ -12,7 +12,7 @@ pub mod sessions;
 pub mod testkit;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{NaiveDateTime, Timelike, Utc};
@@ -94,8 +94,36 @@ pub struct Manager(Target);
 
 // busy_timeout first: the pool opens its connections concurrently, and a connection that meets
 // another's lock before it has a timeout fails (or retries slowly) instead of waiting.
+// No automatic checkpoints: SQLite runs them inside whichever commit crosses the threshold, so
+// a turn's `done` waited for a whole checkpoint after a large reload; a background thread
+// checkpoints instead (`checkpoint_in_background`).
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+     PRAGMA journal_size_limit = 67108864;";
+
+/// How often the background thread checkpoints an SQLite WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`] without blocking readers or
+/// writers (PASSIVE), until the last clone of the store is gone.
+fn checkpoint_in_background(path: &str, alive: std::sync::Weak<()>) -> Result<(), StoreError> {
+    let mut conn = SqliteConnection::establish(path)
+        .map_err(|e| StoreError::Pool(format!("cannot open {path}: {e}")))?;
+    conn.batch_execute("PRAGMA busy_timeout = 10000;")?;
+    std::thread::Builder::new()
+        .name("karta-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if alive.upgrade().is_none() {
+                return;
+            }
+            if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        })
+        .map_err(|e| StoreError::Pool(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok(())
+}
 
 impl ManageConnection for Manager {
     type Connection = AnyConnection;
@@ -133,7 +161,11 @@ pub struct Store {
     backend: Backend,
     // SQLite allows one writer; serialising our own write transactions avoids SQLITE_BUSY on
     // lock upgrades inside this process (other processes wait on busy_timeout).
-    write_lock: Arc<Mutex<()>>,
+    // Fair (first come, first served): with an unfair lock a large reload re-took it between its
+    // batches before the waiting event writer woke, and turns stalled for the whole reload.
+    write_lock: Arc<parking_lot::FairMutex<()>>,
+    // Keeps the SQLite checkpoint thread going while any clone of the store lives.
+    _alive: Arc<()>,
 }
 
 /// A pooled connection.
@@ -208,10 +240,15 @@ impl Store {
             .connection_timeout(Duration::from_secs(10))
             .build(Manager(target))
             .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let alive = Arc::new(());
+        if let Some(path) = sqlite_path(url).filter(|p| *p != ":memory:") {
+            checkpoint_in_background(path, Arc::downgrade(&alive))?;
+        }
         Ok(Self {
             pool,
             backend,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock: Arc::new(parking_lot::FairMutex::new(())),
+            _alive: alive,
         })
     }
 
@@ -231,9 +268,9 @@ impl Store {
         self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
     }
 
-    fn write_guard(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+    fn write_guard(&self) -> Option<parking_lot::FairMutexGuard<'_, ()>> {
         match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().unwrap_or_else(|p| p.into_inner())),
+            Backend::Sqlite => Some(self.write_lock.lock()),
             Backend::Postgres => None,
         }
     }
