@@ -1259,3 +1259,215 @@ fn closing_a_session_removes_its_workspace() {
         "the closed session's workspace is still there"
     );
 }
+
+/// One project `hello` whose turns may run 1 s, with 1 s of grace after a cancel.
+fn short_deadline(multitask: &'static str) -> Env {
+    Env::start(move |_, mut pf| {
+        pf.extra = "[runtime]\nturn_timeout_seconds = 1\ncancel_grace_seconds = 1\n".into();
+        pf.project("hello", &hello_app(), Some(multitask))
+    })
+}
+
+#[test]
+fn a_hung_turn_ends_at_its_deadline_and_queued_turns_run_after_it() {
+    let e = short_deadline("enqueue");
+    let sid = e.session(json!({}));
+    let started = std::time::Instant::now();
+    let mut s = e.stream(&sid, json!({"text": "stall [hang]"}));
+    // A second message queues behind the hung turn and runs once it is ended.
+    let queued = thread::scope(|scope| {
+        let q = scope.spawn(|| e.unary(&sid, json!({"text": "after"})));
+        let frames = s.rest();
+        let kinds = types(&frames);
+        assert_eq!(kinds.last().map(String::as_str), Some("done"), "{kinds:?}");
+        let err = frames
+            .iter()
+            .find(|f| f.event == "error")
+            .expect("an error event");
+        assert_eq!(err.data["data"]["code"], "turn_timeout");
+        assert_eq!(frames.last().unwrap().data["data"]["status"], "failed");
+        q.join().unwrap()
+    });
+    // Deadline (1 s) plus grace (1 s), not forever.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(queued["status"], "completed", "{queued}");
+    assert_eq!(queued["text"], "echo: after");
+    assert!(e.k.log_text().contains("turn deadline passed"));
+}
+
+#[test]
+fn an_interrupt_ends_a_hung_turn_too() {
+    let e = short_deadline("interrupt");
+    let sid = e.session(json!({}));
+    let mut s = e.stream(&sid, json!({"text": "stall [hang]"}));
+    // The last chunk of text comes right before the harness stops answering.
+    while let Some(f) = s.next_frame() {
+        if f.event == "text" && f.data["data"]["part"]["text"] == "[hang]" {
+            break;
+        }
+    }
+    thread::sleep(Duration::from_millis(50));
+    let answer = e.unary(&sid, json!({"text": "now"}));
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let rest = s.rest();
+    assert_eq!(rest.last().unwrap().data["data"]["status"], "failed");
+}
+
+#[test]
+fn a_panicking_driver_ends_the_turn_and_the_session_goes_on() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    let frames = e.stream(&sid, json!({"text": "boom [panic]"})).rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error event");
+    assert_eq!(err.data["data"]["code"], "harness_ended");
+    assert_eq!(frames.last().unwrap().data["data"]["status"], "failed");
+    let again = e.unary(&sid, json!({"text": "still here"}));
+    assert_eq!(again["status"], "completed", "{again}");
+}
+
+#[test]
+fn nul_bytes_and_out_of_range_values_are_client_errors_on_sqlite() {
+    hostile_inputs(None);
+}
+
+#[test]
+fn nul_bytes_and_out_of_range_values_are_client_errors_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    hostile_inputs(Some(&db.url));
+}
+
+fn hostile_inputs(db: Option<&str>) {
+    let e = Env::simple_on(db);
+    let sid = e.session(json!({}));
+    let status = |r: Response| r.status().as_u16();
+    // In JSON bodies: a 422 naming the field.
+    let r = e
+        .post("/v1/sessions", json!({"metadata": {"k": "a\u{0}b"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().unwrap();
+    assert_eq!(
+        body["detail"][0]["loc"],
+        json!(["body", "metadata", "k"]),
+        "{body}"
+    );
+    let r = e
+        .post(
+            &format!("/v1/sessions/{sid}/messages"),
+            json!({"text": "hi\u{0}"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(status(r), 422);
+    let r = e
+        .post(
+            &format!("/v1/sessions/{sid}/participants"),
+            json!({"name": "\u{0}"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(status(r), 422);
+    // In paths and queries: a 400.
+    for path in [
+        "/v1/sessions/sess_%00".to_string(),
+        "/v1/sessions?metadata.k=%00".to_string(),
+        format!("/v1/sessions/{sid}/events?after=1%00"),
+        "/v1/projects/%00/sessions".to_string(),
+    ] {
+        assert_eq!(status(e.get(&path).send().unwrap()), 400, "{path}");
+    }
+    // Out of range: 422, not a database error.
+    for path in [
+        format!("/v1/sessions/{sid}/events?after=99999999999999999999"),
+        format!("/v1/sessions/{sid}/events?after=-1"),
+        "/v1/sessions?limit=99999999999999999999".to_string(),
+        "/v1/sessions?limit=-5".to_string(),
+        "/v1/sessions?cursor=%FF%FE".to_string(),
+    ] {
+        let s = status(e.get(&path).send().unwrap());
+        assert!((400..500).contains(&s), "{path}: {s}");
+    }
+    // Nothing above hurt the session.
+    assert_eq!(e.unary(&sid, json!({"text": "ok"}))["status"], "completed");
+}
+
+#[test]
+fn metadata_is_bounded_per_value_and_in_total() {
+    let e = Env::start(|_, mut pf| {
+        pf.extra = "[runtime]\nmetadata_max_value_bytes = 64\nmetadata_max_bytes = 200\n".into();
+        pf.project("hello", &hello_app(), None)
+    });
+    let r = e
+        .post(
+            "/v1/sessions",
+            json!({"metadata": {"big": "x".repeat(100)}}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().unwrap().contains("`big`"));
+    let sid = e.session(json!({"metadata": {"a": "x".repeat(50)}}));
+    // Each value fits; together they would not.
+    let r = e
+        .post(
+            "/v1/sessions",
+            json!({"session_id": sid, "metadata": {"b": "y".repeat(50), "c": "z".repeat(50), "d": "w".repeat(50)}}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422, "{:?}", r.text());
+    assert_eq!(e.fetch(&sid)["metadata"], json!({"a": "x".repeat(50)}));
+}
+
+#[test]
+fn a_reload_may_not_move_the_data_folder() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    PlatformFile::new()
+        .project("hello", &hello_app(), None)
+        .write(&e.k.dir);
+    // A top-level key: before the first table.
+    let file = e.k.dir.join("karta.platform.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("data_dir = \"elsewhere\"\n{text}")).unwrap();
+    let r = Client::new()
+        .post(format!("{}/admin/v1/config/reload", e.k.admin))
+        .bearer_auth(&e.k.admin_token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("restart to use another data folder"),
+        "{text}"
+    );
+    assert_eq!(
+        e.unary(&sid, json!({"text": "still"}))["status"],
+        "completed"
+    );
+}
+
+#[test]
+fn stray_workspaces_are_swept_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    PlatformFile::new()
+        .project("hello", &hello_app(), None)
+        .write(dir.path());
+    let stray = dir.path().join(".karta/workspaces/org_gone/sess_gone");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::create_dir_all(dir.path().join(".karta/workspaces/org_gone/sess_gone.home")).unwrap();
+    let k = Karta::start(dir.path());
+    assert!(!stray.exists(), "{}", k.log_text());
+    assert!(!dir
+        .path()
+        .join(".karta/workspaces/org_gone/sess_gone.home")
+        .exists());
+}

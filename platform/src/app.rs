@@ -77,6 +77,10 @@ fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
         provider_env: std::sync::Arc::new(provider_env(c)),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
+        turn_timeout: std::time::Duration::from_secs(c.runtime.turn_timeout_seconds),
+        cancel_grace: std::time::Duration::from_secs(c.runtime.cancel_grace_seconds),
+        metadata_max_value_bytes: c.runtime.metadata_max_value_bytes,
+        metadata_max_bytes: c.runtime.metadata_max_bytes,
         data_dir: c.data_dir.clone(),
         event_log_retention: c.runtime.event_log_retention,
         input_timeout: std::time::Duration::from_secs(c.runtime.input_timeout_seconds),
@@ -105,6 +109,11 @@ impl App {
             )
             .map_err(|e| StoreError::Task(format!("cannot start the event writer: {e}")))?,
         );
+        match runtime.sweep_workspaces() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "stray session workspaces removed"),
+            Err(e) => tracing::warn!(error = %e, "workspace sweep failed"),
+        }
         let (tokens, generated) = TokenKeys::from_env();
         if generated {
             tracing::warn!(
@@ -151,6 +160,19 @@ impl App {
         let cfg = config::load(&self.load_options)?;
         let loaded = started.elapsed();
         let old = self.config();
+        if cfg.data_dir != old.data_dir {
+            // Live sessions' workspaces (and the plugin folder) are under the old one.
+            return Err(AppError::Config(ConfigError::single(config::ConfigIssue {
+                file: None,
+                line: None,
+                key: Some("data_dir".into()),
+                message: format!(
+                    "cannot change from {} to {} while Karta runs; restart to use another data folder",
+                    old.data_dir.display(),
+                    cfg.data_dir.display()
+                ),
+            })));
+        }
         if cfg.database_url() != old.database_url() {
             tracing::warn!("database.url changed; the new database is used after a restart");
         }

@@ -6,7 +6,10 @@
 //!
 //! - `[approve]`: one `echo` tool call that asks for approval (`input_required`) per marker;
 //! - `[fail]`: an `error` event after the first chunk, then `done` with status `failed`;
-//! - `[flood:N]`: N more text events (at most 100,000), for long turns and back-pressure.
+//! - `[flood:N]`: N more text events (at most 100,000), for long turns and back-pressure;
+//! - `[hang]`: after its text the turn stops answering, cancel included (a hung harness);
+//! - `[panic]`: after its text the driver's thread panics (a crashing harness; every echo
+//!   turn in flight ends with it, and the next turn starts a new thread).
 //!
 //! Agents are discovered from `.echo/agents/*.md` (frontmatter `name:` and `description:`); the
 //! default agent is named by a `default_agent: <name>` line in `ECHO.md`, or is the only agent.
@@ -140,6 +143,12 @@ impl Driver for EchoDriver {
     fn start_turn(&self, req: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String> {
         let steps = script::steps(&req);
         let input_tokens = req.text.split_whitespace().count() as u64;
-        self.worker.start(steps, sink, input_tokens)
+        self.worker
+            .start(&req.session_id, steps, sink, input_tokens)
+    }
+
+    fn end_session(&self, session_id: &str) {
+        // Whatever the session still runs (a hung turn) is dropped.
+        self.worker.end_session(session_id);
     }
 }

@@ -28,6 +28,10 @@ pub enum Step {
     },
     /// Emit an error and end the turn as failed.
     Fail(ErrorInfo),
+    /// Stop answering: ignore everything, cancel included (a hung harness).
+    Hang,
+    /// Panic on the driver's thread (a crashing harness).
+    Panic,
 }
 
 /// N of a `[flood:N]` marker, capped at 100,000.
@@ -66,6 +70,12 @@ pub fn steps(req: &TurnRequest) -> Vec<Step> {
             }));
             return out;
         }
+    }
+    if req.text.contains("[hang]") {
+        out.push(Step::Hang);
+    }
+    if req.text.contains("[panic]") {
+        out.push(Step::Panic);
     }
     for n in 0..flood_count(&req.text) {
         out.push(Step::Pause);
@@ -147,6 +157,8 @@ mod tests {
                 Step::Pause => "pause",
                 Step::Ask { .. } => "ask",
                 Step::Fail(_) => "fail",
+                Step::Hang => "hang",
+                Step::Panic => "panic",
             })
             .filter(|k| *k != "pause")
             .collect()

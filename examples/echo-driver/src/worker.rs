@@ -21,6 +21,7 @@ enum Msg {
     Start(u64, Box<Job>),
     Decide(u64, Decision),
     Cancel(u64),
+    EndSession(String),
 }
 
 /// Starts turns on the worker thread (started on first use, restarted if it died).
@@ -43,6 +44,7 @@ impl Worker {
     /// Plays `steps` to `sink`; the handle answers approvals and cancels.
     pub fn start(
         &self,
+        session_id: &str,
         steps: Vec<Step>,
         sink: Sink,
         input_tokens: u64,
@@ -50,6 +52,8 @@ impl Worker {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let pending = Arc::new(Mutex::new(None));
         let job = Box::new(Job {
+            session_id: session_id.to_string(),
+            hung: false,
             sink,
             steps: steps.into(),
             due: Instant::now(),
@@ -81,6 +85,17 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Drops every turn of the session.
+    pub fn end_session(&self, session_id: &str) {
+        if let Ok(tx) = self.tx.lock() {
+            if let Some(t) = tx.as_ref() {
+                let _ = t.send(Msg::EndSession(session_id.to_string()));
+            }
+        }
+    }
+}
+
 fn handle(id: u64, pending: Arc<Mutex<Option<String>>>, tx: Sender<Msg>) -> Box<dyn Turn> {
     Box::new(EchoTurn {
         id,
@@ -90,6 +105,9 @@ fn handle(id: u64, pending: Arc<Mutex<Option<String>>>, tx: Sender<Msg>) -> Box<
 }
 /// One turn being played.
 struct Job {
+    session_id: String,
+    /// Ignores everything (a `[hang]` turn).
+    hung: bool,
     sink: Sink,
     steps: VecDeque<Step>,
     due: Instant,
@@ -188,8 +206,9 @@ fn run(rx: Receiver<Msg>, delay: Duration) {
                         job.decide(decision);
                     }
                 }
+                Msg::EndSession(sid) => jobs.retain(|_, j| j.session_id != sid),
                 Msg::Cancel(id) => {
-                    if let Some(job) = jobs.get_mut(&id) {
+                    if let Some(job) = jobs.get_mut(&id).filter(|j| !j.hung) {
                         job.cancelled = true;
                         job.waiting = None;
                         job.due = Instant::now();
@@ -240,6 +259,18 @@ impl Job {
                     self.sink.emit_kind(EventKind::InputRequired(request));
                     return false;
                 }
+                Step::Hang => {
+                    self.hung = true;
+                    self.waiting = Some(ToolUse {
+                        tool_use_id: String::new(),
+                        tool_name: String::new(),
+                        tool_input: json!(null),
+                        status: karta_plugin_api::ToolStatus::Error,
+                        result: None,
+                    });
+                    return false;
+                }
+                Step::Panic => panic!("the echo harness panicked on purpose ([panic])"),
                 Step::Fail(error) => {
                     self.sink.emit_kind(EventKind::Error(error));
                     self.failed = true;
@@ -251,6 +282,9 @@ impl Job {
 
     /// Resumes a parked turn with its decision.
     fn decide(&mut self, decision: Decision) {
+        if self.hung {
+            return;
+        }
         let Some(mut denied) = self.waiting.take() else {
             return;
         };

@@ -179,6 +179,15 @@ pub struct RuntimeConfig {
     pub journal_batch: usize,
     /// Events read from the replay log per query when a stream replays.
     pub replay_page_size: i64,
+    /// How long a turn may run before it is cancelled (time paused for an approval not
+    /// counted).
+    pub turn_timeout_seconds: u64,
+    /// How long a cancelled turn gets to end itself before Karta ends it and stops the harness.
+    pub cancel_grace_seconds: u64,
+    /// Largest metadata value of a session, in bytes of JSON.
+    pub metadata_max_value_bytes: usize,
+    /// Largest metadata of a session (all keys), in bytes of JSON.
+    pub metadata_max_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -190,6 +199,10 @@ impl Default for RuntimeConfig {
             journal_queue: 4096,
             journal_batch: 512,
             replay_page_size: 500,
+            turn_timeout_seconds: 1800,
+            cancel_grace_seconds: 10,
+            metadata_max_value_bytes: 4096,
+            metadata_max_bytes: 65_536,
         }
     }
 }

@@ -20,6 +20,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "type_error",
         ));
     }
+    if let Some(mut loc) = nul_at(&value) {
+        loc.insert(0, "body".into());
+        return Err(ApiError::invalid(
+            loc,
+            "text may not contain NUL characters",
+            "value_error",
+        ));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut loc = vec!["body".to_string()];
         let path = e.path().to_string();
@@ -37,4 +45,44 @@ pub fn missing(field: &str) -> ApiError {
         "field required",
         "missing",
     )
+}
+
+/// Where a string (or an object key) holds a NUL character: no database column can store one
+/// (PostgreSQL refuses it), so it is a client error, never a 500.
+fn nul_at(v: &serde_json::Value) -> Option<Vec<String>> {
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => Some(vec![]),
+        serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            nul_at(item).map(|mut loc| {
+                loc.insert(0, i.to_string());
+                loc
+            })
+        }),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
+            if k.contains('\0') {
+                return Some(vec![k.replace('\0', "\\u0000")]);
+            }
+            nul_at(item).map(|mut loc| {
+                loc.insert(0, k.clone());
+                loc
+            })
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_anywhere_is_a_422_naming_the_field() {
+        let r: Result<serde_json::Value, _> =
+            parse(br#"{"text": "ok", "metadata": {"k": ["a", "b\u0000c"]}}"#);
+        let Err(ApiError::Validation(items)) = r else {
+            panic!("expected a 422, got {r:?}");
+        };
+        assert_eq!(items[0].0, ["body", "metadata", "k", "1"]);
+        assert!(parse::<serde_json::Value>(br#"{"text": "fine"}"#).is_ok());
+    }
 }

@@ -85,6 +85,15 @@ pub struct RuntimeSettings {
     pub turn_event_queue: usize,
     /// Events read from the replay log per query.
     pub replay_page_size: i64,
+    /// How long a turn may run (time paused for an approval not counted).
+    pub turn_timeout: Duration,
+    /// How long a cancelled turn gets to end itself before the host ends it and stops the
+    /// harness.
+    pub cancel_grace: Duration,
+    /// Largest metadata value, as JSON.
+    pub metadata_max_value_bytes: usize,
+    /// Largest metadata of a session, as JSON.
+    pub metadata_max_bytes: usize,
 }
 
 /// The session runtime.

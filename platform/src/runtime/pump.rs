@@ -7,6 +7,7 @@ use karta_plugin_api::{
     AssistantMessage, Done, ErrorInfo, Event, EventKind, Part, TurnStatus, Usage,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::events::{frame, Frame};
 use super::running::Control;
@@ -74,6 +75,25 @@ impl FinalText {
     }
 }
 
+fn failed_done(text: &str, agent: &str) -> Event {
+    Event::new(EventKind::Done(Done {
+        usage: Usage::default(),
+        status: TurnStatus::Failed,
+        stop_reason: None,
+        message: Some(assistant(text, agent)),
+    }))
+}
+
+fn timeout_error(ctx: &TurnCtx) -> Event {
+    error_event(
+        "turn_timeout",
+        format!(
+            "the turn ran longer than its limit of {} s and was stopped",
+            ctx.limits.timeout.as_secs()
+        ),
+    )
+}
+
 fn log_row(session: &models::Session, f: &Frame) -> models::SessionEvent {
     models::SessionEvent {
         session_id: session.id.clone(),
@@ -129,6 +149,12 @@ impl Runtime {
         let mut text = FinalText::default();
         let mut failed = false;
         let mut run: Vec<models::SessionEvent> = Vec::new();
+        // The turn's deadline stops while it waits for an approval (that has its own timeout);
+        // past it the driver is asked to cancel, and after the grace period the host ends the
+        // turn itself and stops the harness.
+        let mut deadline = Instant::now() + ctx.limits.timeout;
+        let mut paused_at: Option<Instant> = None;
+        let mut expired = false;
         loop {
             if !run.is_empty() && (rx.is_empty() || run.len() >= MAX_RUN) {
                 self.flush(&mut run).await;
@@ -138,22 +164,35 @@ impl Runtime {
                     Some(Ok(ev)) => ev,
                     Some(Err(message)) => error_event("driver_protocol_error", message),
                     None => {
-                        // The driver let go of the sink without `done`.
+                        // The driver let go of the sink without `done` (it ended or crashed).
                         seq += 1;
                         let err = error_event("harness_ended", "the harness ended the turn without finishing it");
                         tracing::warn!(session = %ctx.session.id, "harness ended the turn without `done`");
                         self.publish(ctx, &mut run, seq, &err);
-                        let done = Event::new(EventKind::Done(Done {
-                            usage: Usage::default(),
-                            status: TurnStatus::Failed,
-                            stop_reason: None,
-                            message: Some(assistant(text.as_str(), &ctx.agent)),
-                        }));
-                        return self.finish(ctx, run, seq + 1, &done).await;
+                        return self.finish(ctx, run, seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
                     }
                 },
                 Some(Control::Publish(ev)) = control.recv() => ev,
+                _ = tokio::time::sleep_until(deadline), if paused_at.is_none() => {
+                    if !expired {
+                        expired = true;
+                        tracing::warn!(session = %ctx.session.id, timeout_s = ctx.limits.timeout.as_secs(), "turn deadline passed; cancelling the turn");
+                        ctx.running.cancel_soon();
+                        deadline = Instant::now() + ctx.limits.grace;
+                        continue;
+                    }
+                    tracing::error!(session = %ctx.session.id, "the harness did not end the cancelled turn; stopping it");
+                    let (driver, sid) = (ctx.driver.clone(), ctx.session.id.clone());
+                    // Awaited: the next turn must not start before the harness is stopped.
+                    let _ = tokio::task::spawn_blocking(move || driver.driver.end_session(&sid)).await;
+                    seq += 1;
+                    self.publish(ctx, &mut run, seq, &timeout_error(ctx));
+                    return self.finish(ctx, run, seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
+                }
             };
+            if let Some(at) = paused_at.take() {
+                deadline += at.elapsed();
+            }
             let event = match event.kind {
                 EventKind::HarnessSession { harness_session_id } => {
                     let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
@@ -172,11 +211,22 @@ impl Runtime {
                     // The log has everything before a pause.
                     self.flush(&mut run).await;
                     match self.on_input_required(ctx, req, event.raw).await {
-                        Some(ev) => ev,
+                        Some(ev) => {
+                            if matches!(ev.kind, EventKind::InputRequired(_)) {
+                                paused_at = Some(Instant::now());
+                            }
+                            ev
+                        }
                         None => continue,
                     }
                 }
                 EventKind::Done(mut d) => {
+                    if expired {
+                        // The driver honoured the cancel: still a timeout for the client.
+                        seq += 1;
+                        self.publish(ctx, &mut run, seq, &timeout_error(ctx));
+                        failed = true;
+                    }
                     d.message = Some(assistant(text.as_str(), &ctx.agent));
                     if failed {
                         d.status = TurnStatus::Failed;

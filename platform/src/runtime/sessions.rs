@@ -166,6 +166,51 @@ fn metadata_matches(s: &models::Session, wanted: &[(String, String)]) -> bool {
     })
 }
 
+/// How large a session's metadata may be.
+#[derive(Clone, Copy, Debug)]
+struct MetadataLimits {
+    value_bytes: usize,
+    total_bytes: usize,
+}
+
+impl From<&super::RuntimeSettings> for MetadataLimits {
+    fn from(s: &super::RuntimeSettings) -> Self {
+        Self {
+            value_bytes: s.metadata_max_value_bytes,
+            total_bytes: s.metadata_max_bytes,
+        }
+    }
+}
+
+impl MetadataLimits {
+    /// Why `m` is too large, if it is: key count, one value's size (as JSON), the whole size.
+    fn check(&self, m: &Map<String, Value>) -> Result<(), String> {
+        if m.len() > MAX_METADATA_KEYS {
+            return Err(format!(
+                "at most {MAX_METADATA_KEYS} keys are allowed, got {}",
+                m.len()
+            ));
+        }
+        for (k, v) in m {
+            let size = v.to_string().len();
+            if size > self.value_bytes {
+                return Err(format!(
+                    "the value of `{k}` is {size} bytes as JSON; at most {} are allowed",
+                    self.value_bytes
+                ));
+            }
+        }
+        let total = Value::Object(m.clone()).to_string().len();
+        if total > self.total_bytes {
+            return Err(format!(
+                "metadata would be {total} bytes as JSON; at most {} are allowed",
+                self.total_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Runtime {
     /// Creates a session, or resumes `session_id` (merging metadata key by key). Returns the
     /// session and whether it was created. `scope` pins the project (project routes).
@@ -175,16 +220,9 @@ impl Runtime {
         scope: Option<&str>,
         req: CreateSession,
     ) -> Result<(SessionView, bool), RuntimeError> {
+        let limits = MetadataLimits::from(&*self.settings());
         if let Some(m) = &req.metadata {
-            if m.len() > MAX_METADATA_KEYS {
-                return Err(invalid(
-                    "metadata",
-                    format!(
-                        "at most {MAX_METADATA_KEYS} keys are allowed, got {}",
-                        m.len()
-                    ),
-                ));
-            }
+            limits.check(m).map_err(|m| invalid("metadata", m))?;
         }
         if let Some(mode) = &req.permission_mode {
             if PermissionMode::parse(mode).is_none() {
@@ -258,6 +296,7 @@ impl Runtime {
             id.to_string(),
             scope.map(str::to_string),
         );
+        let limits = MetadataLimits::from(&*self.settings());
         self.store
             .write_async(move |c| {
                 let (s, p) = load(c, &org, &id, scope.as_deref())?;
@@ -269,12 +308,7 @@ impl Runtime {
                     _ => Map::new(),
                 };
                 merged.extend(extra);
-                if merged.len() > MAX_METADATA_KEYS {
-                    return Err(StoreError::Conflict(format!(
-                        "metadata would have {} keys; at most {MAX_METADATA_KEYS} are allowed",
-                        merged.len()
-                    )));
-                }
+                limits.check(&merged).map_err(StoreError::Conflict)?;
                 let patch = SessionPatch {
                     metadata: Some(Value::Object(merged).to_string()),
                     ..Default::default()
@@ -602,6 +636,42 @@ impl Runtime {
             .await;
         }
         self.get_session(org_id, scope, id).await
+    }
+
+    /// Removes workspaces that belong to no open session (closed while Karta was down, or
+    /// left by a crash) and returns how many went. Blocking; run at start.
+    pub fn sweep_workspaces(&self) -> Result<usize, StoreError> {
+        let root = self.settings().data_dir.join("workspaces");
+        let mut found: Vec<(String, PathBuf)> = Vec::new();
+        let Ok(orgs) = std::fs::read_dir(&root) else {
+            return Ok(0);
+        };
+        for org in orgs.flatten() {
+            let Ok(entries) = std::fs::read_dir(org.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                // `<session>.home` belongs to `<session>`.
+                let id = name.strip_suffix(".home").unwrap_or(&name).to_string();
+                found.push((id, e.path()));
+            }
+        }
+        let ids: Vec<String> = found.iter().map(|(id, _)| id.clone()).collect();
+        let open = self.store.read(|c| sessions::open_among(c, &ids))?;
+        let mut removed = 0;
+        for (id, path) in found {
+            if open.contains(&id) {
+                continue;
+            }
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "stray workspace not removed")
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub(crate) fn workspace_dir(&self, org_id: &str, session_id: &str) -> PathBuf {

@@ -44,9 +44,18 @@ type Claimed = (
     Arc<AppSettings>,
 );
 
+/// How long a turn may run, and how long a cancelled one gets to end itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TurnLimits {
+    pub(crate) timeout: std::time::Duration,
+    pub(crate) grace: std::time::Duration,
+}
+
 /// What the pump and the approvals need to know about the turn.
 pub(crate) struct TurnCtx {
     pub(crate) session: models::Session,
+    pub(crate) driver: Arc<LoadedDriver>,
+    pub(crate) limits: TurnLimits,
     pub(crate) agent: String,
     pub(crate) settings: Arc<AppSettings>,
     pub(crate) running: Arc<Running>,
@@ -137,6 +146,11 @@ impl Runtime {
         let rt = self.clone();
         let ctx = TurnCtx {
             session,
+            driver: driver.clone(),
+            limits: TurnLimits {
+                timeout: rt_settings.turn_timeout,
+                grace: rt_settings.cancel_grace,
+            },
             agent,
             settings,
             running,

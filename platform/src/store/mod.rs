@@ -283,7 +283,10 @@ impl Store {
         let _guard = self.write_guard();
         let mut conn = self.conn()?;
         let c: &mut Conn = &mut conn;
-        c.transaction(f)
+        match c {
+            AnyConnection::Sqlite(_) => immediate_transaction(c, f),
+            AnyConnection::Postgresql(_) => c.transaction(f),
+        }
     }
 
     /// Runs a read `f` (blocking).
@@ -315,6 +318,37 @@ impl Store {
         tokio::task::spawn_blocking(move || store.read(f))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// An SQLite write transaction that takes the write lock when it begins (`BEGIN IMMEDIATE`):
+/// a deferred one that read first and then wanted to write failed with SQLITE_BUSY at once when
+/// another process (the CLI beside the server) had written meanwhile, instead of waiting.
+fn immediate_transaction<T>(
+    c: &mut Conn,
+    f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    if let AnyConnection::Sqlite(lite) = &mut *c {
+        AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?;
+    }
+    // Nested transactions inside `f` become savepoints: the multi-backend connection keeps the
+    // SQLite connection's transaction state.
+    let out = f(c);
+    let AnyConnection::Sqlite(lite) = c else {
+        return out;
+    };
+    match out {
+        Ok(v) => {
+            AnsiTransactionManager::commit_transaction(lite)?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(rollback) = AnsiTransactionManager::rollback_transaction(lite) {
+                tracing::error!(error = %rollback, "rollback failed");
+            }
+            Err(e)
+        }
     }
 }
 

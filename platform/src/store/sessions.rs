@@ -120,3 +120,20 @@ pub fn input_was_requested(
         .get_result(c)?;
     Ok(n > 0)
 }
+
+/// Which of `ids` are sessions that are not closed (any org: used by the workspace sweep).
+pub fn open_among(
+    c: &mut Conn,
+    ids: &[String],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut open = std::collections::HashSet::new();
+    for chunk in ids.chunks(500) {
+        let found: Vec<String> = sessions::table
+            .filter(sessions::id.eq_any(chunk))
+            .filter(sessions::status.ne("closed"))
+            .select(sessions::id)
+            .load(c)?;
+        open.extend(found);
+    }
+    Ok(open)
+}
