@@ -407,3 +407,35 @@ fn harness_processes_die_with_karta() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn an_approval_whose_answer_is_larger_than_a_mebibyte_completes() {
+    // Both answers carry the tool's input back (`updatedInput`), 1.3 MB each: the first is the
+    // host's decision, the second is allowed by the driver for the session while the CLI keeps
+    // writing. Neither may wedge the pipes.
+    let big = "x".repeat(1_300_000);
+    let call = |n: &str| {
+        format!(
+            r#"{{"tool_use": {{"name": "Bash", "input": {{"command": "touch big_{n}.txt && echo {n}", "description": "{big}"}}}}}}"#
+        )
+    };
+    let script = format!(r#"[{}, {}, {{"text": "Done."}}]"#, call("one"), call("two"));
+    let Some(e) = env(&script) else { return };
+    let sid = e.session();
+    let mut s = e.stream(&sid, "run both");
+    let ask = s.until("input_required").pop().unwrap();
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    let cont = e.decide(&sid, &rid, "approve_session");
+    let mut frames: Vec<SseFrame> = s.rest();
+    frames.retain(|f| f.event == "tool_use" && f.data["data"]["status"] == "completed");
+    let results: Vec<String> = cont["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "tool_use" && e["data"]["status"] == "completed")
+        .map(|e| e["data"]["result"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(results, ["one", "two"], "{frames:?}");
+    let last = cont["events"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["data"]["status"], "completed", "{last}");
+}

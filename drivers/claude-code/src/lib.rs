@@ -4,5 +4,6 @@
 
 mod discover;
 mod process;
+mod protocol;
 
 pub use process::ClaudeDriver;

@@ -1,23 +1,29 @@
-//! One long-lived `claude` process per active session, and the mapping from its stream-json
-//! output to Karta events.
+//! One long-lived `claude` process per active session: starting it, feeding it, reading it,
+//! stopping it. What its lines mean is `protocol`'s business; this file only moves them.
+//!
+//! Threads per process: a reader (stdout: translates under the state lock, then emits and
+//! queues answers with no lock held), a writer (the only one that writes stdin, so a large
+//! answer can never block the reader and deadlock both pipes), and a stderr tail.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
 use karta_plugin_api::{
-    Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, Event, EventKind, InputRequest,
-    Part, Sink, ToolStatus, ToolUse, Turn, TurnRequest, TurnStatus, Usage,
+    Decision, Discovery, Done, Driver, ErrorInfo, Event, EventKind, Sink, Turn, TurnRequest,
+    TurnStatus,
 };
 use serde_json::{json, Value};
 
 use crate::discover;
+use crate::protocol::{self, Action, SessionState, TurnState};
 
 /// Seconds a warm process may sit idle before it is stopped (`harness.claude.idle_timeout_seconds`).
 const DEFAULT_IDLE_SECONDS: u64 = 600;
@@ -107,26 +113,14 @@ struct ActiveTurn {
     /// What started it (to start it again in a fresh conversation if the old one is gone).
     request: TurnRequest,
     sink: Sink,
-    thinking: bool,
-    step: u32,
-    step_open: bool,
-    announced: bool,
-    /// tool_use id -> (name, input)
-    tools: HashMap<String, (String, Value)>,
-    /// control request id -> (tool, input)
-    pending: HashMap<String, (String, Value)>,
-    /// Assistant messages whose text arrived as deltas.
-    streamed: HashSet<String>,
-    current_message: Option<String>,
+    proto: TurnState,
     cancelled: Arc<AtomicBool>,
 }
 
 struct State {
     turn: Option<ActiveTurn>,
     last_used: Instant,
-    /// The CLI reports cost cumulatively per process, in micro-cents.
-    cost_total: u64,
-    approved: HashSet<String>,
+    session: SessionState,
     alive: bool,
 }
 
@@ -135,7 +129,8 @@ struct Proc {
     session_id: String,
     agent: String,
     child: Mutex<Child>,
-    stdin: Mutex<Option<ChildStdin>>,
+    /// Lines for the writer thread; `None` once the input is closed.
+    input: Mutex<Option<Sender<Value>>>,
     state: Mutex<State>,
     idle_timeout: Duration,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -203,7 +198,7 @@ impl Proc {
             .stderr(Stdio::piped());
         let mut child = karta_plugin_api::process::spawn_tied(c)
             .map_err(|e| format!("cannot start Claude Code ({}): {e}", cmd.display()))?;
-        let stdin = child.stdin.take();
+        let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -211,12 +206,11 @@ impl Proc {
             session_id: req.session_id.clone(),
             agent: req.agent.clone(),
             child: Mutex::new(child),
-            stdin: Mutex::new(stdin),
+            input: Mutex::new(Some(spawn_writer(stdin)?)),
             state: Mutex::new(State {
                 turn: None,
                 last_used: Instant::now(),
-                cost_total: 0,
-                approved: HashSet::new(),
+                session: SessionState::default(),
                 alive: true,
             }),
             idle_timeout: idle_timeout(req),
@@ -250,17 +244,18 @@ impl Proc {
         Ok(proc)
     }
 
-    fn write(&self, v: &Value) -> Result<(), String> {
-        let mut stdin = lock(&self.stdin);
-        let w = stdin.as_mut().ok_or("the harness input is closed")?;
-        writeln!(w, "{v}")
-            .and_then(|_| w.flush())
-            .map_err(|e| format!("cannot write to Claude Code: {e}"))
+    /// Queues a line for the CLI's input (never blocks on the pipe).
+    fn write(&self, v: Value) -> Result<(), String> {
+        lock(&self.input)
+            .as_ref()
+            .ok_or("the harness input is closed")?
+            .send(v)
+            .map_err(|_| "the harness input is closed".to_string())
     }
 
     /// Ends the process: close its input, then kill it if it lingers.
     fn stop(&self) {
-        lock(&self.stdin).take();
+        lock(&self.input).take();
         let mut child = lock(&self.child);
         for _ in 0..20 {
             if matches!(child.try_wait(), Ok(Some(_))) {
@@ -319,13 +314,15 @@ impl Proc {
         }
     }
 
+    /// One output line: translated under the state lock; events emitted and answers queued
+    /// after it is released, so a host that is slow to take events never blocks a decision.
     fn handle(self: &Arc<Self>, v: Value) {
         let mut s = lock(&self.state);
         let st = &mut *s;
         let Some(turn) = st.turn.as_mut() else {
             return;
         };
-        if lost_conversation(&v) && turn.request.harness_session_id.is_some() {
+        if protocol::lost_conversation(&v) && turn.request.harness_session_id.is_some() {
             // The harness died before it saved the conversation it was asked to resume (e.g.
             // killed during its first turn): start a fresh one and run the turn there.
             if let Some(turn) = st.turn.take() {
@@ -334,178 +331,50 @@ impl Proc {
             }
             return;
         }
-        match v["type"].as_str() {
-            Some("system") => match v["subtype"].as_str() {
-                Some("init") if !turn.announced => {
-                    if let Some(id) = v["session_id"].as_str() {
-                        turn.sink.emit_kind(EventKind::HarnessSession {
-                            harness_session_id: id.to_string(),
-                        });
-                    }
-                    turn.announced = true;
-                }
-                Some("api_retry") | Some("permission_denied") => {
-                    turn.sink.emit(&Event::new(EventKind::System(v.clone())));
-                }
-                _ => {}
-            },
-            Some("stream_event") => stream_event(turn, &v["event"]),
-            Some("assistant") => {
-                let id = v["message"]["id"].as_str().unwrap_or_default().to_string();
-                let synthetic = v["message"]["model"] == "<synthetic>";
-                for b in v["message"]["content"].as_array().into_iter().flatten() {
-                    match b["type"].as_str() {
-                        Some("tool_use") => {
-                            let tid = b["id"].as_str().unwrap_or_default().to_string();
-                            let name = b["name"].as_str().unwrap_or_default().to_string();
-                            turn.tools
-                                .insert(tid.clone(), (name.clone(), b["input"].clone()));
-                            turn.sink.emit(&Event::new(EventKind::ToolUse(ToolUse {
-                                tool_use_id: tid,
-                                tool_name: name,
-                                tool_input: b["input"].clone(),
-                                status: ToolStatus::Running,
-                                result: None,
-                            })));
-                        }
-                        Some("text") if !synthetic && !turn.streamed.contains(&id) => {
-                            turn.sink.emit_kind(EventKind::Text {
-                                part: Part::Text {
-                                    text: b["text"].as_str().unwrap_or_default().to_string(),
-                                },
-                            });
-                        }
-                        _ => {}
+        let actions = protocol::on_line(&mut turn.proto, &mut st.session, &v);
+        let sink = turn.sink.clone();
+        if actions.contains(&Action::Ended) {
+            st.turn = None;
+            st.last_used = Instant::now();
+        }
+        drop(s);
+        for a in actions {
+            match a {
+                Action::Emit(e) => sink.emit(&e),
+                Action::Reply(line) => {
+                    if let Err(e) = self.write(line) {
+                        sink.emit_kind(EventKind::Error(ErrorInfo {
+                            code: "harness_io".into(),
+                            message: e,
+                            provider: None,
+                        }));
                     }
                 }
+                Action::Ended => {}
             }
-            Some("user") => {
-                for b in v["message"]["content"].as_array().into_iter().flatten() {
-                    if b["type"] != "tool_result" {
-                        continue;
-                    }
-                    let tid = b["tool_use_id"].as_str().unwrap_or_default().to_string();
-                    let (name, input) = turn.tools.get(&tid).cloned().unwrap_or_default();
-                    let result = match &b["content"] {
-                        Value::Array(parts) => Value::String(
-                            parts
-                                .iter()
-                                .filter_map(|p| p["text"].as_str())
-                                .collect::<Vec<_>>()
-                                .join("\n"),
-                        ),
-                        other => other.clone(),
-                    };
-                    turn.sink.emit(&Event::new(EventKind::ToolUse(ToolUse {
-                        tool_use_id: tid,
-                        tool_name: name,
-                        tool_input: input,
-                        status: if b["is_error"] == true {
-                            ToolStatus::Error
-                        } else {
-                            ToolStatus::Completed
-                        },
-                        result: Some(result),
-                    })));
-                }
-            }
-            Some("control_request") => {
-                let rid = v["request_id"].as_str().unwrap_or_default().to_string();
-                let r = &v["request"];
-                if r["subtype"] != "can_use_tool" {
-                    // Nothing else is asked of us with this configuration; answer so it never waits.
-                    let _ = self.write(&json!({"type": "control_response", "response": {
-                        "subtype": "error", "request_id": rid, "error": "not supported by Karta"}}));
-                    return;
-                }
-                let tool = r["tool_name"].as_str().unwrap_or_default().to_string();
-                let input = r["input"].clone();
-                if st.approved.contains(&tool) {
-                    let _ = self.write(&allow(&rid, &input));
-                    return;
-                }
-                let message = r["description"]
-                    .as_str()
-                    .map(|d| format!("Allow {tool}: {d}?"))
-                    .unwrap_or_else(|| format!("Allow {tool}?"));
-                turn.pending
-                    .insert(rid.clone(), (tool.clone(), input.clone()));
-                turn.sink.emit_kind(EventKind::InputRequired(InputRequest {
-                    request_id: rid,
-                    kind: "tool_use".into(),
-                    tool: Some(tool),
-                    message,
-                    options: vec![
-                        DecisionKind::ApproveOnce,
-                        DecisionKind::ApproveSession,
-                        DecisionKind::Deny,
-                    ],
-                    tool_input: Some(input),
-                }));
-            }
-            Some("result") => {
-                let u = &v["usage"];
-                let n = |k: &str| u[k].as_u64().unwrap_or(0);
-                let mut usage = Usage::new(
-                    n("input_tokens"),
-                    n("output_tokens"),
-                    n("cache_read_input_tokens"),
-                    n("cache_creation_input_tokens"),
-                );
-                // USD -> micro-cents (1 USD = 1e8), cumulative per process: report this turn's share.
-                let total = (v["total_cost_usd"].as_f64().unwrap_or(0.0) * 1e8)
-                    .round()
-                    .max(0.0) as u64;
-                usage.cost_micro_cents = total.saturating_sub(st.cost_total);
-                st.cost_total = total;
-                if turn.step_open {
-                    turn.sink.emit_kind(EventKind::StepFinish {
-                        step_index: turn.step,
-                        result: None,
-                    });
-                }
-                let failed = v["is_error"] == true;
-                if failed {
-                    turn.sink.emit_kind(EventKind::Error(ErrorInfo {
-                        code: "model_error".into(),
-                        message: v["result"]
-                            .as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| format!("the model call failed ({})", v["subtype"])),
-                        provider: Some("anthropic".into()),
-                    }));
-                }
-                turn.sink.emit(
-                    &Event::new(EventKind::Done(Done {
-                        usage,
-                        status: if failed {
-                            TurnStatus::Failed
-                        } else {
-                            TurnStatus::Completed
-                        },
-                        stop_reason: v["stop_reason"].as_str().map(str::to_string),
-                        message: None,
-                    }))
-                    .with_raw(v.clone()),
-                );
-                st.turn = None;
-                st.last_used = Instant::now();
-            }
-            _ => {}
         }
     }
 }
 
-/// `--resume` named a conversation the harness does not have.
-fn lost_conversation(v: &Value) -> bool {
-    v["type"] == "result"
-        && v["is_error"] == true
-        && v["errors"].as_array().is_some_and(|e| {
-            e.iter().any(|m| {
-                m.as_str()
-                    .is_some_and(|m| m.contains("No conversation found"))
-            })
+/// The only writer of the CLI's input: lines go out in order, and a slow reader on the other
+/// side blocks nobody but this thread. It ends (closing the input) when its sender is dropped.
+fn spawn_writer(mut stdin: ChildStdin) -> Result<Sender<Value>, String> {
+    let (tx, rx) = channel::<Value>();
+    thread::Builder::new()
+        .name("claude-stdin".into())
+        .spawn(move || {
+            for line in rx {
+                if writeln!(stdin, "{line}")
+                    .and_then(|_| stdin.flush())
+                    .is_err()
+                {
+                    // The process is gone; its reader reports that.
+                    return;
+                }
+            }
         })
+        .map_err(|e| format!("cannot start the input writer: {e}"))?;
+    Ok(tx)
 }
 
 impl Proc {
@@ -518,7 +387,7 @@ impl Proc {
         thread::spawn(move || {
             old.stop();
             turn.request.harness_session_id = None;
-            turn.announced = false;
+            turn.proto.restarted();
             turn.sink.emit(&Event::new(EventKind::System(json!({
                 "subtype": "harness_session_lost",
                 "message": "the harness had not saved this conversation; a new one was started",
@@ -529,7 +398,7 @@ impl Proc {
                 Ok(p) => {
                     lock(&inner.procs).insert(p.session_id.clone(), p.clone());
                     lock(&p.state).turn = Some(turn);
-                    if let Err(e) = p.write(&user_line(&req.text)) {
+                    if let Err(e) = p.write(protocol::user_line(&req.text)) {
                         lock(&p.state).turn.take();
                         p.kill();
                         fail(&sink, e);
@@ -553,63 +422,6 @@ fn fail(sink: &Sink, message: String) {
     }));
 }
 
-fn user_line(text: &str) -> Value {
-    json!({"type": "user", "session_id": "", "parent_tool_use_id": null,
-        "message": {"role": "user", "content": [{"type": "text", "text": text}]}})
-}
-
-fn allow(request_id: &str, input: &Value) -> Value {
-    json!({"type": "control_response", "response": {"subtype": "success", "request_id": request_id,
-        "response": {"behavior": "allow", "updatedInput": input}}})
-}
-
-fn stream_event(turn: &mut ActiveTurn, e: &Value) {
-    match e["type"].as_str() {
-        Some("message_start") => {
-            turn.current_message = e["message"]["id"].as_str().map(str::to_string);
-            if !turn.step_open {
-                turn.sink.emit_kind(EventKind::StepStart {
-                    step_index: turn.step,
-                    description: None,
-                });
-                turn.step_open = true;
-            }
-        }
-        Some("content_block_delta") => match e["delta"]["type"].as_str() {
-            Some("text_delta") => {
-                if let Some(id) = &turn.current_message {
-                    turn.streamed.insert(id.clone());
-                }
-                turn.sink.emit_kind(EventKind::Text {
-                    part: Part::Text {
-                        text: e["delta"]["text"].as_str().unwrap_or_default().to_string(),
-                    },
-                });
-            }
-            Some("thinking_delta") if turn.thinking => {
-                turn.sink.emit_kind(EventKind::Reasoning {
-                    part: Part::Reasoning {
-                        text: e["delta"]["thinking"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    },
-                });
-            }
-            _ => {}
-        },
-        Some("message_stop") if turn.step_open => {
-            turn.sink.emit_kind(EventKind::StepFinish {
-                step_index: turn.step,
-                result: None,
-            });
-            turn.step += 1;
-            turn.step_open = false;
-        }
-        _ => {}
-    }
-}
-
 /// The handle the host holds on a turn. It finds the session's current process each time: the
 /// turn may have moved to a new one (see `restart_fresh`).
 struct ClaudeTurn {
@@ -627,27 +439,13 @@ impl ClaudeTurn {
 impl Turn for ClaudeTurn {
     fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
         let proc = self.proc().ok_or("the turn has ended")?;
-        let mut s = lock(&proc.state);
-        let st = &mut *s;
-        let turn = st.turn.as_mut().ok_or("the turn has ended")?;
-        let (tool, input) = turn
-            .pending
-            .remove(request_id)
-            .ok_or_else(|| format!("no pending request {request_id}"))?;
-        let answer = match decision.decision {
-            DecisionKind::ApproveOnce => allow(request_id, &input),
-            DecisionKind::ApproveSession => {
-                st.approved.insert(tool);
-                allow(request_id, &input)
-            }
-            DecisionKind::Deny => {
-                json!({"type": "control_response", "response": {"subtype": "success",
-                "request_id": request_id, "response": {"behavior": "deny",
-                "message": decision.message.unwrap_or_else(|| "The user denied this action.".into())}}})
-            }
+        let answer = {
+            let mut s = lock(&proc.state);
+            let st = &mut *s;
+            let turn = st.turn.as_mut().ok_or("the turn has ended")?;
+            turn.proto.decide(&mut st.session, request_id, decision)?
         };
-        drop(s);
-        proc.write(&answer)
+        proc.write(answer)
     }
 
     fn cancel(&self) {
@@ -678,14 +476,7 @@ impl Driver for ClaudeDriver {
         let active = |sink: Sink| ActiveTurn {
             request: req.clone(),
             sink,
-            thinking: req.thinking,
-            step: 0,
-            step_open: false,
-            announced: false,
-            tools: HashMap::new(),
-            pending: HashMap::new(),
-            streamed: HashSet::new(),
-            current_message: None,
+            proto: TurnState::new(req.thinking),
             cancelled: cancelled.clone(),
         };
         // Claim a live process for the turn under its state lock (the idle reaper retires
@@ -722,7 +513,7 @@ impl Driver for ClaudeDriver {
                 p
             }
         };
-        if let Err(e) = proc.write(&user_line(&req.text)) {
+        if let Err(e) = proc.write(protocol::user_line(&req.text)) {
             lock(&proc.state).turn = None;
             lock(&inner.procs).remove(&req.session_id);
             proc.kill();

@@ -1,0 +1,503 @@
+//! Claude Code's stream-json protocol, translated. Every function here is pure: an output line
+//! of the CLI and the turn's state in, the events to emit and the lines to answer out. The
+//! process file does the I/O.
+
+use std::collections::{HashMap, HashSet};
+
+use karta_plugin_api::{
+    Decision, DecisionKind, Done, ErrorInfo, Event, EventKind, InputRequest, Part, ToolStatus,
+    ToolUse, TurnStatus, Usage,
+};
+use serde_json::{json, Value};
+
+/// What a line asks of the process side.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Send this event to the host.
+    Emit(Event),
+    /// Write this line to the CLI's input.
+    Reply(Value),
+    /// The turn is over (its `done` was emitted just before).
+    Ended,
+}
+
+/// What the protocol remembers across the turns of one process.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Tools approved for the rest of the session.
+    pub approved: HashSet<String>,
+    /// The CLI reports cost cumulatively per process, in micro-cents.
+    pub cost_total: u64,
+}
+
+/// What the protocol remembers within one turn.
+#[derive(Debug, Default)]
+pub struct TurnState {
+    /// Whether reasoning is surfaced.
+    pub thinking: bool,
+    step: u32,
+    step_open: bool,
+    announced: bool,
+    /// tool_use id -> (name, input)
+    tools: HashMap<String, (String, Value)>,
+    /// control request id -> (tool, input)
+    pending: HashMap<String, (String, Value)>,
+    /// Assistant messages whose text arrived as deltas.
+    streamed: HashSet<String>,
+    current_message: Option<String>,
+}
+
+impl TurnState {
+    /// A new turn's state.
+    pub fn new(thinking: bool) -> Self {
+        Self {
+            thinking,
+            ..Self::default()
+        }
+    }
+
+    /// The same turn again in a fresh conversation (it will announce the new session id).
+    pub fn restarted(&mut self) {
+        self.announced = false;
+    }
+
+    /// The answer to a pending approval, or why there is none.
+    pub fn decide(
+        &mut self,
+        session: &mut SessionState,
+        request_id: &str,
+        decision: Decision,
+    ) -> Result<Value, String> {
+        let (tool, input) = self
+            .pending
+            .remove(request_id)
+            .ok_or_else(|| format!("no pending request {request_id}"))?;
+        Ok(match decision.decision {
+            DecisionKind::ApproveOnce => allow(request_id, &input),
+            DecisionKind::ApproveSession => {
+                session.approved.insert(tool);
+                allow(request_id, &input)
+            }
+            DecisionKind::Deny => deny(
+                request_id,
+                &decision
+                    .message
+                    .unwrap_or_else(|| "The user denied this action.".into()),
+            ),
+        })
+    }
+}
+
+/// The line that sends a user message.
+pub fn user_line(text: &str) -> Value {
+    json!({"type": "user", "session_id": "", "parent_tool_use_id": null,
+        "message": {"role": "user", "content": [{"type": "text", "text": text}]}})
+}
+
+/// Allows a tool call as asked.
+pub fn allow(request_id: &str, input: &Value) -> Value {
+    json!({"type": "control_response", "response": {"subtype": "success", "request_id": request_id,
+        "response": {"behavior": "allow", "updatedInput": input}}})
+}
+
+/// Refuses a tool call, telling the agent why.
+pub fn deny(request_id: &str, message: &str) -> Value {
+    json!({"type": "control_response", "response": {"subtype": "success",
+        "request_id": request_id, "response": {"behavior": "deny", "message": message}}})
+}
+
+/// `--resume` named a conversation the harness does not have.
+pub fn lost_conversation(v: &Value) -> bool {
+    v["type"] == "result"
+        && v["is_error"] == true
+        && v["errors"].as_array().is_some_and(|e| {
+            e.iter().any(|m| {
+                m.as_str()
+                    .is_some_and(|m| m.contains("No conversation found"))
+            })
+        })
+}
+
+fn emit(out: &mut Vec<Action>, kind: EventKind) {
+    out.push(Action::Emit(Event::new(kind)));
+}
+
+/// Translates one output line of the CLI during a turn.
+pub fn on_line(turn: &mut TurnState, session: &mut SessionState, v: &Value) -> Vec<Action> {
+    let mut out = Vec::new();
+    match v["type"].as_str() {
+        Some("system") => match v["subtype"].as_str() {
+            Some("init") if !turn.announced => {
+                if let Some(id) = v["session_id"].as_str() {
+                    emit(
+                        &mut out,
+                        EventKind::HarnessSession {
+                            harness_session_id: id.to_string(),
+                        },
+                    );
+                }
+                turn.announced = true;
+            }
+            Some("api_retry") | Some("permission_denied") => {
+                emit(&mut out, EventKind::System(v.clone()));
+            }
+            _ => {}
+        },
+        Some("stream_event") => stream_event(turn, &v["event"], &mut out),
+        Some("assistant") => assistant(turn, v, &mut out),
+        Some("user") => tool_results(turn, v, &mut out),
+        Some("control_request") => control_request(turn, session, v, &mut out),
+        Some("result") => result(turn, session, v, &mut out),
+        _ => {}
+    }
+    out
+}
+
+fn assistant(turn: &mut TurnState, v: &Value, out: &mut Vec<Action>) {
+    let id = v["message"]["id"].as_str().unwrap_or_default().to_string();
+    let synthetic = v["message"]["model"] == "<synthetic>";
+    for b in v["message"]["content"].as_array().into_iter().flatten() {
+        match b["type"].as_str() {
+            Some("tool_use") => {
+                let tid = b["id"].as_str().unwrap_or_default().to_string();
+                let name = b["name"].as_str().unwrap_or_default().to_string();
+                turn.tools
+                    .insert(tid.clone(), (name.clone(), b["input"].clone()));
+                emit(
+                    out,
+                    EventKind::ToolUse(ToolUse {
+                        tool_use_id: tid,
+                        tool_name: name,
+                        tool_input: b["input"].clone(),
+                        status: ToolStatus::Running,
+                        result: None,
+                    }),
+                );
+            }
+            // Text that was not streamed as deltas (or a synthetic message) arrives whole.
+            Some("text") if !synthetic && !turn.streamed.contains(&id) => emit(
+                out,
+                EventKind::Text {
+                    part: Part::Text {
+                        text: b["text"].as_str().unwrap_or_default().to_string(),
+                    },
+                },
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn tool_results(turn: &mut TurnState, v: &Value, out: &mut Vec<Action>) {
+    for b in v["message"]["content"].as_array().into_iter().flatten() {
+        if b["type"] != "tool_result" {
+            continue;
+        }
+        let tid = b["tool_use_id"].as_str().unwrap_or_default().to_string();
+        let (name, input) = turn.tools.get(&tid).cloned().unwrap_or_default();
+        let result = match &b["content"] {
+            Value::Array(parts) => Value::String(
+                parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            other => other.clone(),
+        };
+        emit(
+            out,
+            EventKind::ToolUse(ToolUse {
+                tool_use_id: tid,
+                tool_name: name,
+                tool_input: input,
+                status: if b["is_error"] == true {
+                    ToolStatus::Error
+                } else {
+                    ToolStatus::Completed
+                },
+                result: Some(result),
+            }),
+        );
+    }
+}
+
+fn control_request(turn: &mut TurnState, session: &SessionState, v: &Value, out: &mut Vec<Action>) {
+    let rid = v["request_id"].as_str().unwrap_or_default().to_string();
+    let r = &v["request"];
+    if r["subtype"] != "can_use_tool" {
+        // Nothing else is asked of us with this configuration; answer so it never waits.
+        out.push(Action::Reply(
+            json!({"type": "control_response", "response": {
+            "subtype": "error", "request_id": rid, "error": "not supported by Karta"}}),
+        ));
+        return;
+    }
+    let tool = r["tool_name"].as_str().unwrap_or_default().to_string();
+    let input = r["input"].clone();
+    if session.approved.contains(&tool) {
+        out.push(Action::Reply(allow(&rid, &input)));
+        return;
+    }
+    let message = r["description"]
+        .as_str()
+        .map(|d| format!("Allow {tool}: {d}?"))
+        .unwrap_or_else(|| format!("Allow {tool}?"));
+    turn.pending
+        .insert(rid.clone(), (tool.clone(), input.clone()));
+    emit(
+        out,
+        EventKind::InputRequired(InputRequest {
+            request_id: rid,
+            kind: "tool_use".into(),
+            tool: Some(tool),
+            message,
+            options: vec![
+                DecisionKind::ApproveOnce,
+                DecisionKind::ApproveSession,
+                DecisionKind::Deny,
+            ],
+            tool_input: Some(input),
+        }),
+    );
+}
+
+fn result(turn: &mut TurnState, session: &mut SessionState, v: &Value, out: &mut Vec<Action>) {
+    let u = &v["usage"];
+    let n = |k: &str| u[k].as_u64().unwrap_or(0);
+    let mut usage = Usage::new(
+        n("input_tokens"),
+        n("output_tokens"),
+        n("cache_read_input_tokens"),
+        n("cache_creation_input_tokens"),
+    );
+    // USD -> micro-cents (1 USD = 1e8), cumulative per process: report this turn's share.
+    let total = (v["total_cost_usd"].as_f64().unwrap_or(0.0) * 1e8)
+        .round()
+        .max(0.0) as u64;
+    usage.cost_micro_cents = total.saturating_sub(session.cost_total);
+    session.cost_total = total;
+    if turn.step_open {
+        emit(
+            out,
+            EventKind::StepFinish {
+                step_index: turn.step,
+                result: None,
+            },
+        );
+        turn.step_open = false;
+    }
+    let failed = v["is_error"] == true;
+    if failed {
+        emit(
+            out,
+            EventKind::Error(ErrorInfo {
+                code: "model_error".into(),
+                message: v["result"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("the model call failed ({})", v["subtype"])),
+                provider: Some("anthropic".into()),
+            }),
+        );
+    }
+    out.push(Action::Emit(
+        Event::new(EventKind::Done(Done {
+            usage,
+            status: if failed {
+                TurnStatus::Failed
+            } else {
+                TurnStatus::Completed
+            },
+            stop_reason: v["stop_reason"].as_str().map(str::to_string),
+            message: None,
+        }))
+        .with_raw(v.clone()),
+    ));
+    out.push(Action::Ended);
+}
+
+fn stream_event(turn: &mut TurnState, e: &Value, out: &mut Vec<Action>) {
+    match e["type"].as_str() {
+        Some("message_start") => {
+            turn.current_message = e["message"]["id"].as_str().map(str::to_string);
+            if !turn.step_open {
+                emit(
+                    out,
+                    EventKind::StepStart {
+                        step_index: turn.step,
+                        description: None,
+                    },
+                );
+                turn.step_open = true;
+            }
+        }
+        Some("content_block_delta") => match e["delta"]["type"].as_str() {
+            Some("text_delta") => {
+                if let Some(id) = &turn.current_message {
+                    turn.streamed.insert(id.clone());
+                }
+                emit(
+                    out,
+                    EventKind::Text {
+                        part: Part::Text {
+                            text: e["delta"]["text"].as_str().unwrap_or_default().to_string(),
+                        },
+                    },
+                );
+            }
+            Some("thinking_delta") if turn.thinking => emit(
+                out,
+                EventKind::Reasoning {
+                    part: Part::Reasoning {
+                        text: e["delta"]["thinking"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    },
+                },
+            ),
+            _ => {}
+        },
+        Some("message_stop") if turn.step_open => {
+            emit(
+                out,
+                EventKind::StepFinish {
+                    step_index: turn.step,
+                    result: None,
+                },
+            );
+            turn.step += 1;
+            turn.step_open = false;
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use karta_plugin_api::PAYLOAD_VERSION;
+
+    /// A turn as the CLI writes it (stream-json with partial messages): one tool call that
+    /// asks for approval, its result, then the answer; modelled line by line on the CLI's
+    /// output in the harness tests.
+    const TOOL_TURN: &str = include_str!("../testdata/tool-turn.jsonl");
+
+    fn play(lines: &str, turn: &mut TurnState, session: &mut SessionState) -> Vec<Action> {
+        lines
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .flat_map(|l| {
+                let v: Value = serde_json::from_str(l).expect("a JSON line");
+                on_line(turn, session, &v)
+            })
+            .collect()
+    }
+
+    fn names(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Emit(e) => e.type_name().to_string(),
+                Action::Reply(_) => "reply".into(),
+                Action::Ended => "ended".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tool_turn_translates_to_karta_events() {
+        let (mut turn, mut session) = (TurnState::new(false), SessionState::default());
+        let actions = play(TOOL_TURN, &mut turn, &mut session);
+        assert_eq!(
+            names(&actions),
+            [
+                "harness_session",
+                "step_start",
+                "text",
+                "tool_use",
+                "step_finish",
+                "input_required",
+                "tool_use",
+                "step_start",
+                "text",
+                "text",
+                "step_finish",
+                "done",
+                "ended"
+            ]
+        );
+        let Action::Emit(done) = &actions[actions.len() - 2] else {
+            panic!("done expected")
+        };
+        let EventKind::Done(d) = &done.kind else {
+            panic!("done expected")
+        };
+        assert_eq!((d.usage.input_tokens, d.usage.output_tokens), (12, 7));
+        assert_eq!(d.usage.cost_micro_cents, 150_000);
+        assert_eq!(session.cost_total, 150_000);
+    }
+
+    #[test]
+    fn approvals_answer_once_for_the_session_or_deny() {
+        let (mut turn, mut session) = (TurnState::new(false), SessionState::default());
+        let ask: Value = serde_json::from_str(
+            r#"{"type":"control_request","request_id":"r1","request":{"subtype":"can_use_tool","tool_name":"Bash","input":{"command":"ls"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            names(&on_line(&mut turn, &mut session, &ask)),
+            ["input_required"]
+        );
+        let decision = |d| Decision {
+            v: PAYLOAD_VERSION,
+            decision: d,
+            message: None,
+        };
+        let answer = turn
+            .decide(&mut session, "r1", decision(DecisionKind::ApproveSession))
+            .unwrap();
+        assert_eq!(answer["response"]["response"]["behavior"], "allow");
+        assert!(turn
+            .decide(&mut session, "r1", decision(DecisionKind::Deny))
+            .is_err());
+        // The same tool again is allowed without asking.
+        let again = on_line(&mut turn, &mut session, &ask);
+        assert!(
+            matches!(&again[..], [Action::Reply(v)] if v["response"]["response"]["behavior"] == "allow")
+        );
+        // Another tool asks, and a denial carries the reason.
+        let other: Value = serde_json::from_str(
+            r#"{"type":"control_request","request_id":"r2","request":{"subtype":"can_use_tool","tool_name":"Write","input":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            names(&on_line(&mut turn, &mut session, &other)),
+            ["input_required"]
+        );
+        let no = turn
+            .decide(&mut session, "r2", decision(DecisionKind::Deny))
+            .unwrap();
+        assert_eq!(no["response"]["response"]["behavior"], "deny");
+    }
+
+    #[test]
+    fn unknown_requests_are_answered_and_unknown_lines_ignored() {
+        let (mut turn, mut session) = (TurnState::new(false), SessionState::default());
+        let hook: Value = serde_json::from_str(
+            r#"{"type":"control_request","request_id":"h","request":{"subtype":"hook_callback"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&on_line(&mut turn, &mut session, &hook)[..], [Action::Reply(v)] if v["response"]["subtype"] == "error")
+        );
+        let novel: Value = serde_json::from_str(r#"{"type":"something_new","x":1}"#).unwrap();
+        assert!(on_line(&mut turn, &mut session, &novel).is_empty());
+        let lost: Value = serde_json::from_str(
+            r#"{"type":"result","is_error":true,"errors":["No conversation found with session ID: x"]}"#,
+        )
+        .unwrap();
+        assert!(lost_conversation(&lost));
+    }
+}
