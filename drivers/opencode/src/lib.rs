@@ -3,6 +3,7 @@
 //! driven over its HTTP API and followed on its `/event` stream.
 
 mod discover;
+mod protocol;
 mod server;
 
 pub use server::OpenCodeDriver;

@@ -1,7 +1,7 @@
 //! One `opencode serve` per session workspace, its `/event` stream, and the mapping from
 //! OpenCode's message/part events to Karta events.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
 use karta_plugin_api::{
-    Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, Event, EventKind, InputRequest,
-    Part, Sink, ToolStatus, ToolUse, Turn, TurnRequest, TurnStatus, Usage,
+    Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, EventKind, Sink, Turn, TurnRequest,
+    TurnStatus,
 };
 use serde_json::{json, Value};
 
 use crate::discover;
+use crate::protocol::{self, TurnState};
 
 const DEFAULT_IDLE_SECONDS: u64 = 600;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,20 +158,7 @@ impl Warm for Server {
 /// A running turn.
 struct ActiveTurn {
     sink: Sink,
-    thinking: bool,
-    oc_session: String,
-    /// part id -> (type, text already emitted)
-    parts: HashMap<String, (String, usize)>,
-    /// message id -> role
-    roles: HashMap<String, String>,
-    /// call id -> last status emitted
-    tools: HashMap<String, String>,
-    pending: HashSet<String>,
-    step: u32,
-    usage: Usage,
-    cost_usd: f64,
-    failed: bool,
-    finish: Option<String>,
+    proto: TurnState,
     cancelled: Arc<AtomicBool>,
 }
 
@@ -382,7 +370,7 @@ impl Server {
         if let Some(t) = turn {
             if t.cancelled.load(Ordering::SeqCst) {
                 t.sink.emit_kind(EventKind::Done(Done {
-                    usage: t.usage,
+                    usage: t.proto.usage,
                     status: TurnStatus::Cancelled,
                     stop_reason: Some("cancelled".into()),
                     message: None,
@@ -405,7 +393,7 @@ impl Server {
                     provider: None,
                 }));
                 t.sink.emit_kind(EventKind::Done(Done {
-                    usage: t.usage,
+                    usage: t.proto.usage,
                     status: TurnStatus::Failed,
                     ..Done::default()
                 }));
@@ -416,217 +404,24 @@ impl Server {
         }
     }
 
+    /// One `/event` message: translated under the state lock, emitted after it is released.
     fn handle(&self, ev: &Value) {
-        let p = &ev["properties"];
-        let mut s = lock(&self.state);
-        let st = &mut *s;
-        let Some(turn) = st.turn.as_mut() else { return };
-        let session = p["sessionID"]
-            .as_str()
-            .or_else(|| p["part"]["sessionID"].as_str())
-            .or_else(|| p["info"]["sessionID"].as_str());
-        if session != Some(turn.oc_session.as_str()) {
-            return;
-        }
-        match ev["type"].as_str().unwrap_or_default() {
-            "message.updated" => {
-                if let (Some(id), Some(role)) =
-                    (p["info"]["id"].as_str(), p["info"]["role"].as_str())
-                {
-                    turn.roles.insert(id.to_string(), role.to_string());
-                }
-            }
-            "message.part.updated" => part_updated(turn, &p["part"]),
-            "message.part.delta" => {
-                let Some(pid) = p["partID"].as_str() else {
-                    return;
-                };
-                let delta = p["delta"].as_str().unwrap_or_default();
-                if p["field"] != "text" || delta.is_empty() {
-                    return;
-                }
-                let assistant = p["messageID"]
-                    .as_str()
-                    .and_then(|m| turn.roles.get(m))
-                    .is_some_and(|r| r == "assistant");
-                let Some((kind, emitted)) = turn.parts.get_mut(pid) else {
-                    return;
-                };
-                if !assistant {
-                    return;
-                }
-                *emitted += delta.len();
-                let kind = kind.clone();
-                emit_text(turn, &kind, delta);
-            }
-            "permission.asked" | "permission.updated" => {
-                let Some(id) = p["id"].as_str() else { return };
-                let tool = p["permission"]
-                    .as_str()
-                    .or_else(|| p["type"].as_str())
-                    .unwrap_or("tool")
-                    .to_string();
-                let patterns: Vec<&str> = p["patterns"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                turn.pending.insert(id.to_string());
-                turn.sink.emit(
-                    &Event::new(EventKind::InputRequired(InputRequest {
-                        request_id: id.to_string(),
-                        kind: "tool_use".into(),
-                        message: if patterns.is_empty() {
-                            format!("Allow {tool}?")
-                        } else {
-                            format!("Allow {tool}: {}?", patterns.join(", "))
-                        },
-                        tool: Some(tool),
-                        options: vec![
-                            DecisionKind::ApproveOnce,
-                            DecisionKind::ApproveSession,
-                            DecisionKind::Deny,
-                        ],
-                        tool_input: Some(p["metadata"].clone()),
-                    }))
-                    .with_raw(ev.clone()),
-                );
-            }
-            "session.error" => {
-                let e = &p["error"];
-                let name = e["name"].as_str().unwrap_or("UnknownError");
-                if name == "MessageAbortedError" && turn.cancelled.load(Ordering::SeqCst) {
-                    return;
-                }
-                turn.failed = true;
-                turn.sink.emit(
-                    &Event::new(EventKind::Error(ErrorInfo {
-                        code: if name == "APIError" {
-                            "model_error".into()
-                        } else {
-                            name.to_string()
-                        },
-                        message: e["data"]["message"].as_str().unwrap_or(name).to_string(),
-                        provider: (name == "APIError").then(|| "openai".to_string()),
-                    }))
-                    .with_raw(ev.clone()),
-                );
-            }
-            "session.idle" => {
-                let Some(t) = st.turn.take() else { return };
+        let (out, sink) = {
+            let mut s = lock(&self.state);
+            let st = &mut *s;
+            let Some(turn) = st.turn.as_mut() else { return };
+            let cancelled = turn.cancelled.load(Ordering::SeqCst);
+            let out = protocol::on_event(&mut turn.proto, ev, cancelled);
+            let sink = turn.sink.clone();
+            if out.ended {
+                st.turn = None;
                 st.last_used = Instant::now();
-                let mut usage = t.usage;
-                usage.cost_micro_cents = (t.cost_usd * 1e8).round().max(0.0) as u64;
-                let status = if t.cancelled.load(Ordering::SeqCst) {
-                    TurnStatus::Cancelled
-                } else if t.failed {
-                    TurnStatus::Failed
-                } else {
-                    TurnStatus::Completed
-                };
-                t.sink.emit_kind(EventKind::Done(Done {
-                    usage,
-                    status,
-                    stop_reason: t.finish.clone(),
-                    message: None,
-                }));
             }
-            _ => {}
+            (out, sink)
+        };
+        for e in &out.events {
+            sink.emit(e);
         }
-    }
-}
-
-fn emit_text(turn: &ActiveTurn, kind: &str, text: &str) {
-    match kind {
-        "text" => turn.sink.emit_kind(EventKind::Text {
-            part: Part::Text {
-                text: text.to_string(),
-            },
-        }),
-        "reasoning" if turn.thinking => turn.sink.emit_kind(EventKind::Reasoning {
-            part: Part::Reasoning {
-                text: text.to_string(),
-            },
-        }),
-        _ => {}
-    }
-}
-
-fn part_updated(turn: &mut ActiveTurn, part: &Value) {
-    let Some(id) = part["id"].as_str() else {
-        return;
-    };
-    let kind = part["type"].as_str().unwrap_or_default();
-    let assistant = part["messageID"]
-        .as_str()
-        .and_then(|m| turn.roles.get(m))
-        .is_some_and(|r| r == "assistant");
-    match kind {
-        "text" | "reasoning" => {
-            let text = part["text"].as_str().unwrap_or_default();
-            let entry = turn
-                .parts
-                .entry(id.to_string())
-                .or_insert((kind.to_string(), 0));
-            // Text that did not come as deltas (or came only in part) is sent from the update.
-            if assistant && text.len() > entry.1 && text.is_char_boundary(entry.1) {
-                let rest = text[entry.1..].to_string();
-                entry.1 = text.len();
-                emit_text(turn, kind, &rest);
-            }
-        }
-        "tool" => {
-            let call = part["callID"].as_str().unwrap_or(id).to_string();
-            let state = &part["state"];
-            let status = state["status"].as_str().unwrap_or_default();
-            if turn.tools.get(&call).is_some_and(|s| s == status) {
-                return;
-            }
-            turn.tools.insert(call.clone(), status.to_string());
-            let (st, result) = match status {
-                "pending" => (ToolStatus::Pending, None),
-                "running" => (ToolStatus::Running, None),
-                "completed" => (ToolStatus::Completed, Some(state["output"].clone())),
-                "error" => (ToolStatus::Error, Some(state["error"].clone())),
-                _ => return,
-            };
-            turn.sink.emit(&Event::new(EventKind::ToolUse(ToolUse {
-                tool_use_id: call,
-                tool_name: part["tool"].as_str().unwrap_or_default().to_string(),
-                tool_input: state["input"].clone(),
-                status: st,
-                result,
-            })));
-        }
-        "step-start" => turn.sink.emit_kind(EventKind::StepStart {
-            step_index: turn.step,
-            description: None,
-        }),
-        "step-finish" => {
-            let t = &part["tokens"];
-            let n = |v: &Value| v.as_u64().unwrap_or(0);
-            let add = Usage::new(
-                n(&t["input"]),
-                n(&t["output"]) + n(&t["reasoning"]),
-                n(&t["cache"]["read"]),
-                n(&t["cache"]["write"]),
-            );
-            let u = &mut turn.usage;
-            u.input_tokens += add.input_tokens;
-            u.output_tokens += add.output_tokens;
-            u.cache_read_tokens += add.cache_read_tokens;
-            u.cache_write_tokens += add.cache_write_tokens;
-            u.total_tokens += add.total_tokens;
-            turn.cost_usd += part["cost"].as_f64().unwrap_or(0.0);
-            turn.finish = part["reason"].as_str().map(str::to_string);
-            turn.sink.emit_kind(EventKind::StepFinish {
-                step_index: turn.step,
-                result: turn.finish.clone(),
-            });
-            turn.step += 1;
-        }
-        _ => {}
     }
 }
 
@@ -642,7 +437,7 @@ impl Turn for OpenCodeTurn {
         {
             let mut s = lock(&self.server.state);
             let turn = s.turn.as_mut().ok_or("the turn has ended")?;
-            if !turn.pending.remove(request_id) {
+            if !turn.proto.pending.remove(request_id) {
                 return Err(format!("no pending request {request_id}"));
             }
         }
@@ -731,17 +526,7 @@ impl Driver for OpenCodeDriver {
             }
             s.turn = Some(ActiveTurn {
                 sink,
-                thinking: req.thinking,
-                oc_session: oc_session.clone(),
-                parts: HashMap::new(),
-                roles: HashMap::new(),
-                tools: HashMap::new(),
-                pending: HashSet::new(),
-                step: 0,
-                usage: Usage::default(),
-                cost_usd: 0.0,
-                failed: false,
-                finish: None,
+                proto: TurnState::new(oc_session.clone(), req.thinking),
                 cancelled: cancelled.clone(),
             });
             s.last_used = Instant::now();
