@@ -1471,3 +1471,97 @@ fn stray_workspaces_are_swept_at_start() {
         .join(".karta/workspaces/org_gone/sess_gone.home")
         .exists());
 }
+
+#[test]
+fn two_instances_on_one_postgres_database_never_run_two_turns_of_a_session() {
+    let Some(db) = temp_pg_database() else { return };
+    let a = Env::simple_on(Some(&db.url));
+    // A second instance on the same files and database, with its own listeners.
+    let b = Karta::start(&a.k.dir);
+    let on_b = |path: &str, body: Value| {
+        a.c.post(format!("{}{path}", b.public))
+            .bearer_auth(&a.key)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let sid = a.session(json!({}));
+
+    // While a long turn runs on A, B refuses to start one.
+    let mut s = a.stream(&sid, json!({"text": "long [flood:300]"}));
+    s.until("text");
+    let r = on_b(
+        &format!("/v1/sessions/{sid}/messages"),
+        json!({"text": "me too"}),
+    );
+    assert_eq!(r.status(), 409, "{:?}", r.text());
+    let first = s.rest();
+    assert_eq!(first.last().unwrap().event, "done");
+
+    // Then B takes the next turn, numbering on from where A stopped.
+    let r = on_b(
+        &format!("/v1/sessions/{sid}/messages"),
+        json!({"text": "now b"}),
+    );
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().unwrap();
+    let first_seq = answer["events"][0]["seq"].as_i64().unwrap();
+    assert_eq!(first_seq, first.last().unwrap().id.unwrap() + 1);
+
+    // Both at once, several times: never two turns together, never a sequence number twice.
+    let mut ran = 0;
+    for i in 0..5 {
+        let (ra, rb) = thread::scope(|scope| {
+            let ta = scope.spawn(|| {
+                a.post(
+                    &format!("/v1/sessions/{sid}/messages"),
+                    json!({"text": format!("a{i} [flood:50]")}),
+                )
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+            });
+            let tb = scope.spawn(|| {
+                on_b(
+                    &format!("/v1/sessions/{sid}/messages"),
+                    json!({"text": format!("b{i} [flood:50]")}),
+                )
+                .status()
+                .as_u16()
+            });
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        assert!(
+            [200, 409].contains(&ra) && [200, 409].contains(&rb),
+            "{ra} {rb}"
+        );
+        ran += [ra, rb].iter().filter(|s| **s == 200).count();
+    }
+    let log = SseReader::new(
+        a.get(&format!("/v1/sessions/{sid}/events?after=0"))
+            .send()
+            .unwrap(),
+    )
+    .rest();
+    let ids: Vec<i64> = log.iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as i64).collect::<Vec<_>>(),
+        "gaps or reuse"
+    );
+    let dones = log.iter().filter(|f| f.event == "done").count();
+    assert_eq!(dones, 2 + ran, "one done per turn that ran");
+    // Every turn's events are contiguous: a turn's events never interleave with another's.
+    let mut open = false;
+    for f in &log {
+        match f.event.as_str() {
+            "step_start" => {
+                assert!(!open, "two turns interleaved at {:?}", f.id);
+                open = true;
+            }
+            "done" => open = false,
+            _ => {}
+        }
+    }
+}

@@ -24,6 +24,9 @@ enum Entry {
     /// Events of one turn, in sequence order, and who wants to know when they are committed.
     Events {
         rows: Vec<SessionEvent>,
+        /// Run in the same transaction right after the rows (a turn's lease release with its
+        /// `done`).
+        then: Option<SessionOp>,
         ack: Option<oneshot::Sender<()>>,
     },
     /// A session update.
@@ -76,20 +79,25 @@ impl Journal {
     /// Queues a run of events; waits only while the queue is full.
     pub async fn append(&self, rows: Vec<SessionEvent>) {
         if !rows.is_empty() {
-            self.send(Entry::Events { rows, ack: None }).await;
+            self.send(Entry::Events {
+                rows,
+                then: None,
+                ack: None,
+            })
+            .await;
         }
     }
 
-    /// Queues a run of events and waits until it (and everything queued before it) is committed.
-    pub async fn append_durable(&self, rows: Vec<SessionEvent>) {
+    /// Queues a run of events (and `then`, run in the same transaction after them) and waits
+    /// until it and everything queued before it is committed.
+    pub async fn append_durable(&self, rows: Vec<SessionEvent>, then: Option<SessionOp>) {
         let (ack, done) = oneshot::channel();
-        if self
-            .send(Entry::Events {
-                rows,
-                ack: Some(ack),
-            })
-            .await
-        {
+        let entry = Entry::Events {
+            rows,
+            then,
+            ack: Some(ack),
+        };
+        if self.send(entry).await {
             // An error means the writer dropped the ack without committing (logged there).
             let _ = done.await;
         }
@@ -120,16 +128,19 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
             // Events and updates in queue order; consecutive event runs go in together.
             let mut run: Vec<&SessionEvent> = Vec::new();
             for e in entries.iter_mut() {
-                match e {
-                    Entry::Events { rows, .. } => run.extend(rows.iter()),
-                    Entry::Op(op) => {
-                        events::append_batch(c, &run, keep)?;
-                        run.clear();
-                        let op = std::mem::replace(op, Box::new(|_| Ok(())));
-                        // In a savepoint: one failed update must not cost the batch its events.
-                        if let Err(e) = c.transaction(op) {
-                            tracing::error!(error = %e, "session update not saved");
-                        }
+                let op = match e {
+                    Entry::Events { rows, then, .. } => {
+                        run.extend(rows.iter());
+                        then.take()
+                    }
+                    Entry::Op(op) => Some(std::mem::replace(op, Box::new(|_| Ok(())))),
+                };
+                if let Some(op) = op {
+                    events::append_batch(c, &run, keep)?;
+                    run.clear();
+                    // In a savepoint: one failed update must not cost the batch its events.
+                    if let Err(e) = c.transaction(op) {
+                        tracing::error!(error = %e, "session update not saved");
                     }
                 }
             }

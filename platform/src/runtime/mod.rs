@@ -104,6 +104,8 @@ pub struct Runtime {
     slots: Mutex<HashMap<String, Arc<slot::Slot>>>,
     journal: Journal,
     app_settings: settings_cache::SettingsCache,
+    /// This process's name in turn leases.
+    instance_id: String,
 }
 
 impl Runtime {
@@ -122,6 +124,7 @@ impl Runtime {
             slots: Mutex::new(HashMap::new()),
             journal,
             app_settings: settings_cache::SettingsCache::default(),
+            instance_id: crate::store::new_id("inst"),
         })
     }
 

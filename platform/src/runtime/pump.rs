@@ -105,6 +105,9 @@ fn log_row(session: &models::Session, f: &Frame) -> models::SessionEvent {
     }
 }
 
+/// How often a running turn renews its lease (it lasts [`super::turns::LEASE`]).
+const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Events published but not yet queued for the log: the pump hands the journal a run at a time
 /// (whatever the driver had ready), so a fast driver costs one queue slot and one writer wake-up
 /// per run rather than per event. The turn's live buffer covers them meanwhile.
@@ -116,6 +119,23 @@ impl Runtime {
         let f = Arc::new(frame(&ctx.session.id, seq, ev));
         ctx.running.publish(f.clone());
         run.push(log_row(&ctx.session, &f));
+    }
+
+    /// Extends the turn's lease on the session (queued with the log's writes).
+    async fn renew_lease(&self, ctx: &TurnCtx) {
+        let Some(owner) = ctx.lease.clone() else {
+            return;
+        };
+        let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
+        self.journal
+            .update(Box::new(move |c| {
+                let until = store::now() + super::turns::LEASE;
+                if !sessions::renew_turn(c, &org, &id, &owner, until)? {
+                    tracing::error!(session = %id, "the turn's lease on the session was lost");
+                }
+                Ok(())
+            }))
+            .await;
     }
 
     /// Queues the run for the log.
@@ -134,7 +154,18 @@ impl Runtime {
     ) -> Arc<Frame> {
         let f = Arc::new(frame(&ctx.session.id, seq, done));
         run.push(log_row(&ctx.session, &f));
-        self.journal.append_durable(run).await;
+        // The lease goes in the commit that stores `done`: another instance that takes the
+        // session next reads this turn's last sequence number.
+        let release = ctx.lease.as_ref().map(|owner| {
+            let (org, id, owner) = (
+                ctx.session.org_id.clone(),
+                ctx.session.id.clone(),
+                owner.clone(),
+            );
+            Box::new(move |c: &mut crate::store::Conn| sessions::release_turn(c, &org, &id, &owner))
+                as super::journal::SessionOp
+        });
+        self.journal.append_durable(run, release).await;
         f
     }
 
@@ -155,6 +186,7 @@ impl Runtime {
         let mut deadline = Instant::now() + ctx.limits.timeout;
         let mut paused_at: Option<Instant> = None;
         let mut expired = false;
+        let mut renew = tokio::time::interval_at(Instant::now() + LEASE_RENEW, LEASE_RENEW);
         loop {
             if !run.is_empty() && (rx.is_empty() || run.len() >= MAX_RUN) {
                 self.flush(&mut run).await;
@@ -173,6 +205,10 @@ impl Runtime {
                     }
                 },
                 Some(Control::Publish(ev)) = control.recv() => ev,
+                _ = renew.tick(), if ctx.lease.is_some() => {
+                    self.renew_lease(ctx).await;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(deadline), if paused_at.is_none() => {
                     if !expired {
                         expired = true;

@@ -36,13 +36,26 @@ pub struct SendMessage {
     pub thinking: bool,
 }
 
-/// A claimed session: its turn lock, the session under it, its driver and app settings.
+/// A claimed session: its turn lock, this instance's lease on it (PostgreSQL), the session
+/// under them, its driver and app settings.
 type Claimed = (
     OwnedMutexGuard<()>,
+    Option<String>,
     models::Session,
     Arc<LoadedDriver>,
     Arc<AppSettings>,
 );
+
+/// How long a turn's claim on its session lasts unless renewed (a crashed instance's sessions
+/// are free again after this).
+pub(crate) const LEASE: std::time::Duration = std::time::Duration::from_secs(90);
+
+fn app_settings_or(
+    cache: &super::settings_cache::SettingsCache,
+    app_dir: &Path,
+) -> Result<Arc<AppSettings>, RuntimeError> {
+    cache.get(app_dir).map_err(|e| app_problem(app_dir, &e))
+}
 
 /// How long a turn may run, and how long a cancelled one gets to end itself.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +67,8 @@ pub(crate) struct TurnLimits {
 /// What the pump and the approvals need to know about the turn.
 pub(crate) struct TurnCtx {
     pub(crate) session: models::Session,
+    /// This instance's claim on the session (PostgreSQL), released with `done`.
+    pub(crate) lease: Option<String>,
     pub(crate) driver: Arc<LoadedDriver>,
     pub(crate) limits: TurnLimits,
     pub(crate) agent: String,
@@ -97,7 +112,7 @@ impl Runtime {
         let started = self
             .claim_session(org_id, scope, session_id, &slot, msg.agent.as_deref())
             .await;
-        let (guard, session, driver, settings) = match started {
+        let (guard, lease, session, driver, settings) = match started {
             Ok(v) => v,
             Err(e) => {
                 self.forget_slot(session_id, slot);
@@ -146,6 +161,7 @@ impl Runtime {
         let rt = self.clone();
         let ctx = TurnCtx {
             session,
+            lease,
             driver: driver.clone(),
             limits: TurnLimits {
                 timeout: rt_settings.turn_timeout,
@@ -191,10 +207,12 @@ impl Runtime {
                     .await
             }
         };
-        let (guard, session, project) = match slot.lock.clone().try_lock_owned() {
+        let (guard, lease, session, project) = match slot.lock.clone().try_lock_owned() {
             Ok(guard) => {
-                let (s, p) = read(&self.store).await?;
-                (guard, s, p)
+                let lease = self.acquire_lease(org_id, session_id).await?;
+                let read = read(&self.store).await.map_err(RuntimeError::from);
+                let (s, p) = self.or_release(org_id, session_id, &lease, read).await?;
+                (guard, lease, s, p)
             }
             Err(_) => {
                 let (s, p) = read(&self.store).await?;
@@ -207,17 +225,77 @@ impl Runtime {
                         slot.lock.clone().lock_owned().await
                     }
                 };
-                let (s, p) = read(&self.store).await?;
-                (guard, s, p)
+                let lease = self.acquire_lease(org_id, session_id).await?;
+                let read = read(&self.store).await.map_err(RuntimeError::from);
+                let (s, p) = self.or_release(org_id, session_id, &lease, read).await?;
+                (guard, lease, s, p)
             }
         };
-        let driver = self.turn_gates(&session, &project, agent).await?;
+        let gates = self.turn_gates(&session, &project, agent).await;
+        let driver = self.or_release(org_id, session_id, &lease, gates).await?;
         let app_dir = Path::new(&session.app_path);
+        let settings = app_settings_or(&self.app_settings, app_dir);
         let settings = self
-            .app_settings
-            .get(app_dir)
-            .map_err(|e| app_problem(app_dir, &e))?;
-        Ok((guard, session, driver, settings))
+            .or_release(org_id, session_id, &lease, settings)
+            .await?;
+        Ok((guard, lease, session, driver, settings))
+    }
+
+    /// On PostgreSQL (where several instances may share the database), claims the session's turn
+    /// for this instance: another instance's live claim makes the session busy here.
+    async fn acquire_lease(
+        &self,
+        org_id: &str,
+        session_id: &str,
+    ) -> Result<Option<String>, RuntimeError> {
+        if self.store.backend() != crate::store::Backend::Postgres {
+            return Ok(None);
+        }
+        let (org, id, owner) = (
+            org_id.to_string(),
+            session_id.to_string(),
+            self.instance_id.clone(),
+        );
+        let claimed = self
+            .store
+            .write_async(move |c| {
+                let now = store::now();
+                if sessions::acquire_turn(c, &org, &id, &owner, now, now + LEASE)? {
+                    return Ok(true);
+                }
+                // Not ours: busy elsewhere, or no such session.
+                sessions::get(c, &org, &id).map(|_| false)
+            })
+            .await?;
+        if claimed {
+            Ok(Some(self.instance_id.clone()))
+        } else {
+            tracing::info!(session = %session_id, "a turn of this session runs on another instance");
+            Err(RuntimeError::Busy)
+        }
+    }
+
+    /// Passes `r` through; on an error gives the lease back first.
+    async fn or_release<T>(
+        &self,
+        org_id: &str,
+        session_id: &str,
+        lease: &Option<String>,
+        r: Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        if r.is_err() {
+            if let Some(owner) = lease.clone() {
+                let (org, id) = (org_id.to_string(), session_id.to_string());
+                if let Err(e) = self
+                    .store
+                    .write_async(move |c| sessions::release_turn(c, &org, &id, &owner))
+                    .await
+                {
+                    tracing::error!(session = %session_id, error = %e, "lease not released");
+                }
+            }
+        }
+        r
     }
 
     /// What must hold before a turn may start: the session open, the project enabled, its

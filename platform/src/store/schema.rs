@@ -60,6 +60,8 @@ diesel::table! {
         last_seq -> BigInt,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        turn_owner -> Nullable<Text>,
+        turn_lease_until -> Nullable<Timestamp>,
     }
 }
 

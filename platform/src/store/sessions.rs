@@ -137,3 +137,67 @@ pub fn open_among(
     }
     Ok(open)
 }
+
+/// Claims the org's session's turn for `owner` until `until`, unless another owner holds a
+/// lease that has not expired. True when the claim is `owner`'s.
+pub fn acquire_turn(
+    c: &mut Conn,
+    org_id: &str,
+    id: &str,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        sessions::table
+            .filter(sessions::org_id.eq(org_id))
+            .filter(sessions::id.eq(id))
+            .filter(
+                sessions::turn_owner
+                    .is_null()
+                    .or(sessions::turn_owner.eq(owner))
+                    .or(sessions::turn_lease_until.lt(now)),
+            ),
+    )
+    .set((
+        sessions::turn_owner.eq(owner),
+        sessions::turn_lease_until.eq(until),
+    ))
+    .execute(c)?;
+    Ok(n == 1)
+}
+
+/// Extends `owner`'s claim; false when it is no longer `owner`'s.
+pub fn renew_turn(
+    c: &mut Conn,
+    org_id: &str,
+    id: &str,
+    owner: &str,
+    until: NaiveDateTime,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        sessions::table
+            .filter(sessions::org_id.eq(org_id))
+            .filter(sessions::id.eq(id))
+            .filter(sessions::turn_owner.eq(owner)),
+    )
+    .set(sessions::turn_lease_until.eq(until))
+    .execute(c)?;
+    Ok(n == 1)
+}
+
+/// Gives up `owner`'s claim (if it still is `owner`'s).
+pub fn release_turn(c: &mut Conn, org_id: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+    diesel::update(
+        sessions::table
+            .filter(sessions::org_id.eq(org_id))
+            .filter(sessions::id.eq(id))
+            .filter(sessions::turn_owner.eq(owner)),
+    )
+    .set((
+        sessions::turn_owner.eq(None::<String>),
+        sessions::turn_lease_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(c)?;
+    Ok(())
+}
