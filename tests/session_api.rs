@@ -1565,3 +1565,39 @@ fn two_instances_on_one_postgres_database_never_run_two_turns_of_a_session() {
         }
     }
 }
+
+#[test]
+fn warm_harnesses_are_capped_idle_ones_evicted_and_busy_ones_make_a_503() {
+    let e = Env::start(|_, mut pf| {
+        pf.extra = "[runtime]\nmax_warm_harnesses = 2\nmax_warm_harnesses_per_tenant = 2\n".into();
+        pf.project("hello", &hello_app(), None)
+    });
+    let (a, b, c) = (
+        e.session(json!({})),
+        e.session(json!({})),
+        e.session(json!({})),
+    );
+    // A and B each wait for an approval: both harnesses are busy.
+    let mut sa = e.stream(&a, json!({"text": "wait [approve]"}));
+    let ask = sa.until("input_required").pop().unwrap();
+    let mut sb = e.stream(&b, json!({"text": "wait [approve]"}));
+    sb.until("input_required");
+    let r = e
+        .post(&format!("/v1/sessions/{c}/messages"), json!({"text": "hi"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    // A finishes: its harness is idle, and C's turn takes its place.
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    assert_eq!(e.decide(&a, &rid, "approve_once").status(), 200);
+    sa.rest();
+    assert_eq!(e.unary(&c, json!({"text": "hi"}))["status"], "completed");
+    assert!(e
+        .k
+        .log_text()
+        .contains("stopping the least recently used idle harness"));
+    // A comes back later and simply takes the next idle slot (C's).
+    assert_eq!(e.unary(&a, json!({"text": "again"}))["status"], "completed");
+    drop(sb);
+}

@@ -198,6 +198,15 @@ fn config_text(
 ) -> String {
     let app = toml_str(&app.to_string_lossy());
     let mut t = format!("data_dir = {}\n\n", toml_str(&data.to_string_lossy()));
+    // The bench drives thousands of sessions at once through a driver that holds no process:
+    // lift the warm-harness caps. KARTA_BENCH_RUNTIME replaces this block (set it empty for a
+    // karta binary older than these settings).
+    let runtime = std::env::var("KARTA_BENCH_RUNTIME").unwrap_or_else(|_| {
+        "max_warm_harnesses = 1000000\nmax_warm_harnesses_per_tenant = 1000000\n".into()
+    });
+    if !runtime.trim().is_empty() {
+        let _ = writeln!(t, "[runtime]\n{runtime}");
+    }
     if let Some(url) = db_url {
         let _ = writeln!(t, "[database]\nurl = {}\n", toml_str(url));
     }

@@ -81,6 +81,10 @@ fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
         cancel_grace: std::time::Duration::from_secs(c.runtime.cancel_grace_seconds),
         metadata_max_value_bytes: c.runtime.metadata_max_value_bytes,
         metadata_max_bytes: c.runtime.metadata_max_bytes,
+        warm: crate::runtime::warm::WarmLimits {
+            total: c.runtime.max_warm_harnesses.max(1),
+            per_tenant: c.runtime.max_warm_harnesses_per_tenant.max(1),
+        },
         data_dir: c.data_dir.clone(),
         event_log_retention: c.runtime.event_log_retention,
         input_timeout: std::time::Duration::from_secs(c.runtime.input_timeout_seconds),

@@ -188,6 +188,11 @@ pub struct RuntimeConfig {
     pub metadata_max_value_bytes: usize,
     /// Largest metadata of a session (all keys), in bytes of JSON.
     pub metadata_max_bytes: usize,
+    /// Sessions whose harness may be running at once; past it the least recently used idle
+    /// one is stopped, and when all are busy a new turn gets 503.
+    pub max_warm_harnesses: usize,
+    /// The same, per tenant.
+    pub max_warm_harnesses_per_tenant: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -203,6 +208,8 @@ impl Default for RuntimeConfig {
             cancel_grace_seconds: 10,
             metadata_max_value_bytes: 4096,
             metadata_max_bytes: 65_536,
+            max_warm_harnesses: 64,
+            max_warm_harnesses_per_tenant: 32,
         }
     }
 }

@@ -21,6 +21,7 @@ mod settings_cache;
 mod slot;
 mod subscription;
 mod turns;
+pub mod warm;
 mod workspace;
 
 pub use app_settings::{AppSettings, PermissionMode, Policy};
@@ -94,6 +95,8 @@ pub struct RuntimeSettings {
     pub metadata_max_value_bytes: usize,
     /// Largest metadata of a session, as JSON.
     pub metadata_max_bytes: usize,
+    /// Caps on warm harnesses.
+    pub warm: warm::WarmLimits,
 }
 
 /// The session runtime.
@@ -106,6 +109,8 @@ pub struct Runtime {
     app_settings: settings_cache::SettingsCache,
     /// This process's name in turn leases.
     instance_id: String,
+    /// Sessions whose harness may be warm.
+    warm: warm::WarmSet,
 }
 
 impl Runtime {
@@ -125,6 +130,7 @@ impl Runtime {
             journal,
             app_settings: settings_cache::SettingsCache::default(),
             instance_id: crate::store::new_id("inst"),
+            warm: warm::WarmSet::default(),
         })
     }
 

@@ -619,6 +619,7 @@ impl Runtime {
                 let sid = id.to_string();
                 let _ = tokio::task::spawn_blocking(move || d.driver.end_session(&sid)).await;
             }
+            self.warm.forget(id);
             // A closed session never runs again: its workspace (and the harness's home beside
             // it) goes, so closed sessions do not fill the disk.
             let ws = self.workspace_dir(org_id, id);

@@ -15,6 +15,7 @@ use super::running::{Control, Running};
 use super::sessions::{invalid, iso, load, participant};
 use super::slot::Slot;
 use super::subscription::Subscription;
+use super::warm::try_idle;
 use super::{app_problem, Runtime, RuntimeError};
 use crate::config::Multitask;
 use crate::drivers::LoadedDriver;
@@ -238,7 +239,42 @@ impl Runtime {
         let settings = self
             .or_release(org_id, session_id, &lease, settings)
             .await?;
+        let room = self.make_warm_room(&session).await;
+        self.or_release(org_id, session_id, &lease, room).await?;
         Ok((guard, lease, session, driver, settings))
+    }
+
+    /// Counts the session's harness as warm; stops the least recently used idle ones past the
+    /// caps, or refuses the turn (503) when every counted session is busy.
+    async fn make_warm_room(&self, session: &models::Session) -> Result<(), RuntimeError> {
+        let limits = self.settings().warm;
+        let evictions = self.warm.admit(
+            &session.id,
+            &session.org_id,
+            &session.driver,
+            limits,
+            |sid| try_idle(&self.slot(sid).lock),
+        );
+        let Some(evictions) = evictions else {
+            tracing::warn!(session = %session.id, org = %session.org_id, "no room for another warm harness");
+            return Err(RuntimeError::Unavailable(format!(
+                "every harness slot is busy (at most {} warm harnesses, {} per tenant); retry shortly",
+                limits.total, limits.per_tenant
+            )));
+        };
+        for e in evictions {
+            tracing::info!(session = %e.session_id, "stopping the least recently used idle harness");
+            if let Some(d) = self.drivers.get(&e.driver) {
+                let sid = e.session_id.clone();
+                let _ = tokio::task::spawn_blocking(move || d.driver.end_session(&sid)).await;
+            }
+            let sid = e.session_id.clone();
+            drop(e);
+            if let Some(slot) = self.existing_slot(&sid) {
+                self.forget_slot(&sid, slot);
+            }
+        }
+        Ok(())
     }
 
     /// On PostgreSQL (where several instances may share the database), claims the session's turn
