@@ -4,6 +4,9 @@
 //! by `kill -9` — its harness processes die with it instead of lingering (each `opencode serve`
 //! holds hundreds of megabytes). The kernel sends that signal when the *thread* that started the
 //! child ends, so every child is started from one thread that lives as long as the library.
+//!
+//! Each child also leads a process group of its own, so [`kill_tree`] stops the harness with
+//! every tool process it started (a shell, a dev server) instead of orphaning them.
 
 use std::collections::HashMap;
 use std::io;
@@ -42,6 +45,10 @@ fn spawn_here(cmd: &mut Command) -> io::Result<Child> {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
+            // A group of its own: its children can be killed with it.
+            if libc::setpgid(0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -63,6 +70,19 @@ pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the harness spawner thread is not running"))?;
     rx.recv()
         .map_err(|_| io::Error::other("the harness spawner thread stopped"))?
+}
+
+/// Kills a child started by [`spawn_tied`] and every process of its group (its tool
+/// subprocesses). The caller still waits for the child.
+pub fn kill_tree(child: &mut Child) {
+    #[cfg(target_os = "linux")]
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: signals the group this child leads (set up in spawn_here); no memory touched.
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
 }
 
 /// A warm harness process (or server) a driver keeps per session.

@@ -253,27 +253,34 @@ impl Proc {
             .map_err(|_| "the harness input is closed".to_string())
     }
 
-    /// Ends the process: close its input, then kill it if it lingers.
+    /// Ends the process: close its input, give it two seconds to save and exit, then kill
+    /// what is left of its process group (it, or tool processes it left behind).
     fn stop(&self) {
         lock(&self.input).take();
         let mut child = lock(&self.child);
         for _ in 0..20 {
             if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
+                break;
             }
             thread::sleep(Duration::from_millis(100));
         }
-        let _ = child.kill();
+        karta_plugin_api::process::kill_tree(&mut child);
         let _ = child.wait();
     }
 
     fn kill(&self) {
-        let _ = lock(&self.child).kill();
+        karta_plugin_api::process::kill_tree(&mut lock(&self.child));
     }
 
     /// The process's output ended: finish the turn it was running, if any.
     fn exited(self: &Arc<Self>) {
-        let status = lock(&self.child).wait().ok();
+        let status = {
+            let mut child = lock(&self.child);
+            let status = child.wait().ok();
+            // Tool processes it started do not outlive it.
+            karta_plugin_api::process::kill_tree(&mut child);
+            status
+        };
         let turn = {
             let mut s = lock(&self.state);
             s.alive = false;

@@ -264,7 +264,7 @@ impl Server {
         }
         drop(ready_tx);
         if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
-            let _ = child.kill();
+            karta_plugin_api::process::kill_tree(&mut child);
             let _ = child.wait();
             let tail: Vec<String> = lock(&output).iter().cloned().collect();
             return Err(format!("OpenCode did not start: {}", tail.join(" | ")));
@@ -336,7 +336,7 @@ impl Server {
 
     fn kill(&self) {
         let mut c = lock(&self.child);
-        let _ = c.kill();
+        karta_plugin_api::process::kill_tree(&mut c);
         let _ = c.wait();
     }
 
@@ -359,7 +359,7 @@ impl Server {
     fn exited(self: &Arc<Self>) {
         let status = {
             let mut c = lock(&self.child);
-            let _ = c.kill();
+            karta_plugin_api::process::kill_tree(&mut c);
             c.wait().ok()
         };
         let turn = {
