@@ -1601,3 +1601,25 @@ fn warm_harnesses_are_capped_idle_ones_evicted_and_busy_ones_make_a_503() {
     assert_eq!(e.unary(&a, json!({"text": "again"}))["status"], "completed");
     drop(sb);
 }
+
+#[test]
+fn a_driver_whose_settings_change_on_reload_is_rebuilt_for_new_turns() {
+    let e = Env::simple();
+    let sid = e.session(json!({}));
+    assert_eq!(e.unary(&sid, json!({"text": "hi"}))["text"], "echo: hi");
+    // Same library, new settings.
+    let pf = PlatformFile::new().project("hello", &hello_app(), None);
+    pf.write(&e.k.dir);
+    let file = e.k.dir.join("karta.platform.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text.replacen("delay_ms = 2 }", "delay_ms = 2, prefix = \"ECHO> \" }", 1);
+    std::fs::write(&file, text).unwrap();
+    let r = Client::new()
+        .post(format!("{}/admin/v1/config/reload", e.k.admin))
+        .bearer_auth(&e.k.admin_token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(e.unary(&sid, json!({"text": "hi"}))["text"], "ECHO> hi");
+    assert!(e.k.log_text().contains("new turns use the rebuilt driver"));
+}

@@ -15,7 +15,8 @@
 //! default agent is named by a `default_agent: <name>` line in `ECHO.md`, or is the only agent.
 //!
 //! Settings (the `settings` table of its `[[drivers]]` entry):
-//! - `delay_ms` (default 5): pause between events, to make streaming observable.
+//! - `delay_ms` (default 5): pause between events, to make streaming observable;
+//! - `prefix` (default `"echo: "`): what the reply starts with.
 
 mod script;
 mod worker;
@@ -30,6 +31,7 @@ use serde_json::Value;
 /// so a turn waiting for an approval holds no thread).
 pub struct EchoDriver {
     worker: worker::Worker,
+    prefix: String,
 }
 
 impl EchoDriver {
@@ -41,8 +43,16 @@ impl EchoDriver {
                 format!("settings.delay_ms must be a non-negative integer, got {v}")
             })?,
         };
+        let prefix = match settings.get("prefix") {
+            None => "echo: ".to_string(),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| format!("settings.prefix must be a string, got {v}"))?
+                .to_string(),
+        };
         Ok(Self {
             worker: worker::Worker::new(Duration::from_millis(delay_ms)),
+            prefix,
         })
     }
 }
@@ -141,7 +151,7 @@ impl Driver for EchoDriver {
     }
 
     fn start_turn(&self, req: TurnRequest, sink: Sink) -> Result<Box<dyn Turn>, String> {
-        let steps = script::steps(&req);
+        let steps = script::steps(&req, &self.prefix);
         let input_tokens = req.text.split_whitespace().count() as u64;
         self.worker
             .start(&req.session_id, steps, sink, input_tokens)

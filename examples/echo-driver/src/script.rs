@@ -46,8 +46,8 @@ fn flood_count(text: &str) -> u64 {
         .min(100_000)
 }
 
-/// The steps of a turn answering `req`.
-pub fn steps(req: &TurnRequest) -> Vec<Step> {
+/// The steps of a turn answering `req` with a reply that starts with `prefix`.
+pub fn steps(req: &TurnRequest, prefix: &str) -> Vec<Step> {
     let mut out = Vec::new();
     if req.harness_session_id.is_none() {
         out.push(Step::Emit(EventKind::HarnessSession {
@@ -58,7 +58,7 @@ pub fn steps(req: &TurnRequest) -> Vec<Step> {
         step_index: 0,
         description: Some("echo the message".into()),
     }));
-    let reply = format!("echo: {}", req.text);
+    let reply = format!("{prefix}{}", req.text);
     for (i, w) in reply.split_inclusive(' ').enumerate() {
         out.push(Step::Pause);
         out.push(Step::Text(w.to_string()));
@@ -139,6 +139,10 @@ mod tests {
         .unwrap()
     }
 
+    fn steps_of(req: &TurnRequest) -> Vec<Step> {
+        steps(req, "echo: ")
+    }
+
     fn kinds(steps: &[Step]) -> Vec<&'static str> {
         steps
             .iter()
@@ -167,7 +171,7 @@ mod tests {
     #[test]
     fn a_plain_turn_echoes_then_runs_the_tool() {
         assert_eq!(
-            kinds(&steps(&request("hi there"))),
+            kinds(&steps_of(&request("hi there"))),
             [
                 "session",
                 "step_start",
@@ -183,7 +187,7 @@ mod tests {
 
     #[test]
     fn markers_ask_fail_and_flood() {
-        let ask = steps(&request("a [approve]"));
+        let ask = steps_of(&request("a [approve]"));
         let at = ask
             .iter()
             .position(|s| matches!(s, Step::Ask { .. }))
@@ -196,10 +200,10 @@ mod tests {
             matches!(&ask[at + SKIPPED_ON_DENY], Step::Emit(EventKind::ToolUse(t)) if t.status == ToolStatus::Completed)
         );
         assert_eq!(
-            kinds(&steps(&request("x [fail]"))),
+            kinds(&steps_of(&request("x [fail]"))),
             ["session", "step_start", "text", "fail"]
         );
-        let flood = steps(&request("go [flood:5]"));
+        let flood = steps_of(&request("go [flood:5]"));
         assert_eq!(
             kinds(&flood).iter().filter(|k| **k == "text").count(),
             3 + 5

@@ -28,6 +28,21 @@ pub struct LoadedDriver {
     pub origin: DriverOrigin,
     /// The driver.
     pub driver: HostDriver,
+    /// The settings it was built with (JSON), to rebuild it when they change.
+    settings: String,
+    /// How to build it again.
+    build: Build,
+}
+
+/// How a driver object is made.
+#[derive(Clone, Copy)]
+enum Build {
+    /// From a loaded plugin's root module (the library stays loaded).
+    Plugin(DriverModuleRef),
+    /// A linked-in constructor.
+    Builtin(BuiltinCtor),
+    /// Registered from outside; never rebuilt.
+    Fixed,
 }
 
 /// Why a driver could not be registered.
@@ -119,7 +134,62 @@ impl DriverRegistry {
             name: driver.name(),
             origin,
             driver,
+            settings: String::new(),
+            build: Build::Fixed,
         })
+    }
+
+    /// Replaces a registered driver with one built from `settings` when they changed. Turns
+    /// already running keep the old object (they hold it); new turns get the new one.
+    fn rebuild_if_changed(
+        &self,
+        current: &LoadedDriver,
+        settings: String,
+    ) -> Option<Result<String, DriverLoadError>> {
+        if current.settings == settings {
+            return None;
+        }
+        let built = match current.build {
+            Build::Plugin(module) => (module.new_driver())(RStr::from_str(&settings))
+                .into_result()
+                .map_err(|e| e.to_string()),
+            Build::Builtin(ctor) => ctor(&settings),
+            Build::Fixed => return None,
+        };
+        let path = match &current.origin {
+            DriverOrigin::Plugin(p) => p.clone(),
+            DriverOrigin::Builtin => PathBuf::from(format!("<builtin {}>", current.name)),
+        };
+        Some(match built {
+            Ok(d) => {
+                let d = LoadedDriver {
+                    name: current.name.clone(),
+                    origin: current.origin.clone(),
+                    driver: HostDriver::new(d),
+                    settings,
+                    build: current.build,
+                };
+                let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+                inner.drivers.insert(d.name.clone(), Arc::new(d));
+                tracing::info!(driver = %current.name, "driver settings changed; new turns use the rebuilt driver");
+                Ok(current.name.clone())
+            }
+            // The old driver keeps serving.
+            Err(message) => Err(DriverLoadError::Plugin {
+                path,
+                message: format!("driver refused its new settings: {message}"),
+            }),
+        })
+    }
+
+    /// The driver loaded from `path`, if any.
+    fn by_path(&self, path: &Path) -> Option<Arc<LoadedDriver>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner
+            .drivers
+            .values()
+            .find(|d| d.origin == DriverOrigin::Plugin(path.to_path_buf()))
+            .cloned()
     }
 
     fn is_loaded(&self, path: &Path) -> bool {
@@ -167,12 +237,15 @@ impl DriverRegistry {
             name,
             origin: DriverOrigin::Plugin(path.clone()),
             driver,
+            settings: json,
+            build: Build::Plugin(module),
         })
     }
 
     /// Registers the first-party drivers, the `[[drivers]]` plugins and every plugin found in the
     /// plugin folders. Failures are logged and returned; the host keeps serving without them.
-    /// Safe to call again on reload: what is already loaded is skipped.
+    /// Safe to call again on reload: what is already loaded is kept, and rebuilt from the same
+    /// library when its settings changed.
     pub fn load_from_config(&self, cfg: &PlatformConfig) -> Vec<DriverLoadError> {
         let mut errors = Vec::new();
         let mut report = |r: Result<String, DriverLoadError>, what: &str| match r {
@@ -187,6 +260,14 @@ impl DriverRegistry {
                 (Some(path), _) => {
                     let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
                     if self.is_loaded(&canonical) {
+                        if let Some(current) = self.by_path(&canonical) {
+                            let settings =
+                                serde_json::Value::Object(with_host_settings(&d.settings, cfg))
+                                    .to_string();
+                            if let Some(r) = self.rebuild_if_changed(&current, settings) {
+                                report(r, &path.display().to_string());
+                            }
+                        }
                         continue;
                     }
                     report(
@@ -209,9 +290,6 @@ impl DriverRegistry {
         // First-party drivers are linked in; a configured plugin of the same name (e.g. the
         // driver's own cdylib) takes precedence.
         for (name, ctor) in builtins() {
-            if self.get(name).is_some() {
-                continue;
-            }
             let settings = cfg
                 .drivers
                 .iter()
@@ -219,12 +297,31 @@ impl DriverRegistry {
                 .map(|d| with_host_settings(&d.settings, cfg))
                 .unwrap_or_else(|| with_host_settings(&Default::default(), cfg));
             let settings = serde_json::Value::Object(settings).to_string();
+            if let Some(current) = self.get(name) {
+                // A configured plugin of that name wins; a builtin is rebuilt when its
+                // settings changed.
+                if current.origin == DriverOrigin::Builtin {
+                    if let Some(r) = self.rebuild_if_changed(&current, settings) {
+                        report(r, "builtin");
+                    }
+                }
+                continue;
+            }
             let r = ctor(&settings)
                 .map_err(|message| DriverLoadError::Plugin {
                     path: PathBuf::from(format!("<builtin {name}>")),
                     message,
                 })
-                .and_then(|d| self.register(d, DriverOrigin::Builtin));
+                .and_then(|d| {
+                    let driver = HostDriver::new(d);
+                    self.insert(LoadedDriver {
+                        name: driver.name(),
+                        origin: DriverOrigin::Builtin,
+                        driver,
+                        settings: settings.clone(),
+                        build: Build::Builtin(ctor),
+                    })
+                });
             report(r, "builtin");
         }
         for dir in cfg.plugin_dirs() {
