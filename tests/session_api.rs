@@ -1623,3 +1623,45 @@ fn a_driver_whose_settings_change_on_reload_is_rebuilt_for_new_turns() {
     assert_eq!(e.unary(&sid, json!({"text": "hi"}))["text"], "ECHO> hi");
     assert!(e.k.log_text().contains("new turns use the rebuilt driver"));
 }
+
+#[test]
+fn concurrent_joins_and_metadata_merges_lose_nothing_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    concurrent_merges(Some(&db.url));
+}
+
+#[test]
+fn concurrent_joins_and_metadata_merges_lose_nothing_on_sqlite() {
+    concurrent_merges(None);
+}
+
+fn concurrent_merges(db: Option<&str>) {
+    let e = Env::simple_on(db);
+    let sid = e.session(json!({}));
+    thread::scope(|scope| {
+        for i in 0..16 {
+            let (e, sid) = (&e, &sid);
+            scope.spawn(move || {
+                let r = e
+                    .post(
+                        &format!("/v1/sessions/{sid}/participants"),
+                        json!({"name": format!("p{i}")}),
+                    )
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                let r = e
+                    .post(
+                        "/v1/sessions",
+                        json!({"session_id": sid, "metadata": {format!("k{i}"): i}}),
+                    )
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            });
+        }
+    });
+    let s = e.fetch(&sid);
+    assert_eq!(s["participants"].as_array().map(Vec::len), Some(16), "{s}");
+    assert_eq!(s["metadata"].as_object().map(|m| m.len()), Some(16), "{s}");
+}

@@ -299,10 +299,12 @@ impl Runtime {
         let limits = MetadataLimits::from(&*self.settings());
         self.store
             .write_async(move |c| {
-                let (s, p) = load(c, &org, &id, scope.as_deref())?;
                 let Some(extra) = metadata.filter(|m| !m.is_empty()) else {
+                    let (s, p) = load(c, &org, &id, scope.as_deref())?;
                     return Ok((view(&s, &p), false));
                 };
+                sessions::lock_row(c, &org, &id)?;
+                let (s, _) = load(c, &org, &id, scope.as_deref())?;
                 let mut merged = match parse_json(&s.metadata) {
                     Value::Object(m) => m,
                     _ => Map::new(),
@@ -558,6 +560,7 @@ impl Runtime {
         let (name, kind) = (name.to_string(), kind.to_string());
         self.store
             .write_async(move |c| {
+                sessions::lock_row(c, &org, &id)?;
                 let (s, _) = load(c, &org, &id, scope.as_deref())?;
                 let mut list: Vec<Value> =
                     serde_json::from_str(&s.participants).unwrap_or_default();

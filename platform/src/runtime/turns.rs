@@ -433,6 +433,7 @@ impl Runtime {
         }
         self.journal
             .update(Box::new(move |c| {
+                sessions::lock_row(c, &org, &id)?;
                 let s = sessions::get(c, &org, &id)?;
                 let mut list: Vec<Value> =
                     serde_json::from_str(&s.participants).unwrap_or_default();

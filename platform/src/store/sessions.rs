@@ -201,3 +201,19 @@ pub fn release_turn(c: &mut Conn, org_id: &str, id: &str, owner: &str) -> Result
     .execute(c)?;
     Ok(())
 }
+
+/// Locks the org's session row until the transaction ends, so a read-modify-write of its JSON
+/// columns (participants, metadata) cannot lose a concurrent one. PostgreSQL takes a row lock;
+/// SQLite needs none (its write transactions begin IMMEDIATE, one at a time).
+pub fn lock_row(c: &mut Conn, org_id: &str, id: &str) -> Result<(), StoreError> {
+    if let super::AnyConnection::Postgresql(pg) = c {
+        sessions::table
+            .filter(sessions::org_id.eq(org_id))
+            .filter(sessions::id.eq(id))
+            .select(sessions::id)
+            .for_update()
+            .first::<String>(pg)
+            .found()?;
+    }
+    Ok(())
+}
