@@ -1665,3 +1665,41 @@ fn concurrent_merges(db: Option<&str>) {
     assert_eq!(s["participants"].as_array().map(Vec::len), Some(16), "{s}");
     assert_eq!(s["metadata"].as_object().map(|m| m.len()), Some(16), "{s}");
 }
+
+#[test]
+fn streams_per_session_are_bounded() {
+    let e = Env::start(|_, mut pf| {
+        // Keep-alives every second: a client that went away is noticed at the next write.
+        pf.extra =
+            "[runtime]\nmax_streams_per_session = 2\n[server]\nheartbeat_seconds = 1\n".into();
+        pf.project("hello", &hello_app(), None)
+    });
+    let sid = e.session(json!({}));
+    let mut s = e.stream(&sid, json!({"text": "wait [approve]"}));
+    s.until("input_required");
+    let attach = || {
+        e.get(&format!("/v1/sessions/{sid}/events?after=0"))
+            .send()
+            .unwrap()
+    };
+    let (one, two) = (attach(), attach());
+    assert_eq!((one.status().as_u16(), two.status().as_u16()), (200, 200));
+    let third = attach();
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().get("retry-after").is_some());
+    // A stream that goes away frees its place.
+    drop(one);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = attach();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(two);
+}

@@ -81,6 +81,7 @@ fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
         cancel_grace: std::time::Duration::from_secs(c.runtime.cancel_grace_seconds),
         metadata_max_value_bytes: c.runtime.metadata_max_value_bytes,
         metadata_max_bytes: c.runtime.metadata_max_bytes,
+        max_streams_per_session: c.runtime.max_streams_per_session.max(1),
         warm: crate::runtime::warm::WarmLimits {
             total: c.runtime.max_warm_harnesses.max(1),
             per_tenant: c.runtime.max_warm_harnesses_per_tenant.max(1),

@@ -193,6 +193,8 @@ pub struct RuntimeConfig {
     pub max_warm_harnesses: usize,
     /// The same, per tenant.
     pub max_warm_harnesses_per_tenant: usize,
+    /// Streams attached to one session at once (`GET .../events`, `Last-Event-ID`); more get 429.
+    pub max_streams_per_session: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -210,6 +212,7 @@ impl Default for RuntimeConfig {
             metadata_max_bytes: 65_536,
             max_warm_harnesses: 64,
             max_warm_harnesses_per_tenant: 32,
+            max_streams_per_session: 16,
         }
     }
 }

@@ -59,6 +59,9 @@ pub enum ApiError {
     /// 503 with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
+    /// 429 with `Retry-After`: a bound on the caller was reached.
+    #[error("{0}")]
+    TooMany(String),
     /// 500; the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,6 +84,7 @@ impl ResponseError for ApiError {
             ApiError::Busy | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +94,10 @@ impl ResponseError for ApiError {
         // Tell SDK clients not to retry what cannot succeed as it is.
         if !matches!(
             self,
-            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Internal(_)
+            ApiError::Busy
+                | ApiError::Unavailable(_)
+                | ApiError::TooMany(_)
+                | ApiError::Internal(_)
         ) {
             res.insert_header(("x-should-retry", "false"));
         }
@@ -106,6 +113,9 @@ impl ResponseError for ApiError {
                 .json(json!({"detail": "Unauthorized"})),
             ApiError::Unavailable(m) => res
                 .insert_header(("Retry-After", "5"))
+                .json(json!({"detail": m})),
+            ApiError::TooMany(m) => res
+                .insert_header(("Retry-After", "1"))
                 .json(json!({"detail": m})),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
@@ -125,6 +135,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Conflict(m) => ApiError::Conflict(m),
             RuntimeError::Invalid(loc, msg) => ApiError::invalid(loc, msg, "value_error"),
             RuntimeError::Unavailable(m) => ApiError::Unavailable(m),
+            RuntimeError::TooMany(m) => ApiError::TooMany(m),
             RuntimeError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }

@@ -57,6 +57,9 @@ pub enum RuntimeError {
     /// The harness cannot run now.
     #[error("{0}")]
     Unavailable(String),
+    /// A bound on the caller was reached (retry later).
+    #[error("{0}")]
+    TooMany(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -97,6 +100,8 @@ pub struct RuntimeSettings {
     pub metadata_max_bytes: usize,
     /// Caps on warm harnesses.
     pub warm: warm::WarmLimits,
+    /// Streams attached to one session at once (`GET .../events`, `Last-Event-ID`).
+    pub max_streams_per_session: usize,
 }
 
 /// The session runtime.
@@ -111,6 +116,8 @@ pub struct Runtime {
     instance_id: String,
     /// Sessions whose harness may be warm.
     warm: warm::WarmSet,
+    /// Attached streams per session.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Runtime {
@@ -131,6 +138,7 @@ impl Runtime {
             app_settings: settings_cache::SettingsCache::default(),
             instance_id: crate::store::new_id("inst"),
             warm: warm::WarmSet::default(),
+            streams: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 

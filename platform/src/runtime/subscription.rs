@@ -35,6 +35,26 @@ pub struct Subscription {
     page: i64,
     /// The agent of the turn this subscription follows, when it follows one.
     agent: Option<String>,
+    /// Counts this stream against the session's bound while it lives.
+    _permit: Option<StreamPermit>,
+}
+
+/// One attached stream of a session; the count goes down when it is dropped.
+pub(crate) struct StreamPermit {
+    session_id: String,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.session_id) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.session_id);
+            }
+        }
+    }
 }
 
 /// A turn folded into one result (the unary answer, or an input's continuation).
@@ -75,6 +95,7 @@ impl Subscription {
             after_seq,
             catch_up: false,
             page,
+            _permit: None,
         }
     }
 
@@ -215,6 +236,7 @@ impl Runtime {
         self.store
             .read_async(move |c| load(c, &org, &id, sc.as_deref()))
             .await?;
+        let permit = self.stream_permit(session_id)?;
         let page = self.settings().replay_page_size.max(1);
         let running = self.existing_slot(session_id).and_then(|s| s.running());
         Ok(match running {
@@ -222,6 +244,7 @@ impl Runtime {
             Some(r) => {
                 let mut sub = Subscription::live(session_id.into(), org_id.into(), r, after, page);
                 sub.catch_up = true;
+                sub._permit = Some(permit);
                 sub
             }
             None => Subscription {
@@ -235,7 +258,25 @@ impl Runtime {
                 catch_up: true,
                 page,
                 agent: None,
+                _permit: Some(permit),
             },
+        })
+    }
+
+    /// Counts one more stream attached to the session, or refuses it past the bound.
+    fn stream_permit(&self, session_id: &str) -> Result<StreamPermit, RuntimeError> {
+        let max = self.settings().max_streams_per_session;
+        let mut counts = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(session_id.to_string()).or_insert(0);
+        if *n >= max {
+            return Err(RuntimeError::TooMany(format!(
+                "at most {max} streams may follow one session at once"
+            )));
+        }
+        *n += 1;
+        Ok(StreamPermit {
+            session_id: session_id.to_string(),
+            counts: self.streams.clone(),
         })
     }
 

@@ -416,7 +416,7 @@ fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> Value {
     path = "/v1/sessions/{session_id}/events",
     tag = "sessions",
     params(("session_id" = String, Path, description = "`sess_...`"), ("after" = Option<i64>, Query, description = "Replay events after this sequence number"), ("Last-Event-ID" = Option<i64>, Header, description = "Same as `after`")),
-    responses((status = 200, description = "Logged events after `after`, then the running turn (`text/event-stream`)", content_type = "text/event-stream"), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody), (status = 422, description = "A field is invalid", body = ValidationErrorBody)),
+    responses((status = 200, description = "Logged events after `after`, then the running turn (`text/event-stream`)", content_type = "text/event-stream"), (status = 429, description = "Too many streams follow this session (see Retry-After)", body = ErrorBody), (status = 401, description = "Missing or wrong credential", body = ErrorBody), (status = 403, description = "The credential lacks the scope", body = ErrorBody), (status = 404, description = "No such session in the caller's org (or project)", body = ErrorBody), (status = 422, description = "A field is invalid", body = ValidationErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn events(
