@@ -1703,3 +1703,59 @@ fn streams_per_session_are_bounded() {
     }
     drop(two);
 }
+
+#[test]
+fn a_project_may_set_its_own_turn_deadline() {
+    let e = Env::start(|_, mut pf| {
+        // Appended right after the last `[[projects]]` table, so these keys are its own.
+        pf.extra = "turn_timeout_seconds = 1\ncancel_grace_seconds = 1\n".into();
+        pf.project("hello", &hello_app(), None)
+            .project("quick", &hello_app(), None)
+    });
+    let r = e
+        .post("/v1/sessions", json!({"project": "quick"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let sid = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let frames = e.stream(&sid, json!({"text": "stall [hang]"})).rest();
+    let err = frames
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("an error");
+    assert_eq!(err.data["data"]["code"], "turn_timeout");
+    assert!(
+        err.data["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 1 s"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_slow_reader_of_a_flood_still_gets_every_event_in_order() {
+    let e = Env::start(|_, mut pf| {
+        pf.delay_ms = 0;
+        pf.project("hello", &hello_app(), None)
+    });
+    let sid = e.session(json!({}));
+    let r = e
+        .post(
+            &format!("/v1/sessions/{sid}/messages"),
+            json!({"text": "go [flood:3000]", "stream": true}),
+        )
+        .send()
+        .unwrap();
+    // The turn runs far ahead of this reader (its live ring holds 64 frames): what it missed
+    // comes from the turn's buffer and the log.
+    thread::sleep(Duration::from_millis(500));
+    let frames = SseReader::new(r).rest();
+    let ids: Vec<i64> = frames.iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+    assert!(ids.len() > 3000);
+    assert_eq!(frames.last().unwrap().data["data"]["status"], "completed");
+}

@@ -8,7 +8,7 @@ use crate::platform::keys::KeyVerifier;
 use crate::platform::tokens::TokenKeys;
 use crate::reconcile::{self, Plan, ReconcileError};
 use crate::runtime::journal::JournalLimits;
-use crate::runtime::{Runtime, RuntimeSettings};
+use crate::runtime::{Runtime, RuntimeSettings, TurnLimits};
 use crate::store::{Store, StoreError};
 
 /// Start-up and reload failures.
@@ -72,13 +72,16 @@ fn provider_env(c: &PlatformConfig) -> std::collections::BTreeMap<String, String
     env
 }
 
-fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
+fn runtime_settings(c: &PlatformConfig, store: &Store) -> RuntimeSettings {
     RuntimeSettings {
         provider_env: std::sync::Arc::new(provider_env(c)),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
-        turn_timeout: std::time::Duration::from_secs(c.runtime.turn_timeout_seconds),
-        cancel_grace: std::time::Duration::from_secs(c.runtime.cancel_grace_seconds),
+        turn_limits: TurnLimits {
+            timeout: std::time::Duration::from_secs(c.runtime.turn_timeout_seconds),
+            grace: std::time::Duration::from_secs(c.runtime.cancel_grace_seconds),
+        },
+        project_turn_limits: project_turn_limits(c, store),
         metadata_max_value_bytes: c.runtime.metadata_max_value_bytes,
         metadata_max_bytes: c.runtime.metadata_max_bytes,
         max_streams_per_session: c.runtime.max_streams_per_session.max(1),
@@ -90,6 +93,46 @@ fn runtime_settings(c: &PlatformConfig) -> RuntimeSettings {
         event_log_retention: c.runtime.event_log_retention,
         input_timeout: std::time::Duration::from_secs(c.runtime.input_timeout_seconds),
     }
+}
+
+/// The turn limits of projects that set their own, by project id (looked up after reconcile).
+fn project_turn_limits(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, TurnLimits> {
+    let mut out = std::collections::HashMap::new();
+    for p in c
+        .projects
+        .iter()
+        .filter(|p| p.turn_timeout_seconds.is_some() || p.cancel_grace_seconds.is_some())
+    {
+        let found = store.read(|conn| {
+            let Some(org) = crate::store::orgs::find_by_slug(conn, &p.tenant)? else {
+                return Ok(None);
+            };
+            crate::store::projects::find_by_slug_any(conn, &org.id, &p.slug)
+        });
+        match found {
+            Ok(Some(project)) => {
+                let limits = TurnLimits {
+                    timeout: std::time::Duration::from_secs(
+                        p.turn_timeout_seconds
+                            .unwrap_or(c.runtime.turn_timeout_seconds),
+                    ),
+                    grace: std::time::Duration::from_secs(
+                        p.cancel_grace_seconds
+                            .unwrap_or(c.runtime.cancel_grace_seconds),
+                    ),
+                };
+                out.insert(project.id, limits);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(project = %p.slug, error = %e, "project turn limits not applied")
+            }
+        }
+    }
+    out
 }
 
 impl App {
@@ -106,7 +149,7 @@ impl App {
             Runtime::new(
                 store.clone(),
                 drivers.clone(),
-                runtime_settings(&cfg),
+                runtime_settings(&cfg, &store),
                 JournalLimits {
                     queue: cfg.runtime.journal_queue,
                     batch: cfg.runtime.journal_batch,
@@ -188,7 +231,8 @@ impl App {
         let applied = started.elapsed();
         log_plan(&plan);
         self.drivers.load_from_config(&cfg);
-        self.runtime.update_settings(runtime_settings(&cfg));
+        self.runtime
+            .update_settings(runtime_settings(&cfg, &self.store));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
         tracing::info!(
             changes = plan.changes.len(),

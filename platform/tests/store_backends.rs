@@ -154,7 +154,7 @@ fn config(tenants: &[(&str, &str)], projects: &[(&str, &str)]) -> PlatformConfig
                 slug: s.to_string(),
                 path: app_dir(),
                 harness: None,
-                multitask: Default::default(),
+                ..Default::default()
             })
             .collect(),
         ..PlatformConfig::default()

@@ -128,6 +128,10 @@ pub struct ProjectConfig {
     pub harness: Option<String>,
     /// What a send does while a turn runs on the session.
     pub multitask: Multitask,
+    /// This project's turn limit (`[runtime] turn_timeout_seconds` when absent).
+    pub turn_timeout_seconds: Option<u64>,
+    /// This project's cancel grace (`[runtime] cancel_grace_seconds` when absent).
+    pub cancel_grace_seconds: Option<u64>,
 }
 
 /// What a second send does while a turn runs on the same session.

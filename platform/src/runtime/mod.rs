@@ -89,11 +89,10 @@ pub struct RuntimeSettings {
     pub turn_event_queue: usize,
     /// Events read from the replay log per query.
     pub replay_page_size: i64,
-    /// How long a turn may run (time paused for an approval not counted).
-    pub turn_timeout: Duration,
-    /// How long a cancelled turn gets to end itself before the host ends it and stops the
-    /// harness.
-    pub cancel_grace: Duration,
+    /// Turn deadline and cancel grace unless a project sets its own.
+    pub turn_limits: TurnLimits,
+    /// Projects (by id) with limits of their own.
+    pub project_turn_limits: HashMap<String, TurnLimits>,
     /// Largest metadata value, as JSON.
     pub metadata_max_value_bytes: usize,
     /// Largest metadata of a session, as JSON.
@@ -102,6 +101,16 @@ pub struct RuntimeSettings {
     pub warm: warm::WarmLimits,
     /// Streams attached to one session at once (`GET .../events`, `Last-Event-ID`).
     pub max_streams_per_session: usize,
+}
+
+/// How long a turn may run (time paused for an approval not counted), and how long a cancelled
+/// one gets to end itself before the host ends it and stops the harness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TurnLimits {
+    /// The deadline.
+    pub timeout: Duration,
+    /// The grace after a cancel.
+    pub grace: Duration,
 }
 
 /// The session runtime.

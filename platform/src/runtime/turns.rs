@@ -16,7 +16,7 @@ use super::sessions::{invalid, iso, load, participant};
 use super::slot::Slot;
 use super::subscription::Subscription;
 use super::warm::try_idle;
-use super::{app_problem, Runtime, RuntimeError};
+use super::{app_problem, Runtime, RuntimeError, TurnLimits};
 use crate::config::Multitask;
 use crate::drivers::LoadedDriver;
 use crate::store::sessions::SessionPatch;
@@ -56,13 +56,6 @@ fn app_settings_or(
     app_dir: &Path,
 ) -> Result<Arc<AppSettings>, RuntimeError> {
     cache.get(app_dir).map_err(|e| app_problem(app_dir, &e))
-}
-
-/// How long a turn may run, and how long a cancelled one gets to end itself.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TurnLimits {
-    pub(crate) timeout: std::time::Duration,
-    pub(crate) grace: std::time::Duration,
 }
 
 /// What the pump and the approvals need to know about the turn.
@@ -160,14 +153,16 @@ impl Runtime {
         };
         let queue = rt_settings.turn_event_queue.max(1);
         let rt = self.clone();
+        let limits = rt_settings
+            .project_turn_limits
+            .get(&session.project_id)
+            .copied()
+            .unwrap_or(rt_settings.turn_limits);
         let ctx = TurnCtx {
             session,
             lease,
             driver: driver.clone(),
-            limits: TurnLimits {
-                timeout: rt_settings.turn_timeout,
-                grace: rt_settings.cancel_grace,
-            },
+            limits,
             agent,
             settings,
             running,
