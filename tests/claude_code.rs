@@ -439,3 +439,55 @@ fn an_approval_whose_answer_is_larger_than_a_mebibyte_completes() {
     let last = cont["events"].as_array().unwrap().last().cloned().unwrap();
     assert_eq!(last["data"]["status"], "completed", "{last}");
 }
+
+/// Pids of processes whose command line contains `needle`.
+fn pids_running(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn closing_a_session_stops_the_harness_with_the_processes_its_tools_started() {
+    // The Bash tool runs its shell in a session of its own (setsid) and the job is detached
+    // from it: only the harness's PID namespace still holds it.
+    let Some(e) = env(
+        r#"[{"tool_use": {"name": "Bash", "input": {"command": "touch marker_313.log && (tail -f marker_313.log > /dev/null 2>&1 &) && echo started", "description": "Start a background job"}}}, {"text": "Started."}]"#,
+    ) else {
+        return;
+    };
+    let sid = e.session();
+    let mut s = e.stream(&sid, "start a background job");
+    let ask = s.until("input_required").pop().unwrap();
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    e.decide(&sid, &rid, "approve_once");
+    s.rest();
+    assert!(
+        !pids_running("tail -f marker_313.log").is_empty(),
+        "the tool's background process should be running"
+    );
+    let r =
+        e.c.delete(format!("{}/v1/sessions/{sid}", e.k().public))
+            .bearer_auth(&e.key)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids_running("tail -f marker_313.log").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the tool's process outlived its closed session"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

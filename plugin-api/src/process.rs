@@ -6,7 +6,11 @@
 //! child ends, so every child is started from one thread that lives as long as the library.
 //!
 //! Each child also leads a process group of its own, so [`kill_tree`] stops the harness with
-//! every tool process it started (a shell, a dev server) instead of orphaning them.
+//! every tool process it started (a shell, a dev server) instead of orphaning them. Where the
+//! machine allows it, [`harness_command`] also starts the harness in a PID namespace of its own:
+//! then even a tool process that left the group (a shell started with `setsid`, as Claude Code's
+//! Bash tool does) dies with the harness, because the kernel ends a PID namespace with its
+//! first process.
 
 use std::collections::HashMap;
 use std::io;
@@ -70,6 +74,45 @@ pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the harness spawner thread is not running"))?;
     rx.recv()
         .map_err(|_| io::Error::other("the harness spawner thread stopped"))?
+}
+
+/// `unshare`, when it can give a harness a PID namespace here (probed once: it needs the right
+/// to create one, i.e. root or user namespaces).
+fn pid_namespace_launcher() -> Option<&'static std::path::Path> {
+    static LAUNCHER: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    LAUNCHER
+        .get_or_init(|| {
+            let path = ["/usr/bin/unshare", "/bin/unshare"]
+                .into_iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.is_file())?;
+            let ok = Command::new(&path)
+                .args(["--pid", "--fork", "--kill-child", "--", "true"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(path)
+        })
+        .as_deref()
+}
+
+/// A command that runs `program` as a harness: in a PID namespace of its own where the machine
+/// allows it (every process it starts dies with it), else directly. Add arguments, environment
+/// and working folder as usual, then start it with [`spawn_tied`].
+pub fn harness_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match pid_namespace_launcher() {
+        Some(unshare) => {
+            let mut c = Command::new(unshare);
+            // --kill-child: the harness gets SIGKILL when the launcher dies (even by SIGKILL),
+            // and the namespace, with everything in it, ends with the harness.
+            c.args(["--pid", "--fork", "--kill-child", "--"])
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Kills a child started by [`spawn_tied`] and every process of its group (its tool
@@ -144,5 +187,57 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(out.success());
+    }
+
+    #[test]
+    fn a_harness_dies_with_every_process_it_started_even_detached_ones() {
+        if pid_namespace_launcher().is_none() {
+            // The whole-tree guarantee needs a PID namespace; CI has one (it runs as root).
+            assert!(
+                std::env::var("CI").is_err(),
+                "no PID namespace for harnesses on this machine"
+            );
+            return;
+        }
+        let mut c = harness_command("sh");
+        // A grandchild in a session (and group) of its own, as a tool's shell would be.
+        c.args([
+            "-c",
+            "setsid sleep 300 >/dev/null 2>&1 & echo started; exec sleep 301",
+        ])
+        .stdout(std::process::Stdio::piped());
+        let mut child = spawn_tied(c).unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "started");
+        let running = |arg: &str| {
+            std::fs::read_dir("/proc").unwrap().any(|e| {
+                e.ok()
+                    .and_then(|e| std::fs::read(e.path().join("cmdline")).ok())
+                    .is_some_and(|c| c == format!("sleep\0{arg}\0").as_bytes())
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !running("300") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the detached process never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill_tree(&mut child);
+        let _ = child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while running("300") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the detached process survived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -156,7 +156,7 @@ impl Proc {
         let home = harness_home(&req.workspace_dir);
         std::fs::create_dir_all(home.join(".claude"))
             .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-        let mut c = Command::new(&cmd);
+        let mut c = karta_plugin_api::process::harness_command(&cmd);
         c.args([
             "-p",
             "--input-format",

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -198,7 +198,7 @@ impl Server {
                 .map_err(|e| format!("cannot prepare {}: {e}", project_config.display()))?;
         }
         let port = free_port()?;
-        let mut c = Command::new(&cmd);
+        let mut c = karta_plugin_api::process::harness_command(&cmd);
         c.args([
             "serve",
             "--hostname",
