@@ -17,7 +17,8 @@ use crate::store::models::SessionEvent;
 use crate::store::{events, Conn, Store, StoreError};
 
 /// A session update run inside the writer's transaction, after the events queued before it.
-pub type SessionOp = Box<dyn FnOnce(&mut Conn) -> Result<(), StoreError> + Send>;
+/// `Fn`, not `FnOnce`: a batch whose transaction failed is run again with each update isolated.
+pub type SessionOp = Box<dyn Fn(&mut Conn) -> Result<(), StoreError> + Send>;
 
 /// What one queue slot carries.
 enum Entry {
@@ -124,28 +125,15 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
             }
         }
         let keep = retention.load(Ordering::Relaxed);
-        let result = store.write(|c| {
-            // Events and updates in queue order; consecutive event runs go in together.
-            let mut run: Vec<&SessionEvent> = Vec::new();
-            for e in entries.iter_mut() {
-                let op = match e {
-                    Entry::Events { rows, then, .. } => {
-                        run.extend(rows.iter());
-                        then.take()
-                    }
-                    Entry::Op(op) => Some(std::mem::replace(op, Box::new(|_| Ok(())))),
-                };
-                if let Some(op) = op {
-                    events::append_batch(c, &run, keep)?;
-                    run.clear();
-                    // In a savepoint: one failed update must not cost the batch its events.
-                    if let Err(e) = c.transaction(op) {
-                        tracing::error!(error = %e, "session update not saved");
-                    }
-                }
-            }
-            events::append_batch(c, &run, keep)
-        });
+        // Updates run plainly (a savepoint each costs PostgreSQL two round trips); if the batch
+        // fails, it runs again with each update in a savepoint, so one failed update cannot cost
+        // the batch its events.
+        let result = store
+            .write(|c| write_batch(c, &entries, keep, false))
+            .or_else(|e| {
+                tracing::warn!(error = %e, "event batch failed; retrying with each update isolated");
+                store.write(|c| write_batch(c, &entries, keep, true))
+            });
         if let Err(e) = result {
             // Subscribers already have these events; only replay loses them.
             tracing::error!(events, error = %e, "events not logged for replay");
@@ -156,6 +144,35 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
             }
         }
     }
+}
+
+/// Writes a batch: events and updates in queue order, consecutive event runs together.
+fn write_batch(
+    c: &mut Conn,
+    entries: &[Entry],
+    keep: u64,
+    isolate: bool,
+) -> Result<(), StoreError> {
+    let mut run: Vec<&SessionEvent> = Vec::new();
+    for e in entries {
+        let op = match e {
+            Entry::Events { rows, then, .. } => {
+                run.extend(rows.iter());
+                then.as_ref()
+            }
+            Entry::Op(op) => Some(op),
+        };
+        if let Some(op) = op {
+            events::append_batch(c, &run, keep)?;
+            run.clear();
+            if !isolate {
+                op(c)?;
+            } else if let Err(e) = c.transaction(|c| op(c)) {
+                tracing::error!(error = %e, "session update not saved");
+            }
+        }
+    }
+    events::append_batch(c, &run, keep)
 }
 
 fn count(e: &Entry) -> usize {

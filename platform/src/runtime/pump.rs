@@ -235,7 +235,7 @@ impl Runtime {
                     self.journal
                         .update(Box::new(move |c| {
                             let patch = SessionPatch {
-                                harness_session_id: Some(Some(harness_session_id)),
+                                harness_session_id: Some(Some(harness_session_id.clone())),
                                 ..Default::default()
                             };
                             sessions::update(c, &org, &id, patch)

@@ -205,9 +205,7 @@ impl Runtime {
         };
         let (guard, lease, session, project) = match slot.lock.clone().try_lock_owned() {
             Ok(guard) => {
-                let lease = self.acquire_lease(org_id, session_id).await?;
-                let read = read(&self.store).await.map_err(RuntimeError::from);
-                let (s, p) = self.or_release(org_id, session_id, &lease, read).await?;
+                let (lease, s, p) = self.lease_and_load(org_id, scope, session_id).await?;
                 (guard, lease, s, p)
             }
             Err(_) => {
@@ -221,9 +219,7 @@ impl Runtime {
                         slot.lock.clone().lock_owned().await
                     }
                 };
-                let lease = self.acquire_lease(org_id, session_id).await?;
-                let read = read(&self.store).await.map_err(RuntimeError::from);
-                let (s, p) = self.or_release(org_id, session_id, &lease, read).await?;
+                let (lease, s, p) = self.lease_and_load(org_id, scope, session_id).await?;
                 (guard, lease, s, p)
             }
         };
@@ -272,37 +268,49 @@ impl Runtime {
         Ok(())
     }
 
-    /// On PostgreSQL (where several instances may share the database), claims the session's turn
-    /// for this instance: another instance's live claim makes the session busy here.
-    async fn acquire_lease(
+    /// Reads the session and its project under this instance's claim on the session's turn. On
+    /// PostgreSQL (where several instances may share the database) the claim is taken in the
+    /// same transaction as the read, and another instance's live claim makes the session busy
+    /// here; SQLite (one instance per file) needs no claim.
+    async fn lease_and_load(
         &self,
         org_id: &str,
+        scope: Option<&str>,
         session_id: &str,
-    ) -> Result<Option<String>, RuntimeError> {
-        if self.store.backend() != crate::store::Backend::Postgres {
-            return Ok(None);
-        }
-        let (org, id, owner) = (
+    ) -> Result<(Option<String>, models::Session, models::Project), RuntimeError> {
+        let (org, id, sc) = (
             org_id.to_string(),
             session_id.to_string(),
-            self.instance_id.clone(),
+            scope.map(str::to_string),
         );
+        if self.store.backend() != crate::store::Backend::Postgres {
+            let (s, p) = self
+                .store
+                .read_async(move |c| load(c, &org, &id, sc.as_deref()))
+                .await?;
+            return Ok((None, s, p));
+        }
+        let owner = self.instance_id.clone();
         let claimed = self
             .store
             .write_async(move |c| {
+                // A lost claim (the database crashed) frees itself after LEASE: it need not
+                // wait for the WAL flush.
+                store::relax_commit(c)?;
                 let now = store::now();
                 if sessions::acquire_turn(c, &org, &id, &owner, now, now + LEASE)? {
-                    return Ok(true);
+                    return load(c, &org, &id, sc.as_deref()).map(Some);
                 }
                 // Not ours: busy elsewhere, or no such session.
-                sessions::get(c, &org, &id).map(|_| false)
+                sessions::get(c, &org, &id).map(|_| None)
             })
             .await?;
-        if claimed {
-            Ok(Some(self.instance_id.clone()))
-        } else {
-            tracing::info!(session = %session_id, "a turn of this session runs on another instance");
-            Err(RuntimeError::Busy)
+        match claimed {
+            Some((s, p)) => Ok((Some(self.instance_id.clone()), s, p)),
+            None => {
+                tracing::info!(session = %session_id, "a turn of this session runs on another instance");
+                Err(RuntimeError::Busy)
+            }
         }
     }
 
@@ -428,10 +436,8 @@ impl Runtime {
         }
         self.journal
             .update(Box::new(move |c| {
-                sessions::lock_row(c, &org, &id)?;
-                let s = sessions::get(c, &org, &id)?;
-                let mut list: Vec<Value> =
-                    serde_json::from_str(&s.participants).unwrap_or_default();
+                let participants = sessions::participants_for_update(c, &org, &id)?;
+                let mut list: Vec<Value> = serde_json::from_str(&participants).unwrap_or_default();
                 let idx = match list.iter().position(|p| p["name"] == who.name.as_str()) {
                     Some(i) => i,
                     None => {
@@ -444,7 +450,7 @@ impl Runtime {
                 list[idx]["last_turn_at"] = json!(iso(store::now()));
                 let patch = SessionPatch {
                     participants: Some(Value::Array(list).to_string()),
-                    current_agent: handoff.then_some(agent),
+                    current_agent: handoff.then(|| agent.clone()),
                     ..Default::default()
                 };
                 sessions::update(c, &org, &id, patch)

@@ -217,3 +217,16 @@ pub fn lock_row(c: &mut Conn, org_id: &str, id: &str) -> Result<(), StoreError> 
     }
     Ok(())
 }
+
+/// The org's session's participants (JSON), its row locked until the transaction ends on
+/// PostgreSQL (one round trip for both), so the read-modify-write that follows loses nothing.
+pub fn participants_for_update(c: &mut Conn, org_id: &str, id: &str) -> Result<String, StoreError> {
+    let q = sessions::table
+        .filter(sessions::org_id.eq(org_id))
+        .filter(sessions::id.eq(id))
+        .select(sessions::participants);
+    match c {
+        super::AnyConnection::Postgresql(pg) => q.for_update().first::<String>(pg).found(),
+        super::AnyConnection::Sqlite(_) => q.first::<String>(c).found(),
+    }
+}
