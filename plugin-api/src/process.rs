@@ -118,11 +118,16 @@ pub fn harness_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 /// Kills a child started by [`spawn_tied`] and every process of its group (its tool
 /// subprocesses). The caller still waits for the child.
 pub fn kill_tree(child: &mut Child) {
+    // Only while the child is not yet reaped: until then its pid (the group's id) cannot be
+    // reused, so the signal cannot reach another harness's group. (An exited harness's PID
+    // namespace has taken its processes with it already.)
     #[cfg(target_os = "linux")]
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: signals the group this child leads (set up in spawn_here); no memory touched.
-        unsafe {
-            libc::killpg(pid, libc::SIGKILL);
+    if matches!(child.try_wait(), Ok(None)) {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: signals the group this live child leads (set up in spawn_here).
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
         }
     }
     let _ = child.kill();

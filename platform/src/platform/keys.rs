@@ -248,10 +248,17 @@ impl KeyVerifier {
         let answer = flight
             .get_or_init(|| async {
                 let r = self.check(presented).await.map_err(|e| e.to_string());
-                if let Ok(Some(p)) = &r {
-                    let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                    cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-                    cache.insert(digest, (p.clone(), Instant::now()));
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                match &r {
+                    Ok(Some(p)) => {
+                        cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                        cache.insert(digest, (p.clone(), Instant::now()));
+                    }
+                    // Revoked or gone: a cached answer must not outlive the key.
+                    Ok(None) => {
+                        cache.remove(&digest);
+                    }
+                    Err(_) => {}
                 }
                 r
             })

@@ -233,7 +233,8 @@ impl Runtime {
             running.clone(),
             running.last_seq(),
             page,
-        );
+        )
+        .after_answer(request_id);
         self.clear_pending(org_id, session_id).await;
         if decision == DecisionKind::ApproveSession {
             if let Some(tool) = &pending.tool {

@@ -125,9 +125,9 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
             }
         }
         let keep = retention.load(Ordering::Relaxed);
-        // Updates run plainly (a savepoint each costs PostgreSQL two round trips); if the batch
-        // fails, it runs again with each update in a savepoint, so one failed update cannot cost
-        // the batch its events.
+        // Entries run plainly (a savepoint each costs PostgreSQL two round trips); if the batch
+        // fails, it runs again with each entry in a savepoint, so one bad entry cannot cost the
+        // others.
         let result = store
             .write(|c| write_batch(c, &entries, keep, false))
             .or_else(|e| {
@@ -146,13 +146,31 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
     }
 }
 
-/// Writes a batch: events and updates in queue order, consecutive event runs together.
+/// Writes a batch: events and updates in queue order, consecutive event runs together. With
+/// `isolate`, every entry (a run of events with its update, or an update) goes in a savepoint
+/// of its own, so one that fails costs only itself.
 fn write_batch(
     c: &mut Conn,
     entries: &[Entry],
     keep: u64,
     isolate: bool,
 ) -> Result<(), StoreError> {
+    if isolate {
+        for e in entries {
+            let r = c.transaction(|c| match e {
+                Entry::Events { rows, then, .. } => {
+                    let rows: Vec<&SessionEvent> = rows.iter().collect();
+                    events::append_batch(c, &rows, keep)?;
+                    then.as_ref().map_or(Ok(()), |op| op(c))
+                }
+                Entry::Op(op) => op(c),
+            });
+            if let Err(e) = r {
+                tracing::error!(error = %e, "an event run or session update was not saved");
+            }
+        }
+        return Ok(());
+    }
     let mut run: Vec<&SessionEvent> = Vec::new();
     for e in entries {
         let op = match e {
@@ -165,11 +183,7 @@ fn write_batch(
         if let Some(op) = op {
             events::append_batch(c, &run, keep)?;
             run.clear();
-            if !isolate {
-                op(c)?;
-            } else if let Err(e) = c.transaction(|c| op(c)) {
-                tracing::error!(error = %e, "session update not saved");
-            }
+            op(c)?;
         }
     }
     events::append_batch(c, &run, keep)

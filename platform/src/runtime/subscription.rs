@@ -37,6 +37,9 @@ pub struct Subscription {
     agent: Option<String>,
     /// Counts this stream against the session's bound while it lives.
     _permit: Option<StreamPermit>,
+    /// The request this subscription continues after (its own `input_required` is skipped if
+    /// the answer overtook the frame).
+    answered: Option<String>,
 }
 
 /// One attached stream of a session; the count goes down when it is dropped.
@@ -96,7 +99,16 @@ impl Subscription {
             catch_up: false,
             page,
             _permit: None,
+            answered: None,
         }
+    }
+
+    /// The continuation of an answered request: its `input_required` frame, should it arrive
+    /// after the answer (the client read the pending input before the frame was published), is
+    /// not the turn pausing again.
+    pub(crate) fn after_answer(mut self, request_id: &str) -> Self {
+        self.answered = Some(request_id.to_string());
+        self
     }
 
     /// The next frame to deliver, or `None` when the stream is over.
@@ -186,6 +198,12 @@ impl Subscription {
         };
         let mut text = FinalText::default();
         while let Some(f) = self.next(runtime).await {
+            if f.event_type == "input_required"
+                && self.answered.is_some()
+                && f.data["request_id"].as_str() == self.answered.as_deref()
+            {
+                continue;
+            }
             out.events
                 .push(serde_json::from_str(&f.json).unwrap_or(Value::Null));
             match f.event_type.as_str() {
@@ -259,6 +277,7 @@ impl Runtime {
                 page,
                 agent: None,
                 _permit: Some(permit),
+                answered: None,
             },
         })
     }

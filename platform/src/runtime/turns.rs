@@ -80,6 +80,26 @@ impl Runtime {
         session_id: &str,
         msg: SendMessage,
     ) -> Result<Subscription, RuntimeError> {
+        // In a task of its own: a client that goes away mid-way must not leave a claimed lock
+        // or lease behind (a dropped future would skip their release).
+        let (rt, org, sc, id) = (
+            self.clone(),
+            org_id.to_string(),
+            scope.map(str::to_string),
+            session_id.to_string(),
+        );
+        tokio::spawn(async move { rt.start_message(&org, sc.as_deref(), &id, msg).await })
+            .await
+            .map_err(|e| RuntimeError::Store(store::StoreError::Task(e.to_string())))?
+    }
+
+    async fn start_message(
+        self: &Arc<Self>,
+        org_id: &str,
+        scope: Option<&str>,
+        session_id: &str,
+        msg: SendMessage,
+    ) -> Result<Subscription, RuntimeError> {
         let who = Participant {
             name: msg
                 .participant_name

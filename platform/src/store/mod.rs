@@ -333,8 +333,17 @@ fn immediate_transaction<T>(
         AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?;
     }
     // Nested transactions inside `f` become savepoints: the multi-backend connection keeps the
-    // SQLite connection's transaction state.
-    let out = f(c);
+    // SQLite connection's transaction state. A panic in `f` rolls back before it goes on, or
+    // the pooled connection would keep the write lock.
+    let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *c))) {
+        Ok(out) => out,
+        Err(panic) => {
+            if let AnyConnection::Sqlite(lite) = &mut *c {
+                let _ = AnsiTransactionManager::rollback_transaction(lite);
+            }
+            std::panic::resume_unwind(panic);
+        }
+    };
     let AnyConnection::Sqlite(lite) = c else {
         return out;
     };
