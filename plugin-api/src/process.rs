@@ -204,11 +204,19 @@ mod tests {
             );
             return;
         }
+        // A duration no other process on the machine uses, to find exactly this one.
+        let marker = format!(
+            "300.{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(1)
+        );
         let mut c = harness_command("sh");
         // A grandchild in a session (and group) of its own, as a tool's shell would be.
         c.args([
             "-c",
-            "setsid sleep 300 >/dev/null 2>&1 & echo started; exec sleep 301",
+            &format!("setsid sleep {marker} >/dev/null 2>&1 & echo started; exec sleep 301"),
         ])
         .stdout(std::process::Stdio::piped());
         let mut child = spawn_tied(c).unwrap();
@@ -227,7 +235,7 @@ mod tests {
             })
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !running("300") {
+        while !running(&marker) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the detached process never started"
@@ -237,7 +245,7 @@ mod tests {
         kill_tree(&mut child);
         let _ = child.wait();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while running("300") {
+        while running(&marker) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the detached process survived"
