@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-postgres.sh
+scripts/ensure-bubblewrap.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
@@ -32,9 +33,9 @@ export KARTA_TEST_OPENCODE_BIN="$opencode"
 cargo build --workspace
 
 status=0
-cargo nextest run --workspace --no-fail-fast -E 'not (binary(claude_code) | binary(opencode))' "$@" || status=$?
+cargo nextest run --workspace --no-fail-fast -E 'not (binary(claude_code) | binary(opencode) | binary(sandbox))' "$@" || status=$?
 
-harness_tests=(cargo nextest run --offline --no-fail-fast -p karta-e2e --test claude_code --test opencode "$@")
+harness_tests=(cargo nextest run --offline --no-fail-fast -p karta-e2e --test claude_code --test opencode --test sandbox "$@")
 if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
   echo "test.sh: harness tests inside a loopback-only network namespace"
   unshare -n bash -c 'ip link set lo up && exec "$@"' harness "${harness_tests[@]}" || status=$?

@@ -122,6 +122,11 @@ impl Workspace {
             .prefix("karta-bench-")
             .tempdir()
             .context("cannot create a temporary folder")?;
+        // Sandboxed harnesses (tenant uids) must be able to enter the data folder's parents.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
         let app = dir.path().join("app");
         std::fs::create_dir(&app).context("cannot create the app folder")?;
         std::fs::write(

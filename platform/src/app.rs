@@ -23,6 +23,20 @@ pub enum AppError {
     /// The configuration cannot be applied.
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    /// Harnesses cannot be confined as configured.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    /// The model gateway cannot start.
+    #[error("the model gateway cannot start: {0}")]
+    Gateway(String),
+}
+
+/// The gateway's listeners, bound at start (the runtime needs the port before serving).
+pub struct GatewayListeners {
+    /// For sandboxes (bound into them).
+    pub unix: std::os::unix::net::UnixListener,
+    /// For unsandboxed harnesses, on host loopback.
+    pub tcp: std::net::TcpListener,
 }
 
 /// Everything a running server shares.
@@ -33,6 +47,10 @@ pub struct App {
     pub drivers: Arc<DriverRegistry>,
     /// The session runtime.
     pub runtime: Arc<Runtime>,
+    /// The model gateway.
+    pub gateway: Arc<crate::gateway::Gateway>,
+    /// The gateway's listeners until the server takes them.
+    pub gateway_listeners: std::sync::Mutex<Option<GatewayListeners>>,
     /// API-key verification.
     pub keys: Arc<KeyVerifier>,
     /// Session-token signing and verification.
@@ -44,37 +62,10 @@ pub struct App {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-/// The environment harness processes get for the configured providers. A secret that cannot be
-/// read is left out (and logged without its value).
-fn provider_env(c: &PlatformConfig) -> std::collections::BTreeMap<String, String> {
-    let mut env = std::collections::BTreeMap::new();
-    for (name, p) in &c.providers {
-        let prefix = match name.as_str() {
-            "anthropic" => "ANTHROPIC",
-            "openai" => "OPENAI",
-            other => {
-                tracing::warn!(provider = %other, "unknown provider ignored");
-                continue;
-            }
-        };
-        if let Some(secret) = &p.api_key {
-            match secret.resolve() {
-                Ok(v) => {
-                    env.insert(format!("{prefix}_API_KEY"), v);
-                }
-                Err(e) => tracing::warn!(provider = %name, error = %e, "provider key unavailable"),
-            }
-        }
-        if let Some(url) = &p.base_url {
-            env.insert(format!("{prefix}_BASE_URL"), url.clone());
-        }
-    }
-    env
-}
-
 fn runtime_settings(c: &PlatformConfig, store: &Store) -> RuntimeSettings {
     RuntimeSettings {
-        provider_env: std::sync::Arc::new(provider_env(c)),
+        sandbox: project_sandbox(c, &Default::default()),
+        project_sandbox: project_sandboxes(c, store),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
         turn_limits: TurnLimits {
@@ -93,6 +84,43 @@ fn runtime_settings(c: &PlatformConfig, store: &Store) -> RuntimeSettings {
         event_log_retention: c.runtime.event_log_retention,
         input_timeout: std::time::Duration::from_secs(c.runtime.input_timeout_seconds),
     }
+}
+
+fn project_sandbox(
+    c: &PlatformConfig,
+    p: &crate::config::ProjectSandbox,
+) -> crate::runtime::ProjectSandbox {
+    let (network, limits) = c.sandbox.for_project(p);
+    crate::runtime::ProjectSandbox { network, limits }
+}
+
+/// The project's id, looked up after reconcile.
+fn project_id(store: &Store, p: &crate::config::ProjectConfig) -> Option<String> {
+    let found = store.read(|conn| {
+        let Some(org) = crate::store::orgs::find_by_slug(conn, &p.tenant)? else {
+            return Ok(None);
+        };
+        crate::store::projects::find_by_slug_any(conn, &org.id, &p.slug)
+    });
+    match found {
+        Ok(found) => found.map(|project| project.id),
+        Err(e) => {
+            tracing::warn!(project = %p.slug, error = %e, "project settings not applied");
+            None
+        }
+    }
+}
+
+/// The sandbox settings of projects that set their own, by project id.
+fn project_sandboxes(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, crate::runtime::ProjectSandbox> {
+    c.projects
+        .iter()
+        .filter(|p| p.sandbox != crate::config::ProjectSandbox::default())
+        .filter_map(|p| Some((project_id(store, p)?, project_sandbox(c, &p.sandbox))))
+        .collect()
 }
 
 /// The turn limits of projects that set their own, by project id (looked up after reconcile).
@@ -140,7 +168,31 @@ impl App {
     /// registers drivers (blocking).
     pub fn start(load_options: LoadOptions) -> Result<Arc<App>, AppError> {
         let cfg = config::load(&load_options)?;
+        // Files Karta makes (the database above all) are its own: harnesses run as other
+        // users.
+        // SAFETY: umask has no preconditions.
+        unsafe {
+            libc::umask(0o077);
+        }
+        let sandbox = Arc::new(crate::sandbox::SandboxHost::start(&cfg)?);
+        if sandbox.backend() == crate::sandbox::SandboxBackend::None {
+            tracing::warn!(
+                "SANDBOX DISABLED ([sandbox] backend = \"none\"): harnesses run as Karta's own \
+                 user with Karta's view of the machine; any agent with a shell can read other \
+                 tenants' files and Karta's data. Use it only for trusted, single-tenant setups"
+            );
+        }
         let store = Store::open(&cfg.database_url())?;
+        let gateway =
+            Arc::new(crate::gateway::Gateway::new(store.clone(), &cfg).map_err(AppError::Gateway)?);
+        let listeners = bind_gateway(&sandbox.gateway_socket())?;
+        gateway.set_tcp_port(
+            listeners
+                .tcp
+                .local_addr()
+                .map_err(|e| AppError::Gateway(e.to_string()))?
+                .port(),
+        );
         let plan = reconcile::apply(&store, &cfg, "config")?;
         log_plan(&plan);
         let drivers = Arc::new(DriverRegistry::new());
@@ -153,6 +205,10 @@ impl App {
                 JournalLimits {
                     queue: cfg.runtime.journal_queue,
                     batch: cfg.runtime.journal_batch,
+                },
+                crate::runtime::Confinement {
+                    sandbox,
+                    gateway: gateway.clone(),
                 },
             )
             .map_err(|e| StoreError::Task(format!("cannot start the event writer: {e}")))?,
@@ -178,6 +234,8 @@ impl App {
             store,
             drivers,
             runtime,
+            gateway,
+            gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
             config: RwLock::new(Arc::new(cfg)),
             load_options,
@@ -227,12 +285,24 @@ impl App {
         if cfg.server != old.server {
             tracing::warn!("[server] changed; listeners change after a restart");
         }
+        if cfg.sandbox.backend != old.sandbox.backend
+            || cfg.sandbox.bwrap != old.sandbox.bwrap
+            || cfg.sandbox.uid_base != old.sandbox.uid_base
+            || cfg.sandbox.cgroup_root != old.sandbox.cgroup_root
+            || cfg.sandbox.gateway_port != old.sandbox.gateway_port
+        {
+            tracing::warn!(
+                "[sandbox] backend, bwrap, uid_base, cgroup_root or gateway_port changed; they \
+                 change after a restart (network and limits apply to new harnesses now)"
+            );
+        }
         let plan = reconcile::apply(&self.store, &cfg, "config")?;
         let applied = started.elapsed();
         log_plan(&plan);
         self.drivers.load_from_config(&cfg);
         self.runtime
             .update_settings(runtime_settings(&cfg, &self.store));
+        self.gateway.update(&cfg);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
         tracing::info!(
             changes = plan.changes.len(),
@@ -262,4 +332,17 @@ fn log_plan(plan: &Plan) {
             "more configuration changes applied (each has its audit-log entry)"
         );
     }
+}
+
+/// Binds the gateway's Unix socket (any sandbox user may connect: a token is still needed) and
+/// a loopback port.
+fn bind_gateway(socket: &std::path::Path) -> Result<GatewayListeners, AppError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: std::io::Error| AppError::Gateway(format!("{}: {e}", socket.display()));
+    let _ = std::fs::remove_file(socket);
+    let unix = std::os::unix::net::UnixListener::bind(socket).map_err(fail)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| AppError::Gateway(format!("cannot listen on loopback: {e}")))?;
+    Ok(GatewayListeners { unix, tcp })
 }

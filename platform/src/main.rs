@@ -14,6 +14,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The in-sandbox helper runs before anything else: no logging set-up, no clap.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "sandbox-init") {
+        return karta::sandbox::init::run(&args[2..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("KARTA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

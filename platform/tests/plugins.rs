@@ -62,6 +62,7 @@ fn echo_plugin_loads_detects_and_streams_a_turn() {
         permission_mode: None,
         env: Default::default(),
         app_config: serde_json::Value::Null,
+        sandbox: Default::default(),
     };
     let _turn = d
         .driver

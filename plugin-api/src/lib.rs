@@ -14,6 +14,7 @@ pub mod driver;
 pub mod ffi;
 pub mod markdown;
 pub mod process;
+pub mod sandbox;
 pub mod types;
 
 pub use abi_stable;

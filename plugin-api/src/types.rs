@@ -38,6 +38,9 @@ pub struct TurnRequest {
     /// `harness.claude.idle_timeout_seconds`.
     #[serde(default)]
     pub app_config: Value,
+    /// How the harness must be confined: pass it to [`crate::sandbox::launch`].
+    #[serde(default)]
+    pub sandbox: crate::sandbox::SandboxSpec,
 }
 
 /// The sender of a message.

@@ -84,6 +84,9 @@ impl Karta {
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Karta {
         let (pp, ap) = (free_port(), free_port());
         let log = dir.join("karta.log");
+        // Harnesses run as their tenant's uid and must be able to enter the data folder's
+        // parents (a temporary folder is closed to others).
+        let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let admin_token = "test-operator-token".to_string();
         let child = Command::new(karta_bin())
             .arg("--config")
@@ -465,6 +468,17 @@ impl MockModel {
             child,
             url: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Replaces the fake's script (JSON text) and rewinds it.
+    pub fn set_script(&self, script: &str) {
+        let c = reqwest::blocking::Client::new();
+        let r = c
+            .post(format!("{}/__script", self.url))
+            .body(script.to_string())
+            .send()
+            .expect("set script");
+        assert!(r.status().is_success(), "script refused");
     }
 
     /// Every request the fake model received.

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::{ChildStdin, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -16,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
+use karta_plugin_api::sandbox::{self, Harness, LaunchOptions};
 use karta_plugin_api::{
     Decision, Discovery, Done, Driver, ErrorInfo, Event, EventKind, Sink, Turn, TurnRequest,
     TurnStatus,
@@ -128,7 +129,7 @@ struct State {
 struct Proc {
     session_id: String,
     agent: String,
-    child: Mutex<Child>,
+    child: Mutex<Harness>,
     /// Lines for the writer thread; `None` once the input is closed.
     input: Mutex<Option<Sender<Value>>>,
     state: Mutex<State>,
@@ -156,7 +157,7 @@ impl Proc {
         let home = harness_home(&req.workspace_dir);
         std::fs::create_dir_all(home.join(".claude"))
             .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-        let mut c = karta_plugin_api::process::harness_command(&cmd);
+        let mut c = Command::new(&cmd);
         c.args([
             "-p",
             "--input-format",
@@ -176,28 +177,33 @@ impl Proc {
         if req.agent != "default" {
             c.args(["--agent", &req.agent]);
         }
-        // A scrubbed environment: only what the harness needs and what the platform injects.
-        c.env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
-            .env("HOME", &home)
-            .env("CLAUDE_CONFIG_DIR", home.join(".claude"))
-            .env("LANG", "C.UTF-8")
-            .env("TERM", "dumb")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("DISABLE_TELEMETRY", "1")
-            .env("DISABLE_AUTOUPDATER", "1")
-            .env("DISABLE_ERROR_REPORTING", "1")
-            .env("CLAUDE_CODE_MAX_RETRIES", inner.max_retries.to_string())
-            .envs(&req.env)
-            .current_dir(&req.workspace_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = karta_plugin_api::process::spawn_tied(c)
+        // The whole environment: only what the harness needs and what the platform injects.
+        c.env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
+        .env("HOME", &home)
+        .env("CLAUDE_CONFIG_DIR", home.join(".claude"))
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "dumb")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_ERROR_REPORTING", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", inner.max_retries.to_string())
+        .envs(&req.env)
+        .current_dir(&req.workspace_dir);
+        let opts = LaunchOptions {
+            workspace: PathBuf::from(&req.workspace_dir),
+            home: home.clone(),
+            expose_port: None,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        };
+        let mut harness = sandbox::launch(&req.sandbox, c, &opts)
             .map_err(|e| format!("cannot start Claude Code ({}): {e}", cmd.display()))?;
+        let child = harness.child();
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
@@ -205,7 +211,7 @@ impl Proc {
         let proc = Arc::new(Proc {
             session_id: req.session_id.clone(),
             agent: req.agent.clone(),
-            child: Mutex::new(child),
+            child: Mutex::new(harness),
             input: Mutex::new(Some(spawn_writer(stdin)?)),
             state: Mutex::new(State {
                 turn: None,
@@ -264,12 +270,12 @@ impl Proc {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        karta_plugin_api::process::kill_tree(&mut child);
+        child.kill();
         let _ = child.wait();
     }
 
     fn kill(&self) {
-        karta_plugin_api::process::kill_tree(&mut lock(&self.child));
+        lock(&self.child).kill();
     }
 
     /// The process's output ended: finish the turn it was running, if any.
@@ -278,9 +284,10 @@ impl Proc {
             let mut child = lock(&self.child);
             let status = child.wait().ok();
             // Tool processes it started do not outlive it.
-            karta_plugin_api::process::kill_tree(&mut child);
-            status
+            child.kill();
+            (status, child.limit_message())
         };
+        let (status, limit) = status;
         let turn = {
             let mut s = lock(&self.state);
             s.alive = false;
@@ -295,9 +302,11 @@ impl Proc {
                 }));
             } else {
                 let tail: Vec<String> = lock(&self.stderr_tail).iter().cloned().collect();
-                let why = status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "unknown status".into());
+                let why = limit.unwrap_or_else(|| {
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown status".into())
+                });
                 t.sink.emit_kind(EventKind::Error(ErrorInfo {
                     code: "harness_crashed".into(),
                     message: format!(

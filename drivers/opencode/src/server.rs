@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
+use karta_plugin_api::sandbox::{self, Endpoint, Harness, LaunchOptions};
 use karta_plugin_api::{
     Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, EventKind, Sink, Turn, TurnRequest,
     TurnStatus,
@@ -132,6 +133,45 @@ fn seed_config_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// 32 hex digits from the kernel's random source.
+fn random_password() -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| format!("no random source for the server password: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn base_url(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Tcp(port) => format!("http://127.0.0.1:{port}"),
+        // Any host: every request goes through the socket.
+        Endpoint::Unix(_) => "http://opencode".into(),
+    }
+}
+
+/// A client for one server: its endpoint, and its password on every request.
+fn client(
+    endpoint: &Endpoint,
+    password: &str,
+    timeout: Option<Duration>,
+) -> Result<reqwest::blocking::Client, String> {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("opencode:{password}"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {auth}"))
+        .map_err(|e| e.to_string())?;
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    let mut b = reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers);
+    if let Endpoint::Unix(path) = endpoint {
+        b = b.unix_socket(path.clone());
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
 fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -174,7 +214,9 @@ struct Server {
     session_id: String,
     base: String,
     http: reqwest::blocking::Client,
-    child: Mutex<Child>,
+    /// Without a timeout, for the event stream.
+    events_http: reqwest::blocking::Client,
+    child: Mutex<Harness>,
     state: Mutex<State>,
     idle_timeout: Duration,
     output: Arc<Mutex<VecDeque<String>>>,
@@ -198,7 +240,9 @@ impl Server {
                 .map_err(|e| format!("cannot prepare {}: {e}", project_config.display()))?;
         }
         let port = free_port()?;
-        let mut c = karta_plugin_api::process::harness_command(&cmd);
+        // Only Karta can drive this server: a random password, sent with every request.
+        let password = random_password()?;
+        let mut c = Command::new(&cmd);
         c.args([
             "serve",
             "--hostname",
@@ -206,7 +250,6 @@ impl Server {
             "--port",
             &port.to_string(),
         ])
-        .env_clear()
         .env(
             "PATH",
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
@@ -222,16 +265,27 @@ impl Server {
         .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
         .env("OPENCODE_DISABLE_LSP_DOWNLOAD", "1")
         .env("OPENCODE_DISABLE_SHARE", "1")
+        .env("OPENCODE_SERVER_PASSWORD", &password)
         .envs(&req.env)
-        .current_dir(&req.workspace_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .current_dir(&req.workspace_dir);
         if let Some(content) = inner.config_content(req) {
             c.env("OPENCODE_CONFIG_CONTENT", content);
         }
-        let mut child = karta_plugin_api::process::spawn_tied(c)
+        let opts = LaunchOptions {
+            workspace: PathBuf::from(&req.workspace_dir),
+            home: home.clone(),
+            expose_port: Some(port),
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        };
+        let mut harness = sandbox::launch(&req.sandbox, c, &opts)
             .map_err(|e| format!("cannot start OpenCode ({}): {e}", cmd.display()))?;
+        let endpoint = harness
+            .endpoint()
+            .cloned()
+            .ok_or("the launcher gave OpenCode no endpoint")?;
+        let child = harness.child();
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let output = Arc::new(Mutex::new(VecDeque::new()));
@@ -264,8 +318,8 @@ impl Server {
         }
         drop(ready_tx);
         if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
-            karta_plugin_api::process::kill_tree(&mut child);
-            let _ = child.wait();
+            harness.kill();
+            let _ = harness.wait();
             let tail: Vec<String> = lock(&output).iter().cloned().collect();
             return Err(format!("OpenCode did not start: {}", tail.join(" | ")));
         }
@@ -274,12 +328,10 @@ impl Server {
             .unwrap_or(DEFAULT_IDLE_SECONDS);
         let server = Arc::new(Server {
             session_id: req.session_id.clone(),
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .map_err(|e| e.to_string())?,
-            child: Mutex::new(child),
+            base: base_url(&endpoint),
+            http: client(&endpoint, &password, Some(Duration::from_secs(30)))?,
+            events_http: client(&endpoint, &password, None)?,
+            child: Mutex::new(harness),
             state: Mutex::new(State {
                 turn: None,
                 last_used: Instant::now(),
@@ -299,10 +351,8 @@ impl Server {
     /// Opens `/event` and follows it on a thread of its own; returns once the server confirmed
     /// the subscription, so no event of the coming turn is missed.
     fn follow_events(self: &Arc<Self>) -> Result<(), String> {
-        let stream = reqwest::blocking::Client::builder()
-            .timeout(None::<Duration>)
-            .build()
-            .map_err(|e| e.to_string())?
+        let stream = self
+            .events_http
             .get(format!("{}/event", self.base))
             .send()
             .map_err(|e| format!("cannot follow OpenCode's events: {e}"))?;
@@ -336,7 +386,7 @@ impl Server {
 
     fn kill(&self) {
         let mut c = lock(&self.child);
-        karta_plugin_api::process::kill_tree(&mut c);
+        c.kill();
         let _ = c.wait();
     }
 
@@ -359,9 +409,10 @@ impl Server {
     fn exited(self: &Arc<Self>) {
         let status = {
             let mut c = lock(&self.child);
-            karta_plugin_api::process::kill_tree(&mut c);
-            c.wait().ok()
+            c.kill();
+            (c.wait().ok(), c.limit_message())
         };
+        let (status, limit) = status;
         let turn = {
             let mut st = lock(&self.state);
             st.alive = false;
@@ -377,9 +428,11 @@ impl Server {
                 }));
             } else {
                 let tail: Vec<String> = lock(&self.output).iter().cloned().collect();
-                let why = status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "unknown status".into());
+                let why = limit.unwrap_or_else(|| {
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown status".into())
+                });
                 t.sink.emit_kind(EventKind::Error(ErrorInfo {
                     code: "harness_crashed".into(),
                     message: format!(

@@ -45,6 +45,8 @@ const ENV_SECTIONS: &[&str] = &[
     "plugins",
     "providers",
     "runtime",
+    "sandbox",
+    "gateway",
 ];
 
 /// A JSONC (json5) layer file as a figment provider that remembers its path.

@@ -42,6 +42,10 @@ pub struct PlatformConfig {
     pub projects: Vec<ProjectConfig>,
     /// Session runtime settings.
     pub runtime: RuntimeConfig,
+    /// How harness processes are confined.
+    pub sandbox: SandboxConfig,
+    /// The model gateway harnesses reach their providers through.
+    pub gateway: GatewayConfig,
 }
 
 /// `[server]`
@@ -132,6 +136,119 @@ pub struct ProjectConfig {
     pub turn_timeout_seconds: Option<u64>,
     /// This project's cancel grace (`[runtime] cancel_grace_seconds` when absent).
     pub cancel_grace_seconds: Option<u64>,
+    /// This project's sandbox network and limits (`[sandbox]` where absent).
+    pub sandbox: ProjectSandbox,
+}
+
+/// `[sandbox]`: how every harness process runs.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// `bubblewrap` (default) or `none` (no confinement; `karta serve` warns at start).
+    pub backend: SandboxBackend,
+    /// The `bwrap` executable (default: found on `PATH`).
+    pub bwrap: Option<PathBuf>,
+    /// Default network of a harness: `model-only` (default), `full` or `none`.
+    pub network: NetworkMode,
+    /// First host uid given to tenants' harnesses when Karta runs as root (tenant N gets
+    /// `uid_base + N`, and the same gid).
+    pub uid_base: u32,
+    /// How many tenant uids there are.
+    pub uid_count: u32,
+    /// Memory of a harness and everything it starts, in MiB.
+    pub memory_mb: Option<u64>,
+    /// Processes and threads of a harness at once.
+    pub processes: Option<u64>,
+    /// CPU seconds per process.
+    pub cpu_seconds: Option<u64>,
+    /// Open files per process.
+    pub open_files: Option<u64>,
+    /// Largest file a process may write, in MiB.
+    pub file_size_mb: Option<u64>,
+    /// A delegated cgroup v2 folder for harness cgroups (default: found on cgroup v1 hosts).
+    pub cgroup_root: Option<PathBuf>,
+    /// The loopback port the gateway answers on inside a sandbox.
+    pub gateway_port: u16,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            backend: SandboxBackend::Bubblewrap,
+            bwrap: None,
+            network: NetworkMode::ModelOnly,
+            uid_base: 200_000,
+            uid_count: 65_536,
+            memory_mb: Some(2048),
+            processes: Some(512),
+            cpu_seconds: None,
+            open_files: Some(4096),
+            file_size_mb: Some(4096),
+            cgroup_root: None,
+            gateway_port: 4100,
+        }
+    }
+}
+
+pub use karta_plugin_api::sandbox::{NetworkMode, SandboxBackend};
+
+/// A project's `sandbox` table: what it overrides of `[sandbox]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectSandbox {
+    /// The project's network.
+    pub network: Option<NetworkMode>,
+    /// Memory, in MiB.
+    pub memory_mb: Option<u64>,
+    /// Processes and threads.
+    pub processes: Option<u64>,
+    /// CPU seconds per process.
+    pub cpu_seconds: Option<u64>,
+    /// Open files per process.
+    pub open_files: Option<u64>,
+    /// Largest file, in MiB.
+    pub file_size_mb: Option<u64>,
+}
+
+impl SandboxConfig {
+    /// The limits and network of a project: its own where set, else the platform's.
+    pub fn for_project(
+        &self,
+        p: &ProjectSandbox,
+    ) -> (NetworkMode, karta_plugin_api::sandbox::SandboxLimits) {
+        (
+            p.network.unwrap_or(self.network),
+            karta_plugin_api::sandbox::SandboxLimits {
+                memory_mb: p.memory_mb.or(self.memory_mb),
+                processes: p.processes.or(self.processes),
+                cpu_seconds: p.cpu_seconds.or(self.cpu_seconds),
+                open_files: p.open_files.or(self.open_files),
+                file_size_mb: p.file_size_mb.or(self.file_size_mb),
+            },
+        )
+    }
+}
+
+/// `[gateway]`: the model gateway.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Largest request body a harness may send, in MiB.
+    pub max_body_mb: usize,
+    /// How long one upstream call may take, in seconds.
+    pub upstream_timeout_seconds: u64,
+    /// Calls forwarded at once; more wait.
+    pub max_concurrent_calls: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            max_body_mb: 32,
+            upstream_timeout_seconds: 600,
+            max_concurrent_calls: 256,
+        }
+    }
 }
 
 /// What a second send does while a turn runs on the same session.

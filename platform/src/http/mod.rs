@@ -5,6 +5,7 @@ pub mod auth;
 pub mod body;
 pub mod data;
 pub mod error;
+pub mod gateway;
 pub mod openapi;
 pub mod org;
 pub mod sse;
@@ -130,6 +131,26 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     .workers(1)
     .bind(&cfg.server.admin_listen)?;
 
+    let listeners = app
+        .gateway_listeners
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| std::io::Error::other("the gateway's listeners are already in use"))?;
+    let gateway_data = web::Data::from(app.gateway.clone());
+    let max_body = app.gateway.max_body();
+    let gateway_port = listeners.tcp.local_addr()?.port();
+    let gateway = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(gateway_data.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .configure(gateway::configure)
+            .default_service(web::to(gateway::not_found))
+    })
+    .workers(1)
+    .listen_uds(listeners.unix)?
+    .listen(listeners.tcp)?;
+    tracing::info!(port = gateway_port, "model gateway ready");
     for addr in public.addrs() {
         tracing::info!(%addr, "public listener (data plane) ready");
     }
@@ -156,6 +177,6 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         }
     });
 
-    let (a, b) = futures_util::future::join(public.run(), admin.run()).await;
-    a.and(b)
+    let (a, b, c) = futures_util::future::join3(public.run(), admin.run(), gateway.run()).await;
+    a.and(b).and(c)
 }

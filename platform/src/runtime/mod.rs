@@ -83,8 +83,10 @@ pub struct RuntimeSettings {
     pub event_log_retention: u64,
     /// How long a turn waits for an approval.
     pub input_timeout: Duration,
-    /// Provider credentials and endpoints for harness processes (`ANTHROPIC_API_KEY`, ...).
-    pub provider_env: Arc<std::collections::BTreeMap<String, String>>,
+    /// Network and limits of a harness unless its project sets its own.
+    pub sandbox: ProjectSandbox,
+    /// Projects (by id) with a sandbox network or limits of their own.
+    pub project_sandbox: HashMap<String, ProjectSandbox>,
     /// Events a driver may queue ahead of the pump before its thread waits.
     pub turn_event_queue: usize,
     /// Events read from the replay log per query.
@@ -113,6 +115,24 @@ pub struct TurnLimits {
     pub grace: Duration,
 }
 
+/// A harness's network and limits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProjectSandbox {
+    /// What it can reach.
+    pub network: crate::sandbox::NetworkMode,
+    /// Its limits.
+    pub limits: crate::sandbox::SandboxLimits,
+}
+
+/// What confines harnesses and feeds them models: the sandbox host and the model gateway.
+#[derive(Clone)]
+pub struct Confinement {
+    /// The sandbox host.
+    pub sandbox: Arc<crate::sandbox::SandboxHost>,
+    /// The model gateway.
+    pub gateway: Arc<crate::gateway::Gateway>,
+}
+
 /// The session runtime.
 pub struct Runtime {
     store: Store,
@@ -127,6 +147,8 @@ pub struct Runtime {
     warm: warm::WarmSet,
     /// Attached streams per session.
     streams: Arc<Mutex<HashMap<String, usize>>>,
+    /// Sandboxes and the model gateway.
+    confinement: Confinement,
 }
 
 impl Runtime {
@@ -136,6 +158,7 @@ impl Runtime {
         drivers: Arc<DriverRegistry>,
         settings: RuntimeSettings,
         journal: journal::JournalLimits,
+        confinement: Confinement,
     ) -> std::io::Result<Self> {
         let journal = Journal::start(store.clone(), journal, settings.event_log_retention)?;
         Ok(Self {
@@ -148,6 +171,7 @@ impl Runtime {
             instance_id: crate::store::new_id("inst"),
             warm: warm::WarmSet::default(),
             streams: Arc::new(Mutex::new(HashMap::new())),
+            confinement,
         })
     }
 
@@ -182,6 +206,18 @@ impl Runtime {
         if Arc::strong_count(&slot) == 2 && slot.is_idle() {
             slots.remove(session_id);
         }
+    }
+
+    /// Stops the session's harness (blocking driver call, on the blocking pool) and ends its
+    /// gateway token.
+    pub(crate) async fn end_harness(
+        &self,
+        driver: &Arc<crate::drivers::LoadedDriver>,
+        session_id: &str,
+    ) {
+        let (d, sid) = (driver.clone(), session_id.to_string());
+        let _ = tokio::task::spawn_blocking(move || d.driver.end_session(&sid)).await;
+        self.confinement.gateway.grants.revoke(session_id);
     }
 
     /// The slot, only if it exists (no turn has run here since start otherwise).

@@ -218,9 +218,8 @@ impl Runtime {
                         continue;
                     }
                     tracing::error!(session = %ctx.session.id, "the harness did not end the cancelled turn; stopping it");
-                    let (driver, sid) = (ctx.driver.clone(), ctx.session.id.clone());
                     // Awaited: the next turn must not start before the harness is stopped.
-                    let _ = tokio::task::spawn_blocking(move || driver.driver.end_session(&sid)).await;
+                    self.end_harness(&ctx.driver, &ctx.session.id).await;
                     seq += 1;
                     self.publish(ctx, &mut run, seq, &timeout_error(ctx));
                     return self.finish(ctx, run, seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;

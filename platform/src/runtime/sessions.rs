@@ -619,9 +619,10 @@ impl Runtime {
                 })
                 .await?;
             if let Some(d) = self.drivers.get(&s.driver) {
-                let sid = id.to_string();
-                let _ = tokio::task::spawn_blocking(move || d.driver.end_session(&sid)).await;
+                self.end_harness(&d, id).await;
             }
+            // The token dies with the session even when its driver is gone.
+            self.confinement.gateway.grants.revoke(id);
             self.warm.forget(id);
             // A closed session never runs again: its workspace (and the harness's home beside
             // it) goes, so closed sessions do not fill the disk.

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use karta_plugin_api::sandbox::{NetworkMode, SandboxBackend, SandboxSpec};
 use karta_plugin_api::{Event, Participant, TurnRequest, PAYLOAD_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedMutexGuard};
@@ -20,7 +21,7 @@ use super::{app_problem, Runtime, RuntimeError, TurnLimits};
 use crate::config::Multitask;
 use crate::drivers::LoadedDriver;
 use crate::store::sessions::SessionPatch;
-use crate::store::{self, models, sessions};
+use crate::store::{self, models, sessions, StoreError};
 
 /// `POST /v1/sessions/{id}/messages` input.
 #[derive(Clone, Debug, Default)]
@@ -122,6 +123,16 @@ impl Runtime {
         if msg.text.is_empty() {
             return Err(invalid("text", "must not be empty"));
         }
+        // The tenant's sandbox uid (given out on its first turn ever: a store write).
+        let sandbox = self.confinement.sandbox.clone();
+        let (store, org) = (self.store.clone(), org_id.to_string());
+        let uid = tokio::task::spawn_blocking(move || sandbox.tenant_uid(&store, &org))
+            .await
+            .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "no sandbox for the tenant");
+                RuntimeError::Unavailable("the session's sandbox cannot be prepared".into())
+            })?;
         let slot = self.slot(session_id);
         let started = self
             .claim_session(org_id, scope, session_id, &slot, msg.agent.as_deref())
@@ -154,6 +165,7 @@ impl Runtime {
         );
         slot.set_running(Some(running.clone()));
 
+        let mut sandbox_spec = SandboxSpec::default();
         let request = TurnRequest {
             v: PAYLOAD_VERSION,
             session_id: session.id.clone(),
@@ -168,8 +180,9 @@ impl Runtime {
             participant: who.clone(),
             thinking: msg.thinking,
             permission_mode: session.permission_mode.clone(),
-            env: (*rt_settings.provider_env).clone(),
+            env: self.harness_env(&session, &rt_settings, uid, &mut sandbox_spec),
             app_config: settings.raw.clone(),
+            sandbox: sandbox_spec,
         };
         let queue = rt_settings.turn_event_queue.max(1);
         let rt = self.clone();
@@ -276,8 +289,7 @@ impl Runtime {
         for e in evictions {
             tracing::info!(session = %e.session_id, "stopping the least recently used idle harness");
             if let Some(d) = self.drivers.get(&e.driver) {
-                let sid = e.session_id.clone();
-                let _ = tokio::task::spawn_blocking(move || d.driver.end_session(&sid)).await;
+                self.end_harness(&d, &e.session_id).await;
             }
             let sid = e.session_id.clone();
             drop(e);
@@ -502,4 +514,48 @@ async fn check_agent(
             names.join(", ")
         ),
     ))
+}
+
+impl Runtime {
+    /// The harness's sandbox spec (into `spec`) and environment: the model gateway's address
+    /// and the session's capability token, never a provider key. Under `network = "none"` the
+    /// harness gets no model at all.
+    fn harness_env(
+        &self,
+        session: &models::Session,
+        settings: &super::RuntimeSettings,
+        uid: Option<u32>,
+        spec: &mut SandboxSpec,
+    ) -> std::collections::BTreeMap<String, String> {
+        let host = &self.confinement.sandbox;
+        let gateway = &self.confinement.gateway;
+        let sb = settings
+            .project_sandbox
+            .get(&session.project_id)
+            .unwrap_or(&settings.sandbox);
+        *spec = host.spec(uid, sb.network, sb.limits.clone());
+        let mut env = std::collections::BTreeMap::new();
+        if sb.network == NetworkMode::None {
+            return env;
+        }
+        let port = match host.backend() {
+            SandboxBackend::Bubblewrap => Some(host.gateway_port()),
+            SandboxBackend::None => gateway.tcp_port(),
+        };
+        let Some(port) = port else {
+            tracing::error!("the model gateway is not listening; the harness gets no model");
+            return env;
+        };
+        let token = gateway.grants.grant(crate::gateway::Grant {
+            org_id: session.org_id.clone(),
+            project_id: session.project_id.clone(),
+            session_id: session.id.clone(),
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        env.insert("ANTHROPIC_BASE_URL".into(), base.clone());
+        env.insert("ANTHROPIC_API_KEY".into(), token.clone());
+        env.insert("OPENAI_BASE_URL".into(), format!("{base}/v1"));
+        env.insert("OPENAI_API_KEY".into(), token);
+        env
+    }
 }

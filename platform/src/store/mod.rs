@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod events;
 pub mod keys;
+pub mod model_calls;
 pub mod models;
 pub mod orgs;
 pub mod projects;

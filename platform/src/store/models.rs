@@ -104,3 +104,25 @@ pub struct AuditEntry {
     pub details: String,
     pub created_at: NaiveDateTime,
 }
+
+/// One call a harness made to a model provider through the gateway.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = model_calls)]
+pub struct ModelCall {
+    pub id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub session_id: String,
+    /// `anthropic` or `openai`.
+    pub provider: String,
+    pub model: String,
+    /// The HTTP status the provider answered (or the gateway, when it refused the call).
+    pub status: i32,
+    pub streamed: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub latency_ms: i64,
+    pub created_at: NaiveDateTime,
+}

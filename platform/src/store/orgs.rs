@@ -72,3 +72,34 @@ pub fn list_every_slug(c: &mut Conn) -> Result<Vec<String>, StoreError> {
 pub fn list_every_id_slug(c: &mut Conn) -> Result<Vec<(String, String)>, StoreError> {
     Ok(orgs::table.select((orgs::id, orgs::slug)).load(c)?)
 }
+
+/// The org's sandbox slot (its harnesses' host uid is `uid_base + slot`), given out on first
+/// use and kept for good: the org's files on disk belong to that uid. Run in a write
+/// transaction; the unique index makes a concurrent claim of the same slot fail rather than
+/// share it.
+pub fn sandbox_slot(c: &mut Conn, org_id: &str) -> Result<i32, StoreError> {
+    use diesel::dsl::max;
+    let current: Option<i32> = orgs::table
+        .find(org_id)
+        .select(orgs::sandbox_slot)
+        .first(c)
+        .found()?;
+    if let Some(slot) = current {
+        return Ok(slot);
+    }
+    let highest: Option<i32> = orgs::table.select(max(orgs::sandbox_slot)).first(c)?;
+    let next = highest.map_or(0, |h| h + 1);
+    diesel::update(
+        orgs::table
+            .find(org_id)
+            .filter(orgs::sandbox_slot.is_null()),
+    )
+    .set(orgs::sandbox_slot.eq(Some(next)))
+    .execute(c)?;
+    orgs::table
+        .find(org_id)
+        .select(orgs::sandbox_slot)
+        .first::<Option<i32>>(c)
+        .found()?
+        .ok_or(StoreError::NotFound)
+}

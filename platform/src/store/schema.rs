@@ -9,6 +9,26 @@ diesel::table! {
         disabled_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        sandbox_slot -> Nullable<Integer>,
+    }
+}
+
+diesel::table! {
+    model_calls (id) {
+        id -> Text,
+        org_id -> Text,
+        project_id -> Text,
+        session_id -> Text,
+        provider -> Text,
+        model -> Text,
+        status -> Integer,
+        streamed -> Bool,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        cache_read_tokens -> BigInt,
+        cache_creation_tokens -> BigInt,
+        latency_ms -> BigInt,
+        created_at -> Timestamp,
     }
 }
 
@@ -96,5 +116,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     sessions,
     session_events,
-    audit_log
+    audit_log,
+    model_calls
 );

@@ -1,0 +1,296 @@
+//! A hostile agent in each real harness: the fake model asks for shell commands that try every
+//! escape we know of. Each attempt must fail while the same tool keeps working inside its own
+//! workspace, and model calls must still stream through the gateway with their usage counted.
+//! One suite, run against both drivers. `scripts/test.sh` runs it inside a loopback-only
+//! network namespace, with bubblewrap installed.
+
+use std::path::PathBuf;
+
+use karta_e2e::*;
+use serde_json::{json, Value};
+
+const PROVIDER_KEY: &str = "sk-platform-secret-4242";
+const KEY_ENV: &str = "KARTA_TEST_PROVIDER_KEY";
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Claude,
+    OpenCode,
+}
+
+impl Kind {
+    /// One scripted shell call, then a closing text.
+    fn script(self, command: &str) -> String {
+        let call = match self {
+            Kind::Claude => json!({"tool_use": {"name": "Bash",
+                "input": {"command": command, "description": "probe"}}}),
+            Kind::OpenCode => json!({"tool_call": {"name": "bash",
+                "arguments": {"command": command, "description": "probe"}}}),
+        };
+        json!([call, {"text": "probed"}]).to_string()
+    }
+}
+
+/// Two tenants on one Karta, each with a project of the same app.
+struct Lab {
+    e: HarnessEnv,
+    rival_key: String,
+    data: PathBuf,
+}
+
+fn lab(kind: Kind, script: &str, extra: &str) -> Option<Lab> {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockModel::start(dir.path(), script);
+    let (provider, base, plugin, bin, example) = match kind {
+        Kind::Claude => (
+            "anthropic",
+            mock.url.clone(),
+            claude_plugin(),
+            claude_bin()?,
+            "support-bot",
+        ),
+        Kind::OpenCode => (
+            "openai",
+            format!("{}/v1", mock.url),
+            opencode_plugin(),
+            opencode_bin()?,
+            "opencode-app",
+        ),
+    };
+    let app = app_copy(dir.path(), "app", example, None);
+    if let Kind::OpenCode = kind {
+        std::fs::write(
+            app.join(".opencode/opencode.jsonc"),
+            r#"{ "permission": { "bash": "allow" } }"#,
+        )
+        .unwrap();
+    }
+    let settings = match kind {
+        Kind::Claude => format!(r#"{{ command = "{}", max_retries = 0 }}"#, bin.display()),
+        Kind::OpenCode => format!(
+            r#"{{ command = "{}", model = "fake-model" }}"#,
+            bin.display()
+        ),
+    };
+    let toml = format!(
+        r#"
+[providers.{provider}]
+api_key = {{ env = "{KEY_ENV}" }}
+base_url = "{base}"
+
+[[drivers]]
+path = "{plugin}"
+settings = {settings}
+
+[[tenants]]
+slug = "acme"
+name = "Acme"
+
+[[tenants]]
+slug = "rival"
+name = "Rival"
+
+[[projects]]
+tenant = "acme"
+slug = "app"
+path = "{app}"
+{extra}
+
+[[projects]]
+tenant = "rival"
+slug = "app"
+path = "{app}"
+"#,
+        plugin = plugin.display(),
+        app = app.display(),
+    );
+    let data = dir.path().join(".karta");
+    let e = HarnessEnv::start(dir, mock, &toml, &[(KEY_ENV, PROVIDER_KEY)]);
+    let rival_key = e.k().create_key("rival");
+    Some(Lab { e, rival_key, data })
+}
+
+impl Lab {
+    fn session(&self, key: &str) -> String {
+        let r = self
+            .e
+            .c
+            .post(format!("{}/v1/sessions", self.e.k().public))
+            .bearer_auth(key)
+            .json(&json!({"permission_mode": "autonomous"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn turn(&self, key: &str, sid: &str, text: &str) -> Vec<SseFrame> {
+        let r = self
+            .e
+            .c
+            .post(format!("{}/v1/sessions/{sid}/messages", self.e.k().public))
+            .bearer_auth(key)
+            .json(&json!({"text": text, "stream": true}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        SseReader::new(r).rest()
+    }
+
+    fn workspace(&self, sid: &str) -> PathBuf {
+        let root = self.data.join("workspaces");
+        for org in std::fs::read_dir(&root).unwrap().flatten() {
+            let ws = org.path().join(sid);
+            if ws.is_dir() {
+                return ws;
+            }
+        }
+        panic!("no workspace for session {sid} under {}", root.display());
+    }
+}
+
+/// What the shell tool printed in the turn (the last tool result).
+fn tool_output(frames: &[SseFrame]) -> String {
+    frames
+        .iter()
+        .rev()
+        .filter(|f| f.event == "tool_use" && f.data["data"]["status"] == "completed")
+        .find_map(|f| f.data["data"]["result"].as_str())
+        .unwrap_or_else(|| panic!("no completed tool call: {frames:?}"))
+        .to_string()
+}
+
+/// `cmd` must fail: prints `BLOCKED-name` when it does, `ESCAPED-name` when it does not.
+fn attempt(name: &str, cmd: &str) -> String {
+    format!("if ( {cmd} ) >/dev/null 2>&1; then echo ESCAPED-{name}; else echo BLOCKED-{name}; fi")
+}
+
+fn escape_suite(kind: Kind) {
+    let Some(l) = lab(kind, "[]", "") else { return };
+    // The rival works first, so its workspace and harness exist while the agent probes.
+    let rival_sid = l.session(&l.rival_key);
+    let frames = l.turn(&l.rival_key, &rival_sid, "hello");
+    assert_eq!(done(&frames)["status"], "completed", "{frames:?}");
+    let rival_ws = l.workspace(&rival_sid);
+    let sid = l.session(&l.e.key);
+    let own_ws = l.workspace(&sid);
+    let own_org = own_ws
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let data = l.data.display().to_string();
+    let karta_pid = l.e.k().pid();
+    let public_port = l.e.k().public.rsplit(':').next().unwrap().to_string();
+    let mock_port = l.e.mock.url.rsplit(':').next().unwrap().to_string();
+    // The agent is told the exact host paths and ports, as an attacker who read the docs would
+    // guess them.
+    let probe = [
+        attempt(
+            "environ",
+            &format!("grep -a KARTA_ADMIN_TOKEN /proc/{karta_pid}/environ"),
+        ),
+        attempt("database", &format!("head -c 16 {data}/karta.db")),
+        // Only the folders leading to its own workspace exist in the sandbox.
+        attempt(
+            "list-data",
+            &format!("ls -A {data} {data}/workspaces | grep -Ev '^(workspaces|{own_org}|)$|:$'"),
+        ),
+        attempt(
+            "rival-server",
+            &format!("ls {data}/sandbox/run/*/control.sock"),
+        ),
+        attempt("list-rival", &format!("ls {}", rival_ws.display())),
+        attempt(
+            "write-rival",
+            &format!("touch {}/pwned", rival_ws.display()),
+        ),
+        attempt("plugin-drop", &format!("touch {data}/plugins/evil.so")),
+        attempt(
+            "karta-api",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{public_port}"),
+        ),
+        attempt(
+            "provider-direct",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{mock_port}"),
+        ),
+        attempt("outside", "exec 3<>/dev/tcp/1.1.1.1/80"),
+        attempt("sysctl", "echo 60 > /proc/sys/vm/swappiness"),
+        attempt("root", "test \"$(id -u)\" = 0"),
+        attempt("provider-key", &format!("env | grep -q {PROVIDER_KEY}")),
+        "echo inside > own.txt && echo OWN-$(cat own.txt)".to_string(),
+        "env | grep -Eq '^(ANTHROPIC|OPENAI)_API_KEY=kgw_' && echo TOKEN-OK".to_string(),
+    ]
+    .join("; ");
+    l.e.mock.set_script(&kind.script(&probe));
+
+    let frames = l.turn(&l.e.key, &sid, "probe");
+    let out = tool_output(&frames);
+    assert!(
+        !out.contains("ESCAPED-"),
+        "{kind:?}: an escape worked:\n{out}"
+    );
+    for name in [
+        "environ",
+        "database",
+        "list-data",
+        "rival-server",
+        "list-rival",
+        "write-rival",
+        "plugin-drop",
+        "karta-api",
+        "provider-direct",
+        "outside",
+        "sysctl",
+        "root",
+        "provider-key",
+    ] {
+        assert!(
+            out.contains(&format!("BLOCKED-{name}")),
+            "{kind:?}: {name} not tried:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("OWN-inside"),
+        "{kind:?}: the tool failed inside:\n{out}"
+    );
+    assert!(
+        out.contains("TOKEN-OK"),
+        "{kind:?}: no gateway token:\n{out}"
+    );
+    assert!(!rival_ws.join("pwned").exists());
+    assert!(!l.data.join("plugins/evil.so").exists());
+    assert_eq!(
+        std::fs::read_to_string(own_ws.join("own.txt")).unwrap(),
+        "inside\n"
+    );
+    assert_eq!(done(&frames)["status"], "completed");
+
+    // Every model call went through the gateway, which swapped in the platform's key; the
+    // harness only ever held its session token.
+    let calls = l.e.mock.requests();
+    assert!(!calls.is_empty());
+    for c in &calls {
+        let h = &c["headers"];
+        let sent = h["x-api-key"]
+            .as_str()
+            .or_else(|| h["authorization"].as_str())
+            .unwrap_or_default();
+        assert!(sent.contains(PROVIDER_KEY), "{c}");
+    }
+}
+
+#[test]
+fn claude_code_cannot_escape_its_sandbox() {
+    escape_suite(Kind::Claude);
+}
+
+#[test]
+fn opencode_cannot_escape_its_sandbox() {
+    escape_suite(Kind::OpenCode);
+}
