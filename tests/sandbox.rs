@@ -19,15 +19,17 @@ enum Kind {
 }
 
 impl Kind {
-    /// One scripted shell call, then a closing text.
-    fn script(self, command: &str) -> String {
+    /// One scripted shell call when a message says `trigger`, then a closing text.
+    fn script(self, trigger: &str, command: &str) -> String {
         let call = match self {
             Kind::Claude => json!({"tool_use": {"name": "Bash",
                 "input": {"command": command, "description": "probe"}}}),
             Kind::OpenCode => json!({"tool_call": {"name": "bash",
                 "arguments": {"command": command, "description": "probe"}}}),
         };
-        json!([call, {"text": "probed"}]).to_string()
+        let mut call = call;
+        call["match"] = json!(trigger);
+        json!([call, {"match": "", "text": "probed"}]).to_string()
     }
 }
 
@@ -227,7 +229,7 @@ fn escape_suite(kind: Kind) {
         "env | grep -Eq '^(ANTHROPIC|OPENAI)_API_KEY=kgw_' && echo TOKEN-OK".to_string(),
     ]
     .join("; ");
-    l.e.mock.set_script(&kind.script(&probe));
+    l.e.mock.set_script(&kind.script("probe", &probe));
 
     let frames = l.turn(&l.e.key, &sid, "probe");
     let out = tool_output(&frames);
@@ -293,4 +295,66 @@ fn claude_code_cannot_escape_its_sandbox() {
 #[test]
 fn opencode_cannot_escape_its_sandbox() {
     escape_suite(Kind::OpenCode);
+}
+
+/// Runs one scripted shell command in a new turn; returns the turn's frames.
+fn run_command(l: &Lab, sid: &str, kind: Kind, command: &str) -> Vec<SseFrame> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let trigger = format!("go-{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    l.e.mock.set_script(&kind.script(&trigger, command));
+    l.turn(&l.e.key, sid, &trigger)
+}
+
+fn limit_error(frames: &[SseFrame]) -> Option<String> {
+    frames
+        .iter()
+        .filter(|f| f.event == "error")
+        .filter_map(|f| f.data["data"]["message"].as_str())
+        .find(|m| m.contains("limit"))
+        .map(str::to_string)
+}
+
+fn limits_suite(kind: Kind) {
+    let Some(l) = lab(kind, "[]", "sandbox = { memory_mb = 768, processes = 256 }") else {
+        return;
+    };
+    let sid = l.session(&l.e.key);
+
+    // A memory hog: `tail` keeps a line with no end in memory.
+    let frames = run_command(
+        &l,
+        &sid,
+        kind,
+        "head -c 4000M /dev/zero | tail > /dev/null; echo after-hog",
+    );
+    let msg =
+        limit_error(&frames).unwrap_or_else(|| panic!("{kind:?}: no limit error: {frames:?}"));
+    assert!(msg.contains("memory limit (768 MiB)"), "{msg}");
+    let frames = run_command(&l, &sid, kind, "echo recovered-1");
+    assert!(tool_output(&frames).contains("recovered-1"), "{frames:?}");
+    assert_eq!(done(&frames)["status"], "completed");
+
+    // A fork bomb (dash gives up at the first refused fork instead of retrying).
+    let frames = run_command(
+        &l,
+        &sid,
+        kind,
+        "sh -c 'i=0; while [ $i -lt 1000 ]; do setsid -f sleep 60 </dev/null >/dev/null 2>&1 || exit 0; i=$((i+1)); done' 2>&1 | tail -1; echo after-bomb",
+    );
+    let msg =
+        limit_error(&frames).unwrap_or_else(|| panic!("{kind:?}: no limit error: {frames:?}"));
+    assert!(msg.contains("process limit (256)"), "{msg}");
+    let frames = run_command(&l, &sid, kind, "echo recovered-2");
+    assert!(tool_output(&frames).contains("recovered-2"), "{frames:?}");
+    assert_eq!(done(&frames)["status"], "completed");
+}
+
+#[test]
+fn claude_code_hits_its_limits_and_the_session_recovers() {
+    limits_suite(Kind::Claude);
+}
+
+#[test]
+fn opencode_hits_its_limits_and_the_session_recovers() {
+    limits_suite(Kind::OpenCode);
 }

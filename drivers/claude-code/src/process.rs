@@ -349,14 +349,34 @@ impl Proc {
         }
         let actions = protocol::on_line(&mut turn.proto, &mut st.session, &v);
         let sink = turn.sink.clone();
-        if actions.contains(&Action::Ended) {
+        let ended = actions.contains(&Action::Ended);
+        if ended {
             st.turn = None;
             st.last_used = Instant::now();
         }
         drop(s);
+        // A turn in which the sandbox refused memory or processes says so, and the harness is
+        // replaced before the next turn (whatever is left of the runaway goes with it).
+        let limit = if ended {
+            lock(&self.child).limit_message()
+        } else {
+            None
+        };
+        if limit.is_some() {
+            lock(&self.state).alive = false;
+        }
         for a in actions {
             match a {
-                Action::Emit(e) => sink.emit(&e),
+                Action::Emit(e) => {
+                    if let (Some(msg), EventKind::Done(_)) = (&limit, &e.kind) {
+                        sink.emit_kind(EventKind::Error(ErrorInfo {
+                            code: "sandbox_limit".into(),
+                            message: format!("{msg}; the harness is restarted for the next turn"),
+                            provider: None,
+                        }));
+                    }
+                    sink.emit(&e)
+                }
                 Action::Reply(line) => {
                     if let Err(e) = self.write(line) {
                         sink.emit_kind(EventKind::Error(ErrorInfo {
@@ -368,6 +388,13 @@ impl Proc {
                 }
                 Action::Ended => {}
             }
+        }
+        if limit.is_some() {
+            if let Some(d) = self.driver.upgrade() {
+                d.remove_if(&self.session_id, self);
+            }
+            let me = self.clone();
+            thread::spawn(move || me.stop());
         }
     }
 }

@@ -458,7 +458,7 @@ impl Server {
     }
 
     /// One `/event` message: translated under the state lock, emitted after it is released.
-    fn handle(&self, ev: &Value) {
+    fn handle(self: &Arc<Self>, ev: &Value) {
         let (out, sink) = {
             let mut s = lock(&self.state);
             let st = &mut *s;
@@ -472,8 +472,31 @@ impl Server {
             }
             (out, sink)
         };
+        // A turn in which the sandbox refused memory or processes says so, and the server is
+        // replaced before the next turn (whatever is left of the runaway goes with it).
+        let limit = if out.ended {
+            lock(&self.child).limit_message()
+        } else {
+            None
+        };
+        if limit.is_some() {
+            lock(&self.state).alive = false;
+        }
         for e in &out.events {
+            if let (Some(msg), EventKind::Done(_)) = (&limit, &e.kind) {
+                sink.emit_kind(EventKind::Error(ErrorInfo {
+                    code: "sandbox_limit".into(),
+                    message: format!("{msg}; the harness is restarted for the next turn"),
+                    provider: None,
+                }));
+            }
             sink.emit(e);
+        }
+        if limit.is_some() {
+            if let Some(d) = self.driver.upgrade() {
+                d.remove_if(&self.session_id, self);
+            }
+            self.kill();
         }
     }
 }
