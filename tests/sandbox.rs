@@ -273,6 +273,40 @@ fn escape_suite(kind: Kind) {
     );
     assert_eq!(done(&frames)["status"], "completed");
 
+    // The gateway recorded each call with the counts the fake reported, and they add up to the
+    // turn's usage.
+    let k = l.e.k();
+    let calls: Value =
+        l.e.c
+            .get(format!("{}/admin/v1/sessions/{sid}/model_calls", k.admin))
+            .bearer_auth(&k.admin_token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+    let calls = calls["model_calls"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{kind:?}: {calls:?}");
+    let usage = &done(&frames)["usage"];
+    let sum = |field: &str| {
+        calls
+            .iter()
+            .map(|c| c[field].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert_eq!(sum("input_tokens"), usage["input_tokens"].as_i64().unwrap());
+    assert_eq!(
+        sum("output_tokens"),
+        usage["output_tokens"].as_i64().unwrap()
+    );
+    for c in &calls {
+        assert_eq!(c["status"], 200);
+        assert_eq!(
+            (c["input_tokens"].as_i64(), c["output_tokens"].as_i64()),
+            (Some(100), Some(20))
+        );
+        assert_eq!(c["streamed"], true);
+    }
+
     // Every model call went through the gateway, which swapped in the platform's key; the
     // harness only ever held its session token.
     let calls = l.e.mock.requests();

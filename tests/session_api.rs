@@ -1759,3 +1759,34 @@ fn a_slow_reader_of_a_flood_still_gets_every_event_in_order() {
     assert!(ids.len() > 3000);
     assert_eq!(frames.last().unwrap().data["data"]["status"], "completed");
 }
+
+#[test]
+fn a_session_token_cannot_loosen_the_apps_approval_policy() {
+    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    let token = e
+        .post("/v1/projects/hello/session_tokens", json!({}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let create = |credential: &str, mode: &str| {
+        e.c.post(e.url("/v1/projects/hello/sessions"))
+            .bearer_auth(credential)
+            .json(&json!({"permission_mode": mode}))
+            .send()
+            .unwrap()
+    };
+    // The end user may only be as strict as the app, or stricter.
+    let (status, body) = detail(create(&token, "autonomous"));
+    assert_eq!(status, 403);
+    assert!(
+        body["detail"].as_str().unwrap().contains("permission_mode"),
+        "{body}"
+    );
+    assert_eq!(create(&token, "interactive").status(), 201);
+    // The app's builder, with an API key, may.
+    assert_eq!(create(&e.key, "autonomous").status(), 201);
+}

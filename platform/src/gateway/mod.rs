@@ -482,3 +482,140 @@ impl Stream for TappedBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderConfig;
+
+    fn gateway(dir: &std::path::Path, base_url: Option<&str>) -> Gateway {
+        let store = Store::open(&format!("sqlite://{}", dir.join("k.db").display())).unwrap();
+        let mut cfg = PlatformConfig::default();
+        cfg.providers.insert(
+            "anthropic".into(),
+            ProviderConfig {
+                api_key: None,
+                base_url: base_url.map(str::to_string),
+            },
+        );
+        Gateway::new(store, &cfg).unwrap()
+    }
+
+    fn call<'a>(route: Route, token: Option<&'a str>, body: &str) -> Call<'a> {
+        Call {
+            route,
+            query: None,
+            token,
+            headers: vec![],
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    fn grant(g: &Gateway) -> String {
+        g.grants.grant(Grant {
+            org_id: "org_1".into(),
+            project_id: "prj_1".into(),
+            session_id: "sess_1".into(),
+        })
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    struct Broke;
+    impl CallGate for Broke {
+        fn admit(&self, grant: &Grant) -> Result<(), String> {
+            Err(format!("{} has spent its budget", grant.org_id))
+        }
+    }
+
+    #[test]
+    fn refuses_without_a_live_token_a_bad_body_an_unknown_provider_and_a_spent_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = gateway(dir.path(), Some("http://127.0.0.1:1"));
+        let body = r#"{"model":"m","messages":[]}"#;
+        let err = |c| run(g.forward(c)).err().unwrap();
+        assert_eq!(
+            err(call(Route::Messages, None, body)),
+            GatewayError::Unauthorized
+        );
+        assert_eq!(
+            err(call(Route::Messages, Some("kgw_guess"), body)),
+            GatewayError::Unauthorized
+        );
+        let token = grant(&g);
+        assert!(matches!(
+            err(call(Route::Messages, Some(&token), "not json")),
+            GatewayError::BadRequest(_)
+        ));
+        assert_eq!(
+            err(call(Route::ChatCompletions, Some(&token), body)),
+            GatewayError::NotConfigured("openai")
+        );
+        g.set_gate(Arc::new(Broke));
+        let refused = err(call(Route::Messages, Some(&token), body));
+        assert_eq!(refused.status(), 402);
+        assert_eq!(
+            refused.body(Provider::Anthropic)["error"]["type"],
+            "billing_error"
+        );
+        assert!(refused.to_string().contains("org_1 has spent its budget"));
+        g.grants.revoke("sess_1");
+        assert_eq!(
+            err(call(Route::Messages, Some(&token), body)),
+            GatewayError::Unauthorized
+        );
+    }
+
+    #[test]
+    fn an_unreachable_provider_is_a_502_that_does_not_name_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = gateway(dir.path(), Some("http://127.0.0.1:1/v1"));
+        let token = grant(&g);
+        let e = run(g.forward(call(
+            Route::Messages,
+            Some(&token),
+            r#"{"model":"m","messages":[]}"#,
+        )))
+        .err()
+        .unwrap();
+        assert_eq!(e.status(), 502);
+        let shown = e.body(Provider::Anthropic).to_string();
+        assert!(!shown.contains("127.0.0.1"), "{shown}");
+        assert!(
+            !e.body(Provider::OpenAi).to_string().contains(":1/"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn errors_take_each_providers_shape() {
+        let e = GatewayError::Unauthorized;
+        assert_eq!(e.body(Provider::Anthropic)["type"], "error");
+        assert_eq!(
+            e.body(Provider::Anthropic)["error"]["type"],
+            "authentication_error"
+        );
+        assert_eq!(e.body(Provider::OpenAi)["error"]["code"], "invalid_api_key");
+    }
+
+    #[test]
+    fn provider_base_urls_are_normalised() {
+        let mut cfg = PlatformConfig::default();
+        cfg.providers.insert(
+            "openai".into(),
+            ProviderConfig {
+                api_key: None,
+                base_url: Some("http://h:9/v1/".into()),
+            },
+        );
+        let p = providers(&cfg);
+        assert_eq!(p.openai.unwrap().base, "http://h:9");
+        assert!(p.anthropic.is_none());
+    }
+}

@@ -49,6 +49,11 @@ impl Access {
         self.project_id.as_deref()
     }
 
+    /// Whether the caller is an end user's session token.
+    pub fn is_session_token(&self) -> bool {
+        matches!(self.credential, Credential::Token(_))
+    }
+
     /// The end user a session token is bound to.
     pub fn subject(&self) -> Option<&str> {
         match &self.credential {

@@ -136,6 +136,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Invalid(loc, msg) => ApiError::invalid(loc, msg, "value_error"),
             RuntimeError::Unavailable(m) => ApiError::Unavailable(m),
             RuntimeError::TooMany(m) => ApiError::TooMany(m),
+            RuntimeError::Forbidden(m) => ApiError::Forbidden(m),
             RuntimeError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }

@@ -60,6 +60,9 @@ pub enum RuntimeError {
     /// A bound on the caller was reached (retry later).
     #[error("{0}")]
     TooMany(String),
+    /// The caller's credential may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),

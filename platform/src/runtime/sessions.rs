@@ -26,6 +26,9 @@ pub struct CreateSession {
     pub project: Option<String>,
     /// `interactive` or `autonomous` for this session.
     pub permission_mode: Option<String>,
+    /// Whether the caller may set a looser `permission_mode` than the app's (API keys may; an
+    /// end user's session token may not).
+    pub may_loosen_approvals: bool,
 }
 
 /// `GET /v1/sessions` input.
@@ -247,6 +250,25 @@ impl Runtime {
             None => self.pick_project(org_id, req.project.as_deref()).await?,
         };
         let app_dir = PathBuf::from(&project.source_path);
+        if !req.may_loosen_approvals
+            && req
+                .permission_mode
+                .as_deref()
+                .and_then(PermissionMode::parse)
+                == Some(PermissionMode::Autonomous)
+        {
+            let settings = self
+                .app_settings
+                .get(&app_dir)
+                .map_err(|m| super::app_problem(&app_dir, &m))?;
+            if settings.runtime.permission_mode != Some(PermissionMode::Autonomous) {
+                return Err(RuntimeError::Forbidden(
+                    "a session token cannot loosen the app's approval policy: permission_mode \
+                     `autonomous` needs an API key (or the app's runtime.permission_mode)"
+                        .into(),
+                ));
+            }
+        }
         let (driver_name, default_agent) = self.resolve_driver(&project, &app_dir).await?;
 
         let now = store::now();

@@ -113,6 +113,7 @@ pub async fn create(
                 session_id: b.session_id,
                 project: b.project,
                 permission_mode: b.permission_mode,
+                may_loosen_approvals: !access.is_session_token(),
             },
         )
         .await?;
