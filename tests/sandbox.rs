@@ -392,3 +392,52 @@ fn claude_code_hits_its_limits_and_the_session_recovers() {
 fn opencode_hits_its_limits_and_the_session_recovers() {
     limits_suite(Kind::OpenCode);
 }
+
+fn full_network_suite(kind: Kind) {
+    let Some(l) = lab(kind, "[]", "sandbox = { network = \"full\" }") else {
+        return;
+    };
+    let sid = l.session(&l.e.key);
+    let public_port = l.e.k().public.rsplit(':').next().unwrap().to_string();
+    // Through the proxy, the host's own services are refused (403) and names are resolved by
+    // the proxy (this test's network has no DNS: 502); without it there is no route at all.
+    let frames = run_command(
+        &l,
+        &sid,
+        kind,
+        &format!(
+            "echo \"A:$(curl -sS -o /dev/null -w '%{{http_code}}' --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{public_port}/healthz 2>&1)\"; \
+             echo \"B:$(curl -sS -o /dev/null https://127.0.0.1:{public_port}/healthz 2>&1 | head -c 120)\"; \
+             echo \"C:$(curl -sS -o /dev/null -w '%{{http_code}}' -x \"$HTTP_PROXY\" http://example.invalid/ 2>&1)\"; \
+             echo \"D:$(curl -sS -o /dev/null -w '%{{http_code}}' -x http://127.0.0.1:3128 http://example.invalid/ 2>&1)\""
+        ),
+    );
+    let out = tool_output(&frames);
+    assert!(
+        out.contains("A:403"),
+        "{kind:?}: host loopback through the proxy:\n{out}"
+    );
+    assert!(
+        out.contains("B:curl"),
+        "{kind:?}: direct connection to the host:\n{out}"
+    );
+    assert!(
+        out.contains("C:502"),
+        "{kind:?}: a name through the proxy:\n{out}"
+    );
+    assert!(
+        out.contains("D:407"),
+        "{kind:?}: the proxy without the session token:\n{out}"
+    );
+    assert_eq!(done(&frames)["status"], "completed");
+}
+
+#[test]
+fn claude_code_reaches_out_only_through_the_egress_proxy() {
+    full_network_suite(Kind::Claude);
+}
+
+#[test]
+fn opencode_reaches_out_only_through_the_egress_proxy() {
+    full_network_suite(Kind::OpenCode);
+}

@@ -49,6 +49,8 @@ pub struct App {
     pub runtime: Arc<Runtime>,
     /// The model gateway.
     pub gateway: Arc<crate::gateway::Gateway>,
+    /// Where harnesses run.
+    pub sandbox: Arc<crate::sandbox::SandboxHost>,
     /// The gateway's listeners until the server takes them.
     pub gateway_listeners: std::sync::Mutex<Option<GatewayListeners>>,
     /// API-key verification.
@@ -207,7 +209,7 @@ impl App {
                     batch: cfg.runtime.journal_batch,
                 },
                 crate::runtime::Confinement {
-                    sandbox,
+                    sandbox: sandbox.clone(),
                     gateway: gateway.clone(),
                 },
             )
@@ -235,6 +237,7 @@ impl App {
             drivers,
             runtime,
             gateway,
+            sandbox,
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
             config: RwLock::new(Arc::new(cfg)),

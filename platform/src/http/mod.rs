@@ -151,6 +151,13 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     .listen_uds(listeners.unix)?
     .listen(listeners.tcp)?;
     tracing::info!(port = gateway_port, "model gateway ready");
+    let proxy_socket = app.sandbox.proxy_socket();
+    let grants = app.gateway.grants.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::sandbox::proxy::serve(&proxy_socket, grants).await {
+            tracing::error!(error = %e, "the egress proxy stopped; network = \"full\" sandboxes have no internet");
+        }
+    });
     for addr in public.addrs() {
         tracing::info!(%addr, "public listener (data plane) ready");
     }

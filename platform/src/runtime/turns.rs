@@ -555,7 +555,20 @@ impl Runtime {
         env.insert("ANTHROPIC_BASE_URL".into(), base.clone());
         env.insert("ANTHROPIC_API_KEY".into(), token.clone());
         env.insert("OPENAI_BASE_URL".into(), format!("{base}/v1"));
-        env.insert("OPENAI_API_KEY".into(), token);
+        env.insert("OPENAI_API_KEY".into(), token.clone());
+        if sb.network == NetworkMode::Full && host.backend() == SandboxBackend::Bubblewrap {
+            // The internet through Karta's egress proxy, which wants the session's token.
+            let proxy = format!(
+                "http://karta:{token}@127.0.0.1:{}",
+                karta_plugin_api::sandbox::SANDBOX_PROXY_PORT
+            );
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.insert(k.into(), proxy.clone());
+            }
+            for k in ["NO_PROXY", "no_proxy"] {
+                env.insert(k.into(), "127.0.0.1,localhost".into());
+            }
+        }
         env
     }
 }

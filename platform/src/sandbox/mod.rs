@@ -13,6 +13,7 @@
 
 mod cgroups;
 pub mod init;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::io;
