@@ -76,15 +76,18 @@ pub enum Section {
     Rss,
     /// `karta config apply` and live reload with many projects.
     Reconcile,
+    /// What the harness sandbox costs per process start and per turn.
+    Sandbox,
 }
 
 impl Section {
     /// Every section, in report order.
-    pub const ALL: [Section; 4] = [
+    pub const ALL: [Section; 5] = [
         Section::Turns,
         Section::IdleStreams,
         Section::Rss,
         Section::Reconcile,
+        Section::Sandbox,
     ];
 
     /// The name used on the command line.
@@ -94,6 +97,7 @@ impl Section {
             Section::IdleStreams => "idle-streams",
             Section::Rss => "rss",
             Section::Reconcile => "reconcile",
+            Section::Sandbox => "sandbox",
         }
     }
 }

@@ -254,6 +254,16 @@ impl Karta {
     /// Starts Karta on a fresh workspace with `bulk` extra projects, waits until it answers and
     /// creates an API key.
     pub async fn start(bins: &Binaries, db: Db, bulk: usize) -> anyhow::Result<Karta> {
+        Self::start_env(bins, db, bulk, &[]).await
+    }
+
+    /// [`Karta::start`] with extra environment for the server (configuration overrides).
+    pub async fn start_env(
+        bins: &Binaries,
+        db: Db,
+        bulk: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Karta> {
         let ws = Workspace::new(bins, db)?;
         ws.write_config(bulk)?;
         let (public, admin) = (free_addr()?, free_addr()?);
@@ -261,6 +271,7 @@ impl Karta {
         let log = std::fs::File::create(&log_path).context("cannot create karta.log")?;
         let child = ws
             .cli(&["serve", "--listen", &public.to_string()])
+            .envs(env.iter().copied())
             .arg("--admin-listen")
             .arg(admin.to_string())
             .stdout(Stdio::null())

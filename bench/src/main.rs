@@ -117,6 +117,7 @@ async fn run_section(section: Section, ctx: &Ctx, report: &mut Report) -> anyhow
         Section::IdleStreams => sections::idle_streams::run(ctx, report).await,
         Section::Rss => sections::rss::run(ctx, report).await,
         Section::Reconcile => sections::reconcile::run(ctx, report).await,
+        Section::Sandbox => sections::sandbox::run(ctx, report).await,
     }
 }
 

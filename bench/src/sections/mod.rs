@@ -3,6 +3,7 @@
 pub mod idle_streams;
 pub mod reconcile;
 pub mod rss;
+pub mod sandbox;
 pub mod turns;
 
 use crate::karta::{Binaries, Db};

@@ -166,6 +166,7 @@ fn summary(report: &mut Report, db: Db, rounds: &[Round]) {
 }
 
 /// `a - b` microseconds as signed milliseconds.
-fn signed_ms(a: u64, b: u64) -> String {
+/// `a - b` in milliseconds, signed.
+pub(crate) fn signed_ms(a: u64, b: u64) -> String {
     format!("{:+.3}", (a as f64 - b as f64) / 1000.0)
 }

@@ -11,7 +11,6 @@
 //! database is 0600 (Karta sets its umask to 077). One tenant's processes cannot read another's
 //! files even outside a sandbox.
 
-mod cgroups;
 pub mod init;
 pub mod proxy;
 
@@ -152,7 +151,10 @@ impl SandboxHost {
                 (Some(bwrap), Some(helper))
             }
         };
-        let cgroup = cgroups::detect(sc.cgroup_root.as_deref());
+        let cgroup = karta_plugin_api::sandbox::detect_cgroup(sc.cgroup_root.as_deref());
+        if let (Some(root), None) = (&sc.cgroup_root, &cgroup) {
+            tracing::warn!(root = %root.display(), "[sandbox] cgroup_root is not writable");
+        }
         if cgroup.is_none() && (sc.memory_mb.is_some() || sc.processes.is_some()) {
             tracing::warn!(
                 "no writable cgroup hierarchy: harness memory and process limits are not \

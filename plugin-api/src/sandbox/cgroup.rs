@@ -216,7 +216,7 @@ impl Group {
         let deadline = Instant::now() + Duration::from_secs(2);
         for dir in self.dirs() {
             while fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }

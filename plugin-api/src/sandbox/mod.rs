@@ -20,7 +20,10 @@
 //! behave the same.
 
 mod cgroup;
+mod detect;
 mod spec;
+
+pub use detect::detect_cgroup;
 
 pub use cgroup::LimitHit;
 pub use spec::*;

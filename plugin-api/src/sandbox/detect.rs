@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use karta_plugin_api::sandbox::CgroupSpec;
+use super::spec::CgroupSpec;
 
 /// Whether a child folder can be made (and removed) in `dir`.
 fn writable(dir: &Path) -> bool {
@@ -14,17 +14,16 @@ fn writable(dir: &Path) -> bool {
     ok
 }
 
-/// `root` when configured (a delegated cgroup v2 folder), else this process's own cgroups in
+/// `root` when configured (a delegated cgroup v2 folder; `None` when it is not writable), else this process's own cgroups in
 /// the v1 `memory` and `pids` hierarchies where they are writable. A pure cgroup v2 host needs
 /// `root`: a cgroup that holds Karta itself cannot give controllers to children.
-pub fn detect(root: Option<&Path>) -> Option<CgroupSpec> {
+pub fn detect_cgroup(root: Option<&Path>) -> Option<CgroupSpec> {
     if let Some(root) = root {
         if writable(root) {
             return Some(CgroupSpec::V2 {
                 parent: root.display().to_string(),
             });
         }
-        tracing::warn!(root = %root.display(), "[sandbox] cgroup_root is not writable");
         return None;
     }
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
