@@ -48,4 +48,25 @@ mod tests {
         assert!(!ws.join(".git").exists());
         assert!(!ws.join("leak").exists());
     }
+
+    #[test]
+    fn a_hard_link_becomes_an_independent_copy() {
+        let outside = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        std::fs::write(&secret, "outside").unwrap();
+        std::fs::hard_link(&secret, src.path().join("linked")).unwrap();
+        let ws = dst.path().join("ws");
+        copy_app(src.path(), &ws).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let copy = std::fs::metadata(ws.join("linked")).unwrap();
+        assert_eq!(
+            copy.nlink(),
+            1,
+            "the workspace holds no link to the original"
+        );
+        std::fs::write(ws.join("linked"), "changed by the agent").unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "outside");
+    }
 }
