@@ -441,3 +441,49 @@ fn claude_code_reaches_out_only_through_the_egress_proxy() {
 fn opencode_reaches_out_only_through_the_egress_proxy() {
     full_network_suite(Kind::OpenCode);
 }
+
+fn planted_links_suite(kind: Kind) {
+    let Some(mut l) = lab(kind, "[]", "") else {
+        return;
+    };
+    let sid = l.session(&l.e.key);
+    let data = l.data.display().to_string();
+    // The agent swaps the folders Karta seeds at the next harness start for links to Karta's
+    // data folder (the paths as the host sees them).
+    let frames = run_command(
+        &l,
+        &sid,
+        kind,
+        &format!(
+            "rm -rf \"$HOME/.claude\" \"$HOME/.config/opencode\" .opencode; \
+             ln -s {data} \"$HOME/.claude\"; mkdir -p \"$HOME/.config\"; \
+             ln -s {data} \"$HOME/.config/opencode\"; ln -s {data} .opencode; echo planted"
+        ),
+    );
+    assert!(tool_output(&frames).contains("planted"), "{frames:?}");
+    // A restart makes the next turn start a new harness, seeding its folders again.
+    l.e.restart();
+    let frames = run_command(&l, &sid, kind, "echo after");
+    let _ = frames;
+    for name in [
+        "package.json",
+        "package-lock.json",
+        "node_modules",
+        ".claude",
+    ] {
+        assert!(
+            !l.data.join(name).exists(),
+            "{kind:?}: Karta wrote {name} through a link into its data folder"
+        );
+    }
+}
+
+#[test]
+fn claude_code_links_planted_in_the_home_are_not_followed() {
+    planted_links_suite(Kind::Claude);
+}
+
+#[test]
+fn opencode_links_planted_in_the_workspace_are_not_followed() {
+    planted_links_suite(Kind::OpenCode);
+}

@@ -133,6 +133,57 @@ pub fn kill_tree(child: &mut Child) {
     let _ = child.kill();
 }
 
+/// Longest line read from a harness by [`bounded_lines`] (32 MiB): a harness is hostile code,
+/// and a line without an end must not grow the host without bound.
+pub const MAX_LINE: usize = 32 << 20;
+
+/// The lines of `r` (without their ends), each at most `max` bytes: a longer line is skipped
+/// whole. Invalid UTF-8 is replaced. Ends at end of input or on a read error.
+pub fn bounded_lines<R: std::io::Read>(r: R, max: usize) -> impl Iterator<Item = String> {
+    let mut r = std::io::BufReader::new(r);
+    std::iter::from_fn(move || loop {
+        let mut line = Vec::new();
+        let mut overlong = false;
+        loop {
+            let buf = match std::io::BufRead::fill_buf(&mut r) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            };
+            if buf.is_empty() {
+                if line.is_empty() && !overlong {
+                    return None;
+                }
+                break;
+            }
+            let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            if !overlong {
+                if line.len() + chunk.len() > max {
+                    overlong = true;
+                    line = Vec::new();
+                } else {
+                    line.extend_from_slice(chunk);
+                }
+            }
+            let used = done.unwrap_or(buf.len());
+            std::io::BufRead::consume(&mut r, used);
+            if done.is_some() {
+                break;
+            }
+        }
+        if overlong {
+            continue;
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        return Some(String::from_utf8_lossy(&line).into_owned());
+    })
+}
+
 /// A warm harness process (or server) a driver keeps per session.
 pub trait Warm: Send + Sync + 'static {
     /// Marks it retired when it has been idle past its timeout; says whether it did. Must be
@@ -181,6 +232,15 @@ pub fn string_setting(settings: &serde_json::Value, key: &str) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_skipped_and_the_rest_read() {
+        let input = format!("one\n{}\ntwo\r\nthree", "x".repeat(100));
+        let lines: Vec<String> = bounded_lines(input.as_bytes(), 10).collect();
+        assert_eq!(lines, vec!["one", "two", "three"]);
+        let none: Vec<String> = bounded_lines(&b""[..], 10).collect();
+        assert!(none.is_empty());
+    }
 
     #[test]
     fn spawns_from_any_thread() {

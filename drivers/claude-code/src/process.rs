@@ -6,7 +6,7 @@
 //! answer can never block the reader and deadlock both pipes), and a stderr tail.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
+use karta_plugin_api::process::{
+    bounded_lines, spawn_idle_reaper, string_setting, Warm, WarmMap, MAX_LINE,
+};
 use karta_plugin_api::sandbox::{self, Harness, LaunchOptions};
 use karta_plugin_api::{
     Decision, Discovery, Done, Driver, ErrorInfo, Event, EventKind, Sink, Turn, TurnRequest,
@@ -155,7 +157,13 @@ impl Proc {
     fn spawn(inner: &Arc<Inner>, req: &TurnRequest) -> Result<Arc<Proc>, String> {
         let cmd = inner.find_command()?;
         let home = harness_home(&req.workspace_dir);
-        std::fs::create_dir_all(home.join(".claude"))
+        // The home sits beside the workspace, in the tenant's folder; the harness may have left
+        // links in it, which the host (root) must not follow.
+        let (base, name) = match (home.parent(), home.file_name()) {
+            (Some(b), Some(n)) => (b, Path::new(n)),
+            _ => return Err(format!("{} has no parent folder", home.display())),
+        };
+        sandbox::tenant_fs::ensure_dir(base, &name.join(".claude"), req.sandbox.owner())
             .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
         let mut c = Command::new(&cmd);
         c.args([
@@ -226,7 +234,7 @@ impl Proc {
         thread::Builder::new()
             .name("claude-stderr".into())
             .spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in bounded_lines(stderr, MAX_LINE) {
                     let mut t = lock(&tail);
                     if t.len() == STDERR_TAIL {
                         t.pop_front();
@@ -239,7 +247,7 @@ impl Proc {
         thread::Builder::new()
             .name("claude-stdout".into())
             .spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                for line in bounded_lines(stdout, MAX_LINE) {
                     if let Ok(v) = serde_json::from_str::<Value>(&line) {
                         reader.handle(v);
                     }

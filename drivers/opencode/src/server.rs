@@ -2,7 +2,7 @@
 //! OpenCode's message/part events to Karta events.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader};
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use karta_plugin_api::process::{spawn_idle_reaper, string_setting, Warm, WarmMap};
+use karta_plugin_api::process::{
+    bounded_lines, spawn_idle_reaper, string_setting, Warm, WarmMap, MAX_LINE,
+};
 use karta_plugin_api::sandbox::{self, Endpoint, Harness, LaunchOptions};
 use karta_plugin_api::{
     Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, EventKind, Sink, Turn, TurnRequest,
@@ -116,20 +118,25 @@ impl Inner {
     }
 }
 
-/// Seeds a config folder so OpenCode's background plugin install finds nothing to do (it would
-/// otherwise reach the npm registry on every start).
-fn seed_config_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir.join("node_modules"))?;
-    if !dir.join("package.json").exists() {
-        std::fs::write(
-            dir.join("package.json"),
-            r#"{"dependencies":{"@opencode-ai/plugin":"*"}}"#,
-        )?;
-        std::fs::write(
-            dir.join("package-lock.json"),
-            r#"{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"*"}}}}"#,
-        )?;
-    }
+/// Seeds the config folder `base/rel` so OpenCode's background plugin install finds nothing to
+/// do (it would otherwise reach the npm registry on every start). `base` is the tenant's folder
+/// (holding the workspace and home): nothing under it is followed through a link, and what is
+/// made is given to `owner`.
+fn seed_config_dir(base: &Path, rel: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use karta_plugin_api::sandbox::tenant_fs::{ensure_dir, write_new};
+    ensure_dir(base, &rel.join("node_modules"), owner)?;
+    write_new(
+        base,
+        &rel.join("package.json"),
+        br#"{"dependencies":{"@opencode-ai/plugin":"*"}}"#,
+        owner,
+    )?;
+    write_new(
+        base,
+        &rel.join("package-lock.json"),
+        br#"{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"*"}}}}"#,
+        owner,
+    )?;
     Ok(())
 }
 
@@ -232,11 +239,19 @@ impl Server {
         let cmd = inner.find_command()?;
         let home = harness_home(&req.workspace_dir);
         let config = home.join(".config");
-        seed_config_dir(&config.join("opencode"))
+        let workspace = Path::new(&req.workspace_dir);
+        let (base, ws_name, home_name) =
+            match (workspace.parent(), workspace.file_name(), home.file_name()) {
+                (Some(b), Some(w), Some(h)) => (b, Path::new(w), Path::new(h)),
+                _ => return Err(format!("{} has no parent folder", workspace.display())),
+            };
+        let owner = req.sandbox.owner();
+        seed_config_dir(base, &home_name.join(".config/opencode"), owner)
             .map_err(|e| format!("cannot prepare {}: {e}", home.display()))?;
-        let project_config = Path::new(&req.workspace_dir).join(".opencode");
-        if project_config.is_dir() {
-            seed_config_dir(&project_config)
+        let project_config = workspace.join(".opencode");
+        // Only a real folder of the app (never a link the agent left).
+        if std::fs::symlink_metadata(&project_config).is_ok_and(|m| m.is_dir()) {
+            seed_config_dir(base, &ws_name.join(".opencode"), owner)
                 .map_err(|e| format!("cannot prepare {}: {e}", project_config.display()))?;
         }
         let port = free_port()?;
@@ -303,7 +318,7 @@ impl Server {
             thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
-                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    for line in bounded_lines(stream, MAX_LINE) {
                         if line.contains("listening on") {
                             let _ = ready.send(());
                         }
@@ -362,7 +377,7 @@ impl Server {
             .name("opencode-events".into())
             .spawn(move || {
                 let mut connected = Some(tx);
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                for line in bounded_lines(stream, MAX_LINE) {
                     let Some(data) = line.strip_prefix("data:") else {
                         continue;
                     };
@@ -398,7 +413,10 @@ impl Server {
             .send()
             .map_err(|e| format!("OpenCode did not answer {path}: {e}"))?;
         let status = r.status();
-        let text = r.text().unwrap_or_default();
+        // At most 4 MiB of an answer is read (the server is the tenant's code).
+        let mut body = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(r, 4 << 20), &mut body);
+        let text = String::from_utf8_lossy(&body).into_owned();
         if !status.is_success() {
             return Err(format!("OpenCode answered {status} to {path}: {text}"));
         }

@@ -19,6 +19,8 @@ pub struct Grant {
     pub project_id: String,
     /// The session.
     pub session_id: String,
+    /// The sandbox's network: outside `full`, calls may not make the provider reach out.
+    pub network: karta_plugin_api::sandbox::NetworkMode,
 }
 
 #[derive(Default)]
@@ -91,6 +93,7 @@ mod tests {
             org_id: "org_1".into(),
             project_id: "prj_1".into(),
             session_id: s.into(),
+            network: Default::default(),
         }
     }
 

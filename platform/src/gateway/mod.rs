@@ -297,9 +297,21 @@ impl Gateway {
         let model = body["model"].as_str().unwrap_or_default().to_string();
         let streamed = body["stream"].as_bool().unwrap_or(false);
         let mut raw = call.body;
-        if provider == Provider::OpenAi && streamed && body.get("stream_options").is_none() {
-            // Usage is only sent in a stream when asked for; the meter needs it.
-            body["stream_options"] = json!({"include_usage": true});
+        let mut changed = false;
+        if provider == Provider::OpenAi && streamed {
+            // Usage is only sent in a stream when asked for, and the meter needs it.
+            if !body["stream_options"].is_object() {
+                body["stream_options"] = json!({});
+            }
+            if body["stream_options"]["include_usage"] != json!(true) {
+                body["stream_options"]["include_usage"] = json!(true);
+                changed = true;
+            }
+        }
+        if grant.network != karta_plugin_api::sandbox::NetworkMode::Full {
+            changed |= strip_provider_egress(&mut body);
+        }
+        if changed {
             raw = Bytes::from(body.to_string());
         }
 
@@ -368,6 +380,35 @@ impl Gateway {
             },
         })
     }
+}
+
+/// Removes what would make the provider reach out on the sandbox's behalf (server tools such as
+/// web search or fetch, MCP servers, code-execution containers): a sandbox without internet must
+/// not get it through its model. Says whether anything was removed.
+pub fn strip_provider_egress(body: &mut Value) -> bool {
+    let mut changed = false;
+    let Some(obj) = body.as_object_mut() else {
+        return false;
+    };
+    for key in ["mcp_servers", "container", "web_search_options"] {
+        changed |= obj.remove(key).is_some();
+    }
+    if let Some(tools) = obj.get_mut("tools").and_then(Value::as_array_mut) {
+        let before = tools.len();
+        // Client tools have no type (Anthropic) or `custom`/`function`; typed ones run at the
+        // provider.
+        tools.retain(|t| match t.get("type").and_then(Value::as_str) {
+            None | Some("custom") | Some("function") => true,
+            Some(_) => false,
+        });
+        changed |= tools.len() != before;
+    }
+    if changed {
+        tracing::info!(
+            "provider-side tools removed from a model call (no internet for this sandbox)"
+        );
+    }
+    changed
 }
 
 fn max_body(g: &GatewayConfig) -> usize {
@@ -516,6 +557,7 @@ mod tests {
             org_id: "org_1".into(),
             project_id: "prj_1".into(),
             session_id: "sess_1".into(),
+            network: Default::default(),
         })
     }
 
@@ -591,6 +633,36 @@ mod tests {
             !e.body(Provider::OpenAi).to_string().contains(":1/"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn provider_side_tools_are_removed_and_client_tools_kept() {
+        let mut body = json!({
+            "model": "m",
+            "tools": [
+                {"name": "Bash", "input_schema": {}},
+                {"type": "custom", "name": "Edit", "input_schema": {}},
+                {"type": "function", "function": {"name": "bash"}},
+                {"type": "web_search_20250305", "name": "web_search"},
+                {"type": "web_fetch_20250910", "name": "web_fetch"},
+            ],
+            "mcp_servers": [{"url": "https://evil.example"}],
+        });
+        assert!(strip_provider_egress(&mut body));
+        let names: Vec<&str> = body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t["name"]
+                    .as_str()
+                    .or(t["function"]["name"].as_str())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(names, vec!["Bash", "Edit", "bash"]);
+        assert!(body.get("mcp_servers").is_none());
+        assert!(!strip_provider_egress(&mut body));
     }
 
     #[test]

@@ -14,20 +14,50 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/chat/completions", web::post().to(chat_completions));
 }
 
-async fn messages(gw: web::Data<Gateway>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+async fn messages(gw: web::Data<Gateway>, req: HttpRequest, body: web::Payload) -> HttpResponse {
     forward(gw.into_inner(), Route::Messages, req, body).await
 }
 
-async fn count_tokens(gw: web::Data<Gateway>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+async fn count_tokens(
+    gw: web::Data<Gateway>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> HttpResponse {
     forward(gw.into_inner(), Route::CountTokens, req, body).await
 }
 
 async fn chat_completions(
     gw: web::Data<Gateway>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> HttpResponse {
     forward(gw.into_inner(), Route::ChatCompletions, req, body).await
+}
+
+/// How long a caller may take to send its body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads the body, at most `limit` bytes within [`BODY_TIMEOUT`].
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, GatewayError> {
+    use futures_util::StreamExt;
+    let read = async {
+        let mut buf = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| GatewayError::BadRequest(format!("the body broke off: {e}")))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(GatewayError::BadRequest(format!(
+                    "the body is larger than {} MiB",
+                    limit >> 20
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| GatewayError::BadRequest("the body was not sent in time".into()))?
 }
 
 /// The token a harness sends: `x-api-key` (Anthropic) or a bearer token (OpenAI).
@@ -53,8 +83,16 @@ async fn forward(
     gw: Arc<Gateway>,
     route: Route,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
+    // Nothing is read from a caller without a live token.
+    if token(&req).and_then(|t| gw.grants.check(t)).is_none() {
+        return error(route.provider(), &GatewayError::Unauthorized);
+    }
+    let body = match read_body(payload, gw.max_body()).await {
+        Ok(b) => b,
+        Err(e) => return error(route.provider(), &e),
+    };
     let headers = req
         .headers()
         .iter()

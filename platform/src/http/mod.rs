@@ -99,6 +99,9 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// Connections the model gateway holds at once.
+const GATEWAY_MAX_CONNECTIONS: usize = 2048;
+
 /// Binds both listeners and serves until the process is stopped. SIGHUP reloads the configuration.
 pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     let cfg = app.config();
@@ -148,6 +151,9 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             .default_service(web::to(gateway::not_found))
     })
     .workers(1)
+    // Sandboxes open a connection per model call at most; this bounds what a flood can hold.
+    .max_connections(GATEWAY_MAX_CONNECTIONS)
+    .client_request_timeout(std::time::Duration::from_secs(10))
     .listen_uds(listeners.unix)?
     .listen(listeners.tcp)?;
     tracing::info!(port = gateway_port, "model gateway ready");

@@ -550,6 +550,7 @@ impl Runtime {
             org_id: session.org_id.clone(),
             project_id: session.project_id.clone(),
             session_id: session.id.clone(),
+            network: sb.network,
         });
         let base = format!("http://127.0.0.1:{port}");
         env.insert("ANTHROPIC_BASE_URL".into(), base.clone());

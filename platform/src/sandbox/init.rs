@@ -26,6 +26,7 @@ const MAX_CONNECTIONS: usize = 128;
 struct Plan {
     tcp: Vec<(String, String)>,
     unix: Vec<(String, String)>,
+    unix_fd: Vec<(i32, String)>,
     program: Vec<OsString>,
 }
 
@@ -39,7 +40,7 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
                 plan.program = it.cloned().collect();
                 break;
             }
-            "--tcp" | "--unix" => {
+            "--tcp" | "--unix" | "--unix-fd" => {
                 let v = it
                     .next()
                     .and_then(|v| v.to_str())
@@ -48,10 +49,17 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
                     .split_once('=')
                     .ok_or_else(|| format!("{a} {v}: expected FROM=TO"))?;
                 let pair = (from.to_string(), to.to_string());
-                if a == "--tcp" {
-                    plan.tcp.push(pair);
-                } else {
-                    plan.unix.push(pair);
+                match a {
+                    "--tcp" => plan.tcp.push(pair),
+                    "--unix" => plan.unix.push(pair),
+                    _ => {
+                        let fd = from
+                            .parse::<i32>()
+                            .ok()
+                            .filter(|fd| *fd > 2)
+                            .ok_or_else(|| format!("--unix-fd {v}: not a descriptor number"))?;
+                        plan.unix_fd.push((fd, pair.1));
+                    }
                 }
             }
             other => return Err(format!("unknown argument `{other}`")),
@@ -69,11 +77,13 @@ where
     A: io::Read + io::Write + Send + 'static + Closable,
     B: io::Read + io::Write + Send + 'static + Closable,
 {
-    let up = std::thread::spawn(move || {
+    let up = std::thread::Builder::new().spawn(move || {
         let (mut from, mut to) = (a, b);
         let _ = io::copy(&mut from, &mut to);
         to.close_write();
     });
+    // Without a thread (the process limit) the connection is dropped, not the forwarder.
+    let Ok(up) = up else { return };
     let (mut from, mut to) = (b2, a2);
     let _ = io::copy(&mut from, &mut to);
     to.close_write();
@@ -132,10 +142,21 @@ where
         };
         let active = active.clone();
         active.fetch_add(1, Ordering::SeqCst);
-        std::thread::spawn(move || {
+        let counter = active.clone();
+        let started = std::thread::Builder::new().spawn(move || {
             splice(conn, up, conn2, up2);
-            active.fetch_sub(1, Ordering::SeqCst);
+            counter.fetch_sub(1, Ordering::SeqCst);
         });
+        if started.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Starts a listener's thread (at start-up, before the harness: a failure is reported).
+fn spawn_forward(f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().spawn(f) {
+        eprintln!("karta sandbox-init: cannot start a forwarder: {e}");
     }
 }
 
@@ -151,7 +172,7 @@ pub fn run(args: &[OsString]) -> ExitCode {
     for (addr, socket) in plan.tcp {
         match TcpListener::bind(&addr) {
             Ok(l) => {
-                std::thread::spawn(move || forward(l.incoming(), || UnixStream::connect(&socket)));
+                spawn_forward(move || forward(l.incoming(), || UnixStream::connect(&socket)));
             }
             Err(e) => {
                 eprintln!("karta sandbox-init: cannot listen on {addr}: {e}");
@@ -163,7 +184,7 @@ pub fn run(args: &[OsString]) -> ExitCode {
         let _ = std::fs::remove_file(&socket);
         match UnixListener::bind(&socket) {
             Ok(l) => {
-                std::thread::spawn(move || {
+                spawn_forward(move || {
                     forward(l.incoming(), || {
                         let up = TcpStream::connect(&addr)?;
                         up.set_nodelay(true)?;
@@ -176,6 +197,22 @@ pub fn run(args: &[OsString]) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    for (fd, addr) in plan.unix_fd {
+        // SAFETY: the launcher passed this listening socket's descriptor for us to own.
+        let l = unsafe { <UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // The harness must not inherit it.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        spawn_forward(move || {
+            forward(l.incoming(), || {
+                let up = TcpStream::connect(&addr)?;
+                up.set_nodelay(true)?;
+                Ok(up)
+            })
+        });
     }
     let status = Command::new(&plan.program[0])
         .args(&plan.program[1..])

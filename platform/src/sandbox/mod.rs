@@ -65,6 +65,12 @@ pub enum SandboxError {
     /// The tenant uid could not be given out.
     #[error("cannot give the tenant a sandbox uid: {0}")]
     Store(#[from] StoreError),
+    /// The tenant uid range is unusable.
+    #[error(
+        "[sandbox] uid_base = {0} with uid_count = {1} is not a usable range: tenant uids must be \
+         at least 1000 and fit below 4294967294"
+    )]
+    BadUids(u32, u32),
     /// Every tenant uid is taken.
     #[error(
         "every sandbox uid of [sandbox] uid_base..uid_base+uid_count is taken; raise uid_count"
@@ -109,10 +115,25 @@ impl SandboxHost {
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
         let sc = &cfg.sandbox;
+        if as_root
+            && sc.backend == SandboxBackend::Bubblewrap
+            && (sc.uid_base < 1000
+                || sc.uid_count == 0
+                || sc
+                    .uid_base
+                    .checked_add(sc.uid_count)
+                    .is_none_or(|end| end > u32::MAX - 2))
+        {
+            return Err(SandboxError::BadUids(sc.uid_base, sc.uid_count));
+        }
         let data_dir = std::path::absolute(&cfg.data_dir).map_err(io_at(&cfg.data_dir))?;
         let root = data_dir.join("sandbox");
         let enterable = if as_root { 0o711 } else { 0o700 };
         mkdir(&data_dir, enterable)?;
+        if as_root {
+            // Files an older version (or another umask) left readable: the database above all.
+            close_files(&data_dir)?;
+        }
         let workspaces = data_dir.join("workspaces");
         mkdir(&workspaces, enterable)?;
         mkdir(&root, enterable)?;
@@ -256,6 +277,25 @@ impl SandboxHost {
     }
 }
 
+/// Makes the files directly in the data folder (the SQLite database and its journals) private
+/// to Karta's user.
+fn close_files(data_dir: &Path) -> Result<(), SandboxError> {
+    for entry in std::fs::read_dir(data_dir)
+        .map_err(io_at(data_dir))?
+        .flatten()
+    {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_at(&path))?;
+        }
+    }
+    Ok(())
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let paths = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&paths)
@@ -319,6 +359,7 @@ fn probe(bwrap: &Path, uid: Option<u32>) -> Result<(), SandboxError> {
                 if libc::setgroups(0, std::ptr::null()) == -1
                     || libc::setresgid(uid, uid, uid) == -1
                     || libc::setresuid(uid, uid, uid) == -1
+                    || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1
                 {
                     return Err(io::Error::last_os_error());
                 }

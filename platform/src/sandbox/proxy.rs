@@ -21,10 +21,48 @@ use crate::gateway::Grants;
 
 /// Largest request head the proxy reads.
 const MAX_HEAD: usize = 16 * 1024;
-/// Tunnels open at once; more wait.
+/// Tunnels open at once; more are refused (503).
 const MAX_TUNNELS: usize = 256;
+/// Connections still sending their request head; more are closed at once.
+const MAX_PENDING: usize = 1024;
+/// How long a request head may take.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection to the target may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one tunnel may stay open.
+const TUNNEL_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The addresses of this host's own interfaces: public ones too reach its services.
+fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, which is freed below; entries are read while it lives.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let a = &*(addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*(addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::V6(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}
 
 /// Whether a sandbox may connect to `ip`: public unicast only.
 pub fn allowed(ip: IpAddr) -> bool {
@@ -133,15 +171,24 @@ fn parse(head: &[u8], grants: &Grants) -> Result<Target, &'static str> {
     let (host, port) = split_host_port(authority, 80).ok_or("400 Bad Request")?;
     let mut out = format!("{method} {path} {version}\r\n");
     for l in lines {
-        let name = l.split(':').next().unwrap_or_default();
-        if name.eq_ignore_ascii_case("proxy-authorization")
-            || name.eq_ignore_ascii_case("proxy-connection")
-        {
+        let name = l.split(':').next().unwrap_or_default().trim();
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-authorization",
+            "proxy-connection",
+        ]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h));
+        if hop || l.is_empty() {
             continue;
         }
         out.push_str(l);
         out.push_str("\r\n");
     }
+    // One request per connection: a reused connection would send the next request (and its
+    // proxy credentials) to this origin.
+    out.push_str("Connection: close\r\n");
     Ok(Target::Forward {
         host,
         port,
@@ -164,7 +211,11 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, &'static str> {
         .await
         .map_err(|_| "502 Bad Gateway")?
         .collect();
-    let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| allowed(a.ip())).collect();
+    let own = local_addresses();
+    let public: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| allowed(a.ip()) && !own.contains(&a.ip()))
+        .collect();
     if public.is_empty() {
         return Err("403 Forbidden");
     }
@@ -176,25 +227,39 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, &'static str> {
     Err("502 Bad Gateway")
 }
 
-async fn handle(mut conn: UnixStream, grants: Arc<Grants>) {
+/// Reads up to the end of the request head; `Ok(None)` when the caller went away.
+async fn read_head(conn: &mut UnixStream) -> Result<Option<(Vec<u8>, usize)>, &'static str> {
     let mut buf = Vec::with_capacity(1024);
-    let end = loop {
+    loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
+            return Ok(Some((buf, i)));
         }
         if buf.len() >= MAX_HEAD {
-            return answer(&mut conn, "431 Request Header Fields Too Large").await;
+            return Err("431 Request Header Fields Too Large");
         }
         let mut chunk = [0u8; 2048];
         match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Ok(None),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
+    }
+}
+
+async fn handle(mut conn: UnixStream, grants: Arc<Grants>, tunnels: Arc<Semaphore>) {
+    let (mut buf, end) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return,
+        Ok(Err(status)) => return answer(&mut conn, status).await,
+        Err(_) => return answer(&mut conn, "408 Request Timeout").await,
     };
     let rest = buf.split_off(end + 4);
     let target = match parse(&buf[..end], &grants) {
         Ok(t) => t,
         Err(status) => return answer(&mut conn, status).await,
+    };
+    // Only an authenticated caller takes one of the shared tunnels.
+    let Ok(_tunnel) = tunnels.try_acquire_owned() else {
+        return answer(&mut conn, "503 Service Unavailable").await;
     };
     let (host, port) = match &target {
         Target::Tunnel { host, port } | Target::Forward { host, port, .. } => (host.clone(), *port),
@@ -219,7 +284,11 @@ async fn handle(mut conn: UnixStream, grants: Arc<Grants>) {
     if !ready || up.write_all(&rest).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+    let _ = tokio::time::timeout(
+        TUNNEL_LIFETIME,
+        tokio::io::copy_bidirectional(&mut conn, &mut up),
+    )
+    .await;
 }
 
 /// Serves the proxy on `socket` until the process ends.
@@ -228,15 +297,17 @@ pub async fn serve(socket: &Path, grants: Arc<Grants>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
-    let permits = Arc::new(Semaphore::new(MAX_TUNNELS));
+    let tunnels = Arc::new(Semaphore::new(MAX_TUNNELS));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
     loop {
         let (conn, _) = listener.accept().await?;
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return Ok(());
+        // Past the bound a connection is closed at once (dropped).
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            continue;
         };
-        let grants = grants.clone();
+        let (grants, tunnels) = (grants.clone(), tunnels.clone());
         tokio::spawn(async move {
-            handle(conn, grants).await;
+            handle(conn, grants, tunnels).await;
             drop(permit);
         });
     }
@@ -278,6 +349,7 @@ mod tests {
             org_id: "o".into(),
             project_id: "p".into(),
             session_id: "s".into(),
+            network: Default::default(),
         });
         (g, t)
     }
@@ -326,7 +398,7 @@ mod tests {
                 let text = String::from_utf8(head).unwrap();
                 assert_eq!(
                     text,
-                    "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*"
+                    "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nConnection: close"
                 );
             }
             other => panic!("{other:?}"),

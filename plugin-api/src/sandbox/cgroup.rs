@@ -221,3 +221,11 @@ impl Group {
         }
     }
 }
+
+impl Drop for Group {
+    /// A group is never left behind, also when the launch failed after making it.
+    fn drop(&mut self) {
+        self.kill();
+        self.remove();
+    }
+}

@@ -22,6 +22,7 @@
 mod cgroup;
 mod detect;
 mod spec;
+pub mod tenant_fs;
 
 pub use detect::detect_cgroup;
 
@@ -30,6 +31,7 @@ pub use spec::*;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -159,16 +161,17 @@ pub fn launch(spec: &SandboxSpec, cmd: Command, opts: &LaunchOptions) -> io::Res
     drop(cmd);
 
     if spec.backend == SandboxBackend::Bubblewrap {
-        if let (Some(uid), Some(gid)) = (spec.uid, spec.gid) {
-            // The driver may have seeded files as the host user; the harness runs as the tenant.
+        if let Some(owner) = spec.owner() {
+            // A fresh workspace (copied by the host) and home become the tenant's.
             for dir in [&opts.workspace, &opts.home] {
                 std::fs::create_dir_all(dir)?;
-                chown_tree(dir, uid, gid)?;
+                tenant_fs::chown_tree(dir, owner)?;
             }
         }
     }
     let mut group = cgroup::Group::create(spec.cgroup.as_ref(), &spec.limits)?;
     let mut control_dir = None;
+    let mut control_listener = None;
     let (mut outer, endpoint) = match spec.backend {
         SandboxBackend::None => {
             let mut c = crate::process::harness_command(&program);
@@ -176,9 +179,10 @@ pub fn launch(spec: &SandboxSpec, cmd: Command, opts: &LaunchOptions) -> io::Res
             (c, opts.expose_port.map(Endpoint::Tcp))
         }
         SandboxBackend::Bubblewrap => {
-            let (c, endpoint, dir) = bwrap_command(spec, &program, &args, &cwd, opts)?;
-            control_dir = dir;
-            (c, endpoint)
+            let parts = bwrap_command(spec, &program, &args, &cwd, opts)?;
+            control_dir = parts.control_dir;
+            control_listener = parts.control_listener;
+            (parts.command, parts.endpoint)
         }
     };
     outer.env_clear().envs(envs);
@@ -197,6 +201,7 @@ pub fn launch(spec: &SandboxSpec, cmd: Command, opts: &LaunchOptions) -> io::Res
             .gid
             .filter(|_| spec.backend == SandboxBackend::Bubblewrap),
         rlimits: rlimits(&spec.limits),
+        keep_fd: control_listener.as_ref().map(|l| l.as_raw_fd()),
     };
     // SAFETY: the closure makes only async-signal-safe system calls (write, setrlimit,
     // setgroups, setresgid, setresuid, prctl) on values prepared before the fork.
@@ -204,6 +209,8 @@ pub fn launch(spec: &SandboxSpec, cmd: Command, opts: &LaunchOptions) -> io::Res
         outer.pre_exec(move || setup.apply());
     }
     let spawned = crate::process::spawn_tied(outer);
+    // The sandbox holds its own copy of the control listener now.
+    drop(control_listener);
     if let Some(g) = &mut group {
         g.started();
     }
@@ -238,6 +245,8 @@ struct ChildSetup {
     uid: Option<u32>,
     gid: Option<u32>,
     rlimits: Vec<(Resource, u64)>,
+    /// The one descriptor (besides stdio) the sandbox inherits: its control listener.
+    keep_fd: Option<i32>,
 }
 
 impl ChildSetup {
@@ -251,6 +260,17 @@ impl ChildSetup {
         };
         // SAFETY (whole block): plain system calls on this (child) process.
         unsafe {
+            // Nothing Karta holds open (a database connection being set up by another thread,
+            // say) reaches the harness: every descriptor past stdio closes on exec.
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if let Some(fd) = self.keep_fd {
+                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
+            }
             for fd in &self.cgroup_fds {
                 // "0" moves the writing process.
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -297,7 +317,15 @@ fn missing(what: &str) -> io::Error {
     )
 }
 
-type BwrapParts = (Command, Option<Endpoint>, Option<PathBuf>);
+/// What [`bwrap_command`] makes.
+struct BwrapParts {
+    command: Command,
+    endpoint: Option<Endpoint>,
+    /// Root's folder holding the control socket (removed with the harness).
+    control_dir: Option<PathBuf>,
+    /// The control socket's listener, handed to the sandbox's helper by descriptor.
+    control_listener: Option<std::os::unix::net::UnixListener>,
+}
 
 fn bwrap_command(
     spec: &SandboxSpec,
@@ -410,20 +438,21 @@ fn bwrap_command(
     }
     let mut endpoint = None;
     let mut control_dir = None;
+    let mut control_listener = None;
     if let Some(port) = opts.expose_port {
+        // The host binds the socket in a folder only it can write and passes the listener in:
+        // no path the tenant controls is ever resolved by the host.
         let run = spec.run_dir.as_deref().ok_or_else(|| missing("run_dir"))?;
-        let dir = control_folder(Path::new(run), spec.uid, spec.gid)?;
-        push(&[
-            "--bind".as_ref(),
-            dir.as_os_str(),
-            SANDBOX_CONTROL_DIR.as_ref(),
-        ]);
+        let dir = control_folder(Path::new(run))?;
+        let socket = dir.join(CONTROL_SOCKET);
+        let listener = std::os::unix::net::UnixListener::bind(&socket)?;
         helper_args.extend([
-            "--unix".into(),
-            format!("{SANDBOX_CONTROL_DIR}/{CONTROL_SOCKET}=127.0.0.1:{port}"),
+            "--unix-fd".into(),
+            format!("{}=127.0.0.1:{port}", listener.as_raw_fd()),
         ]);
-        endpoint = Some(Endpoint::Unix(dir.join(CONTROL_SOCKET)));
+        endpoint = Some(Endpoint::Unix(socket));
         control_dir = Some(dir);
+        control_listener = Some(listener);
     }
     let inner_helper = format!("{SANDBOX_BIN}/karta-sandbox");
     if !helper_args.is_empty() {
@@ -440,13 +469,18 @@ fn bwrap_command(
     a.push(inner_program.into());
     a.extend(args.iter().cloned());
 
-    let mut c = Command::new(bwrap);
-    c.args(a).current_dir("/");
-    Ok((c, endpoint, control_dir))
+    let mut command = Command::new(bwrap);
+    command.args(a).current_dir("/");
+    Ok(BwrapParts {
+        command,
+        endpoint,
+        control_dir,
+        control_listener,
+    })
 }
 
-/// A fresh folder for one harness's control socket, owned by the sandbox user.
-fn control_folder(run: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<PathBuf> {
+/// A fresh folder for one harness's control socket, private to the host.
+fn control_folder(run: &Path) -> io::Result<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = run.join(format!(
         "{}-{}",
@@ -456,9 +490,6 @@ fn control_folder(run: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    if let (Some(u), Some(g)) = (uid, gid) {
-        std::os::unix::fs::chown(&dir, Some(u), Some(g))?;
-    }
     Ok(dir)
 }
 
@@ -490,8 +521,12 @@ fn staged_name(program: &Path) -> String {
 }
 
 /// Makes `program` reachable for the sandbox user: a hard link (or, across file systems, a
-/// copy) in `dir`, named by the file's identity so a new version gets a new entry.
+/// copy) in `dir`, named by the file's identity so a new version gets a new entry. One staging
+/// at a time per process, into a temporary name nobody else uses, so concurrent launches can
+/// never copy onto a link to the original.
 pub fn stage(dir: &Path, program: &Path) -> io::Result<PathBuf> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let meta = std::fs::metadata(program)?;
     let name = format!(
         "{}-{}-{}-{}-{}",
@@ -502,39 +537,29 @@ pub fn stage(dir: &Path, program: &Path) -> io::Result<PathBuf> {
         staged_name(program)
     );
     let to = dir.join(name);
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     if to.is_file() {
         return Ok(to);
     }
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        staged_name(program),
-        std::process::id()
+        ".stage.{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let _ = std::fs::remove_file(&tmp);
     let readable = meta.mode() & 0o005 == 0o005;
     if !(readable && std::fs::hard_link(program, &tmp).is_ok()) {
-        std::fs::copy(program, &tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut from = std::fs::File::open(program)?;
+        // A new file: never opened through an existing name (or link).
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        io::copy(&mut from, &mut out)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     }
     std::fs::rename(&tmp, &to)?;
     Ok(to)
-}
-
-/// Gives `dir` and everything under it (links not followed) to `uid:gid`, and makes `dir`
-/// private to them (mode 0700). Entries that already belong to them are left alone.
-pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    fn walk(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
-        let meta = std::fs::symlink_metadata(p)?;
-        if meta.uid() != uid || meta.gid() != gid {
-            std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
-        }
-        if meta.is_dir() {
-            for e in std::fs::read_dir(p)? {
-                walk(&e?.path(), uid, gid)?;
-            }
-        }
-        Ok(())
-    }
-    walk(dir, uid, gid)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

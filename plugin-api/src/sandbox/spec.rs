@@ -35,7 +35,7 @@ pub enum NetworkMode {
 pub struct SandboxLimits {
     /// Memory of the harness and everything it starts, in MiB (a cgroup).
     pub memory_mb: Option<u64>,
-    /// Processes (and threads) at once (a cgroup; a per-uid rlimit where there is none).
+    /// Processes (and threads) at once (a cgroup; not enforced without one).
     pub processes: Option<u64>,
     /// CPU seconds per process (RLIMIT_CPU).
     pub cpu_seconds: Option<u64>,
@@ -94,6 +94,17 @@ pub struct SandboxSpec {
     pub limits: SandboxLimits,
     /// The cgroup hierarchy, when the host has a writable one.
     pub cgroup: Option<CgroupSpec>,
+}
+
+impl SandboxSpec {
+    /// The tenant's uid and gid, when harnesses run as the tenant (files the host makes for the
+    /// harness must be given to it).
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        match (self.backend, self.uid, self.gid) {
+            (SandboxBackend::Bubblewrap, Some(u), Some(g)) => Some((u, g)),
+            _ => None,
+        }
+    }
 }
 
 /// Inside a sandbox: where staged executables are mounted.

@@ -1,0 +1,248 @@
+//! File operations the host does inside folders a tenant's processes can write (its workspace
+//! and harness home). The host runs as root there, so it never goes through a path a tenant may
+//! have swapped for a link: every step opens the next component relative to an open directory
+//! with `O_NOFOLLOW`, and new entries are created exclusively and handed to the tenant at once.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+/// A tenant's uid and gid.
+pub type Owner = (u32, u32);
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::other("a path holds a NUL byte"))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Opens a directory, refusing a link as its last component.
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: a valid C string; the returned descriptor is owned below.
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a descriptor just opened and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: a valid directory descriptor and C string.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<libc::stat> {
+    let c = cstr(name)?;
+    // SAFETY: zeroed plain-data struct filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, C string and out pointer.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+fn give(fd: &OwnedFd, owner: Option<Owner>) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        // SAFETY: a valid descriptor.
+        check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+    }
+    Ok(())
+}
+
+/// Relative components only: no `..`, no root.
+fn parts(rel: &Path) -> io::Result<Vec<&OsStr>> {
+    rel.components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            Component::CurDir => Ok(OsStr::new(".")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a plain relative path", rel.display()),
+            )),
+        })
+        .filter(|p| !matches!(p, Ok(n) if *n == "."))
+        .collect()
+}
+
+/// Creates `base/rel` folder by folder without following links, giving each folder it makes
+/// to `owner`; returns the innermost folder, open.
+pub fn ensure_dir(base: &Path, rel: &Path, owner: Option<Owner>) -> io::Result<OwnedFd> {
+    let mut dir = open_dir(base)?;
+    for name in parts(rel)? {
+        let c = cstr(name)?;
+        // SAFETY: valid descriptor and C string.
+        let made = unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o700) };
+        if made == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(e);
+            }
+        }
+        let next = open_dir_at(&dir, name).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: not a folder Karta may use ({e})",
+                    name.to_string_lossy()
+                ),
+            )
+        })?;
+        if made == 0 {
+            give(&next, owner)?;
+        }
+        dir = next;
+    }
+    Ok(dir)
+}
+
+/// Writes `base/rel` unless it exists (returns whether it wrote), never through a link, and
+/// gives it to `owner`.
+pub fn write_new(
+    base: &Path,
+    rel: &Path,
+    contents: &[u8],
+    owner: Option<Owner>,
+) -> io::Result<bool> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let dir = ensure_dir(base, parent, owner)?;
+    let c = cstr(name)?;
+    // SAFETY: valid descriptor and C string.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd == -1 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EEXIST) {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: a descriptor just opened and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    give(&fd, owner)?;
+    let mut file = std::fs::File::from(fd);
+    io::Write::write_all(&mut file, contents)?;
+    Ok(true)
+}
+
+/// Gives `dir` and everything under it that is not yet the tenant's to `owner` (links are
+/// changed themselves, never followed), and makes `dir` private (0700). Folders that already
+/// belong to the tenant are not descended into: everything the host puts inside them is created
+/// with [`ensure_dir`] / [`write_new`], which hand it over at once.
+pub fn chown_tree(dir: &Path, owner: Owner) -> io::Result<()> {
+    let fd = open_dir(dir)?;
+    // SAFETY: zeroed plain-data struct filled by the kernel for a valid descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    // SAFETY: a valid descriptor.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) })?;
+    if (st.st_uid, st.st_gid) != owner {
+        give(&fd, Some(owner))?;
+        walk(&fd, owner)?;
+    }
+    Ok(())
+}
+
+fn walk(dir: &OwnedFd, owner: Owner) -> io::Result<()> {
+    // Read through the open descriptor: the listing is of this very folder.
+    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+    for entry in listing {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Ok(st) = stat_at(dir, &name) else {
+            continue;
+        };
+        if (st.st_uid, st.st_gid) == owner {
+            continue;
+        }
+        let c = cstr(&name)?;
+        // SAFETY: valid descriptor and C string.
+        check(unsafe {
+            libc::fchownat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                owner.0,
+                owner.1,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            // Swapped for a link since the stat: opening refuses it.
+            if let Ok(child) = open_dir_at(dir, &name) {
+                walk(&child, owner)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_writes_through_a_link() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), base.path().join("evil")).unwrap();
+        assert!(ensure_dir(base.path(), Path::new("evil/sub"), None).is_err());
+        assert!(write_new(base.path(), Path::new("evil/file"), b"x", None).is_err());
+        std::os::unix::fs::symlink(outside.path().join("new"), base.path().join("dangling"))
+            .unwrap();
+        // Something is there (a link): nothing is written, through it or over it.
+        assert!(!matches!(
+            write_new(base.path(), Path::new("dangling"), b"x", None),
+            Ok(true)
+        ));
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(ensure_dir(base.path(), Path::new("../x"), None).is_err());
+    }
+
+    #[test]
+    fn writes_once_and_makes_folders() {
+        let base = tempfile::tempdir().unwrap();
+        assert!(write_new(base.path(), Path::new("a/b/c.json"), b"{}", None).unwrap());
+        assert!(!write_new(base.path(), Path::new("a/b/c.json"), b"[]", None).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(base.path().join("a/b/c.json")).unwrap(),
+            "{}"
+        );
+    }
+}
