@@ -487,3 +487,50 @@ fn claude_code_links_planted_in_the_home_are_not_followed() {
 fn opencode_links_planted_in_the_workspace_are_not_followed() {
     planted_links_suite(Kind::OpenCode);
 }
+
+/// The `--port` of the `opencode serve` working in `workspace` (host network: `backend =
+/// "none"`).
+fn opencode_port(workspace: &std::path::Path) -> Option<u16> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        if std::fs::read_link(e.path().join("cwd")).ok()? != workspace {
+            return None;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.iter().any(|a| a == "serve") {
+            return None;
+        }
+        let i = args.iter().position(|a| a == "--port")?;
+        args.get(i + 1)?.parse().ok()
+    })
+}
+
+#[test]
+fn opencode_serve_answers_only_karta() {
+    // Unsandboxed (the one mode where another process could reach its port at all), the server
+    // still refuses anyone without its per-server password.
+    let Some(opencode) = opencode_bin() else { return };
+    let _ = opencode;
+    std::env::set_var("KARTA_SANDBOX__BACKEND", "none");
+    let l = lab(Kind::OpenCode, "[]", "");
+    std::env::remove_var("KARTA_SANDBOX__BACKEND");
+    let Some(l) = l else { return };
+    let sid = l.session(&l.e.key);
+    let frames = l.turn(&l.e.key, &sid, "hello");
+    assert_eq!(done(&frames)["status"], "completed");
+    let port = opencode_port(&l.workspace(&sid)).expect("opencode serve is running");
+    let c = reqwest::blocking::Client::new();
+    let url = format!("http://127.0.0.1:{port}/session");
+    assert_eq!(c.get(&url).send().unwrap().status(), 401);
+    assert_eq!(
+        c.get(&url)
+            .basic_auth("opencode", Some("guess"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+}

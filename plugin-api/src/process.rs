@@ -11,6 +11,9 @@
 //! then even a tool process that left the group (a shell started with `setsid`, as Claude Code's
 //! Bash tool does) dies with the harness, because the kernel ends a PID namespace with its
 //! first process.
+//!
+//! These are the launcher's building blocks; drivers start processes only through
+//! [`crate::sandbox::launch`], which uses them and adds the sandbox.
 
 use std::collections::HashMap;
 use std::io;
@@ -65,7 +68,7 @@ fn spawn_here(cmd: &mut Command) -> io::Result<Child> {
 }
 
 /// Starts `cmd` so that it is killed when the host process dies.
-pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
+pub(crate) fn spawn_tied(cmd: Command) -> io::Result<Child> {
     let (tx, rx) = channel();
     spawner()
         .lock()
@@ -101,7 +104,7 @@ fn pid_namespace_launcher() -> Option<&'static std::path::Path> {
 /// A command that runs `program` as a harness: in a PID namespace of its own where the machine
 /// allows it (every process it starts dies with it), else directly. Add arguments, environment
 /// and working folder as usual, then start it with [`spawn_tied`].
-pub fn harness_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(crate) fn harness_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     match pid_namespace_launcher() {
         Some(unshare) => {
             let mut c = Command::new(unshare);
@@ -117,7 +120,7 @@ pub fn harness_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// Kills a child started by [`spawn_tied`] and every process of its group (its tool
 /// subprocesses). The caller still waits for the child.
-pub fn kill_tree(child: &mut Child) {
+pub(crate) fn kill_tree(child: &mut Child) {
     // Only while the child is not yet reaped: until then its pid (the group's id) cannot be
     // reused, so the signal cannot reach another harness's group. (An exited harness's PID
     // namespace has taken its processes with it already.)
