@@ -512,8 +512,9 @@ fn opencode_port(workspace: &std::path::Path) -> Option<u16> {
 fn opencode_serve_answers_only_karta() {
     // Unsandboxed (the one mode where another process could reach its port at all), the server
     // still refuses anyone without its per-server password.
-    let Some(opencode) = opencode_bin() else { return };
-    let _ = opencode;
+    if opencode_bin().is_none() {
+        return;
+    }
     std::env::set_var("KARTA_SANDBOX__BACKEND", "none");
     let l = lab(Kind::OpenCode, "[]", "");
     std::env::remove_var("KARTA_SANDBOX__BACKEND");

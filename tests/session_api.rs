@@ -972,6 +972,13 @@ fn the_openapi_document_covers_every_public_route() {
         }
     }
     expected.push("POST /v1/projects/{project_ref}/session_tokens".into());
+    for op in [
+        "GET /v1/api_keys",
+        "POST /v1/api_keys",
+        "DELETE /v1/api_keys/{key_id}",
+    ] {
+        expected.push(op.into());
+    }
     expected.sort();
     assert_eq!(ops, expected);
     assert!(
@@ -1789,4 +1796,120 @@ fn a_session_token_cannot_loosen_the_apps_approval_policy() {
     assert_eq!(create(&token, "interactive").status(), 201);
     // The app's builder, with an API key, may.
     assert_eq!(create(&e.key, "autonomous").status(), 201);
+}
+
+#[test]
+fn api_keys_are_created_listed_and_revoked_by_an_admin_key() {
+    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    let out = e.k.cli(&[
+        "keys", "create", "--tenant", "acme", "--name", "ops", "--scopes", "admin",
+    ]);
+    assert!(out.status.success());
+    let admin = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let call = |key: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = e.c.request(method, e.url(path)).bearer_auth(key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().unwrap()
+    };
+    // A read/write key may list but not create or revoke.
+    assert_eq!(
+        call(&e.key, reqwest::Method::GET, "/v1/api_keys", None).status(),
+        200
+    );
+    assert_eq!(
+        call(
+            &e.key,
+            reqwest::Method::POST,
+            "/v1/api_keys",
+            Some(json!({"name": "x"}))
+        )
+        .status(),
+        403
+    );
+    // Validation in the original shape.
+    let (status, body) = detail(call(
+        &admin,
+        reqwest::Method::POST,
+        "/v1/api_keys",
+        Some(json!({})),
+    ));
+    assert_eq!(status, 422);
+    assert_eq!(body["error"], "validation_failed");
+    assert_eq!(body["message"], "Name is required");
+    let (status, _) = detail(call(
+        &admin,
+        reqwest::Method::POST,
+        "/v1/api_keys",
+        Some(json!({"name": "ci", "scopes": ["root"]})),
+    ));
+    assert_eq!(status, 422);
+
+    // Create: the secret once, a prefix and last four kept.
+    let (status, created) = detail(call(
+        &admin,
+        reqwest::Method::POST,
+        "/v1/api_keys",
+        Some(json!({"name": "ci-runner", "scopes": ["write"]})),
+    ));
+    assert_eq!(status, 201);
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let id = created["api_key"]["id"].as_str().unwrap().to_string();
+    assert!(secret.starts_with(created["api_key"]["prefix"].as_str().unwrap()));
+    assert!(secret.ends_with(created["api_key"]["last4"].as_str().unwrap()));
+    assert_eq!(created["api_key"]["scopes"], json!(["write"]));
+    // The new key works (write includes read), and listing never shows a secret.
+    assert_eq!(
+        call(&secret, reqwest::Method::GET, "/v1/sessions", None).status(),
+        200
+    );
+    let listed = call(&admin, reqwest::Method::GET, "/v1/api_keys", None)
+        .text()
+        .unwrap();
+    assert!(listed.contains(&id));
+    assert!(!listed.contains(&secret) && !listed.contains("argon2"));
+
+    // Revoke: refused from the next request on; revoking again changes nothing.
+    let (status, revoked) = detail(call(
+        &admin,
+        reqwest::Method::DELETE,
+        &format!("/v1/api_keys/{id}"),
+        None,
+    ));
+    assert_eq!(status, 200);
+    assert!(revoked["revoked_at"].is_string());
+    assert_eq!(
+        call(&secret, reqwest::Method::GET, "/v1/sessions", None).status(),
+        401
+    );
+    let (_, again) = detail(call(
+        &admin,
+        reqwest::Method::DELETE,
+        &format!("/v1/api_keys/{id}"),
+        None,
+    ));
+    assert_eq!(again["revoked_at"], revoked["revoked_at"]);
+    assert_eq!(
+        call(
+            &admin,
+            reqwest::Method::DELETE,
+            "/v1/api_keys/key_nope",
+            None
+        )
+        .status(),
+        404
+    );
+
+    // The CLI sees the same keys.
+    let out = e.k.cli(&["keys", "list", "--tenant", "acme"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&id) && text.contains("ci-runner"), "{text}");
+    assert!(!text.contains(&secret));
 }

@@ -404,9 +404,14 @@ fn api_keys_verify_only_with_the_exact_key() {
     for b in backends() {
         let s = &b.store;
         reconcile::apply(s, &config(&[("acme", "Acme")], &[]), "test").unwrap();
-        let key =
-            karta::platform::keys::create(s, "acme", "ci", &[karta::platform::keys::Scope::Read])
-                .unwrap();
+        let (key, _) = karta::platform::keys::create(
+            s,
+            karta::platform::keys::OrgRef::Slug("acme"),
+            "ci",
+            &[karta::platform::keys::Scope::Read],
+            "test",
+        )
+        .unwrap();
         assert!(key.plaintext.starts_with("kt_live_") && key.plaintext.len() == 40);
         let v = std::sync::Arc::new(karta::platform::keys::KeyVerifier::new(s.clone()));
         // Twenty requests with the same new key at once: one argon2 check, one shared answer.
@@ -445,7 +450,13 @@ fn api_keys_verify_only_with_the_exact_key() {
             .iter()
             .all(|h| h.starts_with("$argon2id$") && !h.contains(&key.plaintext)));
         assert!(matches!(
-            karta::platform::keys::create(s, "nobody", "x", &[karta::platform::keys::Scope::Read]),
+            karta::platform::keys::create(
+                s,
+                karta::platform::keys::OrgRef::Slug("nobody"),
+                "x",
+                &[karta::platform::keys::Scope::Read],
+                "test"
+            ),
             Err(karta::platform::keys::KeyError::UnknownTenant(_))
         ));
         // Removing the tenant from the configuration disables it (it has a key): the key stops
@@ -550,5 +561,40 @@ fn session_patches_paging_and_input_lookups() {
         assert!(!s
             .read(|c| sessions::input_was_requested(c, "org_other", &id, "req_abc"))
             .unwrap());
+    }
+}
+
+#[test]
+fn the_database_itself_refuses_to_change_or_remove_audit_rows() {
+    for b in backends() {
+        b.store
+            .write(|c| {
+                store::audit::record(
+                    c,
+                    None,
+                    "test",
+                    "api_key.created",
+                    "key_1",
+                    &serde_json::json!({}),
+                )
+            })
+            .unwrap();
+        for sql in [
+            "UPDATE audit_log SET action = 'forged'",
+            "DELETE FROM audit_log",
+        ] {
+            let r = b.store.write(|c| Ok(diesel::sql_query(sql).execute(c)?));
+            let e = r.expect_err(&format!("{}: `{sql}` must be refused", b.label));
+            assert!(e.to_string().contains("append-only"), "{}: {e}", b.label);
+        }
+        if b.label == "postgres" {
+            let r = b
+                .store
+                .write(|c| Ok(diesel::sql_query("TRUNCATE audit_log").execute(c)?));
+            assert!(r.is_err(), "TRUNCATE must be refused");
+        }
+        let rows = b.store.read(|c| store::audit::list(c, None)).unwrap();
+        assert_eq!(rows.len(), 1, "{}", b.label);
+        assert_eq!(rows[0].action, "api_key.created");
     }
 }

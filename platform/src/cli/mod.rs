@@ -113,6 +113,20 @@ pub enum KeysAction {
         #[arg(long, default_value = "read,write")]
         scopes: String,
     },
+    /// List a tenant's keys (never the secrets).
+    List {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        /// The key's id (`key_...`).
+        id: String,
+    },
 }
 
 fn load_options(cli_config: Option<PathBuf>, overrides: Overrides) -> LoadOptions {
@@ -200,7 +214,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
                 let store = Store::open(&cfg.database_url())?;
-                let key = keys::create(&store, &tenant, &name, &parsed)?;
+                let (key, _) =
+                    keys::create(&store, keys::OrgRef::Slug(&tenant), &name, &parsed, "cli")?;
                 let scope_names: Vec<_> = key.scopes.iter().map(|s| s.as_str()).collect();
                 println!(
                     "Created API key {} for tenant `{tenant}` (scopes: {}). It is shown only once:",
@@ -208,6 +223,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     scope_names.join(", ")
                 );
                 println!("{}", key.plaintext);
+                Ok(())
+            }
+            KeysAction::List { tenant } => {
+                let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
+                let store = Store::open(&cfg.database_url())?;
+                let rows = store.read(|c| {
+                    let org = crate::store::orgs::get_enabled_by_slug(c, &tenant)?;
+                    crate::store::keys::list_for_org(c, &org.id)
+                })?;
+                println!("ID\tNAME\tSCOPES\tKEY\tCREATED\tLAST USED\tREVOKED");
+                let when = |t: Option<chrono::NaiveDateTime>| {
+                    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
+                for k in rows {
+                    println!(
+                        "{}\t{}\t{}\t{}...{}\t{}\t{}\t{}",
+                        k.id,
+                        k.name,
+                        k.scopes,
+                        k.lookup_prefix,
+                        k.last4,
+                        when(Some(k.created_at)),
+                        when(k.last_used_at),
+                        when(k.revoked_at)
+                    );
+                }
+                Ok(())
+            }
+            KeysAction::Revoke { tenant, id } => {
+                let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
+                let store = Store::open(&cfg.database_url())?;
+                let org = store.read(|c| crate::store::orgs::get_enabled_by_slug(c, &tenant))?;
+                let key = keys::revoke(&store, &org.id, &id, "cli")?;
+                println!(
+                    "Revoked API key {} ({}). Running servers refuse it within 5 seconds.",
+                    key.id, key.name
+                );
                 Ok(())
             }
         },

@@ -56,6 +56,10 @@ pub enum ApiError {
     /// 422: (loc, msg, type) per problem.
     #[error("validation failed")]
     Validation(Vec<(Vec<String>, String, String)>),
+    /// 422 in the original control plane's shape (`{"error": "validation_failed", "message"}`),
+    /// with the usual `detail` list beside it: (loc, message).
+    #[error("{1}")]
+    ValidationFailed(Vec<String>, String),
     /// 503 with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
@@ -82,7 +86,9 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Busy | ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::ValidationFailed(..) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -107,6 +113,11 @@ impl ResponseError for ApiError {
                     .iter()
                     .map(|(loc, msg, kind)| json!({"loc": loc, "msg": msg, "type": kind}))
                     .collect::<Vec<_>>()
+            })),
+            ApiError::ValidationFailed(loc, msg) => res.json(json!({
+                "error": "validation_failed",
+                "message": msg,
+                "detail": [{"loc": loc, "msg": msg, "type": "value_error"}],
             })),
             ApiError::Unauthorized => res
                 .insert_header(("WWW-Authenticate", "Bearer"))

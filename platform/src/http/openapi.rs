@@ -31,6 +31,9 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         sessions::resolve_input,
         sessions::add_participant,
         super::org::mint_session_token,
+        super::org::keys::list,
+        super::org::keys::create,
+        super::org::keys::revoke,
     ),
     components(schemas(
         SessionView,
@@ -47,6 +50,10 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         ValidationItem,
         super::org::MintBody,
         super::org::MintedToken,
+        super::org::keys::ApiKeyView,
+        super::org::keys::CreateKeyBody,
+        super::org::keys::CreatedKey,
+        super::org::keys::KeyList,
     )),
     modifiers(&Bearer, &ProjectFamily)
 )]

@@ -62,9 +62,9 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether the principal holds `scope`.
+    /// Whether the principal holds `scope`: scopes nest, `admin` ⊇ `write` ⊇ `read`.
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
+        self.scopes.iter().any(|s| *s >= scope)
     }
 }
 
@@ -84,6 +84,12 @@ pub enum KeyError {
     /// No enabled tenant with that slug.
     #[error("no tenant `{0}` in the store (declare it in the configuration and run `karta config apply`)")]
     UnknownTenant(String),
+    /// No such key in the org.
+    #[error("key not found")]
+    NotFound,
+    /// The name is empty or too long.
+    #[error("{0}")]
+    BadName(&'static str),
     /// Hashing failed.
     #[error("cannot hash key: {0}")]
     Hash(String),
@@ -96,13 +102,33 @@ fn hasher() -> Argon2<'static> {
     Argon2::default()
 }
 
-/// Creates a key for the tenant (blocking; hashing takes a few tens of milliseconds).
+/// Longest key name.
+const MAX_NAME: usize = 200;
+
+/// Which org a new key is for.
+pub enum OrgRef<'a> {
+    /// By slug (the CLI).
+    Slug(&'a str),
+    /// By id (the org API).
+    Id(&'a str),
+}
+
+/// Creates a key for the tenant (blocking; hashing takes a few tens of milliseconds). `actor`
+/// names who did it in the audit log.
 pub fn create(
     store: &Store,
-    tenant_slug: &str,
+    org: OrgRef<'_>,
     name: &str,
     scopes: &[Scope],
-) -> Result<IssuedKey, KeyError> {
+    actor: &str,
+) -> Result<(IssuedKey, ApiKey), KeyError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(KeyError::BadName("Name is required"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(KeyError::BadName("Name is longer than 200 characters"));
+    }
     let plaintext = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     let hash = hasher()
@@ -115,49 +141,89 @@ pub fn create(
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let slug = tenant_slug.to_string();
-    let row_id = id.clone();
-    let lookup = plaintext[..LOOKUP_LEN].to_string();
-    let key_name = name.to_string();
-    store
+    let unknown = match &org {
+        OrgRef::Slug(s) => KeyError::UnknownTenant(s.to_string()),
+        OrgRef::Id(_) => KeyError::NotFound,
+    };
+    let (slug, org_id) = match org {
+        OrgRef::Slug(s) => (Some(s.to_string()), None),
+        OrgRef::Id(i) => (None, Some(i.to_string())),
+    };
+    let row = ApiKey {
+        id: id.clone(),
+        org_id: String::new(),
+        name: name.to_string(),
+        lookup_prefix: plaintext[..LOOKUP_LEN].to_string(),
+        key_hash: hash,
+        scopes: scope_list.clone(),
+        created_at: store::now(),
+        last_used_at: None,
+        revoked_at: None,
+        last4: plaintext[plaintext.len() - 4..].to_string(),
+    };
+    let actor = actor.to_string();
+    let stored = store
         .write(move |c| {
-            let org = match orgs::get_enabled_by_slug(c, &slug) {
-                Ok(o) => o,
-                Err(StoreError::NotFound) => return Err(StoreError::NotFound),
-                Err(e) => return Err(e),
+            let org_id = match (slug, org_id) {
+                (Some(s), _) => orgs::get_enabled_by_slug(c, &s)?.id,
+                (_, Some(i)) => i,
+                _ => return Err(StoreError::NotFound),
             };
-            keys::insert(
-                c,
-                &ApiKey {
-                    id: row_id.clone(),
-                    org_id: org.id.clone(),
-                    name: key_name.clone(),
-                    lookup_prefix: lookup,
-                    key_hash: hash,
-                    scopes: scope_list.clone(),
-                    created_at: store::now(),
-                    last_used_at: None,
-                    revoked_at: None,
-                },
-            )?;
+            let row = ApiKey { org_id, ..row };
+            keys::insert(c, &row)?;
             store::audit::record(
                 c,
-                Some(&org.id),
-                "cli",
-                "api_key.create",
-                &row_id,
-                &serde_json::json!({ "name": key_name, "scopes": scope_list }),
-            )
+                Some(&row.org_id),
+                &actor,
+                "api_key.created",
+                &row.id,
+                &serde_json::json!({
+                    "name": row.name, "scopes": scope_list, "prefix": row.lookup_prefix,
+                }),
+            )?;
+            Ok(row)
         })
         .map_err(|e| match e {
-            StoreError::NotFound => KeyError::UnknownTenant(tenant_slug.to_string()),
+            StoreError::NotFound => unknown,
             other => KeyError::Store(other),
         })?;
-    Ok(IssuedKey {
-        id,
-        plaintext,
-        scopes: scopes.to_vec(),
-    })
+    Ok((
+        IssuedKey {
+            id,
+            plaintext,
+            scopes: scopes.to_vec(),
+        },
+        stored,
+    ))
+}
+
+/// Revokes a key of the org for good (blocking) and writes the audit row in the same
+/// transaction. Revoking a revoked key changes nothing and answers the key as it is.
+pub fn revoke(store: &Store, org_id: &str, id: &str, actor: &str) -> Result<ApiKey, KeyError> {
+    let (org, id, actor) = (org_id.to_string(), id.to_string(), actor.to_string());
+    store
+        .write(move |c| {
+            if keys::revoke(c, &org, &id)? {
+                store::audit::record(
+                    c,
+                    Some(&org),
+                    &actor,
+                    "api_key.revoked",
+                    &id,
+                    &serde_json::json!({}),
+                )?;
+            }
+            keys::get(c, &org, &id)
+        })
+        .map_err(|e| match e {
+            StoreError::NotFound => KeyError::NotFound,
+            other => KeyError::Store(other),
+        })
+}
+
+/// The scopes stored on a key row.
+pub fn stored_scopes(row: &ApiKey) -> Vec<Scope> {
+    row.scopes.split(',').filter_map(Scope::parse).collect()
 }
 
 /// Checks presented keys against the store, caching successes for a few seconds.

@@ -27,16 +27,56 @@ pub fn find_active_by_prefix(c: &mut Conn, prefix: &str) -> Result<Option<ApiKey
         .optional()?)
 }
 
-/// Records a successful use.
+/// Records a successful use, at most once a minute per key (verification stays read-mostly).
 pub fn touch(c: &mut Conn, org_id: &str, id: &str) -> Result<(), StoreError> {
+    let now = super::now();
+    let stale = now - chrono::Duration::seconds(60);
     diesel::update(
         api_keys::table
             .filter(api_keys::org_id.eq(org_id))
-            .filter(api_keys::id.eq(id)),
+            .filter(api_keys::id.eq(id))
+            .filter(
+                api_keys::last_used_at
+                    .is_null()
+                    .or(api_keys::last_used_at.lt(stale)),
+            ),
     )
-    .set(api_keys::last_used_at.eq(Some(super::now())))
+    .set(api_keys::last_used_at.eq(Some(now)))
     .execute(c)?;
     Ok(())
+}
+
+/// The org's keys, newest first (revoked ones included).
+pub fn list_for_org(c: &mut Conn, org_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+    Ok(api_keys::table
+        .filter(api_keys::org_id.eq(org_id))
+        .order((api_keys::created_at.desc(), api_keys::id.desc()))
+        .select(ApiKey::as_select())
+        .load(c)?)
+}
+
+/// One key of the org.
+pub fn get(c: &mut Conn, org_id: &str, id: &str) -> Result<ApiKey, StoreError> {
+    use super::OptionalRow;
+    api_keys::table
+        .filter(api_keys::org_id.eq(org_id))
+        .filter(api_keys::id.eq(id))
+        .select(ApiKey::as_select())
+        .first(c)
+        .found()
+}
+
+/// Marks the key revoked (for good); a revoked key keeps its first revocation time.
+pub fn revoke(c: &mut Conn, org_id: &str, id: &str) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        api_keys::table
+            .filter(api_keys::org_id.eq(org_id))
+            .filter(api_keys::id.eq(id))
+            .filter(api_keys::revoked_at.is_null()),
+    )
+    .set(api_keys::revoked_at.eq(Some(super::now())))
+    .execute(c)?;
+    Ok(n == 1)
 }
 
 /// How many keys (revoked or not) the org has.

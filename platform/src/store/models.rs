@@ -48,6 +48,8 @@ pub struct ApiKey {
     pub created_at: NaiveDateTime,
     pub last_used_at: Option<NaiveDateTime>,
     pub revoked_at: Option<NaiveDateTime>,
+    /// The key's last four characters (with `lookup_prefix`, how a person recognises it).
+    pub last4: String,
 }
 
 /// A session handle (the harness owns the conversation itself).

@@ -1,4 +1,6 @@
-//! The org API on the public listener (API keys): session-token minting so far.
+//! The org API on the public listener (API keys): session tokens and API keys.
+
+pub mod keys;
 
 use actix_web::{web, HttpResponse};
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -15,6 +17,7 @@ use crate::platform::tokens::{Claims, DEFAULT_TTL_SECONDS, PROJECT_SCOPE};
 
 /// Registers the org routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    keys::configure(cfg);
     cfg.route(
         "/v1/projects/{project_ref}/session_tokens",
         web::post().to(mint_session_token),

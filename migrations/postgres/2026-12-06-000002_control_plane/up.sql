@@ -1,0 +1,16 @@
+-- The last four characters of a key, shown in lists beside its prefix to recognise it.
+ALTER TABLE api_keys ADD COLUMN last4 TEXT NOT NULL DEFAULT '';
+
+-- The audit log is append-only: the database itself refuses to change or remove a row
+-- (TRUNCATE bypasses row triggers, so it has its own).
+CREATE FUNCTION audit_log_immutable() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only (% blocked)', TG_OP;
+END $$;
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_immutable();
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_immutable();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_immutable();

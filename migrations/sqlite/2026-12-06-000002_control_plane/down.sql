@@ -1,0 +1,3 @@
+DROP TRIGGER audit_log_no_delete;
+DROP TRIGGER audit_log_no_update;
+ALTER TABLE api_keys DROP COLUMN last4;
