@@ -976,6 +976,7 @@ fn the_openapi_document_covers_every_public_route() {
         "GET /v1/api_keys",
         "POST /v1/api_keys",
         "DELETE /v1/api_keys/{key_id}",
+        "GET /v1/audit_events",
     ] {
         expected.push(op.into());
     }
@@ -1907,9 +1908,48 @@ fn api_keys_are_created_listed_and_revoked_by_an_admin_key() {
         404
     );
 
+    // The audit log has both, newest first, for admin keys only, paged by cursor.
+    assert_eq!(
+        call(&e.key, reqwest::Method::GET, "/v1/audit_events", None).status(),
+        403
+    );
+    let (status, page) = detail(call(
+        &admin,
+        reqwest::Method::GET,
+        &format!("/v1/audit_events?resource_id={id}&limit=1"),
+        None,
+    ));
+    assert_eq!(status, 200);
+    assert_eq!(page["data"][0]["action"], "api_key.revoked");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, next) = detail(call(
+        &admin,
+        reqwest::Method::GET,
+        &format!("/v1/audit_events?resource_id={id}&limit=1&cursor={cursor}"),
+        None,
+    ));
+    assert_eq!(next["data"][0]["action"], "api_key.created");
+    assert_eq!(next["data"][0]["metadata"]["scopes"], "write");
+    assert!(next["next_cursor"].is_null());
+    assert!(!page.to_string().contains(&secret));
+
     // The CLI sees the same keys.
     let out = e.k.cli(&["keys", "list", "--tenant", "acme"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&id) && text.contains("ci-runner"), "{text}");
     assert!(!text.contains(&secret));
+}
+
+#[test]
+fn readyz_reports_the_database_migrations_and_drivers() {
+    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    for base in [&e.k.public, &e.k.admin] {
+        let r = e.c.get(format!("{base}/readyz")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["checks"]["database"], "ok");
+        assert_eq!(body["checks"]["migrations"], "ok");
+        assert!(body["checks"]["drivers"]["registered"].as_u64().unwrap() >= 1);
+    }
 }

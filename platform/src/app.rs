@@ -306,6 +306,10 @@ impl App {
         self.runtime
             .update_settings(runtime_settings(&cfg, &self.store));
         self.gateway.update(&cfg);
+        if plan.changes.iter().any(|c| c.resource == "tenant") {
+            // A disabled tenant's keys stop working now, not when their cache entry expires.
+            self.keys.invalidate_all();
+        }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
         tracing::info!(
             changes = plan.changes.len(),

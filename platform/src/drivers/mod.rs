@@ -96,6 +96,8 @@ fn with_host_settings(
 #[derive(Default)]
 pub struct DriverRegistry {
     inner: RwLock<Inner>,
+    /// What the last load from configuration refused (for the operator API and `/readyz`).
+    last_errors: RwLock<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -346,7 +348,17 @@ impl DriverRegistry {
                 );
             }
         }
+        *self.last_errors.write().unwrap_or_else(|p| p.into_inner()) =
+            errors.iter().map(|e| e.to_string()).collect();
         errors
+    }
+
+    /// What the last load from configuration refused.
+    pub fn load_errors(&self) -> Vec<String> {
+        self.last_errors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A driver by name.

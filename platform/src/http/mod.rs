@@ -99,6 +99,34 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// `/readyz`: 200 when the database answers with every migration applied and at least one
+/// driver is registered; 503 naming what is not.
+async fn ready(app: web::Data<App>) -> HttpResponse {
+    let db = app.store.read_async(crate::store::migrations_pending).await;
+    let (database, migrations) = match &db {
+        Ok(false) => ("ok".to_string(), "ok".to_string()),
+        Ok(true) => ("ok".to_string(), "pending".to_string()),
+        Err(e) => (format!("unreachable: {e}"), "unknown".to_string()),
+    };
+    let drivers = app.drivers.list().len();
+    let ok = matches!(db, Ok(false)) && drivers > 0;
+    let body = json!({
+        "status": if ok { "ready" } else { "not ready" },
+        "checks": {
+            "database": database,
+            "migrations": migrations,
+            "drivers": {"registered": drivers, "load_errors": app.drivers.load_errors()},
+        },
+    });
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "5"))
+            .json(body)
+    }
+}
+
 /// Connections the model gateway holds at once.
 const GATEWAY_MAX_CONNECTIONS: usize = 2048;
 
@@ -114,6 +142,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .wrap(middleware::from_fn(request_id))
             .route("/healthz", web::get().to(health))
+            .route("/readyz", web::get().to(ready))
             .route("/openapi.json", web::get().to(openapi::document))
             .configure(data::configure)
             .configure(org::configure)
@@ -127,6 +156,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             .app_data(admin_data.clone())
             .wrap(middleware::from_fn(request_id))
             .route("/healthz", web::get().to(health))
+            .route("/readyz", web::get().to(ready))
             .configure(admin::configure)
             .default_service(web::to(not_found))
     })

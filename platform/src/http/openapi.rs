@@ -34,6 +34,7 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::keys::list,
         super::org::keys::create,
         super::org::keys::revoke,
+        super::org::audit::list,
     ),
     components(schemas(
         SessionView,
@@ -54,6 +55,8 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::keys::CreateKeyBody,
         super::org::keys::CreatedKey,
         super::org::keys::KeyList,
+        super::org::audit::AuditEvent,
+        super::org::audit::AuditPage,
     )),
     modifiers(&Bearer, &ProjectFamily)
 )]

@@ -66,3 +66,53 @@ pub fn list(c: &mut Conn, org_id: Option<&str>) -> Result<Vec<AuditEntry>, Store
         None => q.load(c)?,
     })
 }
+
+/// Which entries a page holds.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only this org's (`None`: every org, for the operator).
+    pub org_id: Option<String>,
+    /// At or after.
+    pub since: Option<chrono::NaiveDateTime>,
+    /// Before.
+    pub until: Option<chrono::NaiveDateTime>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Entries older than this id (the previous page's last).
+    pub before_id: Option<String>,
+}
+
+/// A page of entries, newest first (ids sort by time).
+pub fn page(c: &mut Conn, f: &AuditFilter, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut q = audit_log::table
+        .select(AuditEntry::as_select())
+        .order(audit_log::id.desc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(o) = &f.org_id {
+        q = q.filter(audit_log::org_id.eq(o.clone()));
+    }
+    if let Some(t) = f.since {
+        q = q.filter(audit_log::created_at.ge(t));
+    }
+    if let Some(t) = f.until {
+        q = q.filter(audit_log::created_at.lt(t));
+    }
+    if let Some(a) = &f.action {
+        q = q.filter(audit_log::action.eq(a.clone()));
+    }
+    if let Some(a) = &f.actor {
+        q = q.filter(audit_log::actor.eq(a.clone()));
+    }
+    if let Some(t) = &f.target {
+        q = q.filter(audit_log::target.eq(t.clone()));
+    }
+    if let Some(id) = &f.before_id {
+        q = q.filter(audit_log::id.lt(id.clone()));
+    }
+    Ok(q.load(c)?)
+}

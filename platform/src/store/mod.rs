@@ -379,6 +379,15 @@ fn sqlite_path(url: &str) -> Option<&str> {
     }
 }
 
+/// Whether the database lacks a migration this build knows (a readiness check).
+pub fn migrations_pending(conn: &mut Conn) -> Result<bool, StoreError> {
+    let r = match conn {
+        AnyConnection::Postgresql(c) => c.has_pending_migration(PG_MIGRATIONS),
+        AnyConnection::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
+    };
+    r.map_err(|e| StoreError::Migration(e.to_string()))
+}
+
 fn run_migrations(conn: &mut Conn) -> Result<(), StoreError> {
     let r = match conn {
         AnyConnection::Postgresql(c) => c.run_pending_migrations(PG_MIGRATIONS).map(|_| ()),

@@ -1,5 +1,6 @@
 //! The org API on the public listener (API keys): session tokens and API keys.
 
+pub mod audit;
 pub mod keys;
 
 use actix_web::{web, HttpResponse};
@@ -18,6 +19,7 @@ use crate::platform::tokens::{Claims, DEFAULT_TTL_SECONDS, PROJECT_SCOPE};
 /// Registers the org routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     keys::configure(cfg);
+    audit::configure(cfg);
     cfg.route(
         "/v1/projects/{project_ref}/session_tokens",
         web::post().to(mint_session_token),

@@ -1,0 +1,152 @@
+//! `GET /v1/audit_events`: the org's audit log, for admin keys.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::app::App;
+use crate::http::auth::Access;
+use crate::http::error::{ApiError, ErrorBody, ValidationErrorBody};
+use crate::platform::keys::Scope;
+use crate::store::audit::AuditFilter;
+use crate::store::models::AuditEntry;
+
+/// Registers the route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/audit_events", web::get().to(list));
+}
+
+/// Query of `GET /v1/audit_events`.
+#[derive(Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// ISO-8601: entries at or after.
+    since: Option<String>,
+    /// ISO-8601: entries before.
+    until: Option<String>,
+    /// e.g. `api_key.created`.
+    action: Option<String>,
+    /// Who did it, e.g. `api_key:key_...`, `config`, `cli`.
+    actor_id: Option<String>,
+    /// The affected resource's id.
+    resource_id: Option<String>,
+    /// 1 to 100, default 50.
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One audit event.
+#[derive(Serialize, ToSchema)]
+pub struct AuditEvent {
+    /// `aud_...`, sortable by time.
+    id: String,
+    /// What happened, e.g. `api_key.revoked`.
+    action: String,
+    /// Who did it.
+    actor_id: String,
+    /// The affected resource.
+    resource_id: String,
+    /// Non-secret details.
+    #[schema(value_type = Object)]
+    metadata: serde_json::Value,
+    /// ISO-8601.
+    created_at: String,
+}
+
+/// A page, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The events.
+    data: Vec<AuditEvent>,
+    /// Pass as `cursor` for the next page; `null` at the end.
+    next_cursor: Option<String>,
+}
+
+impl From<AuditEntry> for AuditEvent {
+    fn from(e: AuditEntry) -> Self {
+        AuditEvent {
+            metadata: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
+            created_at: e
+                .created_at
+                .and_utc()
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+            id: e.id,
+            action: e.action,
+            actor_id: e.actor,
+            resource_id: e.target,
+        }
+    }
+}
+
+fn time(field: &str, v: &Option<String>) -> Result<Option<chrono::NaiveDateTime>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.naive_utc())
+                .map_err(|e| {
+                    ApiError::invalid(
+                        vec!["query".into(), field.into()],
+                        format!("not an ISO-8601 time: {e}"),
+                        "value_error",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// The org's audit events, newest first (`admin`).
+#[utoipa::path(
+    get,
+    path = "/v1/audit_events",
+    tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of events, newest first", body = AuditPage),
+        (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 403, description = "Not an API key with `admin`", body = ErrorBody),
+        (status = 422, description = "A parameter is invalid", body = ValidationErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    app: web::Data<App>,
+    access: Access,
+    q: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    access.require_key(Scope::Admin)?;
+    let q = q.into_inner();
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid(
+            vec!["query".into(), "limit".into()],
+            "must be between 1 and 100",
+            "value_error",
+        ));
+    }
+    let filter = AuditFilter {
+        org_id: Some(access.org().to_string()),
+        since: time("since", &q.since)?,
+        until: time("until", &q.until)?,
+        action: q.action,
+        actor: q.actor_id,
+        target: q.resource_id,
+        before_id: q.cursor,
+    };
+    let mut rows = app
+        .store
+        .read_async(move |c| crate::store::audit::page(c, &filter, limit + 1))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(AuditPage {
+        data: rows.into_iter().map(AuditEvent::from).collect(),
+        next_cursor,
+    }))
+}
