@@ -1953,3 +1953,103 @@ fn readyz_reports_the_database_migrations_and_drivers() {
         assert!(body["checks"]["drivers"]["registered"].as_u64().unwrap() >= 1);
     }
 }
+
+#[test]
+fn the_operator_manages_api_tenants_and_projects_and_config_rows_stay_with_their_files() {
+    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    let admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r =
+            e.c.request(method, format!("{}/admin/v1{path}", e.k.admin))
+                .bearer_auth(&e.k.admin_token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    use reqwest::Method;
+    // Config-owned rows are listed and refuse edits, naming where they are declared.
+    let (s, list) = admin(Method::GET, "/tenants", None);
+    assert_eq!(s, 200);
+    assert_eq!(list["data"][0]["slug"], "acme");
+    assert_eq!(list["data"][0]["managed_by"], "config");
+    let (s, body) = admin(Method::PATCH, "/tenants/acme", Some(json!({"name": "X"})));
+    assert_eq!(s, 409);
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("karta.platform.toml:"), "{detail}");
+    let (_, projects) = admin(Method::GET, "/projects?tenant=acme", None);
+    let config_project = projects["data"][0]["id"].as_str().unwrap().to_string();
+    let (s, body) = admin(Method::DELETE, &format!("/projects/{config_project}"), None);
+    assert_eq!(s, 409, "{body}");
+
+    // An API tenant and project: usable at once, untouched by a reload.
+    let (s, t) = admin(
+        Method::POST,
+        "/tenants",
+        Some(json!({"slug": "beta", "name": "Beta"})),
+    );
+    assert_eq!(s, 201, "{t}");
+    assert_eq!(t["managed_by"], "api");
+    assert_eq!(
+        admin(Method::POST, "/tenants", Some(json!({"slug": "beta"}))).0,
+        409
+    );
+    assert_eq!(
+        admin(Method::POST, "/tenants", Some(json!({"slug": "Bad Slug"}))).0,
+        422
+    );
+    let (s, p) = admin(
+        Method::POST,
+        "/projects",
+        Some(json!({"tenant": "beta", "slug": "app", "path": hello_app()})),
+    );
+    assert_eq!(s, 201, "{p}");
+    let pid = p["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        admin(
+            Method::POST,
+            "/projects",
+            Some(json!({"tenant": "beta", "slug": "x", "path": "/no/such/folder"}))
+        )
+        .0,
+        422
+    );
+    let key = e.k.create_key("beta");
+    let r =
+        e.c.post(e.url("/v1/sessions"))
+            .bearer_auth(&key)
+            .json(&json!({}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 201);
+    let reload =
+        e.c.post(format!("{}/admin/v1/config/reload", e.k.admin))
+            .bearer_auth(&e.k.admin_token)
+            .send()
+            .unwrap();
+    assert_eq!(reload.status(), 200);
+    let (s, t) = admin(Method::GET, "/tenants/beta", None);
+    assert_eq!((s, t["disabled_at"].clone()), (200, Value::Null));
+    // With a session it is disabled, not deleted; a disabled tenant's key stops at once.
+    let (s, d) = admin(Method::DELETE, &format!("/projects/{pid}"), None);
+    assert_eq!((s, d["disabled"].clone()), (200, json!(true)));
+    let (s, t) = admin(
+        Method::PATCH,
+        "/tenants/beta",
+        Some(json!({"disabled": true})),
+    );
+    assert_eq!(s, 200);
+    assert!(t["disabled_at"].is_string());
+    let r =
+        e.c.get(e.url("/v1/sessions"))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 401);
+    // A tenant with no history goes entirely.
+    admin(Method::POST, "/tenants", Some(json!({"slug": "gamma"})));
+    let (s, d) = admin(Method::DELETE, "/tenants/gamma", None);
+    assert_eq!((s, d["deleted"].clone()), (200, json!(true)));
+    assert_eq!(admin(Method::GET, "/tenants/gamma", None).0, 404);
+}

@@ -246,6 +246,15 @@ impl App {
         }))
     }
 
+    /// Where configuration declares a tenant (or one of its projects): file and line.
+    pub fn declared_at(
+        &self,
+        tenant: &str,
+        project: Option<&str>,
+    ) -> Option<(std::path::PathBuf, Option<usize>)> {
+        config::declared_at(&self.load_options, tenant, project)
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> Arc<PlatformConfig> {
         self.config

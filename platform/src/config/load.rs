@@ -162,6 +162,41 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Loads every layer, then validates. The error lists each problem with file, line and key.
 pub fn load(opts: &LoadOptions) -> Result<PlatformConfig, ConfigError> {
+    let (figment, sources, base) = layers(opts)?;
+    extract(&figment, &sources, &base)
+}
+
+/// Where a tenant (or one of its projects) is declared: the file and, for TOML, the line.
+/// Re-reads every layer, so it is for error paths only.
+pub fn declared_at(
+    opts: &LoadOptions,
+    tenant: &str,
+    project: Option<&str>,
+) -> Option<(PathBuf, Option<usize>)> {
+    let (figment, sources, _) = layers(opts).ok()?;
+    let cfg: PlatformConfig = figment.extract().ok()?;
+    let (kind, i) = match project {
+        None => (
+            "tenants",
+            cfg.tenants.iter().position(|t| t.slug == tenant)?,
+        ),
+        Some(p) => (
+            "projects",
+            cfg.projects
+                .iter()
+                .position(|x| x.tenant == tenant && x.slug == p)?,
+        ),
+    };
+    let (file, line) = locate(
+        &figment,
+        &sources,
+        &[kind.to_string(), i.to_string(), "slug".to_string()],
+    );
+    Some((file?, line))
+}
+
+/// Every layer merged (not yet extracted), the parsed files, and the main file's folder.
+fn layers(opts: &LoadOptions) -> Result<(Figment, Vec<SourceFile>, PathBuf), ConfigError> {
     let main = absolute(&opts.config_path);
     let base = main
         .parent()
@@ -215,7 +250,15 @@ pub fn load(opts: &LoadOptions) -> Result<PlatformConfig, ConfigError> {
     if let Some(v) = &o.database_url {
         figment = figment.merge(("database.url", v));
     }
+    Ok((figment, sources, base))
+}
 
+/// The configuration out of the merged layers, with paths resolved and everything validated.
+fn extract(
+    figment: &Figment,
+    sources: &[SourceFile],
+    base: &Path,
+) -> Result<PlatformConfig, ConfigError> {
     let mut config: PlatformConfig = figment.extract().map_err(|err| ConfigError {
         issues: err
             .into_iter()
@@ -224,7 +267,7 @@ pub fn load(opts: &LoadOptions) -> Result<PlatformConfig, ConfigError> {
                 if let figment::error::Kind::UnknownField(f, _) = &e.kind {
                     segs.push(f.clone());
                 }
-                let (file, line) = locate(&figment, &sources, &segs);
+                let (file, line) = locate(figment, sources, &segs);
                 ConfigIssue {
                     file: file.or_else(|| {
                         e.metadata.as_ref().and_then(|m| match &m.source {
@@ -239,12 +282,12 @@ pub fn load(opts: &LoadOptions) -> Result<PlatformConfig, ConfigError> {
             })
             .collect(),
     })?;
-    resolve_paths(&mut config, &base);
+    resolve_paths(&mut config, base);
     validate::validate(&config).map_err(|issues| ConfigError {
         issues: issues
             .into_iter()
             .map(|(segs, message)| {
-                let (file, line) = locate(&figment, &sources, &segs);
+                let (file, line) = locate(figment, sources, &segs);
                 ConfigIssue {
                     file,
                     line,

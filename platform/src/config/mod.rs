@@ -9,7 +9,7 @@ mod error;
 mod load;
 mod locate;
 mod secret;
-mod validate;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigIssue};
-pub use load::{load, LoadOptions, Overrides};
+pub use load::{declared_at, load, LoadOptions, Overrides};
 pub use secret::{Secret, SecretError};
 
 /// The whole platform configuration after layering, with relative paths resolved.

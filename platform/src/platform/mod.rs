@@ -2,4 +2,5 @@
 //! join here as they are built.
 
 pub mod keys;
+pub mod resources;
 pub mod tokens;

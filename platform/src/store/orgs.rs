@@ -103,3 +103,25 @@ pub fn sandbox_slot(c: &mut Conn, org_id: &str) -> Result<i32, StoreError> {
         .found()?
         .ok_or(StoreError::NotFound)
 }
+
+/// A page of orgs by slug, after `after` (exclusive).
+pub fn page(c: &mut Conn, after: Option<&str>, limit: i64) -> Result<Vec<Org>, StoreError> {
+    let mut q = orgs::table
+        .order(orgs::slug.asc())
+        .limit(limit)
+        .select(Org::as_select())
+        .into_boxed();
+    if let Some(a) = after {
+        q = q.filter(orgs::slug.gt(a.to_string()));
+    }
+    Ok(q.load(c)?)
+}
+
+/// An org by slug or id, whoever manages it.
+pub fn find_by_ref(c: &mut Conn, reference: &str) -> Result<Option<Org>, StoreError> {
+    Ok(orgs::table
+        .filter(orgs::slug.eq(reference).or(orgs::id.eq(reference)))
+        .select(Org::as_select())
+        .first(c)
+        .optional()?)
+}

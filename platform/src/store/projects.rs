@@ -157,3 +157,33 @@ pub fn with_history(
     }
     Ok(out)
 }
+
+/// A page of projects (of one org, or all), by id, after `after` (exclusive).
+pub fn page(
+    c: &mut Conn,
+    org_id: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Project>, StoreError> {
+    let mut q = projects::table
+        .order(projects::id.asc())
+        .limit(limit)
+        .select(Project::as_select())
+        .into_boxed();
+    if let Some(o) = org_id {
+        q = q.filter(projects::org_id.eq(o.to_string()));
+    }
+    if let Some(a) = after {
+        q = q.filter(projects::id.gt(a.to_string()));
+    }
+    Ok(q.load(c)?)
+}
+
+/// A project by id, of any org.
+pub fn find_by_id(c: &mut Conn, id: &str) -> Result<Option<Project>, StoreError> {
+    Ok(projects::table
+        .filter(projects::id.eq(id))
+        .select(Project::as_select())
+        .first(c)
+        .optional()?)
+}

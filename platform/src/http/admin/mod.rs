@@ -1,5 +1,7 @@
 //! The operator API on the admin listener: `/admin/v1/...`.
 
+pub mod resources;
+
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -18,7 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/sessions/{session_id}/model_calls",
                 web::get().to(model_calls),
-            ),
+            )
+            .configure(resources::configure),
     );
 }
 
