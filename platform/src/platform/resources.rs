@@ -131,7 +131,7 @@ pub fn update_tenant(
     if name.is_some_and(|n| n.trim().is_empty()) {
         return Err(ResourceError::Invalid("name", "must not be empty".into()));
     }
-    let org = store.read(|c| Ok(orgs::find_by_ref(c, reference)?))?;
+    let org = store.read(|c| orgs::find_by_ref(c, reference))?;
     let org = org.ok_or(ResourceError::NotFound("tenant"))?;
     editable_org(&org, locator)?;
     let name = name
@@ -168,7 +168,7 @@ pub fn delete_tenant(
     reference: &str,
     locator: Locator<'_>,
 ) -> Result<bool, ResourceError> {
-    let org = store.read(|c| Ok(orgs::find_by_ref(c, reference)?))?;
+    let org = store.read(|c| orgs::find_by_ref(c, reference))?;
     let org = org.ok_or(ResourceError::NotFound("tenant"))?;
     editable_org(&org, locator)?;
     let id = org.id.clone();
