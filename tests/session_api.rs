@@ -2053,3 +2053,59 @@ fn the_operator_manages_api_tenants_and_projects_and_config_rows_stay_with_their
     assert_eq!((s, d["deleted"].clone()), (200, json!(true)));
     assert_eq!(admin(Method::GET, "/tenants/gamma", None).0, 404);
 }
+
+#[test]
+fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_export() {
+    let e = Env::start(|_, mut pf| {
+        pf.extra =
+            "[[drivers]]\nname = \"claude-code\"\nsettings = { api_key = \"sk-very-secret\" }\n"
+                .into();
+        pf.project("hello", &hello_app(), None)
+    });
+    let get = |path: &str| {
+        let r =
+            e.c.get(format!("{}/admin/v1{path}", e.k.admin))
+                .bearer_auth(&e.k.admin_token)
+                .send()
+                .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().unwrap()
+    };
+    let cfg: Value = serde_json::from_str(&get("/config")).unwrap();
+    assert_eq!(cfg["config"]["tenants"][0]["slug"], "acme");
+    assert!(cfg["sources"]["tenants/acme"]
+        .as_str()
+        .unwrap()
+        .ends_with("karta.platform.toml"));
+    assert!(cfg["sources"]["projects/acme/hello"].is_string());
+    assert!(!cfg.to_string().contains("sk-very-secret"));
+    let drivers = get("/drivers");
+    assert!(!drivers.contains("sk-very-secret"), "{drivers}");
+    assert!(drivers.contains("\"abi_version\":1"), "{drivers}");
+
+    // A dry run names the change and writes nothing.
+    let path = e.k.dir.join("karta.platform.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[[tenants]]\nslug = \"later\"\nname = \"Later\"\n");
+    std::fs::write(&path, text).unwrap();
+    let plan: Value = serde_json::from_str(&get("/config/plan")).unwrap();
+    assert!(plan.to_string().contains("later"), "{plan}");
+    let r =
+        e.c.get(format!("{}/admin/v1/tenants/later", e.k.admin))
+            .bearer_auth(&e.k.admin_token)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The audit export: JSON lines, the config apply that created the tenant among them.
+    let lines = get("/audit");
+    let rows: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().any(|r| r["resource_id"]
+        .as_str()
+        .is_some_and(|t| t.contains("acme"))
+        || r["metadata"].to_string().contains("acme")));
+}

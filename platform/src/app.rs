@@ -255,6 +255,11 @@ impl App {
         config::declared_at(&self.load_options, tenant, project)
     }
 
+    /// The options configuration is loaded with (for the operator's views of it).
+    pub fn load_options(&self) -> &LoadOptions {
+        &self.load_options
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> Arc<PlatformConfig> {
         self.config

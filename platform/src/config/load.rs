@@ -195,6 +195,55 @@ pub fn declared_at(
     Some((file?, line))
 }
 
+/// The file that declares each tenant (by slug) and project (by `tenant/slug`), in one pass.
+pub fn resource_sources(
+    opts: &LoadOptions,
+) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    let (figment, _, _) = layers(opts)?;
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(root) = figment.find_value("") else {
+        return Ok(out);
+    };
+    let file_of = |v: &figment::value::Value| {
+        figment
+            .get_metadata(v.tag())
+            .and_then(|m| m.source.as_ref())
+            .map(|s| s.to_string())
+    };
+    let field = |v: &figment::value::Value, k: &str| {
+        v.as_dict()
+            .and_then(|d| d.get(k))
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    for (kind, key) in [("tenants", false), ("projects", true)] {
+        let Some(items) = root
+            .as_dict()
+            .and_then(|d| d.get(kind))
+            .and_then(|v| v.as_array())
+        else {
+            continue;
+        };
+        for item in items {
+            let Some(slug) = field(item, "slug") else {
+                continue;
+            };
+            let name = if key {
+                format!(
+                    "{kind}/{}/{slug}",
+                    field(item, "tenant").unwrap_or_default()
+                )
+            } else {
+                format!("{kind}/{slug}")
+            };
+            if let Some(f) = file_of(item) {
+                out.insert(name, f);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every layer merged (not yet extracted), the parsed files, and the main file's folder.
 fn layers(opts: &LoadOptions) -> Result<(Figment, Vec<SourceFile>, PathBuf), ConfigError> {
     let main = absolute(&opts.config_path);

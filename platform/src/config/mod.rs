@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigIssue};
-pub use load::{declared_at, load, LoadOptions, Overrides};
+pub use load::{declared_at, load, resource_sources, LoadOptions, Overrides};
 pub use secret::{Secret, SecretError};
 
 /// The whole platform configuration after layering, with relative paths resolved.

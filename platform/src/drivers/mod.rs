@@ -34,6 +34,13 @@ pub struct LoadedDriver {
     build: Build,
 }
 
+impl LoadedDriver {
+    /// The settings it was built with, as JSON.
+    pub fn settings_json(&self) -> &str {
+        &self.settings
+    }
+}
+
 /// How a driver object is made.
 #[derive(Clone, Copy)]
 enum Build {

@@ -17,6 +17,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/admin/v1")
             .route("/config/reload", web::post().to(reload))
             .route("/drivers", web::get().to(drivers))
+            .route("/config", web::get().to(config_view))
+            .route("/config/plan", web::get().to(config_plan))
+            .route("/audit", web::get().to(audit_export))
             .route(
                 "/sessions/{session_id}/model_calls",
                 web::get().to(model_calls),
@@ -62,18 +65,207 @@ async fn reload(app: web::Data<App>, _op: Operator) -> Result<HttpResponse, ApiE
     }
 }
 
-/// `GET /admin/v1/drivers`: the registered drivers.
+/// Names of settings whose values are never shown.
+fn secret_name(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["key", "secret", "token", "password", "credential"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// A copy of `v` with the values of secret-looking keys replaced.
+fn redact(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    let shown = if secret_name(k) && !x.is_object() && !x.is_null() {
+                        json!("[redacted]")
+                    } else {
+                        redact(x)
+                    };
+                    (k.clone(), shown)
+                })
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A database URL without its password.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:[redacted]{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `GET /admin/v1/drivers`: the registered drivers, their settings (secrets redacted) and what
+/// the last load refused.
 async fn drivers(app: web::Data<App>, _op: Operator) -> HttpResponse {
     let list: Vec<_> = app
         .drivers
         .list()
         .into_iter()
-        .map(|(name, origin)| match origin {
-            DriverOrigin::Builtin => json!({"name": name, "origin": "builtin"}),
-            DriverOrigin::Plugin(p) => json!({"name": name, "origin": "plugin", "path": p}),
+        .map(|(name, origin)| {
+            let settings = app
+                .drivers
+                .get(&name)
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d.settings_json()).ok())
+                .map(|s| redact(&s))
+                .unwrap_or(serde_json::Value::Null);
+            let mut d = json!({
+                "name": name,
+                "abi_version": karta_plugin_api::ABI_VERSION,
+                "payload_version": karta_plugin_api::PAYLOAD_VERSION,
+                "settings": settings,
+            });
+            match origin {
+                DriverOrigin::Builtin => d["origin"] = json!("builtin"),
+                DriverOrigin::Plugin(p) => {
+                    d["origin"] = json!("plugin");
+                    d["path"] = json!(p);
+                }
+            }
+            d
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "drivers": list }))
+    HttpResponse::Ok().json(json!({ "drivers": list, "load_errors": app.drivers.load_errors() }))
+}
+
+/// `GET /admin/v1/config`: the configuration in force, merged from every layer, with secrets
+/// redacted, and the file that declares each tenant and project.
+async fn config_view(app: web::Data<App>, _op: Operator) -> Result<HttpResponse, ApiError> {
+    let cfg = app.config();
+    let mut v = serde_json::to_value(&*cfg).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(url) = cfg.database.url.as_deref() {
+        v["database"]["url"] = json!(redact_url(url));
+    }
+    let v = redact(&v);
+    let opts = app.load_options().clone();
+    let sources = tokio::task::spawn_blocking(move || crate::config::resource_sources(&opts))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(json!({ "config": v, "sources": sources })))
+}
+
+/// `GET /admin/v1/config/plan`: what a reload would change now (nothing is written).
+async fn config_plan(app: web::Data<App>, _op: Operator) -> Result<HttpResponse, ApiError> {
+    let opts = app.load_options().clone();
+    let store = app.store.clone();
+    let planned = tokio::task::spawn_blocking(move || {
+        let cfg = crate::config::load(&opts).map_err(AppError::Config)?;
+        crate::reconcile::plan(&store, &cfg).map_err(AppError::Reconcile)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match planned {
+        Ok(plan) => Ok(HttpResponse::Ok().json(json!({
+            "changes": plan.changes,
+            "summary": plan.to_string(),
+        }))),
+        Err(AppError::Config(e)) => Err(ApiError::Validation(
+            e.issues
+                .iter()
+                .map(|i| {
+                    (
+                        vec!["config".to_string()],
+                        i.to_string(),
+                        "config_error".to_string(),
+                    )
+                })
+                .collect(),
+        )),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// `?since=&until=&org=` of the audit export.
+#[derive(serde::Deserialize)]
+struct ExportQuery {
+    since: Option<String>,
+    until: Option<String>,
+    org: Option<String>,
+}
+
+/// Entries read per query while exporting.
+const EXPORT_PAGE: i64 = 1000;
+
+/// `GET /admin/v1/audit`: the audit log across orgs (or of `org`), newest first, as JSON lines,
+/// streamed page by page.
+async fn audit_export(
+    app: web::Data<App>,
+    _op: Operator,
+    q: web::Query<ExportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let time = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.naive_utc())
+                    .map_err(|e| {
+                        ApiError::invalid(
+                            vec!["query".into(), field.into()],
+                            format!("not an ISO-8601 time: {e}"),
+                            "value_error",
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let filter = crate::store::audit::AuditFilter {
+        org_id: q.org.clone(),
+        since: time("since", &q.since)?,
+        until: time("until", &q.until)?,
+        ..Default::default()
+    };
+    let store = app.store.clone();
+    let pages = futures_util::stream::unfold(Some(filter), move |state| {
+        let store = store.clone();
+        async move {
+            let filter = state?;
+            let f = filter.clone();
+            let rows = store
+                .read_async(move |c| crate::store::audit::page(c, &f, EXPORT_PAGE))
+                .await;
+            match rows {
+                Ok(rows) if rows.is_empty() => None,
+                Ok(rows) => {
+                    let mut out = String::new();
+                    for r in &rows {
+                        let line = json!({
+                            "id": r.id, "org_id": r.org_id, "actor_id": r.actor,
+                            "action": r.action, "resource_id": r.target,
+                            "metadata": serde_json::from_str::<serde_json::Value>(&r.details)
+                                .unwrap_or(serde_json::Value::Null),
+                            "created_at": r.created_at.and_utc().to_rfc3339(),
+                        });
+                        out.push_str(&line.to_string());
+                        out.push('\n');
+                    }
+                    let next = (rows.len() as i64 == EXPORT_PAGE).then(|| {
+                        crate::store::audit::AuditFilter {
+                            before_id: rows.last().map(|r| r.id.clone()),
+                            ..filter
+                        }
+                    });
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), next))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(pages))
 }
 
 /// One model call the gateway recorded.
