@@ -2109,3 +2109,51 @@ fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_e
         .is_some_and(|t| t.contains("acme"))
         || r["metadata"].to_string().contains("acme")));
 }
+
+#[test]
+fn metrics_are_prometheus_text_with_requests_turns_and_gauges() {
+    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    let sid = e.session(json!({}));
+    let r =
+        e.c.post(e.url(&format!("/v1/sessions/{sid}/messages")))
+            .bearer_auth(&e.key)
+            .json(&json!({"text": "hi"}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let text =
+        e.c.get(format!("{}/metrics", e.k.admin))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+    // Every sample line is `name{labels} value`; the exposition ends with `# EOF`.
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        assert_eq!(series.contains('{'), series.ends_with('}'), "{line}");
+    }
+    assert!(text.contains(
+        "karta_http_requests_total{route=\"/v1/sessions/{session_id}/messages\",method=\"POST\",status=\"200\"} 1"
+    ), "{text}");
+    assert!(
+        text.contains("karta_turns_total{driver=\"echo\",status=\"completed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("karta_turn_duration_seconds_count{driver=\"echo\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("karta_event_log_writes_total"), "{text}");
+    assert!(text.contains("karta_warm_harnesses 1"), "{text}");
+    assert!(text.contains("karta_db_connections"), "{text}");
+}

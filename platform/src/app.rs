@@ -273,9 +273,17 @@ impl App {
     pub async fn reload(self: &Arc<Self>) -> Result<Plan, AppError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let app = self.clone();
-        tokio::task::spawn_blocking(move || app.reload_blocking())
+        let r = tokio::task::spawn_blocking(move || app.reload_blocking())
             .await
-            .map_err(|e| AppError::Store(StoreError::Task(e.to_string())))?
+            .map_err(|e| AppError::Store(StoreError::Task(e.to_string())))
+            .and_then(|r| r);
+        crate::metrics::get()
+            .reloads
+            .get_or_create(&crate::metrics::ResultLabels {
+                result: if r.is_ok() { "ok" } else { "error" }.into(),
+            })
+            .inc();
+        r
     }
 
     fn reload_blocking(&self) -> Result<Plan, AppError> {

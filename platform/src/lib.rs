@@ -11,6 +11,7 @@ pub mod drivers;
 pub mod gateway;
 pub mod harness;
 pub mod http;
+pub mod metrics;
 pub mod mockmodel;
 pub mod platform;
 pub mod reconcile;

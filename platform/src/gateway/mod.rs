@@ -463,6 +463,13 @@ impl Recorder {
             latency_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
             created_at: crate::store::now(),
         };
+        crate::metrics::get()
+            .model_calls
+            .get_or_create(&crate::metrics::ModelLabels {
+                provider: call.provider.clone(),
+                status: u16::try_from(call.status).unwrap_or(0),
+            })
+            .inc();
         tracing::info!(
             session = %call.session_id,
             provider = %call.provider,

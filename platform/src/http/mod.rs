@@ -58,9 +58,12 @@ async fn request_id(
     }
     // Every line logged while serving the request (and by the turn it starts) carries the id.
     let span = tracing::info_span!("request", request_id = %id);
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
     let res = tracing::Instrument::instrument(next.call(req), span)
         .await?
         .map_into_boxed_body();
+    record(&res, &method, started);
     let mut res = match res.status() {
         StatusCode::INTERNAL_SERVER_ERROR => {
             let body = json!({"detail": "internal error", "request_id": id});
@@ -78,6 +81,42 @@ async fn request_id(
             .insert(HeaderName::from_static("x-request-id"), v);
     }
     Ok(res)
+}
+
+/// Counts the request by route pattern (never the raw path: ids would explode the label set).
+fn record(res: &ServiceResponse<BoxBody>, method: &str, started: std::time::Instant) {
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let m = crate::metrics::get();
+    m.http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            route: route.clone(),
+            method: method.to_string(),
+            status: res.status().as_u16(),
+        })
+        .inc();
+    m.http_seconds
+        .get_or_create(&crate::metrics::RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// `GET /metrics` (admin listener): Prometheus text.
+async fn metrics(app: web::Data<App>) -> HttpResponse {
+    let (running, warm, streams, tokens) = app.runtime.gauges();
+    let (conns, idle) = app.store.pool_state();
+    let text = crate::metrics::get().render(crate::metrics::Snapshot {
+        running_turns: running as i64,
+        warm_harnesses: warm as i64,
+        sse_subscribers: streams as i64,
+        db_connections: i64::from(conns),
+        db_idle_connections: i64::from(idle),
+        gateway_tokens: tokens as i64,
+    });
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(text)
 }
 
 /// Turns off Nagle's algorithm on every accepted connection: SSE frames are small and
@@ -157,6 +196,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             .wrap(middleware::from_fn(request_id))
             .route("/healthz", web::get().to(health))
             .route("/readyz", web::get().to(ready))
+            .route("/metrics", web::get().to(metrics))
             .configure(admin::configure)
             .default_service(web::to(not_found))
     })

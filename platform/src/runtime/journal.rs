@@ -134,9 +134,15 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
                 tracing::warn!(error = %e, "event batch failed; retrying with each update isolated");
                 store.write(|c| write_batch(c, &entries, keep, true))
             });
-        if let Err(e) = result {
-            // Subscribers already have these events; only replay loses them.
-            tracing::error!(events, error = %e, "events not logged for replay");
+        match result {
+            Ok(()) => {
+                crate::metrics::get().event_log_writes.inc_by(events as u64);
+            }
+            Err(e) => {
+                crate::metrics::get().event_log_failures.inc();
+                // Subscribers already have these events; only replay loses them.
+                tracing::error!(events, error = %e, "events not logged for replay");
+            }
         }
         for e in entries.drain(..) {
             if let Entry::Events { ack: Some(ack), .. } = e {

@@ -223,6 +223,29 @@ impl Runtime {
         self.confinement.gateway.grants.revoke(session_id);
     }
 
+    /// Running turns, warm harnesses, attached streams and live gateway tokens, for metrics.
+    pub fn gauges(&self) -> (usize, usize, usize, usize) {
+        let running = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.running().is_some())
+            .count();
+        let streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum();
+        (
+            running,
+            self.warm.len(),
+            streams,
+            self.confinement.gateway.grants.len(),
+        )
+    }
+
     /// The slot, only if it exists (no turn has run here since start otherwise).
     fn existing_slot(&self, session_id: &str) -> Option<Arc<slot::Slot>> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());

@@ -444,6 +444,21 @@ impl Runtime {
             self.clear_pending(&ctx.session.org_id, &ctx.session.id)
                 .await;
         }
+        let m = crate::metrics::get();
+        m.turns
+            .get_or_create(&crate::metrics::TurnLabels {
+                driver: ctx.session.driver.clone(),
+                status: done.data["status"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_string(),
+            })
+            .inc();
+        m.turn_seconds
+            .get_or_create(&crate::metrics::DriverLabels {
+                driver: ctx.session.driver.clone(),
+            })
+            .observe(started_at.elapsed().as_secs_f64());
         tracing::info!(
             session = %ctx.session.id,
             status = %done.data["status"].as_str().unwrap_or("unknown"),

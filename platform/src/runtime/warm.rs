@@ -129,8 +129,7 @@ impl WarmSet {
     }
 
     /// Sessions counted now.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -173,6 +173,12 @@ pub struct Store {
 pub type Pooled = PooledConnection<Manager>;
 
 impl Store {
+    /// Connections open and, of them, idle (for metrics).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let s = self.pool.state();
+        (s.connections, s.idle_connections)
+    }
+
     /// Opens (creating the SQLite file and its folder when needed) and migrates the database.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self::connect(url)?;
