@@ -2157,3 +2157,81 @@ fn metrics_are_prometheus_text_with_requests_turns_and_gauges() {
     assert!(text.contains("karta_warm_harnesses 1"), "{text}");
     assert!(text.contains("karta_db_connections"), "{text}");
 }
+
+#[test]
+fn idempotency_keys_replay_the_first_answer_and_run_one_turn() {
+    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    let post = |path: &str, key: &str, body: Value| {
+        e.c.post(e.url(path))
+            .bearer_auth(&e.key)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let a = post("/v1/sessions", "create-1", json!({"metadata": {"k": "v"}}));
+    assert_eq!(a.status(), 201);
+    assert!(a.headers().get("Idempotent-Replayed").is_none());
+    let a: Value = a.json().unwrap();
+    let b = post("/v1/sessions", "create-1", json!({"metadata": {"k": "v"}}));
+    assert_eq!(b.status(), 201);
+    assert_eq!(b.headers()["Idempotent-Replayed"], "true");
+    assert_eq!(b.json::<Value>().unwrap()["id"], a["id"]);
+    let (status, _) = detail(post(
+        "/v1/sessions",
+        "create-1",
+        json!({"metadata": {"k": "w"}}),
+    ));
+    assert_eq!(status, 422);
+    let sid = a["id"].as_str().unwrap().to_string();
+
+    // A unary send: the same answer twice, one turn.
+    let path = format!("/v1/sessions/{sid}/messages");
+    let first: Value = post(&path, "send-1", json!({"text": "once"}))
+        .json()
+        .unwrap();
+    let again = post(&path, "send-1", json!({"text": "once"}));
+    assert_eq!(again.headers()["Idempotent-Replayed"], "true");
+    assert_eq!(again.json::<Value>().unwrap(), first);
+    // A streamed send: the replay streams the same turn from the log.
+    let streamed = |key: &str| {
+        let r = post(&path, key, json!({"text": "stream me", "stream": true}));
+        assert_eq!(r.status(), 200);
+        let frames = SseReader::new(r).rest();
+        text_of(&frames)
+    };
+    let s1 = streamed("send-2");
+    assert!(s1.contains("stream me"), "{s1}");
+    assert_eq!(streamed("send-2"), s1);
+    // Two turns ran, not four.
+    let events = e
+        .get(&format!("/v1/sessions/{sid}/events?after=0"))
+        .header("Accept", "text/event-stream")
+        .timeout(Duration::from_secs(3))
+        .send()
+        .unwrap();
+    let mut reader = SseReader::new(events);
+    let mut dones = 0;
+    while let Some(f) = reader.next_frame() {
+        if f.event == "done" {
+            dones += 1;
+            if dones == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(dones, 2);
+    let s: Value = e
+        .get(&format!("/v1/sessions/{sid}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let turns: u64 = s["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["turns"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(turns, 2, "{s}");
+}

@@ -1,3 +1,4 @@
+DROP TABLE idempotency_keys;
 DROP TRIGGER audit_log_no_truncate ON audit_log;
 DROP TRIGGER audit_log_no_delete ON audit_log;
 DROP TRIGGER audit_log_no_update ON audit_log;

@@ -14,3 +14,15 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_immutable();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_immutable();
+
+-- Idempotency-Key: the first answer to a keyed request, replayed for 24 hours.
+CREATE TABLE idempotency_keys (
+    org_id TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status INTEGER,
+    response TEXT,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (org_id, idem_key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);

@@ -6,6 +6,7 @@ pub mod body;
 pub mod data;
 pub mod error;
 pub mod gateway;
+pub mod idempotency;
 pub mod openapi;
 pub mod org;
 pub mod sse;

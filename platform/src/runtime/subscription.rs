@@ -79,6 +79,12 @@ pub struct TurnOutcome {
 
 impl Subscription {
     /// Follows `running` from the frame after `after_seq` to its `done`.
+    /// Frames up to this sequence number are not sent: for a new turn, the session's last
+    /// sequence before it.
+    pub fn after_seq(&self) -> i64 {
+        self.after_seq
+    }
+
     pub(crate) fn live(
         session_id: String,
         org_id: String,

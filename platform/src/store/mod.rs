@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod events;
+pub mod idempotency;
 pub mod keys;
 pub mod model_calls;
 pub mod models;

@@ -14,6 +14,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (org_id, idem_key) {
+        org_id -> Text,
+        idem_key -> Text,
+        request_hash -> Text,
+        status -> Nullable<Integer>,
+        response -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     model_calls (id) {
         id -> Text,
         org_id -> Text,
@@ -118,5 +129,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     sessions,
     session_events,
     audit_log,
-    model_calls
+    model_calls,
+    idempotency_keys
 );

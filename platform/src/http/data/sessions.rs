@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::http::auth::Access;
 use crate::http::body;
 use crate::http::error::{ApiError, ErrorBody, ValidationErrorBody};
+use crate::http::idempotency::{self, Begun};
 use crate::http::sse;
 use crate::platform::keys::Scope;
 use crate::runtime::{
@@ -77,14 +78,49 @@ pub struct CreateBody {
 pub async fn create(
     app: web::Data<App>,
     access: Access,
+    req: HttpRequest,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Write)?;
-    let b: CreateBody = body::parse(&bytes)?;
+    let claim = match idempotency::begin(&app, access.org(), &req, &bytes).await? {
+        Begun::Replay(status, body) => return Ok(idempotency::replay(status, body)),
+        Begun::Fresh(c) => Some(c),
+        Begun::Unkeyed => None,
+    };
+    let r = create_session(&app, &access, &bytes).await;
+    match (r, claim) {
+        (Ok((status, body)), claim) => {
+            if let Some(c) = claim {
+                c.answer(&app, status, &body).await;
+            }
+            Ok(json_answer(status, body))
+        }
+        (Err(e), Some(c)) => {
+            c.release(&app).await;
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+fn json_answer(status: u16, body: Value) -> HttpResponse {
+    HttpResponse::build(
+        actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK),
+    )
+    .json(body)
+}
+
+/// Creates or resumes; the status (201 or 200) and the session.
+async fn create_session(
+    app: &App,
+    access: &Access,
+    bytes: &[u8],
+) -> Result<(u16, Value), ApiError> {
+    let b: CreateBody = body::parse(bytes)?;
     if let Some(sub) = access.subject() {
         match &b.session_id {
             Some(id) => {
-                check_subject(&app, &access, id).await?;
+                check_subject(app, access, id).await?;
                 // A resume must not hand the session to another end user.
                 let user = b.metadata.as_ref().and_then(|m| m.get("user_id"));
                 if user.is_some_and(|u| u.as_str() != Some(sub)) {
@@ -117,11 +153,8 @@ pub async fn create(
             },
         )
         .await?;
-    Ok(if created {
-        HttpResponse::Created().json(session)
-    } else {
-        HttpResponse::Ok().json(session)
-    })
+    let body = serde_json::to_value(&session).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((if created { 201 } else { 200 }, body))
 }
 
 /// List the org's sessions, newest first: `project`, `status`, `metadata.<key>=<value>`,
@@ -300,15 +333,69 @@ pub async fn send(
             .await?;
         return Ok(stream(&app, sub));
     }
-    let b: SendBody = body::parse(&bytes)?;
+    let claim = match idempotency::begin(&app, access.org(), &req, &bytes).await? {
+        Begun::Replay(status, body) => {
+            // A streamed turn is replayed as its events, from the log.
+            if let Some(after) = body.get(STREAM_AFTER).and_then(Value::as_i64) {
+                let sub = app
+                    .runtime
+                    .attach(access.org(), access.scope(), &path.session_id, after)
+                    .await?;
+                return Ok(stream(&app, sub));
+            }
+            return Ok(idempotency::replay(status, body));
+        }
+        Begun::Fresh(c) => Some(c),
+        Begun::Unkeyed => None,
+    };
+    let r = send_turn(&app, &access, &req, &path.session_id, &bytes).await;
+    match (r, claim) {
+        (Ok(Sent::Stream(sub)), claim) => {
+            if let Some(c) = claim {
+                c.answer(&app, 200, &json!({ STREAM_AFTER: sub.after_seq() }))
+                    .await;
+            }
+            Ok(stream(&app, sub))
+        }
+        (Ok(Sent::Answer(body)), claim) => {
+            if let Some(c) = claim {
+                c.answer(&app, 200, &body).await;
+            }
+            Ok(HttpResponse::Ok().json(body))
+        }
+        (Err(e), Some(c)) => {
+            c.release(&app).await;
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// The key a streamed send's stored answer keeps the turn's start in.
+const STREAM_AFTER: &str = "__karta_stream_after";
+
+/// A started turn: its stream, or (unary) its collected answer.
+enum Sent {
+    Stream(crate::runtime::Subscription),
+    Answer(Value),
+}
+
+async fn send_turn(
+    app: &App,
+    access: &Access,
+    req: &HttpRequest,
+    session_id: &str,
+    bytes: &[u8],
+) -> Result<Sent, ApiError> {
+    let b: SendBody = body::parse(bytes)?;
     let text = b.text.ok_or_else(|| body::missing("text"))?;
-    let as_stream = b.stream.unwrap_or_else(|| wants_sse(&req));
+    let as_stream = b.stream.unwrap_or_else(|| wants_sse(req));
     let sub = app
         .runtime
         .send_message(
             access.org(),
             access.scope(),
-            &path.session_id,
+            session_id,
             SendMessage {
                 text: text.clone(),
                 agent: b.agent,
@@ -319,10 +406,10 @@ pub async fn send(
         )
         .await?;
     if as_stream {
-        return Ok(stream(&app, sub));
+        return Ok(Sent::Stream(sub));
     }
     let out = sub.collect(&app.runtime).await;
-    Ok(HttpResponse::Ok().json(unary_answer(&path.session_id, &text, out)))
+    Ok(Sent::Answer(unary_answer(session_id, &text, out)))
 }
 
 /// The unary answer of a turn (documentation of the JSON built by `unary_answer`).
