@@ -977,6 +977,8 @@ fn the_openapi_document_covers_every_public_route() {
         "POST /v1/api_keys",
         "DELETE /v1/api_keys/{key_id}",
         "GET /v1/audit_events",
+        "GET /v1/projects",
+        "GET /v1/projects/{project_ref}",
     ] {
         expected.push(op.into());
     }
@@ -2234,4 +2236,40 @@ fn idempotency_keys_replay_the_first_answer_and_run_one_turn() {
         .map(|p| p["turns"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(turns, 2, "{s}");
+}
+
+#[test]
+fn the_org_lists_its_projects_with_what_their_apps_define() {
+    let e = Env::start(|_, pf| {
+        pf.project("hello", &hello_app(), None).project(
+            "team",
+            &workspace_root().join("examples/echo-team"),
+            None,
+        )
+    });
+    let page: Value = e
+        .get("/v1/projects?limit=1")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["data"][0]["slug"], "hello");
+    assert_eq!(page["data"][0]["harness"], "echo");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let next: Value = e
+        .get(&format!("/v1/projects?limit=1&cursor={cursor}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(next["data"][0]["slug"], "team");
+    assert!(next["next_cursor"].is_null());
+    assert!(
+        !next["data"][0]["agents"].as_array().unwrap().is_empty(),
+        "{next}"
+    );
+    let one: Value = e.get("/v1/projects/team").send().unwrap().json().unwrap();
+    assert_eq!(one["slug"], "team");
+    assert_eq!(one["active_release"], Value::Null);
+    assert_eq!(e.get("/v1/projects/nope").send().unwrap().status(), 404);
 }

@@ -138,6 +138,20 @@ pub struct ProjectConfig {
     pub cancel_grace_seconds: Option<u64>,
     /// This project's sandbox network and limits (`[sandbox]` where absent).
     pub sandbox: ProjectSandbox,
+    /// The SDK-compatible adapters served for this project (others answer 404 on it).
+    pub adapters: Vec<Adapter>,
+}
+
+/// An SDK-compatible surface of a project.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Adapter {
+    /// OpenAI Chat Completions.
+    ChatCompletions,
+    /// OpenAI Responses.
+    Responses,
+    /// Anthropic Managed Agents.
+    ManagedAgents,
 }
 
 /// `[sandbox]`: how every harness process runs.

@@ -35,6 +35,8 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::keys::create,
         super::org::keys::revoke,
         super::org::audit::list,
+        super::org::projects::list,
+        super::org::projects::get,
     ),
     components(schemas(
         SessionView,
@@ -57,6 +59,8 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::keys::KeyList,
         super::org::audit::AuditEvent,
         super::org::audit::AuditPage,
+        super::org::projects::ProjectView,
+        super::org::projects::ProjectPage,
     )),
     modifiers(&Bearer, &ProjectFamily)
 )]

@@ -348,6 +348,28 @@ impl Runtime {
             })
     }
 
+    /// A project of the org with its driver and what the app defines (agents, skills).
+    pub async fn describe_project(
+        &self,
+        project: models::Project,
+    ) -> Result<(models::Project, Option<String>, karta_plugin_api::Discovery), RuntimeError> {
+        let drivers = self.drivers.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = PathBuf::from(&project.source_path);
+            let driver = match &project.harness {
+                Some(name) => drivers.get(name),
+                None => drivers.detect(&dir),
+            };
+            let discovery = match &driver {
+                Some(d) => d.driver.discover(&dir).unwrap_or_default(),
+                None => karta_plugin_api::Discovery::default(),
+            };
+            Ok((project, driver.map(|d| d.name.clone()), discovery))
+        })
+        .await
+        .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))?
+    }
+
     /// Picks the driver for a project and the app's default agent.
     async fn resolve_driver(
         &self,

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod projects;
 
 use actix_web::{web, HttpResponse};
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -20,6 +21,7 @@ use crate::platform::tokens::{Claims, DEFAULT_TTL_SECONDS, PROJECT_SCOPE};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     keys::configure(cfg);
     audit::configure(cfg);
+    projects::configure(cfg);
     cfg.route(
         "/v1/projects/{project_ref}/session_tokens",
         web::post().to(mint_session_token),
