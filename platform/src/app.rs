@@ -68,6 +68,7 @@ fn runtime_settings(c: &PlatformConfig, store: &Store) -> RuntimeSettings {
     RuntimeSettings {
         sandbox: project_sandbox(c, &Default::default()),
         project_sandbox: project_sandboxes(c, store),
+        message_policies: message_policies(c, store),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
         turn_limits: TurnLimits {
@@ -111,6 +112,46 @@ fn project_id(store: &Store, p: &crate::config::ProjectConfig) -> Option<String>
             None
         }
     }
+}
+
+/// The compiled message policies of each project (a tenant's policies apply to all its
+/// projects).
+fn message_policies(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, Vec<Arc<crate::runtime::policy::MessagePolicy>>> {
+    let mut out: std::collections::HashMap<String, Vec<_>> = std::collections::HashMap::new();
+    for p in &c.policies {
+        let compiled = match crate::runtime::policy::MessagePolicy::compile(p) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                tracing::error!(policy = %p.name, error = %e, "policy not applied");
+                continue;
+            }
+        };
+        let ids = store.read(|conn| {
+            let Some(org) = crate::store::orgs::find_by_slug(conn, &p.tenant)? else {
+                return Ok(Vec::new());
+            };
+            match &p.project {
+                Some(slug) => Ok(
+                    crate::store::projects::find_by_slug_any(conn, &org.id, slug)?
+                        .map(|x| vec![x.id])
+                        .unwrap_or_default(),
+                ),
+                None => crate::store::projects::list_all_ids(conn, &org.id),
+            }
+        });
+        match ids {
+            Ok(ids) => {
+                for id in ids {
+                    out.entry(id).or_default().push(compiled.clone());
+                }
+            }
+            Err(e) => tracing::warn!(policy = %p.name, error = %e, "policy not applied"),
+        }
+    }
+    out
 }
 
 /// The sandbox settings of projects that set their own, by project id.

@@ -46,6 +46,27 @@ pub struct PlatformConfig {
     pub sandbox: SandboxConfig,
     /// The model gateway harnesses reach their providers through.
     pub gateway: GatewayConfig,
+    /// Message policies attached to tenants or projects.
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// `[[policies]]`: checks a message must pass before its turn starts. A violation is a 422
+/// `policy_violation` and nothing reaches the harness.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Named in violations.
+    pub name: String,
+    /// The tenant it applies to (every project of it, unless `project` is set).
+    pub tenant: String,
+    /// One project of the tenant.
+    pub project: Option<String>,
+    /// Longest message, in characters.
+    pub max_message_length: Option<usize>,
+    /// Most messages (turns) in one session.
+    pub max_messages_per_session: Option<u64>,
+    /// Regular expressions a message must not match.
+    pub deny_patterns: Vec<String>,
 }
 
 /// `[server]`

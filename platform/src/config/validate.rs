@@ -152,6 +152,7 @@ pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
     check_tenants(&c.tenants, &mut out);
     check_projects(&c.tenants, &c.projects, &mut out);
     check_drivers(&c.drivers, &mut out);
+    check_policies(c, &mut out);
     if c.server.heartbeat_seconds == 0 {
         out.push((
             key(&["server", "heartbeat_seconds"]),
@@ -184,5 +185,51 @@ pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
         Ok(())
     } else {
         Err(out)
+    }
+}
+
+fn check_policies(c: &PlatformConfig, out: &mut Vec<Problem>) {
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in c.policies.iter().enumerate() {
+        let at = |field: &str| vec!["policies".to_string(), i.to_string(), field.to_string()];
+        if p.name.trim().is_empty() {
+            out.push((at("name"), "is required".into()));
+        } else if !names.insert(p.name.as_str()) {
+            out.push((at("name"), format!("`{}` is declared twice", p.name)));
+        }
+        if !c.tenants.iter().any(|t| t.slug == p.tenant) {
+            out.push((
+                at("tenant"),
+                format!("no tenant `{}` is declared", p.tenant),
+            ));
+        }
+        if let Some(project) = &p.project {
+            if !c
+                .projects
+                .iter()
+                .any(|x| x.tenant == p.tenant && &x.slug == project)
+            {
+                out.push((
+                    at("project"),
+                    format!("tenant `{}` declares no project `{project}`", p.tenant),
+                ));
+            }
+        }
+        if p.max_message_length == Some(0) || p.max_messages_per_session == Some(0) {
+            out.push((at("name"), "limits must be at least 1".into()));
+        }
+        for (j, pat) in p.deny_patterns.iter().enumerate() {
+            if let Err(e) = regex::RegexBuilder::new(pat).size_limit(1 << 20).build() {
+                out.push((
+                    vec![
+                        "policies".to_string(),
+                        i.to_string(),
+                        "deny_patterns".to_string(),
+                        j.to_string(),
+                    ],
+                    format!("not a valid regular expression: {e}"),
+                ));
+            }
+        }
     }
 }

@@ -56,6 +56,9 @@ pub enum ApiError {
     /// 422: (loc, msg, type) per problem.
     #[error("validation failed")]
     Validation(Vec<(Vec<String>, String, String)>),
+    /// 422: a message policy refused the message: (policy, detail).
+    #[error("{1}")]
+    PolicyViolation(String, String),
     /// 422 in the original control plane's shape (`{"error": "validation_failed", "message"}`),
     /// with the usual `detail` list beside it: (loc, message).
     #[error("{1}")]
@@ -86,9 +89,9 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Busy | ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Validation(_) | ApiError::ValidationFailed(..) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::Validation(_)
+            | ApiError::ValidationFailed(..)
+            | ApiError::PolicyViolation(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +116,11 @@ impl ResponseError for ApiError {
                     .iter()
                     .map(|(loc, msg, kind)| json!({"loc": loc, "msg": msg, "type": kind}))
                     .collect::<Vec<_>>()
+            })),
+            ApiError::PolicyViolation(policy, detail) => res.json(json!({
+                "error": "policy_violation",
+                "policy": policy,
+                "detail": detail,
             })),
             ApiError::ValidationFailed(loc, msg) => res.json(json!({
                 "error": "validation_failed",
@@ -148,6 +156,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Unavailable(m) => ApiError::Unavailable(m),
             RuntimeError::TooMany(m) => ApiError::TooMany(m),
             RuntimeError::Forbidden(m) => ApiError::Forbidden(m),
+            RuntimeError::Policy(v) => ApiError::PolicyViolation(v.policy, v.detail),
             RuntimeError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }

@@ -14,6 +14,7 @@ pub mod app_settings;
 mod approvals;
 mod events;
 pub mod journal;
+pub mod policy;
 mod pump;
 mod running;
 mod sessions;
@@ -63,6 +64,9 @@ pub enum RuntimeError {
     /// The caller's credential may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// A message policy refused the message.
+    #[error("{}", .0.detail)]
+    Policy(policy::Violation),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -90,6 +94,8 @@ pub struct RuntimeSettings {
     pub sandbox: ProjectSandbox,
     /// Projects (by id) with a sandbox network or limits of their own.
     pub project_sandbox: HashMap<String, ProjectSandbox>,
+    /// Message policies by project id.
+    pub message_policies: HashMap<String, Vec<Arc<policy::MessagePolicy>>>,
     /// Events a driver may queue ahead of the pump before its thread waits.
     pub turn_event_queue: usize,
     /// Events read from the replay log per query.

@@ -123,6 +123,7 @@ impl Runtime {
         if msg.text.is_empty() {
             return Err(invalid("text", "must not be empty"));
         }
+        self.check_policies(org_id, session_id, &msg.text).await?;
         // The tenant's sandbox uid (given out on its first turn ever: a store write).
         let sandbox = self.confinement.sandbox.clone();
         let (store, org) = (self.store.clone(), org_id.to_string());
@@ -586,5 +587,42 @@ impl Runtime {
             }
         }
         env
+    }
+}
+
+impl Runtime {
+    /// Refuses a message a policy of the session's project does not accept, before anything
+    /// reaches the harness. Costs nothing when no policy is configured.
+    async fn check_policies(
+        &self,
+        org_id: &str,
+        session_id: &str,
+        text: &str,
+    ) -> Result<(), RuntimeError> {
+        let settings = self.settings();
+        if settings.message_policies.is_empty() {
+            return Ok(());
+        }
+        let (org, id) = (org_id.to_string(), session_id.to_string());
+        let session = self
+            .store
+            .read_async(move |c| sessions::get(c, &org, &id))
+            .await?;
+        let Some(list) = settings.message_policies.get(&session.project_id) else {
+            return Ok(());
+        };
+        let sent: u64 = serde_json::from_str::<Vec<Value>>(&session.participants)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p["turns"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            + 1;
+        for p in list {
+            p.check(text, sent).map_err(|v| {
+                tracing::info!(session = %session_id, policy = %v.policy, "message refused by policy");
+                RuntimeError::Policy(v)
+            })?;
+        }
+        Ok(())
     }
 }
