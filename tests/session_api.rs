@@ -2329,3 +2329,39 @@ fn a_message_a_policy_refuses_never_reaches_the_harness() {
         "{err}"
     );
 }
+
+#[test]
+fn an_address_that_keeps_failing_to_authenticate_is_slowed_down_but_known_keys_pass() {
+    let e = Env::start(|_, mut pf| {
+        pf.extra = "[server]\nauth_failures_per_minute = 5\n".into();
+        pf.project("hello", &hello_app(), None)
+    });
+    // The legitimate key is in use (verified and cached) before the flood.
+    assert_eq!(e.get("/v1/sessions").send().unwrap().status(), 200);
+    let wrong = format!("kt_live_{}", "A".repeat(32));
+    let mut limited = None;
+    for _ in 0..20 {
+        let r =
+            e.c.get(e.url("/v1/sessions"))
+                .bearer_auth(&wrong)
+                .send()
+                .unwrap();
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 401);
+    }
+    let r = limited.expect("the address is limited after its failures");
+    assert!(
+        r.headers()["Retry-After"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(r.json::<Value>().unwrap()["detail"], "Too Many Requests");
+    // The known key still works from the same address.
+    assert_eq!(e.get("/v1/sessions").send().unwrap().status(), 200);
+}

@@ -51,6 +51,8 @@ pub struct App {
     pub gateway: Arc<crate::gateway::Gateway>,
     /// Where harnesses run.
     pub sandbox: Arc<crate::sandbox::SandboxHost>,
+    /// Failed authentications per address.
+    pub auth_throttle: Arc<crate::http::throttle::AuthThrottle>,
     /// The gateway's listeners until the server takes them.
     pub gateway_listeners: std::sync::Mutex<Option<GatewayListeners>>,
     /// API-key verification.
@@ -279,6 +281,9 @@ impl App {
             runtime,
             gateway,
             sandbox,
+            auth_throttle: Arc::new(crate::http::throttle::AuthThrottle::new(
+                cfg.server.auth_failures_per_minute,
+            )),
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
             config: RwLock::new(Arc::new(cfg)),
@@ -372,6 +377,7 @@ impl App {
         if plan.changes.iter().any(|c| c.resource == "tenant") {
             // A disabled tenant's keys stop working now, not when their cache entry expires.
             self.keys.invalidate_all();
+            self.keys.forget_failures();
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
         tracing::info!(

@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub admin_listen: String,
     /// Seconds between SSE keep-alive comments on idle streams.
     pub heartbeat_seconds: u64,
+    /// Failed authentications an address may make per minute before its requests get 429.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +89,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8000".into(),
             admin_listen: "127.0.0.1:8001".into(),
             heartbeat_seconds: 15,
+            auth_failures_per_minute: 60,
         }
     }
 }

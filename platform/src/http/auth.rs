@@ -104,54 +104,82 @@ impl FromRequest for Access {
             .map(|d| d.clone().into_inner());
         let token = bearer(req);
         let project_ref = req.match_info().get("project_ref").map(str::to_string);
+        let ip = req.peer_addr().map(|a| a.ip());
         Box::pin(async move {
-            let (Some(app), Some(token)) = (app, token) else {
+            let Some(app) = app else {
                 return Err(ApiError::Unauthorized);
             };
-            if looks_like_jwt(&token) {
-                let claims = app
-                    .tokens
-                    .verify(&token, now_unix())
-                    .map_err(|_| ApiError::Unauthorized)?;
-                let Some(r) = project_ref else {
-                    return Err(ApiError::Forbidden(
-                        "session tokens are valid only on project routes".into(),
-                    ));
-                };
-                if r != claims.project_slug && r != claims.project_id {
-                    return Err(ApiError::Forbidden(
-                        "this session token is for another project".into(),
-                    ));
+            // A blocked address still gets through with a key verified lately (cheap to check):
+            // only what would need a fresh verification waits.
+            if let Some(wait) = ip.and_then(|ip| app.auth_throttle.blocked(ip)) {
+                let cheap = token
+                    .as_deref()
+                    .is_some_and(|t| looks_like_jwt(t) || app.keys.is_cached(t));
+                if !cheap {
+                    return Err(ApiError::RateLimited(wait.as_secs() + 1));
                 }
-                let project_id = app.runtime.project_id(&claims.org_id, &r).await?;
-                // A slug reused by a newer project does not inherit the old project's tokens.
-                if project_id != claims.project_id {
-                    return Err(ApiError::Forbidden(
-                        "this session token is for another project".into(),
-                    ));
-                }
-                return Ok(Access {
-                    org_id: claims.org_id.clone(),
-                    credential: Credential::Token(claims),
-                    project_id: Some(project_id),
-                });
             }
-            let principal = match app.keys.verify(&token).await {
-                Ok(Some(p)) => p,
-                Ok(None) => return Err(ApiError::Unauthorized),
-                Err(e) => return Err(ApiError::Internal(e.to_string())),
-            };
-            let project_id = match project_ref {
-                Some(r) => Some(app.runtime.project_id(&principal.org_id, &r).await?),
-                None => None,
-            };
-            Ok(Access {
-                org_id: principal.org_id.clone(),
-                credential: Credential::Key(principal),
-                project_id,
-            })
+            let r = authenticate(&app, token, project_ref).await;
+            if matches!(r, Err(ApiError::Unauthorized)) {
+                if let Some(ip) = ip {
+                    app.auth_throttle.failed(ip);
+                }
+            }
+            r
         })
     }
+}
+
+async fn authenticate(
+    app: &Arc<App>,
+    token: Option<String>,
+    project_ref: Option<String>,
+) -> Result<Access, ApiError> {
+    let Some(token) = token else {
+        return Err(ApiError::Unauthorized);
+    };
+    if looks_like_jwt(&token) {
+        let claims = app
+            .tokens
+            .verify(&token, now_unix())
+            .map_err(|_| ApiError::Unauthorized)?;
+        let Some(r) = project_ref else {
+            return Err(ApiError::Forbidden(
+                "session tokens are valid only on project routes".into(),
+            ));
+        };
+        if r != claims.project_slug && r != claims.project_id {
+            return Err(ApiError::Forbidden(
+                "this session token is for another project".into(),
+            ));
+        }
+        let project_id = app.runtime.project_id(&claims.org_id, &r).await?;
+        // A slug reused by a newer project does not inherit the old project's tokens.
+        if project_id != claims.project_id {
+            return Err(ApiError::Forbidden(
+                "this session token is for another project".into(),
+            ));
+        }
+        return Ok(Access {
+            org_id: claims.org_id.clone(),
+            credential: Credential::Token(claims),
+            project_id: Some(project_id),
+        });
+    }
+    let principal = match app.keys.verify(&token).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err(ApiError::Unauthorized),
+        Err(e) => return Err(ApiError::Internal(e.to_string())),
+    };
+    let project_id = match project_ref {
+        Some(r) => Some(app.runtime.project_id(&principal.org_id, &r).await?),
+        None => None,
+    };
+    Ok(Access {
+        org_id: principal.org_id.clone(),
+        credential: Credential::Key(principal),
+        project_id,
+    })
 }
 
 /// The operator, authenticated by `KARTA_ADMIN_TOKEN`.

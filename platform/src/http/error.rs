@@ -56,6 +56,9 @@ pub enum ApiError {
     /// 422: (loc, msg, type) per problem.
     #[error("validation failed")]
     Validation(Vec<(Vec<String>, String, String)>),
+    /// 429 with `Retry-After` (seconds).
+    #[error("Too Many Requests")]
+    RateLimited(u64),
     /// 422: a message policy refused the message: (policy, detail).
     #[error("{1}")]
     PolicyViolation(String, String),
@@ -93,7 +96,7 @@ impl ResponseError for ApiError {
             | ApiError::ValidationFailed(..)
             | ApiError::PolicyViolation(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooMany(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +109,7 @@ impl ResponseError for ApiError {
             ApiError::Busy
                 | ApiError::Unavailable(_)
                 | ApiError::TooMany(_)
+                | ApiError::RateLimited(_)
                 | ApiError::Internal(_)
         ) {
             res.insert_header(("x-should-retry", "false"));
@@ -117,6 +121,9 @@ impl ResponseError for ApiError {
                     .map(|(loc, msg, kind)| json!({"loc": loc, "msg": msg, "type": kind}))
                     .collect::<Vec<_>>()
             })),
+            ApiError::RateLimited(secs) => res
+                .insert_header(("Retry-After", secs.max(&1).to_string()))
+                .json(json!({"detail": "Too Many Requests"})),
             ApiError::PolicyViolation(policy, detail) => res.json(json!({
                 "error": "policy_violation",
                 "policy": policy,

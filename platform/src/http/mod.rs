@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod org;
 pub mod sse;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -244,6 +245,15 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     if app.admin_token.is_none() {
         tracing::warn!("KARTA_ADMIN_TOKEN is not set: the admin API refuses every request");
     }
+
+    let throttle = app.auth_throttle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            throttle.prune();
+        }
+    });
 
     let reloader = app.clone();
     tokio::spawn(async move {

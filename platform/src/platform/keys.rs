@@ -237,9 +237,16 @@ pub struct KeyVerifier {
     // Keyed by SHA-256 of the key, so the cache never holds a plaintext key.
     cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     inflight: Mutex<HashMap<[u8; 32], Flight>>,
+    /// Keys that failed recently (by SHA-256): refused without another lookup or hash.
+    failed: Mutex<HashMap<[u8; 32], Instant>>,
     hashing: Arc<tokio::sync::Semaphore>,
     checks: std::sync::atomic::AtomicU64,
 }
+
+/// How long a failed key is refused without a check.
+const FAILED_TTL: Duration = Duration::from_secs(30);
+/// Failed keys remembered at most (a flood of distinct wrong keys cannot grow memory past it).
+const MAX_FAILED: usize = 65_536;
 
 /// One verification in progress; every waiter shares its answer.
 type Flight = Arc<tokio::sync::OnceCell<Result<Option<Principal>, String>>>;
@@ -264,6 +271,7 @@ impl KeyVerifier {
             store,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             hashing: Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY)),
             checks: std::sync::atomic::AtomicU64::new(0),
         }
@@ -290,7 +298,34 @@ impl KeyVerifier {
             }
             return Ok(Some(p));
         }
+        if self.failed_recently(&digest) {
+            return Ok(None);
+        }
         self.verify_once(presented, digest).await
+    }
+
+    /// Whether `presented` was verified lately (answered from the cache without a check).
+    pub fn is_cached(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.cached(&digest).is_some()
+    }
+
+    fn failed_recently(&self, digest: &[u8; 32]) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(digest)
+            .is_some_and(|at| at.elapsed() < FAILED_TTL)
+    }
+
+    fn remember_failure(&self, digest: [u8; 32]) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() >= MAX_FAILED {
+            failed.retain(|_, at| at.elapsed() < FAILED_TTL);
+            if failed.len() >= MAX_FAILED {
+                failed.clear();
+            }
+        }
+        failed.insert(digest, Instant::now());
     }
 
     /// Runs (or joins) the one verification of this key in flight.
@@ -323,6 +358,7 @@ impl KeyVerifier {
                     // Revoked or gone: a cached answer must not outlive the key.
                     Ok(None) => {
                         cache.remove(&digest);
+                        self.remember_failure(digest);
                     }
                     Err(_) => {}
                 }
@@ -392,6 +428,14 @@ impl KeyVerifier {
     /// Drops every cached verification (after a revocation on this instance).
     pub fn invalidate_all(&self) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Forgets failures (a tenant was enabled again: its keys work at once).
+    pub fn forget_failures(&self) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 

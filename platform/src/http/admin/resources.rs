@@ -216,6 +216,7 @@ async fn update_tenant(
     })
     .await?;
     app.keys.invalidate_all();
+    app.keys.forget_failures();
     Ok(HttpResponse::Ok().json(TenantDto::from(org)))
 }
 
