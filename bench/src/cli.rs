@@ -78,16 +78,19 @@ pub enum Section {
     Reconcile,
     /// What the harness sandbox costs per process start and per turn.
     Sandbox,
+    /// A legitimate client's latency and memory under a flood of wrong keys.
+    KeyFlood,
 }
 
 impl Section {
     /// Every section, in report order.
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Turns,
         Section::IdleStreams,
         Section::Rss,
         Section::Reconcile,
         Section::Sandbox,
+        Section::KeyFlood,
     ];
 
     /// The name used on the command line.
@@ -98,6 +101,7 @@ impl Section {
             Section::Rss => "rss",
             Section::Reconcile => "reconcile",
             Section::Sandbox => "sandbox",
+            Section::KeyFlood => "key-flood",
         }
     }
 }

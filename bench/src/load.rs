@@ -29,6 +29,8 @@ enum Op {
     Turn { path: String },
     /// A streaming turn on the client's session.
     Stream { path: String },
+    /// `GET` of the client's session.
+    Get { path: String },
 }
 
 /// One simulated client: its connection and what it sends.
@@ -61,6 +63,20 @@ impl Worker {
         Ok(Worker { conn, op, key })
     }
 
+    /// A Karta client reading its own new session (`GET /v1/sessions/{id}`): authentication
+    /// and a store read, no turn.
+    pub async fn reader(addr: SocketAddr, key: Arc<str>) -> anyhow::Result<Worker> {
+        let mut conn = Conn::connect(addr).await?;
+        let sid = api::create_session(&mut conn, &key).await?;
+        Ok(Worker {
+            conn,
+            op: Op::Get {
+                path: format!("/v1/sessions/{sid}"),
+            },
+            key,
+        })
+    }
+
     /// `n` clients built concurrently by `make`.
     pub async fn many<F, Fut>(n: usize, make: F) -> anyhow::Result<Vec<Worker>>
     where
@@ -89,6 +105,12 @@ impl Worker {
                 let body = Some(Bytes::from_static(api::TURN));
                 self.conn
                     .expect(StatusCode::OK, Method::POST, path, Some(&self.key), body)
+                    .await?;
+                None
+            }
+            Op::Get { path } => {
+                self.conn
+                    .expect(StatusCode::OK, Method::GET, path, Some(&self.key), None)
                     .await?;
                 None
             }

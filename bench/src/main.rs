@@ -118,6 +118,7 @@ async fn run_section(section: Section, ctx: &Ctx, report: &mut Report) -> anyhow
         Section::Rss => sections::rss::run(ctx, report).await,
         Section::Reconcile => sections::reconcile::run(ctx, report).await,
         Section::Sandbox => sections::sandbox::run(ctx, report).await,
+        Section::KeyFlood => sections::key_flood::run(ctx, report).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The benchmark's sections.
 
 pub mod idle_streams;
+pub mod key_flood;
 pub mod reconcile;
 pub mod rss;
 pub mod sandbox;
