@@ -2365,3 +2365,134 @@ fn an_address_that_keeps_failing_to_authenticate_is_slowed_down_but_known_keys_p
     // The known key still works from the same address.
     assert_eq!(e.get("/v1/sessions").send().unwrap().status(), 200);
 }
+
+fn key_with(e: &Env, tenant: &str, scopes: &str) -> String {
+    let out =
+        e.k.cli(&["keys", "create", "--tenant", tenant, "--scopes", scopes]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_org_routes_respect_scopes_and_never_cross_tenants() {
+    let e = Env::start(|_, mut pf| {
+        pf.tenants.push("beta".into());
+        pf.projects.push(ProjectSpec {
+            tenant: "beta".into(),
+            slug: "other".into(),
+            path: hello_app(),
+            multitask: None,
+        });
+        pf.project("hello", &hello_app(), None)
+    });
+    let call = |key: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = e.c.request(method, e.url(path)).bearer_auth(key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    use reqwest::Method as M;
+    let read = key_with(&e, "acme", "read");
+    let write = key_with(&e, "acme", "write");
+    let admin = key_with(&e, "acme", "admin");
+    // The scope matrix: (route, read, write, admin).
+    let matrix: [(M, &str, Option<Value>, [u16; 3]); 6] = [
+        (M::GET, "/v1/api_keys", None, [200, 200, 200]),
+        (
+            M::POST,
+            "/v1/api_keys",
+            Some(json!({"name": "n"})),
+            [403, 403, 201],
+        ),
+        (M::GET, "/v1/audit_events", None, [403, 403, 200]),
+        (M::GET, "/v1/projects", None, [200, 200, 200]),
+        (M::GET, "/v1/sessions", None, [200, 200, 200]),
+        (M::POST, "/v1/sessions", Some(json!({})), [403, 201, 201]),
+    ];
+    for (method, path, body, expected) in matrix {
+        for (key, want) in [&read, &write, &admin].into_iter().zip(expected) {
+            assert_eq!(
+                call(key, method.clone(), path, body.clone()),
+                want,
+                "{method} {path}"
+            );
+        }
+    }
+
+    // Another tenant's admin sees none of acme's keys, audit events, projects or sessions.
+    let beta = key_with(&e, "beta", "admin");
+    let acme_key_id: Value =
+        e.c.get(e.url("/v1/api_keys"))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+    let acme_key_id = acme_key_id["data"][0]["id"].as_str().unwrap().to_string();
+    let listed =
+        e.c.get(e.url("/v1/api_keys"))
+            .bearer_auth(&beta)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+    assert!(!listed.contains(&acme_key_id));
+    assert_eq!(
+        call(
+            &beta,
+            M::DELETE,
+            &format!("/v1/api_keys/{acme_key_id}"),
+            None
+        ),
+        404
+    );
+    let audit =
+        e.c.get(e.url(&format!("/v1/audit_events?resource_id={acme_key_id}")))
+            .bearer_auth(&beta)
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap();
+    assert_eq!(audit["data"], json!([]));
+    assert_eq!(call(&beta, M::GET, "/v1/projects/hello", None), 404);
+    let sid = e.session(json!({}));
+    assert_eq!(
+        call(&beta, M::GET, &format!("/v1/sessions/{sid}"), None),
+        404
+    );
+    // The same Idempotency-Key in two orgs is two requests.
+    let create = |key: &str| {
+        e.c.post(e.url("/v1/sessions"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", "shared-key")
+            .json(&json!({}))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["id"]
+            .clone()
+    };
+    let a = create(&admin);
+    let b = create(&beta);
+    assert_ne!(a, b);
+    assert_eq!(
+        call(
+            &beta,
+            M::GET,
+            &format!("/v1/sessions/{}", a.as_str().unwrap()),
+            None
+        ),
+        404
+    );
+}
