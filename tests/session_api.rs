@@ -2496,3 +2496,40 @@ fn the_org_routes_respect_scopes_and_never_cross_tenants() {
         404
     );
 }
+
+#[test]
+fn tenant_rates_and_concurrent_turns_answer_429_with_retry_after() {
+    let e = Env::start(|_, mut pf| {
+        pf.lines.push((
+            "acme".into(),
+            "limits = { requests_per_minute_per_key = 4 }".into(),
+        ));
+        pf.lines
+            .push(("hello".into(), "limits = { concurrent_turns = 1 }".into()));
+        pf.project("hello", &hello_app(), None)
+    });
+    let a = e.session(json!({}));
+    let b = e.session(json!({}));
+    // A turn waiting for an approval keeps running: the project's one turn is taken.
+    let mut s = e.stream(&a, json!({"text": "hold [approve]"}));
+    s.until("input_required");
+    let r = e
+        .post(
+            &format!("/v1/sessions/{b}/messages"),
+            json!({"text": "me too"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("Retry-After"));
+    // The fifth request of the key within the minute is refused too.
+    let r = e.get("/v1/sessions").send().unwrap();
+    assert_eq!(r.status(), 429);
+    let secs: u64 = r.headers()["Retry-After"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=16).contains(&secs), "{secs}");
+    assert_eq!(r.json::<Value>().unwrap()["detail"], "Too Many Requests");
+}

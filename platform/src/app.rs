@@ -53,6 +53,8 @@ pub struct App {
     pub sandbox: Arc<crate::sandbox::SandboxHost>,
     /// Failed authentications per address.
     pub auth_throttle: Arc<crate::http::throttle::AuthThrottle>,
+    /// Tenants' request rates.
+    pub rate_limits: Arc<crate::platform::limits::RateLimits>,
     /// The gateway's listeners until the server takes them.
     pub gateway_listeners: std::sync::Mutex<Option<GatewayListeners>>,
     /// API-key verification.
@@ -71,6 +73,7 @@ fn runtime_settings(c: &PlatformConfig, store: &Store) -> RuntimeSettings {
         sandbox: project_sandbox(c, &Default::default()),
         project_sandbox: project_sandboxes(c, store),
         message_policies: message_policies(c, store),
+        concurrent_turns: concurrent_turns(c, store),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
         turn_limits: TurnLimits {
@@ -114,6 +117,59 @@ fn project_id(store: &Store, p: &crate::config::ProjectConfig) -> Option<String>
             None
         }
     }
+}
+
+/// `concurrent_turns` of tenants and projects, by org id and project id.
+fn concurrent_turns(c: &PlatformConfig, store: &Store) -> std::collections::HashMap<String, usize> {
+    let mut out = std::collections::HashMap::new();
+    for t in c
+        .tenants
+        .iter()
+        .filter(|t| t.limits.concurrent_turns.is_some())
+    {
+        if let (Ok(Some(org)), Some(n)) = (
+            store.read(|conn| crate::store::orgs::find_by_slug(conn, &t.slug)),
+            t.limits.concurrent_turns,
+        ) {
+            out.insert(org.id, n.max(1));
+        }
+    }
+    for p in c
+        .projects
+        .iter()
+        .filter(|p| p.limits.concurrent_turns.is_some())
+    {
+        if let (Some(id), Some(n)) = (project_id(store, p), p.limits.concurrent_turns) {
+            out.insert(id, n.max(1));
+        }
+    }
+    out
+}
+
+/// Each tenant's request rates, by org id.
+fn tenant_rates(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, crate::platform::limits::Rates> {
+    c.tenants
+        .iter()
+        .filter(|t| {
+            t.limits.requests_per_minute_per_key.is_some()
+                || t.limits.requests_per_minute_per_ip.is_some()
+        })
+        .filter_map(|t| {
+            let org = store
+                .read(|conn| crate::store::orgs::find_by_slug(conn, &t.slug))
+                .ok()??;
+            Some((
+                org.id,
+                (
+                    t.limits.requests_per_minute_per_key,
+                    t.limits.requests_per_minute_per_ip,
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// The compiled message policies of each project (a tenant's policies apply to all its
@@ -270,6 +326,8 @@ impl App {
                  secret and stop working when this process stops"
             );
         }
+        let rate_limits = Arc::new(crate::platform::limits::RateLimits::default());
+        rate_limits.configure(tenant_rates(&cfg, &store));
         let admin_token = std::env::var("KARTA_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -284,6 +342,7 @@ impl App {
             auth_throttle: Arc::new(crate::http::throttle::AuthThrottle::new(
                 cfg.server.auth_failures_per_minute,
             )),
+            rate_limits,
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
             config: RwLock::new(Arc::new(cfg)),
@@ -374,6 +433,7 @@ impl App {
         self.runtime
             .update_settings(runtime_settings(&cfg, &self.store));
         self.gateway.update(&cfg);
+        self.rate_limits.configure(tenant_rates(&cfg, &self.store));
         if plan.changes.iter().any(|c| c.resource == "tenant") {
             // A disabled tenant's keys stop working now, not when their cache entry expires.
             self.keys.invalidate_all();

@@ -145,6 +145,7 @@ fn config(tenants: &[(&str, &str)], projects: &[(&str, &str)]) -> PlatformConfig
             .map(|(s, n)| TenantConfig {
                 slug: s.to_string(),
                 name: n.to_string(),
+                ..Default::default()
             })
             .collect(),
         projects: projects

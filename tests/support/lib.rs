@@ -346,6 +346,8 @@ pub struct PlatformFile {
     pub delay_ms: u64,
     /// Extra TOML appended verbatim (e.g. `[runtime]` settings).
     pub extra: String,
+    /// Extra lines inside a tenant's or project's table, by its slug.
+    pub lines: Vec<(String, String)>,
 }
 
 impl PlatformFile {
@@ -356,6 +358,7 @@ impl PlatformFile {
             projects: vec![],
             delay_ms: 2,
             extra: String::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -377,9 +380,17 @@ impl PlatformFile {
             echo_plugin().display(),
             self.delay_ms
         );
+        let lines_of = |slug: &str| {
+            self.lines
+                .iter()
+                .filter(|(s, _)| s == slug)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect::<String>()
+        };
         for slug in &self.tenants {
             t.push_str(&format!(
-                "[[tenants]]\nslug = \"{slug}\"\nname = \"Tenant {slug}\"\n\n"
+                "[[tenants]]\nslug = \"{slug}\"\nname = \"Tenant {slug}\"\n{}\n",
+                lines_of(slug)
             ));
         }
         for p in &self.projects {
@@ -392,6 +403,7 @@ impl PlatformFile {
             if let Some(m) = &p.multitask {
                 t.push_str(&format!("multitask = \"{m}\"\n"));
             }
+            t.push_str(&lines_of(&p.slug));
             t.push('\n');
         }
         t.push_str(&self.extra);

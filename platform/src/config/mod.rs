@@ -140,6 +140,28 @@ pub struct TenantConfig {
     pub slug: String,
     /// Display name.
     pub name: String,
+    /// Rate and concurrency limits of the tenant.
+    pub limits: TenantLimits,
+}
+
+/// A tenant's `limits`. Past a rate the request gets 429 with `Retry-After`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Requests per minute per API key (or session token) of the tenant.
+    pub requests_per_minute_per_key: Option<u32>,
+    /// Requests per minute per client address to the tenant.
+    pub requests_per_minute_per_ip: Option<u32>,
+    /// Turns running at once across the tenant.
+    pub concurrent_turns: Option<usize>,
+}
+
+/// A project's `limits`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectLimits {
+    /// Turns running at once in the project.
+    pub concurrent_turns: Option<usize>,
 }
 
 /// `[[projects]]`
@@ -164,6 +186,8 @@ pub struct ProjectConfig {
     pub sandbox: ProjectSandbox,
     /// The SDK-compatible adapters served for this project (others answer 404 on it).
     pub adapters: Vec<Adapter>,
+    /// Concurrency limits of the project.
+    pub limits: ProjectLimits,
 }
 
 /// An SDK-compatible surface of a project.

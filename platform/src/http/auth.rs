@@ -125,7 +125,18 @@ impl FromRequest for Access {
                     app.auth_throttle.failed(ip);
                 }
             }
-            r
+            let access = r?;
+            // The tenant's request rates, per credential and per address.
+            let who = match &access.credential {
+                Credential::Key(p) => p.key_id.clone(),
+                Credential::Token(c) => {
+                    format!("token:{}:{}", c.project_id, c.sub.as_deref().unwrap_or(""))
+                }
+            };
+            app.rate_limits
+                .check(&access.org_id, &who, ip)
+                .map_err(|wait| ApiError::RateLimited(wait.as_secs() + 1))?;
+            Ok(access)
         })
     }
 }

@@ -247,11 +247,13 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     }
 
     let throttle = app.auth_throttle.clone();
+    let limits = app.rate_limits.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             every.tick().await;
             throttle.prune();
+            limits.prune();
         }
     });
 

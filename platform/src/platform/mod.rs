@@ -2,5 +2,6 @@
 //! join here as they are built.
 
 pub mod keys;
+pub mod limits;
 pub mod resources;
 pub mod tokens;

@@ -12,6 +12,7 @@
 
 pub mod app_settings;
 mod approvals;
+mod concurrency;
 mod events;
 pub mod journal;
 pub mod policy;
@@ -96,6 +97,8 @@ pub struct RuntimeSettings {
     pub project_sandbox: HashMap<String, ProjectSandbox>,
     /// Message policies by project id.
     pub message_policies: HashMap<String, Vec<Arc<policy::MessagePolicy>>>,
+    /// Turns that may run at once, by org id and by project id.
+    pub concurrent_turns: HashMap<String, usize>,
     /// Events a driver may queue ahead of the pump before its thread waits.
     pub turn_event_queue: usize,
     /// Events read from the replay log per query.
@@ -158,6 +161,8 @@ pub struct Runtime {
     streams: Arc<Mutex<HashMap<String, usize>>>,
     /// Sandboxes and the model gateway.
     confinement: Confinement,
+    /// Running turns per tenant and project.
+    turn_counts: Arc<concurrency::TurnCounts>,
 }
 
 impl Runtime {
@@ -181,6 +186,7 @@ impl Runtime {
             warm: warm::WarmSet::default(),
             streams: Arc::new(Mutex::new(HashMap::new())),
             confinement,
+            turn_counts: Arc::default(),
         })
     }
 

@@ -46,6 +46,7 @@ type Claimed = (
     models::Session,
     Arc<LoadedDriver>,
     Arc<AppSettings>,
+    super::concurrency::TurnTicket,
 );
 
 /// How long a turn's claim on its session lasts unless renewed (a crashed instance's sessions
@@ -138,7 +139,7 @@ impl Runtime {
         let started = self
             .claim_session(org_id, scope, session_id, &slot, msg.agent.as_deref())
             .await;
-        let (guard, lease, session, driver, settings) = match started {
+        let (guard, lease, session, driver, settings, ticket) = match started {
             Ok(v) => v,
             Err(e) => {
                 self.forget_slot(session_id, slot);
@@ -207,6 +208,8 @@ impl Runtime {
             async move {
                 rt.run_turn(ctx, driver, request, who, queue, control_rx, slot, guard)
                     .await;
+                // The turn no longer counts against its tenant's and project's limits.
+                drop(ticket);
             },
             span,
         ));
@@ -264,9 +267,28 @@ impl Runtime {
         let settings = self
             .or_release(org_id, session_id, &lease, settings)
             .await?;
+        let ticket = self.count_turn(&session);
+        let ticket = self.or_release(org_id, session_id, &lease, ticket).await?;
         let room = self.make_warm_room(&session).await;
         self.or_release(org_id, session_id, &lease, room).await?;
-        Ok((guard, lease, session, driver, settings))
+        Ok((guard, lease, session, driver, settings, ticket))
+    }
+
+    /// Counts the turn against its tenant's and project's `concurrent_turns` (429 past one).
+    fn count_turn(
+        &self,
+        session: &models::Session,
+    ) -> Result<super::concurrency::TurnTicket, RuntimeError> {
+        let limits = &self.settings().concurrent_turns;
+        let scopes: Vec<(String, usize)> = [&session.org_id, &session.project_id]
+            .into_iter()
+            .filter_map(|s| limits.get(s).map(|max| (s.clone(), *max)))
+            .collect();
+        self.turn_counts.try_start(&scopes).map_err(|max| {
+            RuntimeError::TooMany(format!(
+                "at most {max} turns run at once here; retry when one has ended"
+            ))
+        })
     }
 
     /// Counts the session's harness as warm; stops the least recently used idle ones past the
