@@ -2533,3 +2533,43 @@ fn tenant_rates_and_concurrent_turns_answer_429_with_retry_after() {
     assert!((1..=16).contains(&secs), "{secs}");
     assert_eq!(r.json::<Value>().unwrap()["detail"], "Too Many Requests");
 }
+
+#[test]
+fn keys_declared_by_hash_work_after_apply_and_stop_when_removed() {
+    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    let out = e.k.cli(&[
+        "keys", "mint", "--tenant", "acme", "--name", "ci", "--scopes", "read",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().last().unwrap().trim().to_string();
+    let toml: String = text
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!toml.contains(&key), "the declaration holds no secret");
+    let path = e.k.dir.join("karta.platform.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{original}\n{toml}")).unwrap();
+    let reload = |e: &Env| {
+        let r =
+            e.c.post(format!("{}/admin/v1/config/reload", e.k.admin))
+                .bearer_auth(&e.k.admin_token)
+                .send()
+                .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().unwrap()
+    };
+    let applied = reload(&e);
+    assert!(applied.to_string().contains("acme/ci"), "{applied}");
+    let get = |k: &str, path: &str| e.c.get(e.url(path)).bearer_auth(k).send().unwrap().status();
+    assert_eq!(get(&key, "/v1/sessions"), 200);
+    // Declared keys are read-only through the API.
+    let listed: Value = e.get("/v1/api_keys").send().unwrap().json().unwrap();
+    assert!(listed.to_string().contains("\"ci\""), "{listed}");
+    // Removing the declaration revokes it.
+    std::fs::write(&path, &original).unwrap();
+    reload(&e);
+    assert_eq!(get(&key, "/v1/sessions"), 401);
+}

@@ -434,7 +434,11 @@ impl App {
             .update_settings(runtime_settings(&cfg, &self.store));
         self.gateway.update(&cfg);
         self.rate_limits.configure(tenant_rates(&cfg, &self.store));
-        if plan.changes.iter().any(|c| c.resource == "tenant") {
+        if plan
+            .changes
+            .iter()
+            .any(|c| c.resource == "tenant" || c.resource == "api_key")
+        {
             // A disabled tenant's keys stop working now, not when their cache entry expires.
             self.keys.invalidate_all();
             self.keys.forget_failures();

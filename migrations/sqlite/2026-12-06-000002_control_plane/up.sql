@@ -1,5 +1,7 @@
 -- The last four characters of a key, shown in lists beside its prefix to recognise it.
 ALTER TABLE api_keys ADD COLUMN last4 TEXT NOT NULL DEFAULT '';
+-- Keys declared in configuration ([[api_keys]], by hash) are 'config'; the rest 'api'.
+ALTER TABLE api_keys ADD COLUMN managed_by TEXT NOT NULL DEFAULT 'api';
 
 -- The audit log is append-only: the database itself refuses to change or remove a row.
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log

@@ -113,6 +113,19 @@ pub enum KeysAction {
         #[arg(long, default_value = "read,write")]
         scopes: String,
     },
+    /// Mint a key for `[[api_keys]]` without touching any database: prints the key (once),
+    /// then the TOML that declares it by prefix and hash.
+    Mint {
+        /// The tenant's slug (for the printed TOML).
+        #[arg(long)]
+        tenant: String,
+        /// A name for the key.
+        #[arg(long, default_value = "gitops")]
+        name: String,
+        /// Comma-separated scopes.
+        #[arg(long, default_value = "read,write")]
+        scopes: String,
+    },
     /// List a tenant's keys (never the secrets).
     List {
         /// The tenant's slug.
@@ -223,6 +236,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     scope_names.join(", ")
                 );
                 println!("{}", key.plaintext);
+                Ok(())
+            }
+            KeysAction::Mint {
+                tenant,
+                name,
+                scopes,
+            } => {
+                let (key, prefix, hash) = keys::mint();
+                let list: Vec<String> = scopes
+                    .split(',')
+                    .map(|s| s.trim())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!("\"{s}\""))
+                    .collect();
+                println!("[[api_keys]]");
+                println!("name = \"{name}\"");
+                println!("tenant = \"{tenant}\"");
+                println!("scopes = [{}]", list.join(", "));
+                println!("prefix = \"{prefix}\"");
+                println!("hash = \"{hash}\"");
+                println!();
+                println!("# The key (shown only once; the TOML above holds no secret):");
+                println!("{key}");
                 Ok(())
             }
             KeysAction::List { tenant } => {

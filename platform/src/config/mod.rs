@@ -48,6 +48,25 @@ pub struct PlatformConfig {
     pub gateway: GatewayConfig,
     /// Message policies attached to tenants or projects.
     pub policies: Vec<PolicyConfig>,
+    /// API keys minted elsewhere, declared by hash (no secret in files).
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// `[[api_keys]]`: a key minted elsewhere (`karta keys mint`), declared by its prefix and hash.
+/// Removing the entry revokes the key.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyConfig {
+    /// Unique within the tenant.
+    pub name: String,
+    /// The tenant's slug.
+    pub tenant: String,
+    /// `read`, `write`, `admin`.
+    pub scopes: Vec<String>,
+    /// The key's first 16 characters (`kt_live_` + 8; not secret).
+    pub prefix: String,
+    /// `sha256:<64 hex digits>` of the whole key, or an argon2id PHC string.
+    pub hash: String,
 }
 
 /// `[[policies]]`: checks a message must pass before its turn starts. A violation is a 422

@@ -153,6 +153,7 @@ pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
     check_projects(&c.tenants, &c.projects, &mut out);
     check_drivers(&c.drivers, &mut out);
     check_policies(c, &mut out);
+    check_api_keys(c, &mut out);
     if c.server.heartbeat_seconds == 0 {
         out.push((
             key(&["server", "heartbeat_seconds"]),
@@ -230,6 +231,60 @@ fn check_policies(c: &PlatformConfig, out: &mut Vec<Problem>) {
                     format!("not a valid regular expression: {e}"),
                 ));
             }
+        }
+    }
+}
+
+fn check_api_keys(c: &PlatformConfig, out: &mut Vec<Problem>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut prefixes = std::collections::HashSet::new();
+    for (i, k) in c.api_keys.iter().enumerate() {
+        let at = |field: &str| vec!["api_keys".to_string(), i.to_string(), field.to_string()];
+        if k.name.trim().is_empty() {
+            out.push((at("name"), "is required".into()));
+        } else if !seen.insert((k.tenant.as_str(), k.name.as_str())) {
+            out.push((
+                at("name"),
+                format!("`{}` is declared twice for tenant `{}`", k.name, k.tenant),
+            ));
+        }
+        if !c.tenants.iter().any(|t| t.slug == k.tenant) {
+            out.push((
+                at("tenant"),
+                format!("no tenant `{}` is declared", k.tenant),
+            ));
+        }
+        if k.scopes.is_empty() {
+            out.push((at("scopes"), "at least one scope is required".into()));
+        }
+        for s in &k.scopes {
+            if !["read", "write", "admin"].contains(&s.as_str()) {
+                out.push((
+                    at("scopes"),
+                    format!("unknown scope `{s}` (use read, write or admin)"),
+                ));
+            }
+        }
+        let prefix_ok = k.prefix.len() == 16
+            && k.prefix.starts_with("kt_live_")
+            && k.prefix[8..].bytes().all(|b| b.is_ascii_alphanumeric());
+        if !prefix_ok {
+            out.push((
+                at("prefix"),
+                "must be the key's first 16 characters (`kt_live_` and 8 letters or digits)".into(),
+            ));
+        } else if !prefixes.insert(k.prefix.as_str()) {
+            out.push((at("prefix"), "two keys share this prefix".into()));
+        }
+        let hash_ok = match k.hash.strip_prefix("sha256:") {
+            Some(hex) => hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => k.hash.starts_with("$argon2"),
+        };
+        if !hash_ok {
+            out.push((
+                at("hash"),
+                "must be `sha256:` and 64 hex digits, or an argon2id PHC string".into(),
+            ));
         }
     }
 }

@@ -90,6 +90,11 @@ pub enum KeyError {
     /// The name is empty or too long.
     #[error("{0}")]
     BadName(&'static str),
+    /// The key is declared in configuration.
+    #[error(
+        "this key is declared in configuration ([[api_keys]] `{0}`); remove it there and reload"
+    )]
+    ConfigOwned(String),
     /// Hashing failed.
     #[error("cannot hash key: {0}")]
     Hash(String),
@@ -160,6 +165,7 @@ pub fn create(
         last_used_at: None,
         revoked_at: None,
         last4: plaintext[plaintext.len() - 4..].to_string(),
+        managed_by: "api".into(),
     };
     let actor = actor.to_string();
     let stored = store
@@ -197,10 +203,29 @@ pub fn create(
     ))
 }
 
+/// A new key for `[[api_keys]]`: the key (shown once), its prefix and its SHA-256, written
+/// nowhere.
+pub fn mint() -> (String, String, String) {
+    let key = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
+    let prefix = key[..LOOKUP_LEN].to_string();
+    let hash = format!("sha256:{:x}", Sha256::digest(key.as_bytes()));
+    (key, prefix, hash)
+}
+
 /// Revokes a key of the org for good (blocking) and writes the audit row in the same
 /// transaction. Revoking a revoked key changes nothing and answers the key as it is.
 pub fn revoke(store: &Store, org_id: &str, id: &str, actor: &str) -> Result<ApiKey, KeyError> {
     let (org, id, actor) = (org_id.to_string(), id.to_string(), actor.to_string());
+    let (o, i) = (org.clone(), id.clone());
+    let row = store
+        .read(move |c| keys::get(c, &o, &i))
+        .map_err(|e| match e {
+            StoreError::NotFound => KeyError::NotFound,
+            other => KeyError::Store(other),
+        })?;
+    if row.managed_by == "config" {
+        return Err(KeyError::ConfigOwned(row.name));
+    }
     store
         .write(move |c| {
             if keys::revoke(c, &org, &id)? {
@@ -399,12 +424,25 @@ impl KeyVerifier {
         tokio::task::spawn_blocking(move || -> Result<Option<Principal>, StoreError> {
             let row = store.read(|c| keys::find_active_by_prefix(c, &key[..LOOKUP_LEN]))?;
             let Some(row) = row else { return Ok(None) };
-            let Ok(parsed) = PasswordHash::new(&row.key_hash) else {
-                return Ok(None);
-            };
-            // argon2's verifier compares the hashes in constant time.
-            if hasher().verify_password(key.as_bytes(), &parsed).is_err() {
-                return Ok(None);
+            if let Some(hex) = row.key_hash.strip_prefix("sha256:") {
+                // A key declared in configuration by its SHA-256 (compared in constant time).
+                let digest = format!("{:x}", Sha256::digest(key.as_bytes()));
+                let same: bool = subtle::ConstantTimeEq::ct_eq(
+                    digest.as_bytes(),
+                    hex.to_ascii_lowercase().as_bytes(),
+                )
+                .into();
+                if !same {
+                    return Ok(None);
+                }
+            } else {
+                let Ok(parsed) = PasswordHash::new(&row.key_hash) else {
+                    return Ok(None);
+                };
+                // argon2's verifier compares the hashes in constant time.
+                if hasher().verify_password(key.as_bytes(), &parsed).is_err() {
+                    return Ok(None);
+                }
             }
             store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
             Ok(Some(Principal {

@@ -11,8 +11,8 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{PlatformConfig, ProjectConfig, TenantConfig};
-use crate::store::models::{Org, Project};
+use crate::config::{ApiKeyConfig, PlatformConfig, ProjectConfig, TenantConfig};
+use crate::store::models::{ApiKey, Org, Project};
 use crate::store::{self, orgs, projects, Conn, Store, StoreError};
 
 /// What happens to one resource.
@@ -117,6 +117,139 @@ struct Current {
     orgs: BTreeMap<String, Org>,
     projects: BTreeMap<(String, String), Project>,
     org_ids: HashMap<String, String>,
+    /// Declared keys by (tenant slug, name).
+    keys: BTreeMap<(String, String), ApiKey>,
+}
+
+/// Adds the changes to declared API keys; returns the keys declared so far.
+fn plan_keys(
+    c: &mut Conn,
+    cfg: &PlatformConfig,
+    slug_of: &HashMap<&str, &str>,
+    plan: &mut Plan,
+) -> Result<BTreeMap<(String, String), ApiKey>, ReconcileError> {
+    let current: BTreeMap<(String, String), ApiKey> = store::keys::list_config_managed(c)?
+        .into_iter()
+        .filter_map(|k| {
+            let slug = slug_of.get(k.org_id.as_str())?.to_string();
+            Some(((slug, k.name.clone()), k))
+        })
+        .collect();
+    let mut declared = HashSet::new();
+    for k in &cfg.api_keys {
+        let key = (k.tenant.clone(), k.name.clone());
+        let scopes = k.scopes.join(",");
+        let name = format!("{}/{}", k.tenant, k.name);
+        declared.insert(key.clone());
+        match current.get(&key) {
+            None => plan.changes.push(Change {
+                action: Action::Create,
+                resource: "api_key",
+                name,
+                fields: vec![],
+            }),
+            Some(row) => {
+                let mut fields = Vec::new();
+                if row.scopes != scopes {
+                    fields.push((
+                        "scopes".into(),
+                        Some(row.scopes.clone()),
+                        Some(scopes.clone()),
+                    ));
+                }
+                if row.lookup_prefix != k.prefix {
+                    fields.push((
+                        "prefix".into(),
+                        Some(row.lookup_prefix.clone()),
+                        Some(k.prefix.clone()),
+                    ));
+                }
+                if row.key_hash != k.hash {
+                    // Hashes are not shown, only that one changed.
+                    fields.push(("hash".into(), None, None));
+                }
+                if row.revoked_at.is_some() {
+                    fields.push(("revoked".into(), Some("true".into()), Some("false".into())));
+                }
+                if !fields.is_empty() {
+                    plan.changes.push(Change {
+                        action: Action::Update,
+                        resource: "api_key",
+                        name,
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for (key, row) in &current {
+        if !declared.contains(key) && row.revoked_at.is_none() {
+            plan.changes.push(Change {
+                action: Action::Disable,
+                resource: "api_key",
+                name: format!("{}/{}", key.0, key.1),
+                fields: vec![],
+            });
+        }
+    }
+    Ok(current)
+}
+
+fn apply_key(
+    c: &mut Conn,
+    desired: &Desired<'_>,
+    current: &Current,
+    ch: &Change,
+    now: chrono::NaiveDateTime,
+) -> Result<Option<String>, StoreError> {
+    let (tenant, name) = split_name(&ch.name);
+    let key = (tenant.to_string(), name.to_string());
+    match ch.action {
+        Action::Create => {
+            let k = desired
+                .keys
+                .get(&key)
+                .ok_or_else(|| changed_under_us("api key", &ch.name))?;
+            let org_id = current.org_ids.get(tenant).ok_or(StoreError::NotFound)?;
+            store::keys::insert(
+                c,
+                &ApiKey {
+                    id: store::new_id("key"),
+                    org_id: org_id.clone(),
+                    name: k.name.clone(),
+                    lookup_prefix: k.prefix.clone(),
+                    key_hash: k.hash.clone(),
+                    scopes: k.scopes.join(","),
+                    created_at: now,
+                    last_used_at: None,
+                    revoked_at: None,
+                    last4: String::new(),
+                    managed_by: "config".into(),
+                },
+            )?;
+            Ok(Some(org_id.clone()))
+        }
+        Action::Update => {
+            let k = desired
+                .keys
+                .get(&key)
+                .ok_or_else(|| changed_under_us("api key", &ch.name))?;
+            let row = current
+                .keys
+                .get(&key)
+                .ok_or_else(|| changed_under_us("api key", &ch.name))?;
+            store::keys::update_declared(c, &row.id, &k.scopes.join(","), &k.hash, &k.prefix)?;
+            Ok(Some(row.org_id.clone()))
+        }
+        _ => {
+            let row = current
+                .keys
+                .get(&key)
+                .ok_or_else(|| changed_under_us("api key", &ch.name))?;
+            store::keys::revoke_by_id(c, &row.id)?;
+            Ok(Some(row.org_id.clone()))
+        }
+    }
 }
 
 /// Changes applied per write transaction: a large reload never holds the database's write lock
@@ -287,12 +420,14 @@ fn compute_state(c: &mut Conn, cfg: &PlatformConfig) -> Result<(Plan, Current), 
             fields: vec![],
         });
     }
+    let current_keys = plan_keys(c, cfg, &slug_of, &mut plan)?;
     Ok((
         plan,
         Current {
             orgs: current_orgs,
             projects: current_projects,
             org_ids,
+            keys: current_keys,
         },
     ))
 }
@@ -336,6 +471,11 @@ pub fn apply(store: &Store, cfg: &PlatformConfig, actor: &str) -> Result<Plan, R
     let desired = Desired {
         tenants: &tenants,
         projects: &declared,
+        keys: cfg
+            .api_keys
+            .iter()
+            .map(|k| ((k.tenant.clone(), k.name.clone()), k))
+            .collect(),
     };
     for batch in ordered.chunks(APPLY_BATCH) {
         store
@@ -352,6 +492,7 @@ pub fn apply(store: &Store, cfg: &PlatformConfig, actor: &str) -> Result<Plan, R
 struct Desired<'a> {
     tenants: &'a HashMap<&'a str, &'a TenantConfig>,
     projects: &'a HashMap<(&'a str, &'a str), &'a ProjectConfig>,
+    keys: HashMap<(String, String), &'a ApiKeyConfig>,
 }
 
 fn apply_batch(
@@ -367,6 +508,8 @@ fn apply_batch(
     for ch in batch {
         let org_id = if ch.resource == "tenant" {
             apply_tenant(c, desired, current, ch, now)?
+        } else if ch.resource == "api_key" {
+            apply_key(c, desired, current, ch, now)?
         } else if ch.action == Action::Create {
             let p = new_project(desired, current, ch, now)?;
             let org = p.org_id.clone();

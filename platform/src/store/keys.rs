@@ -86,3 +86,42 @@ pub fn count_for_org(c: &mut Conn, org_id: &str) -> Result<i64, StoreError> {
         .count()
         .get_result(c)?)
 }
+
+/// Keys declared in configuration, revoked or not.
+pub fn list_config_managed(c: &mut Conn) -> Result<Vec<ApiKey>, StoreError> {
+    Ok(api_keys::table
+        .filter(api_keys::managed_by.eq("config"))
+        .select(ApiKey::as_select())
+        .load(c)?)
+}
+
+/// Sets a declared key's scopes, hash and prefix, and brings it back if it was revoked.
+pub fn update_declared(
+    c: &mut Conn,
+    id: &str,
+    scopes: &str,
+    key_hash: &str,
+    lookup_prefix: &str,
+) -> Result<(), StoreError> {
+    diesel::update(api_keys::table.find(id))
+        .set((
+            api_keys::scopes.eq(scopes),
+            api_keys::key_hash.eq(key_hash),
+            api_keys::lookup_prefix.eq(lookup_prefix),
+            api_keys::revoked_at.eq(None::<chrono::NaiveDateTime>),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+/// Revokes a key by id (a declared key removed from configuration).
+pub fn revoke_by_id(c: &mut Conn, id: &str) -> Result<(), StoreError> {
+    diesel::update(
+        api_keys::table
+            .find(id)
+            .filter(api_keys::revoked_at.is_null()),
+    )
+    .set(api_keys::revoked_at.eq(Some(super::now())))
+    .execute(c)?;
+    Ok(())
+}

@@ -50,6 +50,8 @@ pub struct ApiKey {
     pub revoked_at: Option<NaiveDateTime>,
     /// The key's last four characters (with `lookup_prefix`, how a person recognises it).
     pub last4: String,
+    /// `config` (declared by hash in `[[api_keys]]`) or `api`.
+    pub managed_by: String,
 }
 
 /// A session handle (the harness owns the conversation itself).

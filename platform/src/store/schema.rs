@@ -70,6 +70,7 @@ diesel::table! {
         last_used_at -> Nullable<Timestamp>,
         revoked_at -> Nullable<Timestamp>,
         last4 -> Text,
+        managed_by -> Text,
     }
 }
 

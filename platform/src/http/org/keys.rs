@@ -101,6 +101,7 @@ fn key_error(e: KeyError) -> ApiError {
         KeyError::NotFound | KeyError::UnknownTenant(_) => {
             ApiError::NotFound("key not found".into())
         }
+        e @ KeyError::ConfigOwned(_) => ApiError::Conflict(e.to_string()),
         KeyError::BadName(m) => {
             ApiError::ValidationFailed(vec!["body".into(), "name".into()], m.into())
         }
