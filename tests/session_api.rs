@@ -1923,6 +1923,13 @@ fn api_keys_are_created_listed_and_revoked_by_an_admin_key() {
     ));
     assert_eq!(status, 200);
     assert_eq!(page["data"][0]["action"], "api_key.revoked");
+    assert_eq!(page["data"][0]["actor_type"], "api_key");
+    assert_eq!(page["data"][0]["remote_addr"], "127.0.0.1");
+    assert!(page["data"][0]["request_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("req_"));
+    assert_eq!(page["data"][0]["digest"].as_str().unwrap().len(), 64);
     let cursor = page["next_cursor"].as_str().unwrap().to_string();
     let (_, next) = detail(call(
         &admin,

@@ -410,7 +410,7 @@ fn api_keys_verify_only_with_the_exact_key() {
             karta::platform::keys::OrgRef::Slug("acme"),
             "ci",
             &[karta::platform::keys::Scope::Read],
-            "test",
+            &karta::store::audit::Actor::system("test"),
         )
         .unwrap();
         assert!(key.plaintext.starts_with("kt_live_") && key.plaintext.len() == 40);
@@ -456,7 +456,7 @@ fn api_keys_verify_only_with_the_exact_key() {
                 karta::platform::keys::OrgRef::Slug("nobody"),
                 "x",
                 &[karta::platform::keys::Scope::Read],
-                "test"
+                &karta::store::audit::Actor::system("test")
             ),
             Err(karta::platform::keys::KeyError::UnknownTenant(_))
         ));

@@ -28,3 +28,9 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (org_id, idem_key)
 );
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+
+-- Who did it (type and id apart), the request it came with, and a digest of what changed.
+ALTER TABLE audit_log ADD COLUMN actor_type TEXT NOT NULL DEFAULT 'system';
+ALTER TABLE audit_log ADD COLUMN request_id TEXT;
+ALTER TABLE audit_log ADD COLUMN remote_addr TEXT;
+ALTER TABLE audit_log ADD COLUMN digest TEXT;

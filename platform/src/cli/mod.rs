@@ -227,8 +227,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
                 let store = Store::open(&cfg.database_url())?;
-                let (key, _) =
-                    keys::create(&store, keys::OrgRef::Slug(&tenant), &name, &parsed, "cli")?;
+                let (key, _) = keys::create(
+                    &store,
+                    keys::OrgRef::Slug(&tenant),
+                    &name,
+                    &parsed,
+                    &crate::store::audit::Actor::system("cli"),
+                )?;
                 let scope_names: Vec<_> = key.scopes.iter().map(|s| s.as_str()).collect();
                 println!(
                     "Created API key {} for tenant `{tenant}` (scopes: {}). It is shown only once:",
@@ -292,7 +297,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
                 let store = Store::open(&cfg.database_url())?;
                 let org = store.read(|c| crate::store::orgs::get_enabled_by_slug(c, &tenant))?;
-                let key = keys::revoke(&store, &org.id, &id, "cli")?;
+                let key = keys::revoke(
+                    &store,
+                    &org.id,
+                    &id,
+                    &crate::store::audit::Actor::system("cli"),
+                )?;
                 println!(
                     "Revoked API key {} ({}). Running servers refuse it within 5 seconds.",
                     key.id, key.name

@@ -24,6 +24,25 @@ use serde_json::json;
 
 use crate::app::App;
 
+/// The request's id (`x-request-id`), for handlers.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The audit actor of a request: who (`kind`, `id`), its request id and client address.
+pub fn audit_actor(
+    req: &actix_web::HttpRequest,
+    kind: &str,
+    id: &str,
+) -> crate::store::audit::Actor {
+    use actix_web::HttpMessage;
+    crate::store::audit::Actor {
+        kind: kind.into(),
+        id: id.into(),
+        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+        remote_addr: req.peer_addr().map(|a| a.ip().to_string()),
+    }
+}
+
 /// Largest request body accepted on the public listener.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
@@ -58,6 +77,8 @@ async fn request_id(
         }
         return Ok(res.map_into_boxed_body());
     }
+    // Handlers put it in the audit rows they write.
+    actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(id.clone()));
     // Every line logged while serving the request (and by the turn it starts) carries the id.
     let span = tracing::info_span!("request", request_id = %id);
     let started = std::time::Instant::now();

@@ -125,7 +125,7 @@ pub fn create(
     org: OrgRef<'_>,
     name: &str,
     scopes: &[Scope],
-    actor: &str,
+    actor: &store::audit::Actor,
 ) -> Result<(IssuedKey, ApiKey), KeyError> {
     let name = name.trim();
     if name.is_empty() {
@@ -167,7 +167,7 @@ pub fn create(
         last4: plaintext[plaintext.len() - 4..].to_string(),
         managed_by: "api".into(),
     };
-    let actor = actor.to_string();
+    let actor = actor.clone();
     let stored = store
         .write(move |c| {
             let org_id = match (slug, org_id) {
@@ -177,7 +177,7 @@ pub fn create(
             };
             let row = ApiKey { org_id, ..row };
             keys::insert(c, &row)?;
-            store::audit::record(
+            store::audit::record_by(
                 c,
                 Some(&row.org_id),
                 &actor,
@@ -214,8 +214,13 @@ pub fn mint() -> (String, String, String) {
 
 /// Revokes a key of the org for good (blocking) and writes the audit row in the same
 /// transaction. Revoking a revoked key changes nothing and answers the key as it is.
-pub fn revoke(store: &Store, org_id: &str, id: &str, actor: &str) -> Result<ApiKey, KeyError> {
-    let (org, id, actor) = (org_id.to_string(), id.to_string(), actor.to_string());
+pub fn revoke(
+    store: &Store,
+    org_id: &str,
+    id: &str,
+    actor: &store::audit::Actor,
+) -> Result<ApiKey, KeyError> {
+    let (org, id, actor) = (org_id.to_string(), id.to_string(), actor.clone());
     let (o, i) = (org.clone(), id.clone());
     let row = store
         .read(move |c| keys::get(c, &o, &i))
@@ -229,7 +234,7 @@ pub fn revoke(store: &Store, org_id: &str, id: &str, actor: &str) -> Result<ApiK
     store
         .write(move |c| {
             if keys::revoke(c, &org, &id)? {
-                store::audit::record(
+                store::audit::record_by(
                     c,
                     Some(&org),
                     &actor,

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{validate::validate_slug, Multitask};
+use crate::store::audit::Actor;
 use crate::store::models::{Org, Project};
 use crate::store::{self, audit, keys, orgs, projects, Conn, Store, StoreError};
 
@@ -46,9 +47,6 @@ fn at(locator: Locator<'_>, tenant: &str, project: Option<&str>) -> String {
     }
 }
 
-/// Operator actor name in the audit log.
-pub const OPERATOR: &str = "operator";
-
 fn slug_ok(field: &'static str, slug: &str) -> Result<(), ResourceError> {
     validate_slug(slug).map_err(|e| {
         ResourceError::Invalid(
@@ -75,7 +73,12 @@ fn editable_org(org: &Org, locator: Locator<'_>) -> Result<(), ResourceError> {
 }
 
 /// Creates a tenant.
-pub fn create_tenant(store: &Store, slug: &str, name: &str) -> Result<Org, ResourceError> {
+pub fn create_tenant(
+    store: &Store,
+    slug: &str,
+    name: &str,
+    actor: &Actor,
+) -> Result<Org, ResourceError> {
     slug_ok("slug", slug)?;
     if name.trim().is_empty() {
         return Err(ResourceError::Invalid("name", "must not be empty".into()));
@@ -100,10 +103,10 @@ pub fn create_tenant(store: &Store, slug: &str, name: &str) -> Result<Org, Resou
                 )));
             }
             orgs::insert(c, &row)?;
-            audit::record(
+            audit::record_by(
                 c,
                 Some(&row.id),
-                OPERATOR,
+                actor,
                 "tenant.created",
                 &row.id,
                 &serde_json::json!({"slug": row.slug, "name": row.name}),
@@ -127,6 +130,7 @@ pub fn update_tenant(
     name: Option<&str>,
     disabled: Option<bool>,
     locator: Locator<'_>,
+    actor: &Actor,
 ) -> Result<Org, ResourceError> {
     if name.is_some_and(|n| n.trim().is_empty()) {
         return Err(ResourceError::Invalid("name", "must not be empty".into()));
@@ -145,10 +149,10 @@ pub fn update_tenant(
     let id = org.id.clone();
     store.write(|c| {
         orgs::update(c, &id, &name, disabled_at)?;
-        audit::record(
+        audit::record_by(
             c,
             Some(&id),
-            OPERATOR,
+            actor,
             "tenant.updated",
             &id,
             &serde_json::json!({"name": name, "disabled": disabled_at.is_some()}),
@@ -167,6 +171,7 @@ pub fn delete_tenant(
     store: &Store,
     reference: &str,
     locator: Locator<'_>,
+    actor: &Actor,
 ) -> Result<bool, ResourceError> {
     let org = store.read(|c| orgs::find_by_ref(c, reference))?;
     let org = org.ok_or(ResourceError::NotFound("tenant"))?;
@@ -182,10 +187,10 @@ pub fn delete_tenant(
             projects::delete_all_for_org(c, &id)?;
             orgs::delete(c, &id)?;
         }
-        audit::record(
+        audit::record_by(
             c,
             Some(&id),
-            OPERATOR,
+            actor,
             if history {
                 "tenant.disabled"
             } else {
@@ -229,7 +234,12 @@ fn folder_ok(path: &Path) -> Result<String, ResourceError> {
 }
 
 /// Creates a project.
-pub fn create_project(store: &Store, p: NewProject<'_>) -> Result<Project, ResourceError> {
+pub fn create_project(
+    store: &Store,
+    p: NewProject<'_>,
+    actor: &Actor,
+) -> Result<Project, ResourceError> {
+    let actor = actor.clone();
     slug_ok("slug", p.slug)?;
     let source_path = folder_ok(p.path)?;
     let (tenant, slug, harness, multitask) = (
@@ -261,10 +271,10 @@ pub fn create_project(store: &Store, p: NewProject<'_>) -> Result<Project, Resou
                 updated_at: now,
             };
             projects::insert(c, &row)?;
-            audit::record(
+            audit::record_by(
                 c,
                 Some(&org.id),
-                OPERATOR,
+                &actor,
                 "project.created",
                 &row.id,
                 &serde_json::json!({"slug": row.slug, "path": row.source_path}),
@@ -318,7 +328,9 @@ pub fn update_project(
     id: &str,
     patch: ProjectPatch<'_>,
     locator: Locator<'_>,
+    actor: &Actor,
 ) -> Result<Project, ResourceError> {
+    let actor = actor.clone();
     let (p, _) = project_by_id(store, id, locator)?;
     let source_path = match patch.path {
         Some(path) => folder_ok(path)?,
@@ -354,10 +366,10 @@ pub fn update_project(
             &r.multitask,
             r.disabled_at,
         )?;
-        audit::record(
+        audit::record_by(
             c,
             Some(&r.org_id),
-            OPERATOR,
+            &actor,
             "project.updated",
             &r.id,
             &serde_json::json!({"path": r.source_path, "harness": r.harness,
@@ -373,7 +385,9 @@ pub fn delete_project(
     store: &Store,
     id: &str,
     locator: Locator<'_>,
+    actor: &Actor,
 ) -> Result<bool, ResourceError> {
+    let actor = actor.clone();
     let (p, _) = project_by_id(store, id, locator)?;
     Ok(store.write(move |c| {
         let history = projects::has_history(c, &p.id)?;
@@ -389,10 +403,10 @@ pub fn delete_project(
         } else {
             projects::delete(c, &p.id)?;
         }
-        audit::record(
+        audit::record_by(
             c,
             Some(&p.org_id),
-            OPERATOR,
+            &actor,
             if history {
                 "project.disabled"
             } else {

@@ -6,6 +6,49 @@ use super::models::AuditEntry;
 use super::schema::audit_log;
 use super::{Conn, StoreError};
 
+/// Who made a change, and the request it came with.
+#[derive(Clone, Debug, Default)]
+pub struct Actor {
+    /// `operator`, `api_key`, `system`.
+    pub kind: String,
+    /// The key id, `operator`, `cli`, `config`, ...
+    pub id: String,
+    /// The request id.
+    pub request_id: Option<String>,
+    /// The client's address.
+    pub remote_addr: Option<String>,
+}
+
+impl Actor {
+    /// A change made by Karta itself or its CLI (`id`: `cli`, `config`, ...).
+    pub fn system(id: &str) -> Self {
+        Actor {
+            kind: "system".into(),
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Appends an entry by `actor`; call inside the transaction that makes the change.
+pub fn record_by(
+    c: &mut Conn,
+    org_id: Option<&str>,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    details: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let mut e = entry(org_id, &actor.id, action, target, details);
+    e.actor_type = actor.kind.clone();
+    e.request_id = actor.request_id.clone();
+    e.remote_addr = actor.remote_addr.clone();
+    diesel::insert_into(audit_log::table)
+        .values(&e)
+        .execute(c)?;
+    Ok(())
+}
+
 /// Appends an entry; call inside the transaction that makes the change.
 pub fn record(
     c: &mut Conn,
@@ -53,6 +96,19 @@ pub fn entry(
         target: target.to_string(),
         details: details.to_string(),
         created_at: now,
+        actor_type: if actor.starts_with("api_key:") {
+            "api_key".into()
+        } else if actor == "operator" {
+            "operator".into()
+        } else {
+            "system".into()
+        },
+        request_id: None,
+        remote_addr: None,
+        digest: Some(format!(
+            "{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(details.to_string().as_bytes())
+        )),
     }
 }
 

@@ -107,6 +107,14 @@ pub struct AuditEntry {
     /// JSON object.
     pub details: String,
     pub created_at: NaiveDateTime,
+    /// `operator`, `api_key`, `system` (config, CLI).
+    pub actor_type: String,
+    /// The request that made the change.
+    pub request_id: Option<String>,
+    /// Where it came from.
+    pub remote_addr: Option<String>,
+    /// SHA-256 of the details (what the row says changed).
+    pub digest: Option<String>,
 }
 
 /// One call a harness made to a model provider through the gateway.

@@ -118,6 +118,10 @@ diesel::table! {
         target -> Text,
         details -> Text,
         created_at -> Timestamp,
+        actor_type -> Text,
+        request_id -> Nullable<Text>,
+        remote_addr -> Nullable<Text>,
+        digest -> Nullable<Text>,
     }
 }
 

@@ -243,6 +243,8 @@ async fn audit_export(
                     for r in &rows {
                         let line = json!({
                             "id": r.id, "org_id": r.org_id, "actor_id": r.actor,
+                            "actor_type": r.actor_type, "request_id": r.request_id,
+                            "remote_addr": r.remote_addr, "digest": r.digest,
                             "action": r.action, "resource_id": r.target,
                             "metadata": serde_json::from_str::<serde_json::Value>(&r.details)
                                 .unwrap_or(serde_json::Value::Null),

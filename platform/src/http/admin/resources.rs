@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{NaiveDateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,7 @@ use crate::http::auth::Operator;
 use crate::http::body;
 use crate::http::error::ApiError;
 use crate::platform::resources::{self, NewProject, ProjectPatch, ResourceError};
+use crate::store::audit::Actor;
 use crate::store::models::{Org, Project};
 
 /// Registers the routes (inside `/admin/v1`).
@@ -107,12 +108,14 @@ impl From<ResourceError> for ApiError {
 /// Runs a blocking resource operation with the app's config locator.
 async fn run<T: Send + 'static>(
     app: &web::Data<App>,
-    f: impl FnOnce(&App, resources::Locator<'_>) -> Result<T, ResourceError> + Send + 'static,
+    req: &HttpRequest,
+    f: impl FnOnce(&App, resources::Locator<'_>, &Actor) -> Result<T, ResourceError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let app: Arc<App> = app.clone().into_inner();
+    let who = crate::http::audit_actor(req, "operator", "operator");
     tokio::task::spawn_blocking(move || {
         let locate = |t: &str, p: Option<&str>| app.declared_at(t, p);
-        f(&app, &locate)
+        f(&app, &locate, &who)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -169,13 +172,14 @@ struct TenantBody {
 async fn create_tenant(
     app: web::Data<App>,
     _op: Operator,
+    req: HttpRequest,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let b: TenantBody = body::parse(&bytes)?;
     let slug = b.slug.unwrap_or_default();
     let name = b.name.unwrap_or_else(|| slug.clone());
-    let org = run(&app, move |a, _| {
-        resources::create_tenant(&a.store, &slug, &name)
+    let org = run(&app, &req, move |a, _, who| {
+        resources::create_tenant(&a.store, &slug, &name, who)
     })
     .await?;
     Ok(HttpResponse::Created().json(TenantDto::from(org)))
@@ -199,6 +203,7 @@ async fn get_tenant(
 async fn update_tenant(
     app: web::Data<App>,
     _op: Operator,
+    req: HttpRequest,
     path: web::Path<String>,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -211,8 +216,8 @@ async fn update_tenant(
         ));
     }
     let r = path.into_inner();
-    let org = run(&app, move |a, loc| {
-        resources::update_tenant(&a.store, &r, b.name.as_deref(), b.disabled, loc)
+    let org = run(&app, &req, move |a, loc, who| {
+        resources::update_tenant(&a.store, &r, b.name.as_deref(), b.disabled, loc, who)
     })
     .await?;
     app.keys.invalidate_all();
@@ -223,11 +228,12 @@ async fn update_tenant(
 async fn delete_tenant(
     app: web::Data<App>,
     _op: Operator,
+    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let r = path.into_inner();
-    let deleted = run(&app, move |a, loc| {
-        resources::delete_tenant(&a.store, &r, loc)
+    let deleted = run(&app, &req, move |a, loc, who| {
+        resources::delete_tenant(&a.store, &r, loc, who)
     })
     .await?;
     app.keys.invalidate_all();
@@ -283,6 +289,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
 async fn create_project(
     app: web::Data<App>,
     _op: Operator,
+    req: HttpRequest,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let b: ProjectBody = body::parse(&bytes)?;
@@ -298,7 +305,7 @@ async fn create_project(
     })?;
     let harness = b.harness.flatten();
     let multitask = b.multitask.unwrap_or_default();
-    let p = run(&app, move |a, _| {
+    let p = run(&app, &req, move |a, _, who| {
         resources::create_project(
             &a.store,
             NewProject {
@@ -308,6 +315,7 @@ async fn create_project(
                 harness: harness.as_deref(),
                 multitask,
             },
+            who,
         )
     })
     .await?;
@@ -332,6 +340,7 @@ async fn get_project(
 async fn update_project(
     app: web::Data<App>,
     _op: Operator,
+    req: HttpRequest,
     path: web::Path<String>,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -344,7 +353,7 @@ async fn update_project(
         ));
     }
     let id = path.into_inner();
-    let p = run(&app, move |a, loc| {
+    let p = run(&app, &req, move |a, loc, who| {
         resources::update_project(
             &a.store,
             &id,
@@ -355,6 +364,7 @@ async fn update_project(
                 disabled: b.disabled,
             },
             loc,
+            who,
         )
     })
     .await?;
@@ -364,11 +374,12 @@ async fn update_project(
 async fn delete_project(
     app: web::Data<App>,
     _op: Operator,
+    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let deleted = run(&app, move |a, loc| {
-        resources::delete_project(&a.store, &id, loc)
+    let deleted = run(&app, &req, move |a, loc, who| {
+        resources::delete_project(&a.store, &id, loc, who)
     })
     .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"deleted": deleted, "disabled": !deleted})))

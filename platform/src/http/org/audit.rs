@@ -43,8 +43,16 @@ pub struct AuditEvent {
     id: String,
     /// What happened, e.g. `api_key.revoked`.
     action: String,
+    /// `api_key`, `operator` or `system`.
+    actor_type: String,
     /// Who did it.
     actor_id: String,
+    /// The request that did it.
+    request_id: Option<String>,
+    /// The client's address.
+    remote_addr: Option<String>,
+    /// SHA-256 of `metadata`.
+    digest: Option<String>,
     /// The affected resource.
     resource_id: String,
     /// Non-secret details.
@@ -73,7 +81,11 @@ impl From<AuditEntry> for AuditEvent {
                 .to_rfc3339_opts(SecondsFormat::Micros, true),
             id: e.id,
             action: e.action,
+            actor_type: e.actor_type,
             actor_id: e.actor,
+            request_id: e.request_id,
+            remote_addr: e.remote_addr,
+            digest: e.digest,
             resource_id: e.target,
         }
     }

@@ -1,6 +1,6 @@
 //! `/v1/api_keys`: an org's keys, managed with an admin key.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{NaiveDateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -89,10 +89,12 @@ pub struct KeyList {
     data: Vec<ApiKeyView>,
 }
 
-fn actor(access: &Access) -> String {
+fn actor(access: &Access, req: &HttpRequest) -> crate::store::audit::Actor {
     match &access.credential {
-        Credential::Key(p) => format!("api_key:{}", p.key_id),
-        Credential::Token(_) => "session_token".into(),
+        Credential::Key(p) => {
+            crate::http::audit_actor(req, "api_key", &format!("api_key:{}", p.key_id))
+        }
+        Credential::Token(_) => crate::http::audit_actor(req, "session_token", "session_token"),
     }
 }
 
@@ -160,6 +162,7 @@ pub async fn list(app: web::Data<App>, access: Access) -> Result<HttpResponse, A
 pub async fn create(
     app: web::Data<App>,
     access: Access,
+    req: HttpRequest,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     access.require_key(Scope::Admin)?;
@@ -185,7 +188,11 @@ pub async fn create(
             "at least one scope is required".into(),
         ));
     }
-    let (store, org, who) = (app.store.clone(), access.org().to_string(), actor(&access));
+    let (store, org, who) = (
+        app.store.clone(),
+        access.org().to_string(),
+        actor(&access, &req),
+    );
     let (issued, row) =
         blocking(move || keys::create(&store, OrgRef::Id(&org), &b.name, &scopes, &who)).await?;
     Ok(HttpResponse::Created().json(CreatedKey {
@@ -212,11 +219,16 @@ pub async fn create(
 pub async fn revoke(
     app: web::Data<App>,
     access: Access,
+    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     access.require_key(Scope::Admin)?;
     let id = path.into_inner();
-    let (store, org, who) = (app.store.clone(), access.org().to_string(), actor(&access));
+    let (store, org, who) = (
+        app.store.clone(),
+        access.org().to_string(),
+        actor(&access, &req),
+    );
     let row = blocking(move || keys::revoke(&store, &org, &id, &who)).await?;
     // This instance refuses it from the next request on.
     app.keys.invalidate_all();
