@@ -2580,3 +2580,31 @@ fn keys_declared_by_hash_work_after_apply_and_stop_when_removed() {
     reload(&e);
     assert_eq!(get(&key, "/v1/sessions"), 401);
 }
+
+#[test]
+fn a_tenants_tool_policy_beats_the_sessions_approval_mode() {
+    let e = Env::start(|_, mut pf| {
+        pf.extra =
+            "[[policies]]\nname = \"no-echo\"\ntenant = \"acme\"\ntools = { echo = \"deny\" }\n"
+                .into();
+        pf.project("hello", &hello_app(), None)
+    });
+    // An autonomous session would approve every tool; the tenant's rule denies this one.
+    let sid = e.session(json!({"permission_mode": "autonomous"}));
+    let body = e.unary(&sid, json!({"text": "[approve]"}));
+    assert_eq!(body["status"], "completed", "{body}");
+    let tool = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "tool_use")
+        .unwrap()
+        .clone();
+    assert_eq!(tool["data"]["status"], "error", "{body}");
+    assert!(tool["data"]["result"]
+        .as_str()
+        .unwrap()
+        .starts_with("denied"));
+    assert!(!event_types(&body["events"]).contains(&"input_required".to_string()));
+}

@@ -86,6 +86,10 @@ pub struct PolicyConfig {
     pub max_messages_per_session: Option<u64>,
     /// Regular expressions a message must not match.
     pub deny_patterns: Vec<String>,
+    /// How approvals of a tool are answered, by tool name (a trailing `*` matches a prefix):
+    /// `prompt`, `deny`, `approve_once`, `approve_session` or `error`. It overrides the session's
+    /// and the app's approval settings.
+    pub tools: BTreeMap<String, crate::runtime::Policy>,
 }
 
 /// `[server]`

@@ -45,10 +45,19 @@ impl Runtime {
             .permission_mode
             .as_deref()
             .and_then(PermissionMode::parse);
-        let policy = if already {
-            Policy::ApproveOnce
-        } else {
-            ctx.settings.policy_for(mode)
+        // The platform's policy for the tool comes first: a tenant's rule beats the session's
+        // and the app's settings (and a tool approved for the session earlier).
+        let platform = req.tool.as_deref().and_then(|tool| {
+            self.settings()
+                .message_policies
+                .get(&ctx.session.project_id)?
+                .iter()
+                .find_map(|p| p.tool_policy(tool))
+        });
+        let policy = match platform {
+            Some(p) => p,
+            None if already => Policy::ApproveOnce,
+            None => ctx.settings.policy_for(mode),
         };
         let decide = |d: DecisionKind, why: &'static str| {
             let running = running.clone();

@@ -13,6 +13,8 @@ pub struct MessagePolicy {
     pub max_messages_per_session: Option<u64>,
     /// Patterns a message must not match.
     pub deny: Vec<Regex>,
+    /// Approval policies by tool pattern (exact first, then the longest prefix).
+    pub tools: Vec<(String, super::Policy)>,
 }
 
 /// A message a policy refused.
@@ -37,7 +39,24 @@ impl MessagePolicy {
             max_message_length: c.max_message_length,
             max_messages_per_session: c.max_messages_per_session,
             deny,
+            tools: c.tools.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         })
+    }
+
+    /// The policy for approvals of `tool`: an exact name, else the longest matching prefix
+    /// pattern (`mcp__*`).
+    pub fn tool_policy(&self, tool: &str) -> Option<super::Policy> {
+        if let Some((_, p)) = self.tools.iter().find(|(pat, _)| pat == tool) {
+            return Some(*p);
+        }
+        self.tools
+            .iter()
+            .filter_map(|(pat, p)| {
+                let prefix = pat.strip_suffix('*')?;
+                tool.starts_with(prefix).then_some((prefix.len(), *p))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, p)| p)
     }
 
     /// Checks the `sent`-th message of a session (1-based).
@@ -80,8 +99,33 @@ mod tests {
             max_message_length: Some(10),
             max_messages_per_session: Some(2),
             deny_patterns: vec!["(?i)ignore previous".into()],
+            tools: [
+                ("Bash".to_string(), super::super::Policy::Deny),
+                ("mcp__*".to_string(), super::super::Policy::Prompt),
+                (
+                    "mcp__github__*".to_string(),
+                    super::super::Policy::ApproveOnce,
+                ),
+            ]
+            .into_iter()
+            .collect(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn tool_policies_match_exactly_then_by_the_longest_prefix() {
+        let p = policy();
+        assert_eq!(p.tool_policy("Bash"), Some(super::super::Policy::Deny));
+        assert_eq!(
+            p.tool_policy("mcp__slack__post"),
+            Some(super::super::Policy::Prompt)
+        );
+        assert_eq!(
+            p.tool_policy("mcp__github__issue"),
+            Some(super::super::Policy::ApproveOnce)
+        );
+        assert_eq!(p.tool_policy("Edit"), None);
     }
 
     #[test]
