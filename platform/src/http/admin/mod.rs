@@ -206,21 +206,7 @@ async fn audit_export(
     _op: Operator,
     q: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let time = |field: &str, v: &Option<String>| {
-        v.as_deref()
-            .map(|s| {
-                chrono::DateTime::parse_from_rfc3339(s)
-                    .map(|t| t.naive_utc())
-                    .map_err(|e| {
-                        ApiError::invalid(
-                            vec!["query".into(), field.into()],
-                            format!("not an ISO-8601 time: {e}"),
-                            "value_error",
-                        )
-                    })
-            })
-            .transpose()
-    };
+    let time = crate::http::org::audit::time;
     let filter = crate::store::audit::AuditFilter {
         org_id: q.org.clone(),
         since: time("since", &q.since)?,

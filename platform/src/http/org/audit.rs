@@ -91,7 +91,11 @@ impl From<AuditEntry> for AuditEvent {
     }
 }
 
-fn time(field: &str, v: &Option<String>) -> Result<Option<chrono::NaiveDateTime>, ApiError> {
+/// An optional ISO-8601 query parameter, or a 422 naming it.
+pub(crate) fn time(
+    field: &str,
+    v: &Option<String>,
+) -> Result<Option<chrono::NaiveDateTime>, ApiError> {
     v.as_deref()
         .map(|s| {
             DateTime::parse_from_rfc3339(s)
