@@ -35,8 +35,9 @@ pub enum AppError {
 pub struct GatewayListeners {
     /// For sandboxes (bound into them).
     pub unix: std::os::unix::net::UnixListener,
-    /// For unsandboxed harnesses, on host loopback.
-    pub tcp: std::net::TcpListener,
+    /// For unsandboxed harnesses, on host loopback (only with `[sandbox] backend = "none"`:
+    /// sandboxes reach the socket, and no host port is opened for nothing).
+    pub tcp: Option<std::net::TcpListener>,
 }
 
 /// Everything a running server shares.
@@ -286,14 +287,17 @@ impl App {
         let store = Store::open(&cfg.database_url())?;
         let gateway =
             Arc::new(crate::gateway::Gateway::new(store.clone(), &cfg).map_err(AppError::Gateway)?);
-        let listeners = bind_gateway(&sandbox.gateway_socket())?;
-        gateway.set_tcp_port(
-            listeners
-                .tcp
-                .local_addr()
-                .map_err(|e| AppError::Gateway(e.to_string()))?
-                .port(),
-        );
+        let listeners = bind_gateway(
+            &sandbox.gateway_socket(),
+            sandbox.backend() == crate::sandbox::SandboxBackend::None,
+        )?;
+        if let Some(tcp) = &listeners.tcp {
+            gateway.set_tcp_port(
+                tcp.local_addr()
+                    .map_err(|e| AppError::Gateway(e.to_string()))?
+                    .port(),
+            );
+        }
         let plan = reconcile::apply(&store, &cfg, "config")?;
         log_plan(&plan);
         let drivers = Arc::new(DriverRegistry::new());
@@ -474,15 +478,21 @@ fn log_plan(plan: &Plan) {
     }
 }
 
-/// Binds the gateway's Unix socket (any sandbox user may connect: a token is still needed) and
-/// a loopback port.
-fn bind_gateway(socket: &std::path::Path) -> Result<GatewayListeners, AppError> {
+/// Binds the gateway's Unix socket (any sandbox user may connect: a token is still needed) and,
+/// when harnesses run unsandboxed, a loopback port.
+fn bind_gateway(socket: &std::path::Path, tcp: bool) -> Result<GatewayListeners, AppError> {
     use std::os::unix::fs::PermissionsExt;
     let fail = |e: std::io::Error| AppError::Gateway(format!("{}: {e}", socket.display()));
     let _ = std::fs::remove_file(socket);
     let unix = std::os::unix::net::UnixListener::bind(socket).map_err(fail)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| AppError::Gateway(format!("cannot listen on loopback: {e}")))?;
+    let tcp = if tcp {
+        Some(
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| AppError::Gateway(format!("cannot listen on loopback: {e}")))?,
+        )
+    } else {
+        None
+    };
     Ok(GatewayListeners { unix, tcp })
 }

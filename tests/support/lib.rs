@@ -82,11 +82,25 @@ impl Karta {
 
     /// Like [`Karta::start`], with extra environment variables for the server.
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Karta {
-        let (pp, ap) = (free_port(), free_port());
-        let log = dir.join("karta.log");
         // Harnesses run as their tenant's uid and must be able to enter the data folder's
         // parents (a temporary folder is closed to others).
         let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        // A port picked free can be taken by another process before Karta binds it: then Karta
+        // exits, and the start is tried again on other ports.
+        for _ in 0..5 {
+            let mut k = Self::spawn(dir, env);
+            match k.wait_ready() {
+                Ok(()) => return k,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("karta did not start; log:\n{log}"),
+            }
+        }
+        panic!("karta found no free ports in five tries");
+    }
+
+    fn spawn(dir: &Path, env: &[(&str, &str)]) -> Karta {
+        let (pp, ap) = (free_port(), free_port());
+        let log = dir.join("karta.log");
         let admin_token = "test-operator-token".to_string();
         let child = Command::new(karta_bin())
             .arg("--config")
@@ -104,22 +118,25 @@ impl Karta {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn karta");
-        let k = Karta {
+        Karta {
             child,
             dir: dir.to_path_buf(),
             public: format!("http://127.0.0.1:{pp}"),
             admin: format!("http://127.0.0.1:{ap}"),
             admin_token,
             log,
-        };
-        k.wait_ready();
-        k
+        }
     }
 
-    fn wait_ready(&self) {
+    /// Waits until both listeners answer and this very process still runs (another one could
+    /// hold a port it failed to bind); `Err(log)` when it cannot start.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let client = reqwest::blocking::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Err(self.log_text());
+            }
             let up = |base: &str| {
                 client
                     .get(format!("{base}/healthz"))
@@ -127,13 +144,15 @@ impl Karta {
                     .is_ok_and(|r| r.status().is_success())
             };
             if up(&self.public) && up(&self.admin) {
-                return;
+                std::thread::sleep(Duration::from_millis(20));
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return Err(self.log_text());
+                }
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "karta did not start; log:\n{}",
-                self.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(self.log_text());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -235,7 +235,10 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other("the gateway's listeners are already in use"))?;
     let gateway_data = web::Data::from(app.gateway.clone());
     let max_body = app.gateway.max_body();
-    let gateway_port = listeners.tcp.local_addr()?.port();
+    let gateway_port = match &listeners.tcp {
+        Some(t) => Some(t.local_addr()?.port()),
+        None => None,
+    };
     let gateway = HttpServer::new(move || {
         actix_web::App::new()
             .app_data(gateway_data.clone())
@@ -247,9 +250,12 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     // Sandboxes open a connection per model call at most; this bounds what a flood can hold.
     .max_connections(GATEWAY_MAX_CONNECTIONS)
     .client_request_timeout(std::time::Duration::from_secs(10))
-    .listen_uds(listeners.unix)?
-    .listen(listeners.tcp)?;
-    tracing::info!(port = gateway_port, "model gateway ready");
+    .listen_uds(listeners.unix)?;
+    let gateway = match listeners.tcp {
+        Some(tcp) => gateway.listen(tcp)?,
+        None => gateway,
+    };
+    tracing::info!(port = ?gateway_port, "model gateway ready");
     let proxy_socket = app.sandbox.proxy_socket();
     let grants = app.gateway.grants.clone();
     tokio::spawn(async move {
