@@ -17,8 +17,21 @@ struct Env {
 
 impl Env {
     fn start(build: impl FnOnce(&std::path::Path, PlatformFile) -> PlatformFile) -> Env {
+        Env::start_on(None, build)
+    }
+
+    /// Like [`Env::start`], on the PostgreSQL database at `db` when given.
+    fn start_on(
+        db: Option<&str>,
+        build: impl FnOnce(&std::path::Path, PlatformFile) -> PlatformFile,
+    ) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        build(dir.path(), PlatformFile::new()).write(dir.path());
+        let mut pf = build(dir.path(), PlatformFile::new());
+        if let Some(url) = db {
+            pf.extra
+                .push_str(&format!("\n[database]\nurl = \"{url}\"\n"));
+        }
+        pf.write(dir.path());
         let k = Karta::start(dir.path());
         let key = k.create_key("acme");
         let c = Client::builder()
@@ -1803,7 +1816,17 @@ fn a_session_token_cannot_loosen_the_apps_approval_policy() {
 
 #[test]
 fn api_keys_are_created_listed_and_revoked_by_an_admin_key() {
-    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    api_keys_are_created_listed_and_revoked_by_an_admin_key_on(None);
+}
+
+#[test]
+fn api_keys_are_created_listed_and_revoked_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    api_keys_are_created_listed_and_revoked_by_an_admin_key_on(Some(&db.url));
+}
+
+fn api_keys_are_created_listed_and_revoked_by_an_admin_key_on(db: Option<&str>) {
+    let e = Env::start_on(db, |_, pf| pf.project("hello", &hello_app(), None));
     let out = e.k.cli(&[
         "keys", "create", "--tenant", "acme", "--name", "ops", "--scopes", "admin",
     ]);
@@ -1965,7 +1988,21 @@ fn readyz_reports_the_database_migrations_and_drivers() {
 
 #[test]
 fn the_operator_manages_api_tenants_and_projects_and_config_rows_stay_with_their_files() {
-    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    the_operator_manages_api_tenants_and_projects_and_config_rows_stay_with_their_files_on(None);
+}
+
+#[test]
+fn the_operator_manages_tenants_and_projects_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    the_operator_manages_api_tenants_and_projects_and_config_rows_stay_with_their_files_on(Some(
+        &db.url,
+    ));
+}
+
+fn the_operator_manages_api_tenants_and_projects_and_config_rows_stay_with_their_files_on(
+    db: Option<&str>,
+) {
+    let e = Env::start_on(db, |_, pf| pf.project("hello", &hello_app(), None));
     let admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut r =
             e.c.request(method, format!("{}/admin/v1{path}", e.k.admin))
@@ -2169,7 +2206,17 @@ fn metrics_are_prometheus_text_with_requests_turns_and_gauges() {
 
 #[test]
 fn idempotency_keys_replay_the_first_answer_and_run_one_turn() {
-    let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    idempotency_keys_replay_the_first_answer_and_run_one_turn_on(None);
+}
+
+#[test]
+fn idempotency_keys_replay_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    idempotency_keys_replay_the_first_answer_and_run_one_turn_on(Some(&db.url));
+}
+
+fn idempotency_keys_replay_the_first_answer_and_run_one_turn_on(db: Option<&str>) {
+    let e = Env::start_on(db, |_, pf| pf.project("hello", &hello_app(), None));
     let post = |path: &str, key: &str, body: Value| {
         e.c.post(e.url(path))
             .bearer_auth(&e.key)
@@ -2392,7 +2439,17 @@ fn key_with(e: &Env, tenant: &str, scopes: &str) -> String {
 
 #[test]
 fn the_org_routes_respect_scopes_and_never_cross_tenants() {
-    let e = Env::start(|_, mut pf| {
+    the_org_routes_respect_scopes_and_never_cross_tenants_on(None);
+}
+
+#[test]
+fn the_org_routes_respect_scopes_and_tenants_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    the_org_routes_respect_scopes_and_never_cross_tenants_on(Some(&db.url));
+}
+
+fn the_org_routes_respect_scopes_and_never_cross_tenants_on(db: Option<&str>) {
+    let e = Env::start_on(db, |_, mut pf| {
         pf.tenants.push("beta".into());
         pf.projects.push(ProjectSpec {
             tenant: "beta".into(),
@@ -2607,4 +2664,63 @@ fn a_tenants_tool_policy_beats_the_sessions_approval_mode() {
         .unwrap()
         .starts_with("denied"));
     assert!(!event_types(&body["events"]).contains(&"input_required".to_string()));
+}
+
+#[test]
+fn a_projects_limits_bound_its_streams_warm_harnesses_and_request_rates() {
+    let e = Env::start(|_, mut pf| {
+        pf.lines.push((
+            "hello".into(),
+            "limits = { concurrent_streams = 1, warm_harnesses = 1 }".into(),
+        ));
+        pf.lines.push((
+            "other".into(),
+            "limits = { requests_per_minute_per_key = 5 }".into(),
+        ));
+        pf.project("hello", &hello_app(), None)
+            .project("other", &hello_app(), None)
+    });
+    let a = e.session(json!({"project": "hello"}));
+    let b = e.session(json!({"project": "hello"}));
+    let mut sa = e.stream(&a, json!({"text": "wait [approve]"}));
+    let ask = sa.until("input_required").pop().unwrap();
+    // The project's one stream is A's streamed send: another follower is refused.
+    let r = e.get(&format!("/v1/sessions/{a}/events")).send().unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("Retry-After"));
+    assert!(r.text().unwrap().contains("at most 1 event streams"));
+    // Its one warm harness is A's, busy: B's turn cannot start.
+    let r = e
+        .post(&format!("/v1/sessions/{b}/messages"), json!({"text": "hi"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().unwrap().contains("1 for this project"));
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    assert_eq!(e.decide(&a, &rid, "approve_once").status(), 200);
+    sa.rest();
+    drop(sa);
+    // A is idle now: its harness makes room for B's, and the stream is free again.
+    assert_eq!(e.unary(&b, json!({"text": "hi"}))["status"], "completed");
+    let mut sb = e.stream(&b, json!({"text": "again"}));
+    assert!(types(&sb.rest()).contains(&"done".to_string()));
+
+    // `other` takes five requests a minute per key, on its flat session routes too.
+    let c = e.session(json!({"project": "other"}));
+    for _ in 0..5 {
+        assert_eq!(
+            e.get(&format!("/v1/sessions/{c}")).send().unwrap().status(),
+            200
+        );
+    }
+    let r = e.get(&format!("/v1/sessions/{c}")).send().unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("Retry-After"));
+    let r = e.get("/v1/projects/other/sessions").send().unwrap();
+    assert_eq!(r.status(), 429);
+    // Another project of the tenant is not slowed down.
+    assert_eq!(
+        e.get(&format!("/v1/sessions/{a}")).send().unwrap().status(),
+        200
+    );
 }

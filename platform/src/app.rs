@@ -69,12 +69,18 @@ pub struct App {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-fn runtime_settings(c: &PlatformConfig, store: &Store) -> RuntimeSettings {
+fn runtime_settings(
+    c: &PlatformConfig,
+    store: &Store,
+    scoped: &[(String, crate::config::Limits)],
+) -> RuntimeSettings {
     RuntimeSettings {
         sandbox: project_sandbox(c, &Default::default()),
         project_sandbox: project_sandboxes(c, store),
         message_policies: message_policies(c, store),
-        concurrent_turns: concurrent_turns(c, store),
+        concurrent_turns: limit_map(scoped, |l| l.concurrent_turns),
+        concurrent_streams: limit_map(scoped, |l| l.concurrent_streams),
+        warm_harnesses: limit_map(scoped, |l| l.warm_harnesses),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
         turn_limits: TurnLimits {
@@ -120,55 +126,47 @@ fn project_id(store: &Store, p: &crate::config::ProjectConfig) -> Option<String>
     }
 }
 
-/// `concurrent_turns` of tenants and projects, by org id and project id.
-fn concurrent_turns(c: &PlatformConfig, store: &Store) -> std::collections::HashMap<String, usize> {
-    let mut out = std::collections::HashMap::new();
-    for t in c
-        .tenants
-        .iter()
-        .filter(|t| t.limits.concurrent_turns.is_some())
-    {
-        if let (Ok(Some(org)), Some(n)) = (
-            store.read(|conn| crate::store::orgs::find_by_slug(conn, &t.slug)),
-            t.limits.concurrent_turns,
-        ) {
-            out.insert(org.id, n.max(1));
+/// The `limits` tables of tenants and projects that set any, by org id and project id.
+fn scoped_limits(c: &PlatformConfig, store: &Store) -> Vec<(String, crate::config::Limits)> {
+    let unset = crate::config::Limits::default();
+    let mut out = Vec::new();
+    for t in c.tenants.iter().filter(|t| t.limits != unset) {
+        match store.read(|conn| crate::store::orgs::find_by_slug(conn, &t.slug)) {
+            Ok(Some(org)) => out.push((org.id, t.limits.clone())),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(tenant = %t.slug, error = %e, "tenant limits not applied"),
         }
     }
-    for p in c
-        .projects
-        .iter()
-        .filter(|p| p.limits.concurrent_turns.is_some())
-    {
-        if let (Some(id), Some(n)) = (project_id(store, p), p.limits.concurrent_turns) {
-            out.insert(id, n.max(1));
+    for p in c.projects.iter().filter(|p| p.limits != unset) {
+        if let Some(id) = project_id(store, p) {
+            out.push((id, p.limits.clone()));
         }
     }
     out
 }
 
-/// Each tenant's request rates, by org id.
-fn tenant_rates(
-    c: &PlatformConfig,
-    store: &Store,
-) -> std::collections::HashMap<String, crate::platform::limits::Rates> {
-    c.tenants
+/// One limit of every scope that sets it (zero counts as one).
+fn limit_map(
+    scoped: &[(String, crate::config::Limits)],
+    pick: impl Fn(&crate::config::Limits) -> Option<usize>,
+) -> std::collections::HashMap<String, usize> {
+    scoped
         .iter()
-        .filter(|t| {
-            t.limits.requests_per_minute_per_key.is_some()
-                || t.limits.requests_per_minute_per_ip.is_some()
-        })
-        .filter_map(|t| {
-            let org = store
-                .read(|conn| crate::store::orgs::find_by_slug(conn, &t.slug))
-                .ok()??;
-            Some((
-                org.id,
-                (
-                    t.limits.requests_per_minute_per_key,
-                    t.limits.requests_per_minute_per_ip,
-                ),
-            ))
+        .filter_map(|(id, l)| pick(l).map(|n| (id.clone(), n.max(1))))
+        .collect()
+}
+
+/// The request rates of tenants and projects, by org id and project id.
+fn scope_rates(
+    scoped: &[(String, crate::config::Limits)],
+) -> std::collections::HashMap<String, crate::platform::limits::Rates> {
+    scoped
+        .iter()
+        .map(|(id, l)| {
+            (
+                id.clone(),
+                (l.requests_per_minute_per_key, l.requests_per_minute_per_ip),
+            )
         })
         .collect()
 }
@@ -300,13 +298,14 @@ impl App {
         }
         let plan = reconcile::apply(&store, &cfg, "config")?;
         log_plan(&plan);
+        let scoped = scoped_limits(&cfg, &store);
         let drivers = Arc::new(DriverRegistry::new());
         drivers.load_from_config(&cfg);
         let runtime = Arc::new(
             Runtime::new(
                 store.clone(),
                 drivers.clone(),
-                runtime_settings(&cfg, &store),
+                runtime_settings(&cfg, &store, &scoped),
                 JournalLimits {
                     queue: cfg.runtime.journal_queue,
                     batch: cfg.runtime.journal_batch,
@@ -331,7 +330,7 @@ impl App {
             );
         }
         let rate_limits = Arc::new(crate::platform::limits::RateLimits::default());
-        rate_limits.configure(tenant_rates(&cfg, &store));
+        rate_limits.configure(scope_rates(&scoped));
         let admin_token = std::env::var("KARTA_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -434,10 +433,11 @@ impl App {
         let applied = started.elapsed();
         log_plan(&plan);
         self.drivers.load_from_config(&cfg);
+        let scoped = scoped_limits(&cfg, &self.store);
         self.runtime
-            .update_settings(runtime_settings(&cfg, &self.store));
+            .update_settings(runtime_settings(&cfg, &self.store, &scoped));
         self.gateway.update(&cfg);
-        self.rate_limits.configure(tenant_rates(&cfg, &self.store));
+        self.rate_limits.configure(scope_rates(&scoped));
         if plan
             .changes
             .iter()

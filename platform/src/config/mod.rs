@@ -167,25 +167,30 @@ pub struct TenantConfig {
     pub limits: TenantLimits,
 }
 
-/// A tenant's `limits`. Past a rate the request gets 429 with `Retry-After`.
+/// A tenant's or a project's `limits`. Past a rate the request gets 429 with `Retry-After`;
+/// past a concurrency limit the turn or stream is refused the same way (warm harnesses past
+/// their cap are stopped, least recently used idle one first, or the turn gets 503).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct TenantLimits {
-    /// Requests per minute per API key (or session token) of the tenant.
+pub struct Limits {
+    /// Requests per minute per API key (or session token).
     pub requests_per_minute_per_key: Option<u32>,
-    /// Requests per minute per client address to the tenant.
+    /// Requests per minute per client address.
     pub requests_per_minute_per_ip: Option<u32>,
-    /// Turns running at once across the tenant.
+    /// Turns running at once.
     pub concurrent_turns: Option<usize>,
+    /// Event streams attached at once (`GET .../events`, resumed and streamed sends).
+    pub concurrent_streams: Option<usize>,
+    /// Harness processes kept warm at once (a tenant's replaces
+    /// `runtime.max_warm_harnesses_per_tenant`).
+    pub warm_harnesses: Option<usize>,
 }
 
+/// A tenant's `limits`.
+pub type TenantLimits = Limits;
+
 /// A project's `limits`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProjectLimits {
-    /// Turns running at once in the project.
-    pub concurrent_turns: Option<usize>,
-}
+pub type ProjectLimits = Limits;
 
 /// `[[projects]]`
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

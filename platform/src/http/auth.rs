@@ -104,6 +104,7 @@ impl FromRequest for Access {
             .map(|d| d.clone().into_inner());
         let token = bearer(req);
         let project_ref = req.match_info().get("project_ref").map(str::to_string);
+        let session_id = req.match_info().get("session_id").map(str::to_string);
         let ip = req.peer_addr().map(|a| a.ip());
         Box::pin(async move {
             let Some(app) = app else {
@@ -133,9 +134,22 @@ impl FromRequest for Access {
                     format!("token:{}:{}", c.project_id, c.sub.as_deref().unwrap_or(""))
                 }
             };
+            let limited = |wait: std::time::Duration| ApiError::RateLimited(wait.as_secs() + 1);
             app.rate_limits
                 .check(&access.org_id, &who, ip)
-                .map_err(|wait| ApiError::RateLimited(wait.as_secs() + 1))?;
+                .map_err(limited)?;
+            // A project's rates, when some project sets any: the route's project, or the
+            // session's (a flat session route reaches the same project).
+            if app.rate_limits.any_project_rates() {
+                let project = match (access.scope(), &session_id) {
+                    (Some(p), _) => Some(p.to_string()),
+                    (None, Some(sid)) => app.runtime.session_project(&access.org_id, sid).await,
+                    (None, None) => None,
+                };
+                if let Some(p) = project {
+                    app.rate_limits.check(&p, &who, ip).map_err(limited)?;
+                }
+            }
             Ok(access)
         })
     }

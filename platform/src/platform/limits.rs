@@ -1,5 +1,6 @@
-//! Per-tenant request rates (`[[tenants]] limits`): GCRA limiters (`governor`) per API key and
-//! per client address, rebuilt only when a tenant's quota changes.
+//! Request rates of tenants and projects (`limits` of `[[tenants]]` and `[[projects]]`): GCRA
+//! limiters (`governor`) per API key and per client address, rebuilt only when a scope's quota
+//! changes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,10 +14,10 @@ use governor::{Quota, RateLimiter};
 
 type Keyed<K> = RateLimiter<K, HashMapStateStore<K>, DefaultClock>;
 
-/// A tenant's request rates per minute: (per key, per address).
+/// A scope's request rates per minute: (per key, per address).
 pub type Rates = (Option<u32>, Option<u32>);
 
-struct OrgRates {
+struct ScopeRates {
     rates: Rates,
     per_key: Option<Keyed<String>>,
     per_ip: Option<Keyed<IpAddr>>,
@@ -27,41 +28,54 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(per_minute: Option<u32>) -> Option<K
     Some(RateLimiter::hashmap(Quota::per_minute(n)))
 }
 
-/// Every tenant's limiters.
+/// The limiters of every scope (an org id or a project id) that sets a rate.
 #[derive(Default)]
 pub struct RateLimits {
-    by_org: RwLock<HashMap<String, Arc<OrgRates>>>,
+    by_scope: RwLock<HashMap<String, Arc<ScopeRates>>>,
+    /// Some project sets a rate (so requests look their project up).
+    projects: std::sync::atomic::AtomicBool,
 }
 
 impl RateLimits {
-    /// Takes the tenants' rates (by org id); limiters whose rates did not change keep their
-    /// state.
+    /// Takes the scopes' rates (by org id and project id); limiters whose rates did not change
+    /// keep their state.
     pub fn configure(&self, wanted: HashMap<String, Rates>) {
-        let mut by_org = self.by_org.write().unwrap_or_else(|p| p.into_inner());
-        let old = std::mem::take(&mut *by_org);
+        // Project ids are `prj_...` (`store::new_id`).
+        let projects = wanted
+            .iter()
+            .any(|(id, r)| id.starts_with("prj_") && *r != (None, None));
+        self.projects
+            .store(projects, std::sync::atomic::Ordering::Relaxed);
+        let mut by_scope = self.by_scope.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::take(&mut *by_scope);
         for (org, rates) in wanted {
             if rates == (None, None) {
                 continue;
             }
             let kept = old.get(&org).filter(|o| o.rates == rates).cloned();
             let entry = kept.unwrap_or_else(|| {
-                Arc::new(OrgRates {
+                Arc::new(ScopeRates {
                     rates,
                     per_key: limiter(rates.0),
                     per_ip: limiter(rates.1),
                 })
             });
-            by_org.insert(org, entry);
+            by_scope.insert(org, entry);
         }
     }
 
-    /// Counts a request of `key` from `ip` to `org`; `Err(wait)` when a rate is exceeded.
-    pub fn check(&self, org: &str, key: &str, ip: Option<IpAddr>) -> Result<(), Duration> {
+    /// Whether any project sets a rate.
+    pub fn any_project_rates(&self) -> bool {
+        self.projects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a request of `key` from `ip` to `scope`; `Err(wait)` when a rate is exceeded.
+    pub fn check(&self, scope: &str, key: &str, ip: Option<IpAddr>) -> Result<(), Duration> {
         let Some(o) = self
-            .by_org
+            .by_scope
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(org)
+            .get(scope)
             .cloned()
         else {
             return Ok(());
@@ -81,7 +95,7 @@ impl RateLimits {
     /// Drops state of keys and addresses not seen lately.
     pub fn prune(&self) {
         for o in self
-            .by_org
+            .by_scope
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()

@@ -99,6 +99,11 @@ pub struct RuntimeSettings {
     pub message_policies: HashMap<String, Vec<Arc<policy::MessagePolicy>>>,
     /// Turns that may run at once, by org id and by project id.
     pub concurrent_turns: HashMap<String, usize>,
+    /// Streams (`GET .../events`, resumes, streamed sends) that may be attached at once, by org
+    /// id and by project id.
+    pub concurrent_streams: HashMap<String, usize>,
+    /// Warm harnesses at most, by org id (instead of `warm.per_tenant`) and by project id.
+    pub warm_harnesses: HashMap<String, usize>,
     /// Events a driver may queue ahead of the pump before its thread waits.
     pub turn_event_queue: usize,
     /// Events read from the replay log per query.
@@ -162,7 +167,9 @@ pub struct Runtime {
     /// Sandboxes and the model gateway.
     confinement: Confinement,
     /// Running turns per tenant and project.
-    turn_counts: Arc<concurrency::TurnCounts>,
+    turn_counts: Arc<concurrency::ScopeCounts>,
+    /// Attached streams per tenant and project.
+    stream_counts: Arc<concurrency::ScopeCounts>,
 }
 
 impl Runtime {
@@ -187,6 +194,7 @@ impl Runtime {
             streams: Arc::new(Mutex::new(HashMap::new())),
             confinement,
             turn_counts: Arc::default(),
+            stream_counts: Arc::default(),
         })
     }
 

@@ -480,6 +480,16 @@ impl Runtime {
             })
     }
 
+    /// The project of the org's session, if there is such a session.
+    pub async fn session_project(&self, org_id: &str, id: &str) -> Option<String> {
+        let (org, id) = (org_id.to_string(), id.to_string());
+        self.store
+            .read_async(move |c| sessions::get(c, &org, &id))
+            .await
+            .ok()
+            .map(|s| s.project_id)
+    }
+
     /// A session of the caller's org (and project, when scoped).
     pub async fn get_session(
         &self,

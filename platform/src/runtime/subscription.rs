@@ -37,6 +37,8 @@ pub struct Subscription {
     agent: Option<String>,
     /// Counts this stream against the session's bound while it lives.
     _permit: Option<StreamPermit>,
+    /// Counts this stream against its tenant's and project's `concurrent_streams`.
+    _counted: Option<super::concurrency::ScopeTicket>,
     /// The request this subscription continues after (its own `input_required` is skipped if
     /// the answer overtook the frame).
     answered: Option<String>,
@@ -105,8 +107,15 @@ impl Subscription {
             catch_up: false,
             page,
             _permit: None,
+            _counted: None,
             answered: None,
         }
+    }
+
+    /// Keeps the stream's place in its tenant's and project's stream limits while it lives.
+    pub(crate) fn counted(mut self, ticket: Option<super::concurrency::ScopeTicket>) -> Self {
+        self._counted = ticket;
+        self
     }
 
     /// The continuation of an answered request: its `input_required` frame, should it arrive
@@ -257,9 +266,11 @@ impl Runtime {
             session_id.to_string(),
             scope.map(str::to_string),
         );
-        self.store
+        let (session, _) = self
+            .store
             .read_async(move |c| load(c, &org, &id, sc.as_deref()))
             .await?;
+        let counted = self.count_stream(&session.org_id, &session.project_id)?;
         let permit = self.stream_permit(session_id)?;
         let page = self.settings().replay_page_size.max(1);
         let running = self.existing_slot(session_id).and_then(|s| s.running());
@@ -269,6 +280,7 @@ impl Runtime {
                 let mut sub = Subscription::live(session_id.into(), org_id.into(), r, after, page);
                 sub.catch_up = true;
                 sub._permit = Some(permit);
+                sub._counted = Some(counted);
                 sub
             }
             None => Subscription {
@@ -283,9 +295,26 @@ impl Runtime {
                 page,
                 agent: None,
                 _permit: Some(permit),
+                _counted: Some(counted),
                 answered: None,
             },
         })
+    }
+
+    /// Counts a stream against its tenant's and project's `concurrent_streams` (429 past one).
+    pub(crate) fn count_stream(
+        &self,
+        org_id: &str,
+        project_id: &str,
+    ) -> Result<super::concurrency::ScopeTicket, RuntimeError> {
+        let limits = &self.settings().concurrent_streams;
+        self.stream_counts
+            .try_start_in(limits, org_id, project_id)
+            .map_err(|max| {
+                RuntimeError::TooMany(format!(
+                    "at most {max} event streams may be open at once here; close one and retry"
+                ))
+            })
     }
 
     /// Counts one more stream attached to the session, or refuses it past the bound.

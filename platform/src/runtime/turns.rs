@@ -36,17 +36,22 @@ pub struct SendMessage {
     pub participant_type: Option<String>,
     /// Whether to surface reasoning.
     pub thinking: bool,
+    /// The caller follows the turn as a stream (counted against `limits.concurrent_streams`).
+    pub stream: bool,
 }
 
 /// A claimed session: its turn lock, this instance's lease on it (PostgreSQL), the session
-/// under them, its driver and app settings.
+/// under them, its driver and app settings, and its places in the turn (and stream) limits.
 type Claimed = (
     OwnedMutexGuard<()>,
     Option<String>,
     models::Session,
     Arc<LoadedDriver>,
     Arc<AppSettings>,
-    super::concurrency::TurnTicket,
+    (
+        super::concurrency::ScopeTicket,
+        Option<super::concurrency::ScopeTicket>,
+    ),
 );
 
 /// How long a turn's claim on its session lasts unless renewed (a crashed instance's sessions
@@ -137,9 +142,16 @@ impl Runtime {
             })?;
         let slot = self.slot(session_id);
         let started = self
-            .claim_session(org_id, scope, session_id, &slot, msg.agent.as_deref())
+            .claim_session(
+                org_id,
+                scope,
+                session_id,
+                &slot,
+                msg.agent.as_deref(),
+                msg.stream,
+            )
             .await;
-        let (guard, lease, session, driver, settings, ticket) = match started {
+        let (guard, lease, session, driver, settings, (ticket, stream_ticket)) = match started {
             Ok(v) => v,
             Err(e) => {
                 self.forget_slot(session_id, slot);
@@ -164,7 +176,8 @@ impl Runtime {
             running.clone(),
             session.last_seq,
             rt_settings.replay_page_size.max(1),
-        );
+        )
+        .counted(stream_ticket);
         slot.set_running(Some(running.clone()));
 
         let mut sandbox_spec = SandboxSpec::default();
@@ -226,6 +239,7 @@ impl Runtime {
         session_id: &str,
         slot: &Arc<Slot>,
         agent: Option<&str>,
+        stream: bool,
     ) -> Result<Claimed, RuntimeError> {
         let read = |store: &crate::store::Store| {
             let (org, id, sc) = (
@@ -269,44 +283,69 @@ impl Runtime {
             .await?;
         let ticket = self.count_turn(&session);
         let ticket = self.or_release(org_id, session_id, &lease, ticket).await?;
+        let stream_ticket = match stream {
+            true => {
+                let t = self.count_stream(&session.org_id, &session.project_id);
+                Some(self.or_release(org_id, session_id, &lease, t).await?)
+            }
+            false => None,
+        };
         let room = self.make_warm_room(&session).await;
         self.or_release(org_id, session_id, &lease, room).await?;
-        Ok((guard, lease, session, driver, settings, ticket))
+        Ok((
+            guard,
+            lease,
+            session,
+            driver,
+            settings,
+            (ticket, stream_ticket),
+        ))
     }
 
     /// Counts the turn against its tenant's and project's `concurrent_turns` (429 past one).
     fn count_turn(
         &self,
         session: &models::Session,
-    ) -> Result<super::concurrency::TurnTicket, RuntimeError> {
+    ) -> Result<super::concurrency::ScopeTicket, RuntimeError> {
         let limits = &self.settings().concurrent_turns;
-        let scopes: Vec<(String, usize)> = [&session.org_id, &session.project_id]
-            .into_iter()
-            .filter_map(|s| limits.get(s).map(|max| (s.clone(), *max)))
-            .collect();
-        self.turn_counts.try_start(&scopes).map_err(|max| {
-            RuntimeError::TooMany(format!(
-                "at most {max} turns run at once here; retry when one has ended"
-            ))
-        })
+        self.turn_counts
+            .try_start_in(limits, &session.org_id, &session.project_id)
+            .map_err(|max| {
+                RuntimeError::TooMany(format!(
+                    "at most {max} turns run at once here; retry when one has ended"
+                ))
+            })
     }
 
     /// Counts the session's harness as warm; stops the least recently used idle ones past the
     /// caps, or refuses the turn (503) when every counted session is busy.
     async fn make_warm_room(&self, session: &models::Session) -> Result<(), RuntimeError> {
-        let limits = self.settings().warm;
+        let settings = self.settings();
+        let limits = settings.warm;
+        let cap = |scope: &str| settings.warm_harnesses.get(scope).copied();
+        let tenant_cap = cap(&session.org_id).unwrap_or(limits.per_tenant);
+        let project_cap = cap(&session.project_id).unwrap_or(usize::MAX);
         let evictions = self.warm.admit(
             &session.id,
-            &session.org_id,
             &session.driver,
-            limits,
+            &[
+                (session.org_id.as_str(), tenant_cap),
+                (session.project_id.as_str(), project_cap),
+            ],
+            limits.total,
             |sid| try_idle(&self.slot(sid).lock),
         );
         let Some(evictions) = evictions else {
             tracing::warn!(session = %session.id, org = %session.org_id, "no room for another warm harness");
             return Err(RuntimeError::Unavailable(format!(
-                "every harness slot is busy (at most {} warm harnesses, {} per tenant); retry shortly",
-                limits.total, limits.per_tenant
+                "every harness slot is busy (at most {} warm harnesses, {} for this tenant{}); retry shortly",
+                limits.total,
+                tenant_cap,
+                if project_cap == usize::MAX {
+                    String::new()
+                } else {
+                    format!(", {project_cap} for this project")
+                }
             )));
         };
         for e in evictions {

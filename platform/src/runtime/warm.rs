@@ -21,7 +21,8 @@ pub struct WarmLimits {
 }
 
 struct Entry {
-    org_id: String,
+    /// The scopes (org id, project id) the session counts in.
+    scopes: Vec<String>,
     driver: String,
     last_used: u64,
 }
@@ -46,15 +47,16 @@ struct Inner {
 }
 
 impl WarmSet {
-    /// Counts `session_id` (of `org_id`, served by `driver`) as warm. Returns the sessions to
-    /// stop to stay within `limits`, each with its turn lock; `None` when nothing can make room.
+    /// Counts `session_id` (served by `driver`) as warm in each of its `scopes` (an org id, a
+    /// project id, each with its cap) and overall (`total`). Returns the sessions to stop to
+    /// stay within the caps, each with its turn lock; `None` when nothing can make room.
     /// `lock_idle` try-locks a session's turn lock, and succeeds only for an idle session.
     pub(crate) fn admit(
         &self,
         session_id: &str,
-        org_id: &str,
         driver: &str,
-        limits: WarmLimits,
+        scopes: &[(&str, usize)],
+        total: usize,
         lock_idle: impl Fn(&str) -> Option<OwnedMutexGuard<()>>,
     ) -> Option<Vec<Eviction>> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -65,30 +67,28 @@ impl WarmSet {
             return Some(Vec::new());
         }
         let mut evict: Vec<Eviction> = Vec::new();
-        let over = |inner: &Inner, evicted: &[Eviction], tenant: bool| {
-            let gone = |sid: &str| evicted.iter().any(|e| e.session_id == sid);
-            let count = inner
-                .entries
-                .iter()
-                .filter(|(sid, e)| !gone(sid) && (!tenant || e.org_id == org_id))
-                .count();
-            count
-                >= if tenant {
-                    limits.per_tenant
-                } else {
-                    limits.total
+        // `None` is every session; `Some(scope)` the sessions counted in that scope.
+        let checks = scopes
+            .iter()
+            .map(|(scope, cap)| (Some(*scope), *cap))
+            .chain([(None, total)]);
+        for (scope, cap) in checks {
+            let within = |e: &Entry| scope.is_none_or(|s| e.scopes.iter().any(|x| x == s));
+            loop {
+                let gone = |sid: &str| evict.iter().any(|e| e.session_id == sid);
+                let count = inner
+                    .entries
+                    .iter()
+                    .filter(|(sid, e)| !gone(sid) && within(e))
+                    .count();
+                if count < cap {
+                    break;
                 }
-        };
-        for tenant in [true, false] {
-            while over(&inner, &evict, tenant) {
                 // Least recently used first, among sessions no turn holds.
                 let mut candidates: Vec<(&String, &Entry)> = inner
                     .entries
                     .iter()
-                    .filter(|(sid, e)| {
-                        (!tenant || e.org_id == org_id)
-                            && !evict.iter().any(|x| &x.session_id == *sid)
-                    })
+                    .filter(|(sid, e)| within(e) && !gone(sid))
                     .collect();
                 candidates.sort_by_key(|(_, e)| e.last_used);
                 let picked = candidates.into_iter().find_map(|(sid, e)| {
@@ -111,7 +111,7 @@ impl WarmSet {
         inner.entries.insert(
             session_id.to_string(),
             Entry {
-                org_id: org_id.to_string(),
+                scopes: scopes.iter().map(|(s, _)| s.to_string()).collect(),
                 driver: driver.to_string(),
                 last_used: now,
             },
@@ -150,25 +150,17 @@ mod tests {
     #[test]
     fn the_least_recently_used_idle_session_makes_room_and_busy_ones_do_not() {
         let set = WarmSet::default();
-        let limits = WarmLimits {
-            total: 3,
-            per_tenant: 2,
-        };
+        let t1 = [("t1", 2)];
+        let t2 = [("t2", 2)];
         let locks: HashMap<&str, Arc<tokio::sync::Mutex<()>>> = ["a", "b", "c", "d"]
             .into_iter()
             .map(|s| (s, Arc::new(tokio::sync::Mutex::new(()))))
             .collect();
         let idle = |sid: &str| try_idle(&locks[sid]);
-        assert!(set
-            .admit("a", "t1", "echo", limits, idle)
-            .unwrap()
-            .is_empty());
-        assert!(set
-            .admit("b", "t1", "echo", limits, idle)
-            .unwrap()
-            .is_empty());
+        assert!(set.admit("a", "echo", &t1, 3, idle).unwrap().is_empty());
+        assert!(set.admit("b", "echo", &t1, 3, idle).unwrap().is_empty());
         // Tenant t1 is full: its least recently used (a) goes.
-        let ev = set.admit("c", "t1", "echo", limits, idle).unwrap();
+        let ev = set.admit("c", "echo", &t1, 3, idle).unwrap();
         assert_eq!(
             ev.iter().map(|e| e.session_id.as_str()).collect::<Vec<_>>(),
             ["a"]
@@ -176,24 +168,39 @@ mod tests {
         drop(ev);
         assert_eq!(set.len(), 2);
         // Using b again makes c the least recent; a busy c cannot be evicted, so b goes.
-        assert!(set
-            .admit("b", "t1", "echo", limits, idle)
-            .unwrap()
-            .is_empty());
+        assert!(set.admit("b", "echo", &t1, 3, idle).unwrap().is_empty());
         let busy_c = try_idle(&locks["c"]).unwrap();
-        let ev = set.admit("d", "t1", "echo", limits, idle).unwrap();
+        let ev = set.admit("d", "echo", &t1, 3, idle).unwrap();
         assert_eq!(ev[0].session_id, "b");
         drop(ev);
         // Now c (busy) and d (busy too) fill t1: no room.
         let busy_d = try_idle(&locks["d"]).unwrap();
-        assert!(set.admit("a", "t1", "echo", limits, idle).is_none());
+        assert!(set.admit("a", "echo", &t1, 3, idle).is_none());
         drop((busy_c, busy_d));
         // Another tenant fits under the total.
-        assert!(set
-            .admit("x", "t2", "echo", limits, |_| None)
-            .unwrap()
-            .is_empty());
+        assert!(set.admit("x", "echo", &t2, 3, |_| None).unwrap().is_empty());
         set.forget("x");
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn a_projects_cap_evicts_within_the_project_only() {
+        let set = WarmSet::default();
+        let locks: HashMap<&str, Arc<tokio::sync::Mutex<()>>> = ["a", "b", "c"]
+            .into_iter()
+            .map(|s| (s, Arc::new(tokio::sync::Mutex::new(()))))
+            .collect();
+        let idle = |sid: &str| try_idle(&locks[sid]);
+        let p1 = [("t1", 5), ("p1", 1)];
+        let p2 = [("t1", 5), ("p2", usize::MAX)];
+        assert!(set.admit("a", "echo", &p1, 10, idle).unwrap().is_empty());
+        assert!(set.admit("c", "echo", &p2, 10, idle).unwrap().is_empty());
+        let ev = set.admit("b", "echo", &p1, 10, idle).unwrap();
+        assert_eq!(
+            ev.iter().map(|e| e.session_id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        drop(ev);
         assert_eq!(set.len(), 2);
     }
 }

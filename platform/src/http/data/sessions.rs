@@ -355,7 +355,7 @@ pub async fn send(
                 c.answer(&app, 200, &json!({ STREAM_AFTER: sub.after_seq() }))
                     .await;
             }
-            Ok(stream(&app, sub))
+            Ok(stream(&app, *sub))
         }
         (Ok(Sent::Answer(body)), claim) => {
             if let Some(c) = claim {
@@ -376,7 +376,7 @@ const STREAM_AFTER: &str = "__karta_stream_after";
 
 /// A started turn: its stream, or (unary) its collected answer.
 enum Sent {
-    Stream(crate::runtime::Subscription),
+    Stream(Box<crate::runtime::Subscription>),
     Answer(Value),
 }
 
@@ -402,11 +402,12 @@ async fn send_turn(
                 participant_name: b.participant_name,
                 participant_type: b.participant_type,
                 thinking: b.thinking,
+                stream: as_stream,
             },
         )
         .await?;
     if as_stream {
-        return Ok(Sent::Stream(sub));
+        return Ok(Sent::Stream(Box::new(sub)));
     }
     let out = sub.collect(&app.runtime).await;
     Ok(Sent::Answer(unary_answer(session_id, &text, out)))
