@@ -2202,6 +2202,23 @@ fn metrics_are_prometheus_text_with_requests_turns_and_gauges() {
     assert!(text.contains("karta_event_log_writes_total"), "{text}");
     assert!(text.contains("karta_warm_harnesses 1"), "{text}");
     assert!(text.contains("karta_db_connections"), "{text}");
+    assert!(text.contains("karta_sse_subscribers 0"), "{text}");
+    // A streamed turn waiting for an approval: one live session, one running turn, one stream.
+    let mut s = e.stream(&sid, json!({"text": "hold [approve]"}));
+    s.until("input_required");
+    let text =
+        e.c.get(format!("{}/metrics", e.k.admin))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+    for gauge in [
+        "karta_live_sessions 1",
+        "karta_running_turns 1",
+        "karta_sse_subscribers 1",
+    ] {
+        assert!(text.contains(gauge), "{gauge} in {text}");
+    }
 }
 
 #[test]

@@ -67,11 +67,13 @@ pub struct ModelLabels {
 /// Values read at scrape time.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Snapshot {
+    /// Sessions held in memory: a turn runs, is queued or is followed.
+    pub live_sessions: i64,
     /// Turns running now.
     pub running_turns: i64,
     /// Sessions whose harness may be warm.
     pub warm_harnesses: i64,
-    /// Streams attached to sessions.
+    /// SSE responses being streamed.
     pub sse_subscribers: i64,
     /// Database connections open.
     pub db_connections: i64,
@@ -100,6 +102,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     /// Model calls through the gateway.
     pub model_calls: Family<ModelLabels, Counter>,
+    live_sessions: Gauge,
     running_turns: Gauge,
     warm_harnesses: Gauge,
     sse_subscribers: Gauge,
@@ -142,6 +145,7 @@ impl Metrics {
             event_log_failures: Counter::default(),
             reloads: Family::default(),
             model_calls: Family::default(),
+            live_sessions: Gauge::default(),
             running_turns: Gauge::default(),
             warm_harnesses: Gauge::default(),
             sse_subscribers: Gauge::default(),
@@ -191,6 +195,11 @@ impl Metrics {
             m.model_calls.clone(),
         );
         registry.register(
+            "live_sessions",
+            "Sessions held in memory: a turn runs, is queued or is followed",
+            m.live_sessions.clone(),
+        );
+        registry.register(
             "running_turns",
             "Turns running now",
             m.running_turns.clone(),
@@ -202,7 +211,7 @@ impl Metrics {
         );
         registry.register(
             "sse_subscribers",
-            "Streams attached to sessions",
+            "SSE responses being streamed",
             m.sse_subscribers.clone(),
         );
         registry.register(
@@ -225,6 +234,7 @@ impl Metrics {
 
     /// The text exposition, with the gauges set from `s`.
     pub fn render(&self, s: Snapshot) -> String {
+        self.live_sessions.set(s.live_sessions);
         self.running_turns.set(s.running_turns);
         self.warm_harnesses.set(s.warm_harnesses);
         self.sse_subscribers.set(s.sse_subscribers);

@@ -127,12 +127,13 @@ fn record(res: &ServiceResponse<BoxBody>, method: &str, started: std::time::Inst
 
 /// `GET /metrics` (admin listener): Prometheus text.
 async fn metrics(app: web::Data<App>) -> HttpResponse {
-    let (running, warm, streams, tokens) = app.runtime.gauges();
+    let (live, running, warm, tokens) = app.runtime.gauges();
     let (conns, idle) = app.store.pool_state();
     let text = crate::metrics::get().render(crate::metrics::Snapshot {
+        live_sessions: live as i64,
         running_turns: running as i64,
         warm_harnesses: warm as i64,
-        sse_subscribers: streams as i64,
+        sse_subscribers: sse::open_streams(),
         db_connections: i64::from(conns),
         db_idle_connections: i64::from(idle),
         gateway_tokens: tokens as i64,

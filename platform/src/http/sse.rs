@@ -1,6 +1,7 @@
 //! Server-sent events: `id:` (session sequence), `event:` (type), one `data:` line, and comment
 //! keep-alives while the stream is idle (including while a turn waits for an approval).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,32 @@ pub fn encode(f: &Frame) -> Bytes {
 /// The keep-alive comment.
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
+/// SSE responses being streamed now, by this process (the `sse_subscribers` gauge).
+static OPEN: AtomicI64 = AtomicI64::new(0);
+
+/// SSE responses being streamed now.
+pub fn open_streams() -> i64 {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// Counts one open SSE response until the body is dropped (ended or the client went away).
+struct Open;
+
+impl Open {
+    fn new() -> Self {
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct State {
+    _open: Open,
     sub: Subscription,
     runtime: Arc<Runtime>,
     heartbeat: Interval,
@@ -31,6 +57,7 @@ struct State {
 /// Streams a subscription until its turn is over.
 pub fn response(sub: Subscription, runtime: Arc<Runtime>, period: Duration) -> HttpResponse {
     let state = State {
+        _open: Open::new(),
         sub,
         runtime,
         heartbeat: interval_at(Instant::now() + period, period),

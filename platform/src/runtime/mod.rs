@@ -243,25 +243,18 @@ impl Runtime {
         self.confinement.gateway.grants.revoke(session_id);
     }
 
-    /// Running turns, warm harnesses, attached streams and live gateway tokens, for metrics.
+    /// Live sessions (held in memory: a turn runs, is queued or is followed), running turns,
+    /// warm harnesses and live gateway tokens, for metrics.
     pub fn gauges(&self) -> (usize, usize, usize, usize) {
-        let running = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|s| s.running().is_some())
-            .count();
-        let streams = self
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .sum();
+        let (live, running) = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let running = slots.values().filter(|s| s.running().is_some()).count();
+            (slots.len(), running)
+        };
         (
+            live,
             running,
             self.warm.len(),
-            streams,
             self.confinement.gateway.grants.len(),
         )
     }
