@@ -2128,6 +2128,11 @@ fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_e
     let drivers = get("/drivers");
     assert!(!drivers.contains("sk-very-secret"), "{drivers}");
     assert!(drivers.contains("\"abi_version\":1"), "{drivers}");
+    // The echo plugin reports its own crate's version through the root module.
+    assert!(
+        drivers.contains(&format!("\"version\":\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{drivers}"
+    );
 
     // A dry run names the change and writes nothing.
     let path = e.k.dir.join("karta.platform.toml");

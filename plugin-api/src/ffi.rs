@@ -68,6 +68,10 @@ pub struct DriverModule {
     /// Builds the driver from its JSON settings.
     #[sabi(last_prefix_field)]
     pub new_driver: extern "C" fn(settings_json: RStr<'_>) -> RResult<HarnessDriverBox, RString>,
+    /// The driver's own version (its crate's version). Added after the first release of ABI 1:
+    /// a plugin built before it has none, and the host reports the version as unknown.
+    #[sabi(missing_field(option))]
+    pub driver_version: extern "C" fn() -> RString,
 }
 
 impl RootModule for DriverModuleRef {

@@ -52,9 +52,14 @@ macro_rules! export_driver {
             > {
                 $crate::driver::construct(settings_json.as_str(), $ctor)
             }
+            // Expanded in the plugin's crate: its own version.
+            extern "C" fn driver_version() -> $crate::abi_stable::std_types::RString {
+                env!("CARGO_PKG_VERSION").into()
+            }
             $crate::ffi::DriverModule {
                 abi_version,
                 new_driver,
+                driver_version,
             }
             .leak_into_prefix()
         }

@@ -26,6 +26,9 @@ pub struct LoadedDriver {
     pub name: String,
     /// Where it came from.
     pub origin: DriverOrigin,
+    /// The driver's version, when it reports one (a plugin built before versions were
+    /// reported does not).
+    pub version: Option<String>,
     /// The driver.
     pub driver: HostDriver,
     /// The settings it was built with (JSON), to rebuild it when they change.
@@ -142,6 +145,7 @@ impl DriverRegistry {
         self.insert(LoadedDriver {
             name: driver.name(),
             origin,
+            version: None,
             driver,
             settings: String::new(),
             build: Build::Fixed,
@@ -174,6 +178,7 @@ impl DriverRegistry {
                 let d = LoadedDriver {
                     name: current.name.clone(),
                     origin: current.origin.clone(),
+                    version: current.version.clone(),
                     driver: HostDriver::new(d),
                     settings,
                     build: current.build,
@@ -242,9 +247,11 @@ impl DriverRegistry {
                 )));
             }
         }
+        let version = module.driver_version().map(|f| f().into_string());
         self.insert(LoadedDriver {
             name,
             origin: DriverOrigin::Plugin(path.clone()),
+            version,
             driver,
             settings: json,
             build: Build::Plugin(module),
@@ -326,6 +333,8 @@ impl DriverRegistry {
                     self.insert(LoadedDriver {
                         name: driver.name(),
                         origin: DriverOrigin::Builtin,
+                        // First-party drivers are versioned with the workspace.
+                        version: Some(env!("CARGO_PKG_VERSION").to_string()),
                         driver,
                         settings: settings.clone(),
                         build: Build::Builtin(ctor),

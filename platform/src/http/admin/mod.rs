@@ -115,14 +115,15 @@ async fn drivers(app: web::Data<App>, _op: Operator) -> HttpResponse {
         .list()
         .into_iter()
         .map(|(name, origin)| {
-            let settings = app
-                .drivers
-                .get(&name)
+            let loaded = app.drivers.get(&name);
+            let settings = loaded
+                .as_ref()
                 .and_then(|d| serde_json::from_str::<serde_json::Value>(d.settings_json()).ok())
                 .map(|s| redact(&s))
                 .unwrap_or(serde_json::Value::Null);
             let mut d = json!({
                 "name": name,
+                "version": loaded.and_then(|d| d.version.clone()),
                 "abi_version": karta_plugin_api::ABI_VERSION,
                 "payload_version": karta_plugin_api::PAYLOAD_VERSION,
                 "settings": settings,
