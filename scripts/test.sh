@@ -30,6 +30,9 @@ if ! { [ -x "$opencode" ] && [ "$("$opencode" --version 2>/dev/null)" = "$openco
 fi
 export KARTA_TEST_OPENCODE_BIN="$opencode"
 
+# The official client SDKs the adapter tests drive (pinned).
+eval "$(scripts/ensure-sdk-clients.sh)"
+
 cargo build --workspace
 
 status=0

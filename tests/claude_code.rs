@@ -491,3 +491,37 @@ fn closing_a_session_stops_the_harness_with_the_processes_its_tools_started() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_official_openai_python_client_talks_to_claude_code_through_the_adapters() {
+    let Some(python) = sdk_client("KARTA_TEST_PYTHON") else {
+        return;
+    };
+    let Some(e) = env(
+        r#"[{"match": "", "once": false, "text": "Hello from the fake model.", "usage": {"input_tokens": 31, "output_tokens": 7}}]"#,
+    ) else {
+        return;
+    };
+    let out = run_sdk(
+        &python,
+        "openai_python.py",
+        &e.k().public,
+        &e.key,
+        &[
+            ("KARTA_PROJECT", "bot"),
+            ("KARTA_EXPECT", "Hello from the fake model."),
+            ("KARTA_EXPECT_USAGE", "31,7"),
+        ],
+    );
+    assert!(out.contains("ok"), "{out}");
+    // The continued response ran on the same Claude Code session: the model saw the first
+    // message again in its history.
+    let reqs = e.mock.message_requests();
+    assert!(
+        reqs.iter().any(|r| {
+            let m = r["body"]["messages"].to_string();
+            m.contains("remember maple") && m.contains("which tree")
+        }),
+        "no request carried the earlier turn"
+    );
+}

@@ -56,6 +56,8 @@ pub struct App {
     pub auth_throttle: Arc<crate::http::throttle::AuthThrottle>,
     /// Tenants' request rates.
     pub rate_limits: Arc<crate::platform::limits::RateLimits>,
+    /// The adapters of projects that serve only some (by project id; absent: all).
+    adapter_lists: RwLock<std::collections::HashMap<String, Vec<crate::config::Adapter>>>,
     /// The gateway's listeners until the server takes them.
     pub gateway_listeners: std::sync::Mutex<Option<GatewayListeners>>,
     /// API-key verification.
@@ -143,6 +145,18 @@ fn scoped_limits(c: &PlatformConfig, store: &Store) -> Vec<(String, crate::confi
         }
     }
     out
+}
+
+/// The `adapters` lists of projects that set one, by project id.
+fn adapter_lists(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, Vec<crate::config::Adapter>> {
+    c.projects
+        .iter()
+        .filter(|p| p.adapters.is_some())
+        .filter_map(|p| Some((project_id(store, p)?, p.adapters.clone()?)))
+        .collect()
 }
 
 /// One limit of every scope that sets it (zero counts as one).
@@ -331,6 +345,7 @@ impl App {
         }
         let rate_limits = Arc::new(crate::platform::limits::RateLimits::default());
         rate_limits.configure(scope_rates(&scoped));
+        let adapter_lists = RwLock::new(adapter_lists(&cfg, &store));
         let admin_token = std::env::var("KARTA_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -346,12 +361,22 @@ impl App {
                 cfg.server.auth_failures_per_minute,
             )),
             rate_limits,
+            adapter_lists,
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
             config: RwLock::new(Arc::new(cfg)),
             load_options,
             reload_lock: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Whether the project (by id) serves `adapter`.
+    pub fn serves(&self, project_id: &str, adapter: crate::config::Adapter) -> bool {
+        self.adapter_lists
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(project_id)
+            .is_none_or(|list| list.contains(&adapter))
     }
 
     /// Where configuration declares a tenant (or one of its projects): file and line.
@@ -438,6 +463,10 @@ impl App {
             .update_settings(runtime_settings(&cfg, &self.store, &scoped));
         self.gateway.update(&cfg);
         self.rate_limits.configure(scope_rates(&scoped));
+        *self
+            .adapter_lists
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = adapter_lists(&cfg, &self.store);
         if plan
             .changes
             .iter()

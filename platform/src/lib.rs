@@ -4,6 +4,7 @@
 //! state -> store), `store` (SQL), `drivers` (plugin host), `runtime` (sessions, turns, events),
 //! `http` (actix-web), `platform` (keys and other platform services), `cli`.
 
+pub mod adapters;
 pub mod app;
 pub mod cli;
 pub mod config;

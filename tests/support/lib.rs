@@ -774,3 +774,41 @@ pub fn turn_without_cli(plugin: &Path, example: &str) -> Vec<SseFrame> {
         .expect("send");
     SseReader::new(r).rest()
 }
+
+/// Runs an official-SDK script of `tests/sdk/` against Karta at `url` with API key `key`;
+/// panics with its output unless it succeeds. Returns what it printed.
+pub fn run_sdk(program: &str, script: &str, url: &str, key: &str, env: &[(&str, &str)]) -> String {
+    let out = Command::new(program)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("sdk")
+                .join(script),
+        )
+        .env("KARTA_URL", url)
+        .env("KARTA_KEY", key)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+/// An SDK client path from the test script's environment (`KARTA_TEST_PYTHON`,
+/// `KARTA_TEST_NODE_PATH`); `None` is a skip, which CI refuses.
+pub fn sdk_client(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "{var} is required in CI (scripts/test.sh sets it)"
+            );
+            eprintln!("note: {var} unset; skipping (run scripts/test.sh)");
+            None
+        }
+    }
+}

@@ -46,6 +46,8 @@ pub struct PlatformConfig {
     pub sandbox: SandboxConfig,
     /// The model gateway harnesses reach their providers through.
     pub gateway: GatewayConfig,
+    /// `[adapters]`
+    pub adapters: AdaptersConfig,
     /// Message policies attached to tenants or projects.
     pub policies: Vec<PolicyConfig>,
     /// API keys minted elsewhere, declared by hash (no secret in files).
@@ -212,10 +214,18 @@ pub struct ProjectConfig {
     pub cancel_grace_seconds: Option<u64>,
     /// This project's sandbox network and limits (`[sandbox]` where absent).
     pub sandbox: ProjectSandbox,
-    /// The SDK-compatible adapters served for this project (others answer 404 on it).
-    pub adapters: Vec<Adapter>,
+    /// The SDK-compatible adapters served for this project (others answer 404 on it); every
+    /// adapter when absent.
+    pub adapters: Option<Vec<Adapter>>,
     /// Concurrency limits of the project.
     pub limits: ProjectLimits,
+}
+
+impl ProjectConfig {
+    /// Whether the project serves `adapter`.
+    pub fn serves(&self, adapter: Adapter) -> bool {
+        self.adapters.as_ref().is_none_or(|a| a.contains(&adapter))
+    }
 }
 
 /// An SDK-compatible surface of a project.
@@ -337,6 +347,23 @@ impl Default for GatewayConfig {
             max_body_mb: 32,
             upstream_timeout_seconds: 600,
             max_concurrent_calls: 256,
+        }
+    }
+}
+
+/// `[adapters]`: the SDK-compatible adapters.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptersConfig {
+    /// Days a stored Responses answer stays retrievable and continuable
+    /// (`previous_response_id`); older ones are forgotten.
+    pub stored_response_days: u32,
+}
+
+impl Default for AdaptersConfig {
+    fn default() -> Self {
+        Self {
+            stored_response_days: 30,
         }
     }
 }

@@ -72,6 +72,16 @@ pub enum ApiError {
     /// 429 with `Retry-After`: a bound on the caller was reached.
     #[error("{0}")]
     TooMany(String),
+    /// The turn of a unary adapter call failed: 422 for a rejected model key (BYOK), else 502.
+    #[error("{message}")]
+    TurnFailed {
+        /// Karta's error code.
+        code: String,
+        /// What went wrong.
+        message: String,
+        /// The model provider, when one was involved.
+        provider: Option<String>,
+    },
     /// 500; the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +107,10 @@ impl ResponseError for ApiError {
             | ApiError::PolicyViolation(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooMany(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TurnFailed { code, .. } if code == "byok_key_rejected" => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -143,6 +157,16 @@ impl ResponseError for ApiError {
             ApiError::TooMany(m) => res
                 .insert_header(("Retry-After", "1"))
                 .json(json!({"detail": m})),
+            ApiError::TurnFailed {
+                code,
+                message,
+                provider,
+            } if code == "byok_key_rejected" => res.json(json!({
+                "error": code, "provider": provider, "message": message,
+            })),
+            ApiError::TurnFailed { code, message, .. } => res.json(json!({
+                "detail": message, "error": code,
+            })),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 // The request-id middleware adds the request id to 500 bodies.

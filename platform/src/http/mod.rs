@@ -1,5 +1,6 @@
 //! actix-web: the public listener (data plane) and the admin listener (operator API).
 
+pub mod adapters;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -209,6 +210,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             .route("/openapi.json", web::get().to(openapi::document))
             .configure(data::configure)
             .configure(org::configure)
+            .configure(adapters::configure)
             .default_service(web::to(not_found))
     })
     .on_connect(no_delay)

@@ -37,6 +37,10 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::audit::list,
         super::org::projects::list,
         super::org::projects::get,
+        super::adapters::chat::create,
+        super::adapters::responses::create,
+        super::adapters::responses::fetch,
+        super::adapters::responses::delete,
     ),
     components(schemas(
         SessionView,
@@ -61,6 +65,9 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::audit::AuditPage,
         super::org::projects::ProjectView,
         super::org::projects::ProjectPage,
+        super::adapters::chat::ChatBody,
+        super::adapters::chat::StreamOptions,
+        super::adapters::responses::ResponsesBody,
     )),
     modifiers(&Bearer, &ProjectFamily)
 )]

@@ -57,7 +57,16 @@ impl Runtime {
         let policy = match platform {
             Some(p) => p,
             None if already => Policy::ApproveOnce,
-            None => ctx.settings.policy_for(mode),
+            None => match ctx.settings.policy_for(mode) {
+                // Nobody could answer a prompt: the hidden-prompt policy (never a prompt).
+                Policy::Prompt if ctx.prompts_hidden => {
+                    match ctx.settings.cli.input_required_hidden_policy {
+                        Policy::Prompt => Policy::Deny,
+                        hidden => hidden,
+                    }
+                }
+                p => p,
+            },
         };
         let decide = |d: DecisionKind, why: &'static str| {
             let running = running.clone();

@@ -38,6 +38,9 @@ pub struct SendMessage {
     pub thinking: bool,
     /// The caller follows the turn as a stream (counted against `limits.concurrent_streams`).
     pub stream: bool,
+    /// Nobody can answer this turn's approval prompts (an adapter whose wire format has no
+    /// way to ask): where the policy would prompt, the app's hidden-prompt policy answers.
+    pub prompts_hidden: bool,
 }
 
 /// A claimed session: its turn lock, this instance's lease on it (PostgreSQL), the session
@@ -75,6 +78,8 @@ pub(crate) struct TurnCtx {
     pub(crate) agent: String,
     pub(crate) settings: Arc<AppSettings>,
     pub(crate) running: Arc<Running>,
+    /// Prompts are answered by the hidden-prompt policy (see [`SendMessage::prompts_hidden`]).
+    pub(crate) prompts_hidden: bool,
 }
 
 impl Runtime {
@@ -130,6 +135,7 @@ impl Runtime {
             return Err(invalid("text", "must not be empty"));
         }
         self.check_policies(org_id, session_id, &msg.text).await?;
+        let msg_prompts_hidden = msg.prompts_hidden;
         // The tenant's sandbox uid (given out on its first turn ever: a store write).
         let sandbox = self.confinement.sandbox.clone();
         let (store, org) = (self.store.clone(), org_id.to_string());
@@ -214,6 +220,7 @@ impl Runtime {
             agent,
             settings,
             running,
+            prompts_hidden: msg_prompts_hidden,
         };
         // The turn outlives the request; its log lines keep the request's id.
         let span = tracing::Span::current();

@@ -9,6 +9,7 @@ pub mod model_calls;
 pub mod models;
 pub mod orgs;
 pub mod projects;
+pub mod responses;
 pub mod schema;
 pub mod sessions;
 pub mod testkit;

@@ -125,6 +125,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    adapter_responses (id) {
+        id -> Text,
+        org_id -> Text,
+        project_id -> Text,
+        session_id -> Text,
+        body -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(projects -> orgs (org_id));
 diesel::joinable!(api_keys -> orgs (org_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -135,5 +146,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     session_events,
     audit_log,
     model_calls,
-    idempotency_keys
+    idempotency_keys,
+    adapter_responses
 );

@@ -403,6 +403,7 @@ async fn send_turn(
                 participant_type: b.participant_type,
                 thinking: b.thinking,
                 stream: as_stream,
+                prompts_hidden: false,
             },
         )
         .await?;

@@ -67,8 +67,13 @@ async fn view(app: &App, org_slug: &str, p: Project) -> Result<ProjectView, ApiE
         .iter()
         .find(|c| c.tenant == org_slug && c.slug == p.slug)
         .map(|c| {
-            c.adapters
-                .iter()
+            const ALL: [crate::config::Adapter; 3] = [
+                crate::config::Adapter::ChatCompletions,
+                crate::config::Adapter::Responses,
+                crate::config::Adapter::ManagedAgents,
+            ];
+            ALL.iter()
+                .filter(|a| c.serves(**a))
                 .map(|a| {
                     serde_json::to_value(a)
                         .ok()
