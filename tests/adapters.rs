@@ -421,3 +421,196 @@ fn sdk_the_official_node_client_streams_chat_and_calls_responses() {
     );
     assert!(out.contains("ok"), "{out}");
 }
+
+fn managed_post(e: &Env, sid: &str, body: Value) -> Response {
+    e.post(&format!("/managed-agents/sessions/{sid}/events"), body)
+}
+
+fn managed_stream(e: &Env, sid: &str, after: Option<i64>) -> SseReader {
+    let q = after.map(|a| format!("?after={a}")).unwrap_or_default();
+    let r =
+        e.c.get(format!(
+            "{}/v1/projects/hello/managed-agents/sessions/{sid}/events/stream{q}",
+            e.k.public
+        ))
+        .bearer_auth(&e.key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    SseReader::new(r)
+}
+
+#[test]
+fn managed_agents_sessions_log_turns_approvals_and_replay_exactly_after_a_seq() {
+    let e = Env::simple();
+    let r = e.post(
+        "/managed-agents/sessions",
+        json!({"metadata": {"team": "a"}}),
+    );
+    assert_eq!(r.status(), 201);
+    let s: Value = r.json().unwrap();
+    assert_eq!(s["status"], "idle");
+    let sid = s["id"].as_str().unwrap().to_string();
+
+    let mut live = managed_stream(&e, &sid, None);
+    let r = managed_post(
+        &e,
+        &sid,
+        json!({"type": "user.message", "text": "please [approve]"}),
+    );
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().unwrap(), json!({"accepted": true}));
+    // A second message while the turn waits is refused.
+    let r = managed_post(&e, &sid, json!({"type": "user.message", "text": "me too"}));
+    assert_eq!(r.status(), 409);
+
+    let first = live.until("session.status_idle");
+    let kinds: Vec<&str> = first.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(kinds[..2], ["user.message", "session.status_running"]);
+    let idle = first.last().unwrap();
+    assert_eq!(idle.data["stop_reason"]["type"], "requires_action");
+    let ask = first
+        .iter()
+        .find(|f| f.event == "agent.tool_use" && f.data["evaluated_permission"] == "ask")
+        .expect("the approval is in the log");
+    assert_eq!(idle.data["stop_reason"]["event_ids"][0], ask.data["id"]);
+    let request_id = ask.data["request_id"].as_str().unwrap().to_string();
+    let state: Value =
+        e.c.get(format!(
+            "{}/v1/projects/hello/managed-agents/sessions/{sid}",
+            e.k.public
+        ))
+        .bearer_auth(&e.key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(state["status"], "idle");
+    assert_eq!(state["pending_input"]["request_id"], request_id.as_str());
+
+    // Bad answers are 400 or 409; the right one is accepted and the turn goes on.
+    assert_eq!(
+        managed_post(
+            &e,
+            &sid,
+            json!({"type": "user.tool_confirmation", "request_id": request_id, "result": "maybe"})
+        )
+        .status(),
+        400
+    );
+    assert_eq!(
+        managed_post(
+            &e,
+            &sid,
+            json!({"type": "user.tool_confirmation", "request_id": "req_nope", "result": "allow"})
+        )
+        .status(),
+        409
+    );
+    assert_eq!(
+        managed_post(&e, &sid, json!({"type": "user.dance"})).status(),
+        400
+    );
+    assert_eq!(
+        managed_post(&e, &sid, json!({"text": "no type"})).status(),
+        400
+    );
+    let r = managed_post(
+        &e,
+        &sid,
+        json!({"type": "user.tool_confirmation", "request_id": request_id, "result": "allow"}),
+    );
+    assert_eq!(r.status(), 202);
+    let rest = live.until("session.status_idle");
+    let kinds: Vec<&str> = rest.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(
+        kinds[..2],
+        ["user.tool_confirmation", "session.status_running"],
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"agent.tool_result"), "{kinds:?}");
+    assert_eq!(rest.last().unwrap().data["stop_reason"]["type"], "end_turn");
+    let text: String = first
+        .iter()
+        .chain(&rest)
+        .filter(|f| f.event == "agent.message")
+        .map(|f| f.data["content"][0]["text"].as_str().unwrap())
+        .collect();
+    assert!(text.starts_with("echo: please"), "{text}");
+
+    // Every entry so far, numbered 1.. without gaps; a reconnect after N gets exactly the rest.
+    let all: Vec<_> = first.iter().chain(&rest).collect();
+    let seqs: Vec<i64> = all.iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(seqs, (1..=all.len() as i64).collect::<Vec<_>>());
+    assert!(all.iter().all(|f| f.data["seq"].as_i64() == f.id));
+    let cut = 4;
+    let mut again = managed_stream(&e, &sid, Some(cut));
+    let replayed: Vec<i64> = (0..all.len() as i64 - cut)
+        .map(|_| again.next_frame().unwrap().id.unwrap())
+        .collect();
+    assert_eq!(replayed, ((cut + 1)..=all.len() as i64).collect::<Vec<_>>());
+    // The stream stays open for the next turn.
+    assert_eq!(
+        managed_post(&e, &sid, json!({"type": "user.message", "text": "next"})).status(),
+        202
+    );
+    let next = again.until("session.status_idle");
+    assert_eq!(next[0].id, Some(all.len() as i64 + 1));
+    assert_eq!(next[0].event, "user.message");
+}
+
+#[test]
+fn managed_agents_interrupt_ends_the_turn_and_other_tenants_sessions_are_not_found() {
+    let e = Env::simple();
+    let sid = e
+        .post("/managed-agents/sessions", json!({}))
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut live = managed_stream(&e, &sid, None);
+    assert_eq!(
+        managed_post(
+            &e,
+            &sid,
+            json!({"type": "user.message", "text": "long [flood:5000]"})
+        )
+        .status(),
+        202
+    );
+    live.until("agent.message");
+    assert_eq!(
+        managed_post(&e, &sid, json!({"type": "user.interrupt"})).status(),
+        202
+    );
+    let end = live.until("session.status_idle");
+    assert_eq!(end.last().unwrap().data["interrupted"], true);
+    // Interrupting an idle session does nothing, and is still accepted.
+    assert_eq!(
+        managed_post(&e, &sid, json!({"type": "user.interrupt"})).status(),
+        202
+    );
+
+    let other = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
+    let r = other
+        .c
+        .get(format!(
+            "{}/v1/projects/hello/managed-agents/sessions/{sid}",
+            other.k.public
+        ))
+        .bearer_auth(&other.key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r =
+        e.c.post(format!(
+            "{}/v1/projects/hello/managed-agents/sessions/{sid}/events",
+            e.k.public
+        ))
+        .bearer_auth(&e.key)
+        .body("not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

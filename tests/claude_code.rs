@@ -525,3 +525,65 @@ fn the_official_openai_python_client_talks_to_claude_code_through_the_adapters()
         "no request carried the earlier turn"
     );
 }
+
+#[test]
+fn a_managed_agents_tool_confirmation_answers_a_real_claude_code_approval() {
+    let script = format!(r#"[{TOUCH}, {{"text": "Finished."}}]"#);
+    let Some(e) = env(&script) else { return };
+    let base = format!("{}/v1/projects/bot/managed-agents/sessions", e.k().public);
+    let r = e.c.post(&base).bearer_auth(&e.key).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let sid = r.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let live =
+        e.c.get(format!("{base}/{sid}/events/stream"))
+            .bearer_auth(&e.key)
+            .send()
+            .unwrap();
+    let mut live = SseReader::new(live);
+    let post = |body: serde_json::Value| {
+        e.c.post(format!("{base}/{sid}/events"))
+            .bearer_auth(&e.key)
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(
+        post(json!({"type": "user.message", "text": "create a file"})),
+        202
+    );
+    let asked = live.until("session.status_idle");
+    let ask = asked
+        .iter()
+        .find(|f| f.event == "agent.tool_use" && f.data["evaluated_permission"] == "ask")
+        .expect("Claude Code asked");
+    assert_eq!(ask.data["name"], "Bash");
+    assert_eq!(
+        ask.data["input"]["command"],
+        "touch made_by_agent.txt && echo created"
+    );
+    let rid = ask.data["request_id"].as_str().unwrap();
+    assert_eq!(
+        post(json!({"type": "user.tool_confirmation", "request_id": rid, "result": "allow"})),
+        202
+    );
+    let rest = live.until("session.status_idle");
+    let result = rest
+        .iter()
+        .find(|f| f.event == "agent.tool_result")
+        .expect("the tool ran");
+    assert_eq!(result.data["content"][0]["text"], "created");
+    assert_eq!(result.data["is_error"], false);
+    let text: String = rest
+        .iter()
+        .filter(|f| f.event == "agent.message")
+        .map(|f| f.data["content"][0]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(text, "Finished.");
+    let idle = rest.last().unwrap();
+    assert_eq!(idle.data["stop_reason"]["type"], "end_turn");
+    assert!(idle.data["usage"]["output_tokens"].as_u64().unwrap() > 0);
+}

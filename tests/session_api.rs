@@ -996,6 +996,10 @@ fn the_openapi_document_covers_every_public_route() {
         "POST /v1/projects/{project_ref}/responses",
         "GET /v1/projects/{project_ref}/responses/{response_id}",
         "DELETE /v1/projects/{project_ref}/responses/{response_id}",
+        "POST /v1/projects/{project_ref}/managed-agents/sessions",
+        "GET /v1/projects/{project_ref}/managed-agents/sessions/{session_id}",
+        "POST /v1/projects/{project_ref}/managed-agents/sessions/{session_id}/events",
+        "GET /v1/projects/{project_ref}/managed-agents/sessions/{session_id}/events/stream",
     ] {
         expected.push(op.into());
     }

@@ -56,6 +56,8 @@ pub struct App {
     pub auth_throttle: Arc<crate::http::throttle::AuthThrottle>,
     /// Tenants' request rates.
     pub rate_limits: Arc<crate::platform::limits::RateLimits>,
+    /// The Managed Agents adapter's session logs.
+    pub managed_log: Arc<crate::platform::managed_log::ManagedLog>,
     /// The adapters of projects that serve only some (by project id; absent: all).
     adapter_lists: RwLock<std::collections::HashMap<String, Vec<crate::config::Adapter>>>,
     /// The gateway's listeners until the server takes them.
@@ -346,6 +348,10 @@ impl App {
         let rate_limits = Arc::new(crate::platform::limits::RateLimits::default());
         rate_limits.configure(scope_rates(&scoped));
         let adapter_lists = RwLock::new(adapter_lists(&cfg, &store));
+        let managed_log = Arc::new(crate::platform::managed_log::ManagedLog::new(
+            store.clone(),
+            cfg.runtime.event_log_retention,
+        ));
         let admin_token = std::env::var("KARTA_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -362,6 +368,7 @@ impl App {
             )),
             rate_limits,
             adapter_lists,
+            managed_log,
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
             config: RwLock::new(Arc::new(cfg)),

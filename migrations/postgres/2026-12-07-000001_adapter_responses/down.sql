@@ -1,1 +1,2 @@
+DROP TABLE managed_events;
 DROP TABLE adapter_responses;

@@ -106,7 +106,7 @@ impl ChatTurn {
                 }})
                 .to_string()]
             }
-            TurnEvent::Done { usage, failed } => {
+            TurnEvent::Done { usage, failed, .. } => {
                 self.usage = Some(*usage);
                 let mut out = Vec::new();
                 if self.failure.is_none() && *failed {
@@ -135,7 +135,7 @@ impl ChatTurn {
                 out.push(DONE.to_string());
                 out
             }
-            TurnEvent::Other => Vec::new(),
+            _ => Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod input;
+pub mod managed;
 pub mod responses;
 
 use karta_plugin_api::Usage;
@@ -25,12 +26,42 @@ pub enum TurnEvent<'a> {
         /// The model provider involved, if any.
         provider: Option<&'a str>,
     },
+    /// A reasoning chunk.
+    Reasoning(&'a str),
+    /// A tool call the harness makes (server-side), or its result (same id).
+    ToolUse {
+        /// Pairs the call with its result.
+        id: &'a str,
+        /// The tool.
+        name: &'a str,
+        /// Its input.
+        input: &'a Value,
+        /// `pending`, `running`, `completed` or `error`.
+        status: &'a str,
+        /// Its output, once it has one.
+        result: Option<&'a Value>,
+    },
+    /// The turn waits for an approval.
+    InputRequired {
+        /// The request to answer.
+        request_id: &'a str,
+        /// The tool that wants to run.
+        tool: Option<&'a str>,
+        /// Its input.
+        tool_input: Option<&'a Value>,
+        /// The prompt.
+        message: &'a str,
+        /// The decisions on offer.
+        options: &'a Value,
+    },
     /// The turn is over.
     Done {
         /// Its tokens.
         usage: Usage,
         /// Whether it ended otherwise than completed (failed or cancelled).
         failed: bool,
+        /// Whether it was cancelled (an interrupt).
+        cancelled: bool,
     },
     /// Anything no adapter shows (tools run server-side, steps, reasoning, system).
     Other,
@@ -52,6 +83,28 @@ impl<'a> TurnEvent<'a> {
             "done" => TurnEvent::Done {
                 usage: serde_json::from_value(data["usage"].clone()).unwrap_or_default(),
                 failed: data["status"].as_str().is_some_and(|s| s != "completed"),
+                cancelled: data["status"] == "cancelled",
+            },
+            "reasoning" => match data["part"]["text"].as_str() {
+                Some(t) => TurnEvent::Reasoning(t),
+                None => TurnEvent::Other,
+            },
+            "tool_use" => TurnEvent::ToolUse {
+                id: data["tool_use_id"].as_str().unwrap_or(""),
+                name: data["tool_name"].as_str().unwrap_or(""),
+                input: &data["tool_input"],
+                status: data["status"].as_str().unwrap_or("running"),
+                result: data.get("result").filter(|r| !r.is_null()),
+            },
+            "input_required" => match data["request_id"].as_str() {
+                Some(request_id) => TurnEvent::InputRequired {
+                    request_id,
+                    tool: data["tool"].as_str(),
+                    tool_input: data.get("tool_input").filter(|v| !v.is_null()),
+                    message: data["message"].as_str().unwrap_or(""),
+                    options: &data["options"],
+                },
+                None => TurnEvent::Other,
             },
             _ => TurnEvent::Other,
         }
@@ -82,7 +135,7 @@ mod tests {
         assert_eq!(TurnEvent::from_parts("text", &text), TurnEvent::Text("hi"));
         let done = json!({"status": "failed", "usage": {"input_tokens": 3, "output_tokens": 2,
             "cache_read_tokens": 1, "total_tokens": 6}});
-        let TurnEvent::Done { usage, failed } = TurnEvent::from_parts("done", &done) else {
+        let TurnEvent::Done { usage, failed, .. } = TurnEvent::from_parts("done", &done) else {
             panic!("not done");
         };
         assert!(failed);
@@ -98,7 +151,7 @@ mod tests {
             }
         );
         assert_eq!(
-            TurnEvent::from_parts("tool_use", &json!({})),
+            TurnEvent::from_parts("step_start", &json!({})),
             TurnEvent::Other
         );
         assert_eq!(echoed_model(Some("")), "default");

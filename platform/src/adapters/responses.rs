@@ -170,7 +170,7 @@ impl ResponseTurn {
                 }
                 Vec::new()
             }
-            TurnEvent::Done { usage, failed } => {
+            TurnEvent::Done { usage, failed, .. } => {
                 self.usage = Some(*usage);
                 if *failed && self.error.is_none() {
                     self.error = Some((
@@ -205,7 +205,7 @@ impl ResponseTurn {
                     self.frame("response.completed", json!({"response": r})),
                 ]
             }
-            TurnEvent::Other => Vec::new(),
+            _ => Vec::new(),
         }
     }
 

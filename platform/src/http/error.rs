@@ -38,6 +38,10 @@ pub enum ApiError {
     /// 400: the body is not JSON.
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    /// 400: the body is JSON but not a request this route takes (routes whose contract says
+    /// 400, not 422, for a bad body).
+    #[error("{0}")]
+    BadRequest(String),
     /// 401.
     #[error("Unauthorized")]
     Unauthorized,
@@ -97,7 +101,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -41,6 +41,10 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::adapters::responses::create,
         super::adapters::responses::fetch,
         super::adapters::responses::delete,
+        super::adapters::managed::create,
+        super::adapters::managed::post_event,
+        super::adapters::managed::state,
+        super::adapters::managed::stream,
     ),
     components(schemas(
         SessionView,
@@ -68,6 +72,8 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::adapters::chat::ChatBody,
         super::adapters::chat::StreamOptions,
         super::adapters::responses::ResponsesBody,
+        super::adapters::managed::CreateManagedBody,
+        super::adapters::managed::UserEventBody,
     )),
     modifiers(&Bearer, &ProjectFamily)
 )]

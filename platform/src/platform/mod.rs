@@ -3,5 +3,6 @@
 
 pub mod keys;
 pub mod limits;
+pub mod managed_log;
 pub mod resources;
 pub mod tokens;

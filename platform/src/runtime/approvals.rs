@@ -299,6 +299,30 @@ impl Runtime {
         }
     }
 
+    /// Interrupts the org's session's running turn (it ends with `done`, status `cancelled`);
+    /// whether one was running.
+    pub async fn interrupt(
+        &self,
+        org_id: &str,
+        scope: Option<&str>,
+        session_id: &str,
+    ) -> Result<bool, RuntimeError> {
+        let (org, id, sc) = (
+            org_id.to_string(),
+            session_id.to_string(),
+            scope.map(str::to_string),
+        );
+        self.store
+            .read_async(move |c| load(c, &org, &id, sc.as_deref()))
+            .await?;
+        let running = self
+            .existing_slot(session_id)
+            .and_then(|s| s.running())
+            .is_some();
+        self.cancel_running(session_id);
+        Ok(running)
+    }
+
     /// Cancels the session's running turn, if any (its driver still ends it with `done`).
     pub(crate) fn cancel_running(&self, session_id: &str) {
         if let Some(r) = self.existing_slot(session_id).and_then(|s| s.running()) {

@@ -29,7 +29,7 @@ mod workspace;
 pub use app_settings::{AppSettings, PermissionMode, Policy};
 pub use events::Frame;
 pub use sessions::{CreateSession, ListSessions, ProjectRef, SessionPage, SessionView};
-pub use subscription::{Subscription, TurnOutcome};
+pub use subscription::{StreamRoom, Subscription, TurnOutcome};
 pub use turns::SendMessage;
 
 use std::collections::HashMap;

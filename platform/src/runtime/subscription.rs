@@ -44,6 +44,12 @@ pub struct Subscription {
     answered: Option<String>,
 }
 
+/// A stream's place in the stream bounds, kept while it lives.
+pub struct StreamRoom {
+    _permit: StreamPermit,
+    _counted: super::concurrency::ScopeTicket,
+}
+
 /// One attached stream of a session; the count goes down when it is dropped.
 pub(crate) struct StreamPermit {
     session_id: String,
@@ -298,6 +304,22 @@ impl Runtime {
                 _counted: Some(counted),
                 answered: None,
             },
+        })
+    }
+
+    /// A place for a stream that follows the session by other means than a [`Subscription`]
+    /// (an adapter's own log), within the same bounds: per session, per tenant and project.
+    pub fn stream_room(
+        &self,
+        org_id: &str,
+        project_id: &str,
+        session_id: &str,
+    ) -> Result<StreamRoom, RuntimeError> {
+        let counted = self.count_stream(org_id, project_id)?;
+        let permit = self.stream_permit(session_id)?;
+        Ok(StreamRoom {
+            _permit: permit,
+            _counted: counted,
         })
     }
 

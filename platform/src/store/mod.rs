@@ -5,6 +5,7 @@ pub mod audit;
 pub mod events;
 pub mod idempotency;
 pub mod keys;
+pub mod managed_events;
 pub mod model_calls;
 pub mod models;
 pub mod orgs;

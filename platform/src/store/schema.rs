@@ -136,6 +136,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    managed_events (session_id, seq) {
+        session_id -> Text,
+        org_id -> Text,
+        seq -> BigInt,
+        event_type -> Text,
+        body -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(projects -> orgs (org_id));
 diesel::joinable!(api_keys -> orgs (org_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -147,5 +158,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     model_calls,
     idempotency_keys,
-    adapter_responses
+    adapter_responses,
+    managed_events
 );

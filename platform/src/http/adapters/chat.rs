@@ -134,7 +134,7 @@ pub async fn create(
         .unwrap_or(false);
 
     let session = new_session(&app, &access, "openai.chat_completions", None).await?;
-    let sub = match start_turn(&app, &access, &session, text, b.user, as_stream).await {
+    let sub = match start_turn(&app, &access, &session, text, b.user, as_stream, true).await {
         Ok(sub) => sub,
         Err(e) => {
             // Nothing ran: the session is not kept.

@@ -1,9 +1,11 @@
-//! The SDK-compatible adapter routes (spec 03): thin handlers over the runtime's turn API. Each
+//! The SDK-compatible adapter routes (spec 03): OpenAI Chat Completions and Responses, and
+//! Anthropic Managed Agents. Thin handlers over the runtime's turn API. Each
 //! request passes the native project routes' gates in the same order (credential and project,
 //! the project's `adapters` list, scopes, message policies, busy sessions), then one turn runs
 //! and its events go through the pure translators of [`crate::adapters`].
 
 pub mod chat;
+pub mod managed;
 pub mod responses;
 
 use std::collections::VecDeque;
@@ -44,6 +46,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         &format!("{BASE}/responses/{{response_id}}"),
         web::delete().to(responses::delete),
+    )
+    .route(
+        &format!("{BASE}/managed-agents/sessions"),
+        web::post().to(managed::create),
+    )
+    .route(
+        &format!("{BASE}/managed-agents/sessions/{{session_id}}"),
+        web::get().to(managed::state),
+    )
+    .route(
+        &format!("{BASE}/managed-agents/sessions/{{session_id}}/events"),
+        web::post().to(managed::post_event),
+    )
+    .route(
+        &format!("{BASE}/managed-agents/sessions/{{session_id}}/events/stream"),
+        web::get().to(managed::stream),
     );
 }
 
@@ -98,7 +116,8 @@ async fn new_session(
     Ok(session.id)
 }
 
-/// Runs a turn whose approval prompts nobody can answer (the hidden-prompt policy does).
+/// Runs a turn. With `prompts_hidden` nobody can answer its approval prompts (the app's
+/// hidden-prompt policy does).
 async fn start_turn(
     app: &App,
     access: &Access,
@@ -106,6 +125,7 @@ async fn start_turn(
     text: String,
     user: Option<String>,
     stream: bool,
+    prompts_hidden: bool,
 ) -> Result<Subscription, ApiError> {
     Ok(app
         .runtime
@@ -120,7 +140,7 @@ async fn start_turn(
                 participant_type: None,
                 thinking: false,
                 stream,
-                prompts_hidden: true,
+                prompts_hidden,
             },
         )
         .await?)

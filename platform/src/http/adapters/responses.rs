@@ -233,7 +233,7 @@ pub async fn create(
         ),
     };
     let as_stream = b.stream.unwrap_or(false);
-    let sub = match start_turn(&app, &access, &session, text, b.user, as_stream).await {
+    let sub = match start_turn(&app, &access, &session, text, b.user, as_stream, true).await {
         Ok(sub) => sub,
         Err(e) => {
             if fresh {
