@@ -13,6 +13,11 @@ pub const STREAM_TURN: &[u8] = br#"{"text":"hello","stream":true}"#;
 /// A streaming turn that pauses on an approval (the echo driver's `[approve]` marker).
 pub const APPROVAL_TURN: &[u8] = br#"{"text":"[approve] hi","stream":true}"#;
 
+/// A non-streaming OpenAI Chat Completions request.
+pub const CHAT: &[u8] = br#"{"model":"default","messages":[{"role":"user","content":"hello"}]}"#;
+/// The Chat Completions route of the bench project.
+pub const CHAT_PATH: &str = "/v1/projects/hello/chat/completions";
+
 /// Creates a session on the org's only project; returns its id.
 pub async fn create_session(conn: &mut Conn, key: &str) -> anyhow::Result<String> {
     let body = conn

@@ -80,17 +80,20 @@ pub enum Section {
     Sandbox,
     /// A legitimate client's latency and memory under a flood of wrong keys.
     KeyFlood,
+    /// OpenAI Chat Completions calls through the adapter against the baseline.
+    Adapters,
 }
 
 impl Section {
     /// Every section, in report order.
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Turns,
         Section::IdleStreams,
         Section::Rss,
         Section::Reconcile,
         Section::Sandbox,
         Section::KeyFlood,
+        Section::Adapters,
     ];
 
     /// The name used on the command line.
@@ -102,6 +105,7 @@ impl Section {
             Section::Reconcile => "reconcile",
             Section::Sandbox => "sandbox",
             Section::KeyFlood => "key-flood",
+            Section::Adapters => "adapters",
         }
     }
 }

@@ -31,6 +31,8 @@ enum Op {
     Stream { path: String },
     /// `GET` of the client's session.
     Get { path: String },
+    /// A non-streaming Chat Completions call (a new session each).
+    Chat,
 }
 
 /// One simulated client: its connection and what it sends.
@@ -61,6 +63,15 @@ impl Worker {
             Op::Turn { path }
         };
         Ok(Worker { conn, op, key })
+    }
+
+    /// A client of the OpenAI Chat Completions adapter (non-streaming).
+    pub async fn chat(addr: SocketAddr, key: Arc<str>) -> anyhow::Result<Worker> {
+        Ok(Worker {
+            conn: Conn::connect(addr).await?,
+            op: Op::Chat,
+            key,
+        })
     }
 
     /// A Karta client reading its own new session (`GET /v1/sessions/{id}`): authentication
@@ -105,6 +116,19 @@ impl Worker {
                 let body = Some(Bytes::from_static(api::TURN));
                 self.conn
                     .expect(StatusCode::OK, Method::POST, path, Some(&self.key), body)
+                    .await?;
+                None
+            }
+            Op::Chat => {
+                let body = Some(Bytes::from_static(api::CHAT));
+                self.conn
+                    .expect(
+                        StatusCode::OK,
+                        Method::POST,
+                        api::CHAT_PATH,
+                        Some(&self.key),
+                        body,
+                    )
                     .await?;
                 None
             }

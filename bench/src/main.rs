@@ -119,6 +119,7 @@ async fn run_section(section: Section, ctx: &Ctx, report: &mut Report) -> anyhow
         Section::Reconcile => sections::reconcile::run(ctx, report).await,
         Section::Sandbox => sections::sandbox::run(ctx, report).await,
         Section::KeyFlood => sections::key_flood::run(ctx, report).await,
+        Section::Adapters => sections::adapters::run(ctx, report).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The benchmark's sections.
 
+pub mod adapters;
 pub mod idle_streams;
 pub mod key_flood;
 pub mod reconcile;
