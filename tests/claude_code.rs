@@ -81,6 +81,11 @@ fn a_text_turn_streams_and_reports_the_fakes_usage() {
     let req = e.mock.message_requests().pop().unwrap();
     assert_eq!(req["headers"]["x-api-key"], "sk-test-fake");
     assert!(req["body"].to_string().contains("Lumen Books"));
+    // Metered as the fake reported it.
+    let m = e.metered();
+    assert_eq!(m["turns"], 1, "{m}");
+    assert_eq!(m["input_tokens"], 31);
+    assert_eq!(m["output_tokens"], 7);
 }
 
 #[test]

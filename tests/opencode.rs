@@ -97,6 +97,11 @@ fn a_text_turn_streams_with_the_fakes_usage() {
         reqs[0]["body"].to_string().contains("Lumen Books"),
         "AGENTS.md reached the model"
     );
+    // Metered as the fake reported it.
+    let m = e.metered();
+    assert_eq!(m["turns"], 1, "{m}");
+    assert_eq!(m["input_tokens"], 31);
+    assert_eq!(m["output_tokens"], 7);
 }
 
 #[test]

@@ -992,6 +992,8 @@ fn the_openapi_document_covers_every_public_route() {
         "GET /v1/audit_events",
         "GET /v1/projects",
         "GET /v1/projects/{project_ref}",
+        "GET /v1/usage",
+        "GET /v1/usage/summary",
         "POST /v1/projects/{project_ref}/chat/completions",
         "POST /v1/projects/{project_ref}/responses",
         "GET /v1/projects/{project_ref}/responses/{response_id}",

@@ -84,6 +84,7 @@ fn runtime_settings(
         message_policies: message_policies(c, store),
         concurrent_turns: limit_map(scoped, |l| l.concurrent_turns),
         concurrent_streams: limit_map(scoped, |l| l.concurrent_streams),
+        budgets: budgets(c, store),
         warm_harnesses: limit_map(scoped, |l| l.warm_harnesses),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
@@ -144,6 +145,44 @@ fn scoped_limits(c: &PlatformConfig, store: &Store) -> Vec<(String, crate::confi
     for p in c.projects.iter().filter(|p| p.limits != unset) {
         if let Some(id) = project_id(store, p) {
             out.push((id, p.limits.clone()));
+        }
+    }
+    out
+}
+
+/// The `[[budgets]]` caps, by org id (a tenant's) and project id (a project's).
+fn budgets(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, crate::runtime::budget::Caps> {
+    let mut out = std::collections::HashMap::new();
+    for b in &c.budgets {
+        let caps = crate::runtime::budget::Caps {
+            input_tokens: b.input_tokens,
+            output_tokens: b.output_tokens,
+            total_tokens: b.total_tokens,
+            cost_cents: b.cost_cents,
+            reserve_tokens: b.reserve_tokens,
+        };
+        let id = match &b.project {
+            Some(slug) => c
+                .projects
+                .iter()
+                .find(|p| p.tenant == b.tenant && &p.slug == slug)
+                .and_then(|p| project_id(store, p)),
+            None => store
+                .read(|conn| crate::store::orgs::find_by_slug(conn, &b.tenant))
+                .ok()
+                .flatten()
+                .map(|o| o.id),
+        };
+        match id {
+            Some(id) => {
+                out.insert(id, caps);
+            }
+            None => {
+                tracing::warn!(tenant = %b.tenant, "budget not applied: its scope is not in the store")
+            }
         }
     }
     out

@@ -671,6 +671,19 @@ impl HarnessEnv {
         self.k = Some(Self::boot(self.dir.path(), &self.env));
     }
 
+    /// The tenant's metered usage this month, one row (`GET /v1/usage?group_by=key`).
+    pub fn metered(&self) -> Value {
+        let r = self
+            .c
+            .get(format!("{}/v1/usage?group_by=key", self.k().public))
+            .bearer_auth(&self.key)
+            .send()
+            .expect("usage");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().expect("json");
+        v["data"][0].clone()
+    }
+
     /// A new session on the org's only project.
     pub fn session(&self) -> String {
         let r = self

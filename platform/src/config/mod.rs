@@ -50,6 +50,8 @@ pub struct PlatformConfig {
     pub adapters: AdaptersConfig,
     /// Message policies attached to tenants or projects.
     pub policies: Vec<PolicyConfig>,
+    /// `[[budgets]]`
+    pub budgets: Vec<BudgetConfig>,
     /// API keys minted elsewhere, declared by hash (no secret in files).
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -193,6 +195,28 @@ pub type TenantLimits = Limits;
 
 /// A project's `limits`.
 pub type ProjectLimits = Limits;
+
+/// `[[budgets]]`: hard caps on a tenant's (or one project's) usage per calendar month (UTC).
+/// Past any cap, every turn-running route answers 402 `budget_exhausted` before anything runs.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// The tenant.
+    pub tenant: String,
+    /// One project of the tenant (the whole tenant when absent).
+    pub project: Option<String>,
+    /// Input tokens a month (cached ones included).
+    pub input_tokens: Option<u64>,
+    /// Output tokens a month.
+    pub output_tokens: Option<u64>,
+    /// Input plus output tokens a month.
+    pub total_tokens: Option<u64>,
+    /// Cost a month, in cents.
+    pub cost_cents: Option<u64>,
+    /// Tokens a starting turn holds against the caps until it ends (default: the scope's
+    /// average turn this month, 1000 before its first).
+    pub reserve_tokens: Option<u64>,
+}
 
 /// `[[projects]]`
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -153,6 +153,7 @@ pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
     check_projects(&c.tenants, &c.projects, &mut out);
     check_drivers(&c.drivers, &mut out);
     check_policies(c, &mut out);
+    check_budgets(c, &mut out);
     check_api_keys(c, &mut out);
     if c.server.heartbeat_seconds == 0 {
         out.push((
@@ -231,6 +232,51 @@ fn check_policies(c: &PlatformConfig, out: &mut Vec<Problem>) {
                     format!("not a valid regular expression: {e}"),
                 ));
             }
+        }
+    }
+}
+
+fn check_budgets(c: &PlatformConfig, out: &mut Vec<Problem>) {
+    let mut scopes = std::collections::HashSet::new();
+    for (i, b) in c.budgets.iter().enumerate() {
+        let at = |field: &str| vec!["budgets".to_string(), i.to_string(), field.to_string()];
+        if !c.tenants.iter().any(|t| t.slug == b.tenant) {
+            out.push((
+                at("tenant"),
+                format!("no tenant `{}` is declared", b.tenant),
+            ));
+        }
+        if let Some(project) = &b.project {
+            if !c
+                .projects
+                .iter()
+                .any(|x| x.tenant == b.tenant && &x.slug == project)
+            {
+                out.push((
+                    at("project"),
+                    format!("tenant `{}` declares no project `{project}`", b.tenant),
+                ));
+            }
+        }
+        if !scopes.insert((b.tenant.as_str(), b.project.as_deref())) {
+            out.push((
+                at("tenant"),
+                "a budget for this scope is declared twice".into(),
+            ));
+        }
+        if [
+            b.input_tokens,
+            b.output_tokens,
+            b.total_tokens,
+            b.cost_cents,
+        ]
+        .iter()
+        .all(Option::is_none)
+        {
+            out.push((
+                at("tenant"),
+                "sets no cap (input_tokens, output_tokens, total_tokens or cost_cents)".into(),
+            ));
         }
     }
 }

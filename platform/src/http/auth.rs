@@ -49,6 +49,14 @@ impl Access {
         self.project_id.as_deref()
     }
 
+    /// The API key's id, when the caller is an API key.
+    pub fn key_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Key(p) => Some(p.key_id.as_str()),
+            Credential::Token(_) => None,
+        }
+    }
+
     /// Whether the caller is an end user's session token.
     pub fn is_session_token(&self) -> bool {
         matches!(self.credential, Credential::Token(_))

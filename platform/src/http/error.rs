@@ -86,6 +86,9 @@ pub enum ApiError {
         /// The model provider, when one was involved.
         provider: Option<String>,
     },
+    /// 402: a monthly budget is used up (`reason` names the cap).
+    #[error("{0}")]
+    BudgetExhausted(String),
     /// 500; the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,6 +118,7 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::BudgetExhausted(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -171,6 +175,9 @@ impl ResponseError for ApiError {
             ApiError::TurnFailed { code, message, .. } => res.json(json!({
                 "detail": message, "error": code,
             })),
+            ApiError::BudgetExhausted(reason) => res.json(json!({
+                "error": "budget_exhausted", "reason": reason,
+            })),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 // The request-id middleware adds the request id to 500 bodies.
@@ -192,6 +199,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::TooMany(m) => ApiError::TooMany(m),
             RuntimeError::Forbidden(m) => ApiError::Forbidden(m),
             RuntimeError::Policy(v) => ApiError::PolicyViolation(v.policy, v.detail),
+            RuntimeError::Budget(reason) => ApiError::BudgetExhausted(reason),
             RuntimeError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }

@@ -4,5 +4,6 @@
 pub mod keys;
 pub mod limits;
 pub mod managed_log;
+pub mod money;
 pub mod resources;
 pub mod tokens;

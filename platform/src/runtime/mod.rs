@@ -12,6 +12,7 @@
 
 pub mod app_settings;
 mod approvals;
+pub mod budget;
 mod concurrency;
 mod events;
 pub mod journal;
@@ -68,6 +69,9 @@ pub enum RuntimeError {
     /// A message policy refused the message.
     #[error("{}", .0.detail)]
     Policy(policy::Violation),
+    /// A monthly budget is used up (the reason names the cap).
+    #[error("{0}")]
+    Budget(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -102,6 +106,8 @@ pub struct RuntimeSettings {
     /// Streams (`GET .../events`, resumes, streamed sends) that may be attached at once, by org
     /// id and by project id.
     pub concurrent_streams: HashMap<String, usize>,
+    /// Monthly caps (`[[budgets]]`), by org id and by project id.
+    pub budgets: HashMap<String, budget::Caps>,
     /// Warm harnesses at most, by org id (instead of `warm.per_tenant`) and by project id.
     pub warm_harnesses: HashMap<String, usize>,
     /// Events a driver may queue ahead of the pump before its thread waits.
@@ -170,6 +176,8 @@ pub struct Runtime {
     turn_counts: Arc<concurrency::ScopeCounts>,
     /// Attached streams per tenant and project.
     stream_counts: Arc<concurrency::ScopeCounts>,
+    /// What running turns have reserved of their budgets.
+    reservations: Arc<budget::Reservations>,
 }
 
 impl Runtime {
@@ -195,6 +203,7 @@ impl Runtime {
             confinement,
             turn_counts: Arc::default(),
             stream_counts: Arc::default(),
+            reservations: Arc::default(),
         })
     }
 

@@ -165,7 +165,14 @@ impl Runtime {
             Box::new(move |c: &mut crate::store::Conn| sessions::release_turn(c, &org, &id, &owner))
                 as super::journal::SessionOp
         });
-        self.journal.append_durable(run, release).await;
+        let usage = usage_op(ctx, seq, done);
+        let then: super::journal::SessionOp = Box::new(move |c| {
+            if let Some(r) = &release {
+                r(c)?;
+            }
+            usage(c)
+        });
+        self.journal.append_durable(run, Some(then)).await;
         f
     }
 
@@ -285,6 +292,42 @@ impl Runtime {
             self.publish(ctx, &mut run, seq, &event);
         }
     }
+}
+
+/// The turn's usage record (the harness's own report), stored in the transaction that stores
+/// its `done`: a turn is metered exactly when it is logged, and a crash loses or doubles neither.
+fn usage_op(ctx: &TurnCtx, seq: i64, done: &Event) -> super::journal::SessionOp {
+    let (usage, status) = match &done.kind {
+        EventKind::Done(d) => (d.usage, d.status),
+        _ => (Default::default(), karta_plugin_api::TurnStatus::Failed),
+    };
+    let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let record = crate::store::usage::UsageRecord {
+        id: store::new_id("use"),
+        org_id: ctx.session.org_id.clone(),
+        client_event_id: format!("{}:{seq}:harness", ctx.session.id),
+        project_id: ctx.session.project_id.clone(),
+        session_id: ctx.session.id.clone(),
+        turn_seq: seq,
+        api_key_id: ctx.api_key_id.clone(),
+        driver: ctx.session.driver.clone(),
+        provider: None,
+        model: None,
+        byok: false,
+        status: serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "failed".into()),
+        source: "harness".into(),
+        input_tokens: tokens(usage.input_tokens),
+        output_tokens: tokens(usage.output_tokens),
+        cache_read_tokens: tokens(usage.cache_read_tokens),
+        cache_write_tokens: tokens(usage.cache_write_tokens),
+        reasoning_tokens: 0,
+        cost_micro_cents: i64::from(crate::platform::money::MicroCents(usage.cost_micro_cents)),
+        created_at: store::now(),
+    };
+    Box::new(move |c| crate::store::usage::record(c, &record).map(|_| ()))
 }
 
 #[cfg(test)]

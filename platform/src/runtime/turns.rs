@@ -41,6 +41,8 @@ pub struct SendMessage {
     /// Nobody can answer this turn's approval prompts (an adapter whose wire format has no
     /// way to ask): where the policy would prompt, the app's hidden-prompt policy answers.
     pub prompts_hidden: bool,
+    /// The API key that sends it (recorded with the turn's usage; none for session tokens).
+    pub api_key_id: Option<String>,
 }
 
 /// A claimed session: its turn lock, this instance's lease on it (PostgreSQL), the session
@@ -51,11 +53,15 @@ type Claimed = (
     models::Session,
     Arc<LoadedDriver>,
     Arc<AppSettings>,
-    (
-        super::concurrency::ScopeTicket,
-        Option<super::concurrency::ScopeTicket>,
-    ),
+    Tickets,
 );
+
+/// A turn's places in the limits, held until it ends.
+pub(crate) struct Tickets {
+    turn: super::concurrency::ScopeTicket,
+    stream: Option<super::concurrency::ScopeTicket>,
+    _budget: Option<super::budget::Reservation>,
+}
 
 /// How long a turn's claim on its session lasts unless renewed (a crashed instance's sessions
 /// are free again after this).
@@ -80,6 +86,8 @@ pub(crate) struct TurnCtx {
     pub(crate) running: Arc<Running>,
     /// Prompts are answered by the hidden-prompt policy (see [`SendMessage::prompts_hidden`]).
     pub(crate) prompts_hidden: bool,
+    /// The API key that started the turn.
+    pub(crate) api_key_id: Option<String>,
 }
 
 impl Runtime {
@@ -136,6 +144,7 @@ impl Runtime {
         }
         self.check_policies(org_id, session_id, &msg.text).await?;
         let msg_prompts_hidden = msg.prompts_hidden;
+        let msg_key = msg.api_key_id.clone();
         // The tenant's sandbox uid (given out on its first turn ever: a store write).
         let sandbox = self.confinement.sandbox.clone();
         let (store, org) = (self.store.clone(), org_id.to_string());
@@ -157,7 +166,7 @@ impl Runtime {
                 msg.stream,
             )
             .await;
-        let (guard, lease, session, driver, settings, (ticket, stream_ticket)) = match started {
+        let (guard, lease, session, driver, settings, tickets) = match started {
             Ok(v) => v,
             Err(e) => {
                 self.forget_slot(session_id, slot);
@@ -183,7 +192,7 @@ impl Runtime {
             session.last_seq,
             rt_settings.replay_page_size.max(1),
         )
-        .counted(stream_ticket);
+        .counted(tickets.stream);
         slot.set_running(Some(running.clone()));
 
         let mut sandbox_spec = SandboxSpec::default();
@@ -221,6 +230,7 @@ impl Runtime {
             settings,
             running,
             prompts_hidden: msg_prompts_hidden,
+            api_key_id: msg_key,
         };
         // The turn outlives the request; its log lines keep the request's id.
         let span = tracing::Span::current();
@@ -228,8 +238,10 @@ impl Runtime {
             async move {
                 rt.run_turn(ctx, driver, request, who, queue, control_rx, slot, guard)
                     .await;
-                // The turn no longer counts against its tenant's and project's limits.
-                drop(ticket);
+                // The turn no longer counts against its tenant's and project's limits (nor holds
+                // its budget reservation: its usage is stored with its `done`).
+                drop(tickets.turn);
+                drop(tickets._budget);
             },
             span,
         ));
@@ -297,6 +309,8 @@ impl Runtime {
             }
             false => None,
         };
+        let budget = self.reserve_budget(&session).await;
+        let budget = self.or_release(org_id, session_id, &lease, budget).await?;
         let room = self.make_warm_room(&session).await;
         self.or_release(org_id, session_id, &lease, room).await?;
         Ok((
@@ -305,8 +319,59 @@ impl Runtime {
             session,
             driver,
             settings,
-            (ticket, stream_ticket),
+            Tickets {
+                turn: ticket,
+                stream: stream_ticket,
+                _budget: budget,
+            },
         ))
+    }
+
+    /// The monthly caps of a scope (an org id or a project id), if a budget sets any.
+    pub fn budget_caps(&self, scope: &str) -> Option<super::budget::Caps> {
+        self.settings().budgets.get(scope).copied()
+    }
+
+    /// Checks the tenant's and project's monthly budgets and reserves the turn's estimate in
+    /// them (402 when one is used up). Free when no budget applies.
+    async fn reserve_budget(
+        &self,
+        session: &models::Session,
+    ) -> Result<Option<super::budget::Reservation>, RuntimeError> {
+        let settings = self.settings();
+        let scopes: Vec<(String, Option<String>, super::budget::Caps)> = [
+            (&session.org_id, None),
+            (&session.project_id, Some(session.project_id.clone())),
+        ]
+        .into_iter()
+        .filter_map(|(id, project)| settings.budgets.get(id).map(|c| (id.clone(), project, *c)))
+        .collect();
+        if scopes.is_empty() {
+            return Ok(None);
+        }
+        let (org, since) = (session.org_id.clone(), super::budget::month_start());
+        let wanted: Vec<(String, Option<String>)> = scopes
+            .iter()
+            .map(|(id, p, _)| (id.clone(), p.clone()))
+            .collect();
+        let used = self
+            .store
+            .read_async(move |c| {
+                wanted
+                    .iter()
+                    .map(|(_, p)| crate::store::usage::totals_since(c, &org, p.as_deref(), &since))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        let admit: Vec<_> = scopes
+            .into_iter()
+            .zip(used)
+            .map(|((id, _, caps), used)| (id, caps, used))
+            .collect();
+        self.reservations.admit(&admit).map(Some).map_err(|why| {
+            tracing::info!(session = %session.id, reason = why, "turn refused by a budget");
+            RuntimeError::Budget(why.to_string())
+        })
     }
 
     /// Counts the turn against its tenant's and project's `concurrent_turns` (429 past one).

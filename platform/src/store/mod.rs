@@ -14,6 +14,7 @@ pub mod responses;
 pub mod schema;
 pub mod sessions;
 pub mod testkit;
+pub mod usage;
 
 use std::path::Path;
 use std::sync::Arc;

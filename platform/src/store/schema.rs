@@ -147,6 +147,48 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    usage_records (id) {
+        id -> Text,
+        org_id -> Text,
+        client_event_id -> Text,
+        project_id -> Text,
+        session_id -> Text,
+        turn_seq -> BigInt,
+        api_key_id -> Nullable<Text>,
+        driver -> Text,
+        provider -> Nullable<Text>,
+        model -> Nullable<Text>,
+        byok -> Bool,
+        status -> Text,
+        source -> Text,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        cache_read_tokens -> BigInt,
+        cache_write_tokens -> BigInt,
+        reasoning_tokens -> BigInt,
+        cost_micro_cents -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    usage_daily (org_id, project_id, api_key_id, model, day) {
+        org_id -> Text,
+        project_id -> Text,
+        api_key_id -> Text,
+        model -> Text,
+        day -> Text,
+        turns -> BigInt,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        cache_read_tokens -> BigInt,
+        cache_write_tokens -> BigInt,
+        reasoning_tokens -> BigInt,
+        cost_micro_cents -> BigInt,
+    }
+}
+
 diesel::joinable!(projects -> orgs (org_id));
 diesel::joinable!(api_keys -> orgs (org_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -159,5 +201,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     model_calls,
     idempotency_keys,
     adapter_responses,
-    managed_events
+    managed_events,
+    usage_records,
+    usage_daily
 );

@@ -141,6 +141,7 @@ async fn start_turn(
                 thinking: false,
                 stream,
                 prompts_hidden,
+                api_key_id: access.key_id().map(str::to_string),
             },
         )
         .await?)

@@ -404,6 +404,7 @@ async fn send_turn(
                 thinking: b.thinking,
                 stream: as_stream,
                 prompts_hidden: false,
+                api_key_id: access.key_id().map(str::to_string),
             },
         )
         .await?;

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod keys;
 pub mod projects;
+pub mod usage;
 
 use actix_web::{web, HttpResponse};
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     keys::configure(cfg);
     audit::configure(cfg);
     projects::configure(cfg);
+    usage::configure(cfg);
     cfg.route(
         "/v1/projects/{project_ref}/session_tokens",
         web::post().to(mint_session_token),

@@ -1,0 +1,206 @@
+//! Metering: per-turn usage records and their daily roll-up, written together.
+
+use diesel::prelude::*;
+
+use super::schema::{usage_daily as ud, usage_records as ur};
+use super::{Conn, StoreError};
+
+/// One usage record.
+#[derive(Debug, Clone, Queryable, Insertable, PartialEq)]
+#[diesel(table_name = ur)]
+pub struct UsageRecord {
+    /// `use_...`
+    pub id: String,
+    /// Owner.
+    pub org_id: String,
+    /// Idempotency key, unique per org (`<session>:<seq of done>:<source>`).
+    pub client_event_id: String,
+    /// The project.
+    pub project_id: String,
+    /// The session.
+    pub session_id: String,
+    /// The sequence number of the turn's `done`.
+    pub turn_seq: i64,
+    /// The API key that started the turn (none for session tokens).
+    pub api_key_id: Option<String>,
+    /// The driver.
+    pub driver: String,
+    /// The model provider, when known.
+    pub provider: Option<String>,
+    /// The model, when known.
+    pub model: Option<String>,
+    /// The org's own model key paid for it.
+    pub byok: bool,
+    /// How the turn ended (`completed`, `failed`, `cancelled`).
+    pub status: String,
+    /// Who counted: `harness` (the driver's report) or `gateway`.
+    pub source: String,
+    /// Uncached input tokens.
+    pub input_tokens: i64,
+    /// Output tokens (reasoning excluded).
+    pub output_tokens: i64,
+    /// Input tokens read from the cache.
+    pub cache_read_tokens: i64,
+    /// Input tokens written to the cache.
+    pub cache_write_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
+    /// Cost in micro-cents.
+    pub cost_micro_cents: i64,
+    /// When it was recorded.
+    pub created_at: chrono::NaiveDateTime,
+}
+
+/// One roll-up row.
+#[derive(Debug, Clone, Queryable, PartialEq, Default)]
+pub struct DailyUsage {
+    /// Owner.
+    pub org_id: String,
+    /// The project.
+    pub project_id: String,
+    /// The key ('' for none).
+    pub api_key_id: String,
+    /// The model ('' when unknown).
+    pub model: String,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// Turns counted.
+    pub turns: i64,
+    /// Uncached input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cache reads.
+    pub cache_read_tokens: i64,
+    /// Cache writes.
+    pub cache_write_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
+    /// Cost in micro-cents.
+    pub cost_micro_cents: i64,
+}
+
+/// Stores a record unless its `client_event_id` is already stored for the org, and adds an
+/// inserted one to its day's roll-up. Whether it was inserted. Run in a write transaction.
+pub fn record(c: &mut Conn, r: &UsageRecord) -> Result<bool, StoreError> {
+    let seen: i64 = ur::table
+        .filter(ur::org_id.eq(&r.org_id))
+        .filter(ur::client_event_id.eq(&r.client_event_id))
+        .count()
+        .get_result(c)?;
+    if seen > 0 {
+        return Ok(false);
+    }
+    diesel::insert_into(ur::table).values(r).execute(c)?;
+    let key = r.api_key_id.clone().unwrap_or_default();
+    let model = r.model.clone().unwrap_or_default();
+    let day = r.created_at.date().format("%Y-%m-%d").to_string();
+    let row = ud::table
+        .filter(ud::org_id.eq(&r.org_id))
+        .filter(ud::project_id.eq(&r.project_id))
+        .filter(ud::api_key_id.eq(&key))
+        .filter(ud::model.eq(&model))
+        .filter(ud::day.eq(&day));
+    let updated = diesel::update(row)
+        .set((
+            ud::turns.eq(ud::turns + 1),
+            ud::input_tokens.eq(ud::input_tokens + r.input_tokens),
+            ud::output_tokens.eq(ud::output_tokens + r.output_tokens),
+            ud::cache_read_tokens.eq(ud::cache_read_tokens + r.cache_read_tokens),
+            ud::cache_write_tokens.eq(ud::cache_write_tokens + r.cache_write_tokens),
+            ud::reasoning_tokens.eq(ud::reasoning_tokens + r.reasoning_tokens),
+            ud::cost_micro_cents.eq(ud::cost_micro_cents + r.cost_micro_cents),
+        ))
+        .execute(c)?;
+    if updated == 0 {
+        diesel::insert_into(ud::table)
+            .values((
+                ud::org_id.eq(&r.org_id),
+                ud::project_id.eq(&r.project_id),
+                ud::api_key_id.eq(&key),
+                ud::model.eq(&model),
+                ud::day.eq(&day),
+                ud::turns.eq(1i64),
+                ud::input_tokens.eq(r.input_tokens),
+                ud::output_tokens.eq(r.output_tokens),
+                ud::cache_read_tokens.eq(r.cache_read_tokens),
+                ud::cache_write_tokens.eq(r.cache_write_tokens),
+                ud::reasoning_tokens.eq(r.reasoning_tokens),
+                ud::cost_micro_cents.eq(r.cost_micro_cents),
+            ))
+            .execute(c)?;
+    }
+    Ok(true)
+}
+
+/// The org's roll-up rows from `from` to `to` (days, inclusive), optionally of one project.
+pub fn daily(
+    c: &mut Conn,
+    org_id: &str,
+    project_id: Option<&str>,
+    from: &str,
+    to: &str,
+) -> Result<Vec<DailyUsage>, StoreError> {
+    let mut q = ud::table
+        .filter(ud::org_id.eq(org_id))
+        .filter(ud::day.ge(from))
+        .filter(ud::day.le(to))
+        .into_boxed();
+    if let Some(p) = project_id {
+        q = q.filter(ud::project_id.eq(p.to_string()));
+    }
+    Ok(q.order((
+        ud::day.asc(),
+        ud::project_id.asc(),
+        ud::api_key_id.asc(),
+        ud::model.asc(),
+    ))
+    .load(c)?)
+}
+
+/// The org's records, newest first (for inspection and tests).
+pub fn records(c: &mut Conn, org_id: &str, limit: i64) -> Result<Vec<UsageRecord>, StoreError> {
+    Ok(ur::table
+        .filter(ur::org_id.eq(org_id))
+        .order(ur::created_at.desc())
+        .limit(limit)
+        .load(c)?)
+}
+
+/// Usage summed over roll-up rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// Turns.
+    pub turns: u64,
+    /// Input tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cost in micro-cents.
+    pub cost_micro_cents: u64,
+}
+
+impl Totals {
+    /// Adds a roll-up row.
+    pub fn add(&mut self, d: &DailyUsage) {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        self.turns += n(d.turns);
+        self.input_tokens += n(d.input_tokens) + n(d.cache_read_tokens) + n(d.cache_write_tokens);
+        self.output_tokens += n(d.output_tokens);
+        self.cost_micro_cents += n(d.cost_micro_cents);
+    }
+}
+
+/// The org's (or one project's) usage from day `from` on.
+pub fn totals_since(
+    c: &mut Conn,
+    org_id: &str,
+    project_id: Option<&str>,
+    from: &str,
+) -> Result<Totals, StoreError> {
+    let mut t = Totals::default();
+    for d in daily(c, org_id, project_id, from, "9999-12-31")? {
+        t.add(&d);
+    }
+    Ok(t)
+}

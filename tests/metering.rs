@@ -1,0 +1,235 @@
+//! End-to-end: metering and budgets over HTTP with the echo plugin — every turn (native,
+//! adapter, failed) is recorded with its `done`, the roll-up answers `GET /v1/usage`, and a used-up
+//! budget is a 402 before anything runs, on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use karta_e2e::*;
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn start(dir: &std::path::Path, db: Option<&str>, extra: &str) -> Karta {
+    let mut pf = PlatformFile::new().project("hello", &hello_app(), None);
+    pf.extra = format!(
+        "{extra}\n{}",
+        db.map(|u| format!("[database]\nurl = \"{u}\"\n"))
+            .unwrap_or_default()
+    );
+    pf.write(dir);
+    Karta::start(dir)
+}
+
+fn session(c: &Client, k: &Karta, key: &str) -> String {
+    let r = c
+        .post(format!("{}/v1/sessions", k.public))
+        .bearer_auth(key)
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn send(c: &Client, k: &Karta, key: &str, sid: &str, text: &str) -> reqwest::blocking::Response {
+    c.post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(key)
+        .json(&json!({ "text": text }))
+        .send()
+        .unwrap()
+}
+
+fn usage(c: &Client, k: &Karta, key: &str, query: &str) -> Value {
+    let r = c
+        .get(format!("{}/v1/usage{query}", k.public))
+        .bearer_auth(key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+fn metered(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(dir.path(), db, "");
+    let key = k.create_key("acme");
+    let c = client();
+    let sid = session(&c, &k, &key);
+    // What each turn's `done` reported, to compare with what was metered.
+    let mut input = 0;
+    let mut output = 0;
+    for text in ["one two three", "four five", "boom [fail]"] {
+        let r: Value = send(&c, &k, &key, &sid, text).json().unwrap();
+        input += r["usage"]["input_tokens"].as_i64().unwrap();
+        output += r["usage"]["output_tokens"].as_i64().unwrap();
+    }
+    let chat: Value = c
+        .post(format!("{}/v1/projects/hello/chat/completions", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"messages": [{"role": "user", "content": "six seven"}]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    input += chat["usage"]["prompt_tokens"].as_i64().unwrap();
+    output += chat["usage"]["completion_tokens"].as_i64().unwrap();
+
+    let by_key = usage(&c, &k, &key, "?group_by=key");
+    let rows = by_key["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{by_key}");
+    assert_eq!(
+        rows[0]["turns"], 4,
+        "failed turns are metered too: {by_key}"
+    );
+    assert_eq!(rows[0]["input_tokens"], input);
+    assert_eq!(rows[0]["output_tokens"], output);
+    assert_eq!(rows[0]["total_tokens"], input + output);
+    let by_day = usage(&c, &k, &key, "?group_by=day");
+    assert_eq!(by_day["data"][0]["turns"], 4);
+    let csv = c
+        .get(format!("{}/v1/usage?group_by=project", k.public))
+        .bearer_auth(&key)
+        .header("Accept", "text/csv")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(csv.starts_with("project,turns,input_tokens"), "{csv}");
+    assert!(csv.lines().nth(1).unwrap().contains(",4,"), "{csv}");
+    let bad = c
+        .get(format!("{}/v1/usage?group_by=planet", k.public))
+        .bearer_auth(&key)
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+
+    // kill -9 and start again: every turn is still metered once, not lost, not doubled.
+    drop(k);
+    let k = Karta::start(dir.path());
+    let after = usage(&c, &k, &key, "?group_by=key");
+    assert_eq!(after["data"][0]["turns"], 4, "{after}");
+    assert_eq!(after["data"][0]["input_tokens"], input);
+}
+
+#[test]
+fn every_turn_is_metered_once_with_what_its_done_reported_on_sqlite() {
+    metered(None);
+}
+
+#[test]
+fn every_turn_is_metered_once_with_what_its_done_reported_on_postgres() {
+    let Some(db) = karta::store::testkit::temp_pg_database() else {
+        return;
+    };
+    metered(Some(&db.url));
+}
+
+fn budgets(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(
+        dir.path(),
+        db,
+        "[[budgets]]\ntenant = \"acme\"\ntotal_tokens = 60\nreserve_tokens = 10\n",
+    );
+    let key = k.create_key("acme");
+    let c = client();
+    // Thirty turns at once against 60 tokens, each reserving 10: at most six start.
+    let sessions: Vec<String> = (0..30).map(|_| session(&c, &k, &key)).collect();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = sessions
+            .iter()
+            .map(|sid| {
+                let (c, k, key) = (&c, &k, &key);
+                s.spawn(move || send(c, k, key, sid, "hi [approve]").status().as_u16())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        (1..=6).contains(&admitted),
+        "{admitted} admitted: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 402),
+        "{statuses:?}"
+    );
+    // Their turns wait for approvals, holding their reservations; closing the sessions ends
+    // them (cancelled, and metered).
+    for sid in &sessions {
+        let r = c
+            .delete(format!("{}/v1/sessions/{sid}", k.public))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // Use the budget up for real, then everything that runs a turn is a 402 first.
+    let sid = session(&c, &k, &key);
+    let long = "w ".repeat(80);
+    loop {
+        let r = send(&c, &k, &key, &sid, &long);
+        if r.status() == 402 {
+            assert_eq!(r.headers()["x-should-retry"], "false");
+            assert_eq!(
+                r.json::<Value>().unwrap(),
+                json!({"error": "budget_exhausted", "reason": "monthly token cap reached"})
+            );
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let before = usage(&c, &k, &key, "?group_by=key")["data"][0]["turns"].clone();
+    let r = c
+        .post(format!("{}/v1/projects/hello/chat/completions", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let r = c
+        .post(format!("{}/v1/projects/hello/responses", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"input": "x", "stream": true}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 402, "a 402 comes before any stream starts");
+    // Nothing ran: no turn was metered.
+    assert_eq!(
+        usage(&c, &k, &key, "?group_by=key")["data"][0]["turns"],
+        before
+    );
+    let s: Value = c
+        .get(format!("{}/v1/usage/summary", k.public))
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(s["budget_ok"], false, "{s}");
+    assert_eq!(s["budget"]["total_tokens"], 60);
+    assert!(s["totals"]["total_tokens"].as_u64().unwrap() >= 60);
+}
+
+#[test]
+fn a_used_up_budget_is_a_402_before_anything_runs_on_sqlite() {
+    budgets(None);
+}
+
+#[test]
+fn a_used_up_budget_is_a_402_before_anything_runs_on_postgres() {
+    let Some(db) = karta::store::testkit::temp_pg_database() else {
+        return;
+    };
+    budgets(Some(&db.url));
+}
