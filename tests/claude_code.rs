@@ -10,6 +10,11 @@ const KEY_ENV: &str = "KARTA_TEST_ANTHROPIC_KEY";
 
 /// A support-bot project served by the Claude Code plugin, talking to a fake model with `script`.
 fn env(script: &str) -> Option<HarnessEnv> {
+    env_with(script, &[])
+}
+
+/// [`env`] with more environment for the server.
+fn env_with(script: &str, extra: &[(&str, &str)]) -> Option<HarnessEnv> {
     let claude = claude_bin()?;
     let dir = tempfile::tempdir().unwrap();
     let mock = MockModel::start(dir.path(), script);
@@ -38,12 +43,9 @@ path = "{app}"
         claude = claude.display(),
         app = app.display(),
     );
-    Some(HarnessEnv::start(
-        dir,
-        mock,
-        &toml,
-        &[(KEY_ENV, "sk-test-fake")],
-    ))
+    let mut vars = vec![(KEY_ENV, "sk-test-fake")];
+    vars.extend_from_slice(extra);
+    Some(HarnessEnv::start(dir, mock, &toml, &vars))
 }
 
 /// The text of every message the model was sent in its last request.
@@ -591,4 +593,115 @@ fn a_managed_agents_tool_confirmation_answers_a_real_claude_code_approval() {
     let idle = rest.last().unwrap();
     assert_eq!(idle.data["stop_reason"]["type"], "end_turn");
     assert!(idle.data["usage"]["output_tokens"].as_u64().unwrap() > 0);
+}
+
+/// Every file under `dir` (the config folder: database, logs, workspaces) that holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => {
+                    if let Ok(bytes) = std::fs::read(&p) {
+                        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                            out.push(p);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_orgs_own_key_reaches_the_model_and_nothing_else_and_a_refused_one_is_byok_key_rejected() {
+    const OWN: &str = "sk-ant-own-key-7f3a9c";
+    let script = r#"[{"text": "Paid by the org."},
+        {"match": "second", "error": {"status": 401, "message": "invalid x-api-key"}}]"#;
+    let Some(e) = env_with(
+        script,
+        &[(
+            "KARTA_MASTER_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )],
+    ) else {
+        return;
+    };
+    let admin = {
+        let out = e
+            .k()
+            .cli(&["keys", "create", "--tenant", "acme", "--scopes", "admin"]);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let url = format!("{}/v1/model_keys/anthropic", e.k().public);
+    let r =
+        e.c.put(&url)
+            .bearer_auth(&e.key)
+            .json(&json!({"api_key": OWN}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 403, "a write key may not set model keys");
+    let r =
+        e.c.put(&url)
+            .bearer_auth(&admin)
+            .json(&json!({"api_key": OWN}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let shown: serde_json::Value = r.json().unwrap();
+    assert_eq!(shown["last4"], "3a9c");
+    assert!(!shown.to_string().contains(OWN));
+
+    let sid = e.session();
+    let frames = e.stream(&sid, "first question").rest();
+    assert_eq!(text_of(&frames), "Paid by the org.");
+    let req = e.mock.message_requests().pop().unwrap();
+    assert_eq!(
+        req["headers"]["x-api-key"], OWN,
+        "the org's key reached the model"
+    );
+    // Not in the database in clear, not in a log line, not in the harness's files or env.
+    assert_eq!(
+        files_holding(e.dir.path(), OWN),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(!e.k().log_text().contains(OWN));
+    let m = e.metered();
+    assert_eq!(m["cost_micro_cents"], 0, "the org's provider bills it: {m}");
+    assert!(m["input_tokens"].as_i64().unwrap() > 0);
+
+    // The provider refuses the key: the unary adapter answer is a 422 naming it.
+    let r =
+        e.c.post(format!("{}/v1/projects/bot/chat/completions", e.k().public))
+            .bearer_auth(&e.key)
+            .json(&json!({"messages": [{"role": "user", "content": "second question"}]}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"], "byok_key_rejected", "{body}");
+    assert_eq!(body["provider"], "anthropic");
+
+    // Removed: calls go back to the platform's key.
+    let r = e.c.delete(&url).bearer_auth(&admin).send().unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        e.c.get(&url).bearer_auth(&admin).send().unwrap().status(),
+        404
+    );
 }

@@ -29,6 +29,9 @@ pub enum AppError {
     /// The model gateway cannot start.
     #[error("the model gateway cannot start: {0}")]
     Gateway(String),
+    /// A BYOK master key is malformed.
+    #[error(transparent)]
+    Byok(#[from] crate::platform::byok::ByokError),
 }
 
 /// The gateway's listeners, bound at start (the runtime needs the port before serving).
@@ -56,6 +59,8 @@ pub struct App {
     pub auth_throttle: Arc<crate::http::throttle::AuthThrottle>,
     /// Tenants' request rates.
     pub rate_limits: Arc<crate::platform::limits::RateLimits>,
+    /// Orgs' own model-provider keys (BYOK).
+    pub model_keys: Arc<crate::platform::byok::ModelKeys>,
     /// The Managed Agents adapter's session logs.
     pub managed_log: Arc<crate::platform::managed_log::ManagedLog>,
     /// The adapters of projects that serve only some (by project id; absent: all).
@@ -340,6 +345,13 @@ impl App {
         let store = Store::open(&cfg.database_url())?;
         let gateway =
             Arc::new(crate::gateway::Gateway::new(store.clone(), &cfg).map_err(AppError::Gateway)?);
+        let (current, previous) = crate::platform::byok::master_keys_from_env()?;
+        let model_keys = Arc::new(crate::platform::byok::ModelKeys::new(
+            store.clone(),
+            current,
+            previous,
+        ));
+        gateway.set_model_keys(model_keys.clone());
         let listeners = bind_gateway(
             &sandbox.gateway_socket(),
             sandbox.backend() == crate::sandbox::SandboxBackend::None,
@@ -408,6 +420,7 @@ impl App {
             rate_limits,
             adapter_lists,
             managed_log,
+            model_keys,
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
             config: RwLock::new(Arc::new(cfg)),

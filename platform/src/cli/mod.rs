@@ -39,11 +39,24 @@ pub enum Command {
     },
     /// Run a fake model server (Anthropic Messages API) that answers from a script.
     MockModel(MockModelArgs),
+    /// Orgs' own model-provider keys (BYOK).
+    Byok {
+        #[command(subcommand)]
+        action: ByokAction,
+    },
     /// Install a harness CLI into Karta's data folder.
     Harness {
         #[command(subcommand)]
         action: HarnessAction,
     },
+}
+
+/// `karta byok ...`
+#[derive(Subcommand, Debug)]
+pub enum ByokAction {
+    /// Re-seal every stored model key under the current master key (`KARTA_MASTER_KEY`); the
+    /// old one must be in `KARTA_MASTER_KEY_PREVIOUS` meanwhile.
+    RotateMaster,
 }
 
 /// Flags of `karta mock-model`.
@@ -207,6 +220,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
             let path = crate::harness::install(&name, &cfg.data_dir)?;
             println!("Installed {name}: {}", path.display());
+            Ok(())
+        }
+        Command::Byok {
+            action: ByokAction::RotateMaster,
+        } => {
+            let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
+            let store = Store::open(&cfg.database_url())?;
+            let (current, previous) = crate::platform::byok::master_keys_from_env()?;
+            let keys = crate::platform::byok::ModelKeys::new(store, current, previous);
+            let n = keys.rotate()?;
+            println!(
+                "Re-sealed {n} model key(s) under the current master key; \
+                 KARTA_MASTER_KEY_PREVIOUS can be removed once every server has restarted."
+            );
             Ok(())
         }
         Command::Keys { action } => match action {

@@ -27,6 +27,8 @@ pub struct Grant {
 struct Inner {
     by_token: HashMap<String, Grant>,
     by_session: HashMap<String, String>,
+    /// Sessions whose org's own model key the provider refused lately: (provider, message).
+    byok_rejected: HashMap<String, (String, String)>,
 }
 
 /// The live tokens.
@@ -66,6 +68,23 @@ impl Grants {
         if let Some(t) = inner.by_session.remove(session_id) {
             inner.by_token.remove(&t);
         }
+        inner.byok_rejected.remove(session_id);
+    }
+
+    /// Notes that the provider refused the org's own key on the session's call.
+    pub fn mark_byok_rejected(&self, session_id: &str, provider: &str, message: &str) {
+        let mut inner = self.lock();
+        if inner.by_session.contains_key(session_id) {
+            inner
+                .byok_rejected
+                .insert(session_id.to_string(), (provider.into(), message.into()));
+        }
+    }
+
+    /// Whether the provider refused the org's own key on the session's call since last asked:
+    /// (provider, message).
+    pub fn take_byok_rejected(&self, session_id: &str) -> Option<(String, String)> {
+        self.lock().byok_rejected.remove(session_id)
     }
 
     /// Whom a token speaks for, while it is live.

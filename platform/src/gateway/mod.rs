@@ -192,6 +192,8 @@ pub struct Gateway {
     max_body: usize,
     tcp_port: OnceLock<u16>,
     gate: RwLock<Option<Arc<dyn CallGate>>>,
+    /// Orgs' own provider keys (BYOK), used instead of the platform's.
+    model_keys: RwLock<Option<Arc<crate::platform::byok::ModelKeys>>>,
 }
 
 /// One request to forward.
@@ -237,6 +239,7 @@ impl Gateway {
             max_body: max_body(g),
             tcp_port: OnceLock::new(),
             gate: RwLock::new(None),
+            model_keys: RwLock::new(None),
         })
     }
 
@@ -253,6 +256,29 @@ impl Gateway {
     /// Largest request body.
     pub fn max_body(&self) -> usize {
         self.max_body
+    }
+
+    /// Uses the orgs' own provider keys where they have one.
+    pub fn set_model_keys(&self, keys: Arc<crate::platform::byok::ModelKeys>) {
+        *self.model_keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+    }
+
+    /// Whether the org pays for its model calls with its own key (any provider).
+    pub async fn org_has_own_key(&self, org_id: &str) -> bool {
+        let keys = self
+            .model_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(keys) = keys.filter(|k| k.enabled()) else {
+            return false;
+        };
+        for provider in crate::platform::byok::PROVIDERS {
+            if matches!(keys.resolve(org_id, provider).await, Ok(Some(_))) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Records the host loopback port the gateway listens on (for unsandboxed harnesses).
@@ -336,9 +362,22 @@ impl Gateway {
                 req = req.header(k.as_str(), v.as_str());
             }
         }
-        if let Some(key) = &upstream.key {
+        let keys = self
+            .model_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let own = match keys {
+            Some(k) => k.resolve(&grant.org_id, provider.name()).await.map_err(|e| {
+                tracing::error!(org = %grant.org_id, error = %e, "the org's model key cannot be used");
+                GatewayError::Upstream("the organization's model key cannot be used".into())
+            })?,
+            None => None,
+        };
+        let byok = own.is_some();
+        if let Some(key) = own.as_deref().or(upstream.key.as_deref()) {
             req = match provider {
-                Provider::Anthropic => req.header("x-api-key", key.as_str()),
+                Provider::Anthropic => req.header("x-api-key", key),
                 Provider::OpenAi => req.bearer_auth(key),
             };
         }
@@ -364,6 +403,18 @@ impl Gateway {
             }
         };
         recorder.status = i32::from(resp.status().as_u16());
+        if byok && matches!(resp.status().as_u16(), 401 | 403) {
+            tracing::warn!(org = %recorder.grant.org_id, provider = provider.name(), "the provider refused the organization's own key");
+            self.grants.mark_byok_rejected(
+                &recorder.grant.session_id,
+                provider.name(),
+                &format!(
+                    "{} refused the organization's API key (HTTP {})",
+                    provider.name(),
+                    resp.status().as_u16()
+                ),
+            );
+        }
         let headers = PASSED_RESPONSE_HEADERS
             .iter()
             .filter_map(|h| {

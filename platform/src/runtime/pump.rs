@@ -263,6 +263,13 @@ impl Runtime {
                     }
                 }
                 EventKind::Done(mut d) => {
+                    // The provider refused the org's own key and the harness said nothing of
+                    // it: the client still learns why.
+                    if let Some(e) = self.byok_rejection(ctx) {
+                        seq += 1;
+                        self.publish(ctx, &mut run, seq, &e);
+                        failed = true;
+                    }
                     if expired {
                         // The driver honoured the cancel: still a timeout for the client.
                         seq += 1;
@@ -281,6 +288,17 @@ impl Runtime {
                     };
                     return self.finish(ctx, run, seq + 1, &done).await;
                 }
+                // A model error because the provider refused the org's own key is said so.
+                EventKind::Error(e) => match self.byok_rejection(ctx) {
+                    Some(mut rewritten) => {
+                        rewritten.raw = event.raw;
+                        rewritten
+                    }
+                    None => Event {
+                        kind: EventKind::Error(e),
+                        ..event
+                    },
+                },
                 _ => event,
             };
             text.observe(&event.kind);
@@ -291,6 +309,22 @@ impl Runtime {
             seq += 1;
             self.publish(ctx, &mut run, seq, &event);
         }
+    }
+}
+
+impl Runtime {
+    /// A `byok_key_rejected` error, if the provider refused the org's own key on this turn.
+    fn byok_rejection(&self, ctx: &TurnCtx) -> Option<Event> {
+        let (provider, message) = self
+            .confinement
+            .gateway
+            .grants
+            .take_byok_rejected(&ctx.session.id)?;
+        Some(Event::new(EventKind::Error(ErrorInfo {
+            code: "byok_key_rejected".into(),
+            message,
+            provider: Some(provider),
+        })))
     }
 }
 
@@ -313,7 +347,7 @@ fn usage_op(ctx: &TurnCtx, seq: i64, done: &Event) -> super::journal::SessionOp 
         driver: ctx.session.driver.clone(),
         provider: None,
         model: None,
-        byok: false,
+        byok: ctx.byok,
         status: serde_json::to_value(status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -324,7 +358,11 @@ fn usage_op(ctx: &TurnCtx, seq: i64, done: &Event) -> super::journal::SessionOp 
         cache_read_tokens: tokens(usage.cache_read_tokens),
         cache_write_tokens: tokens(usage.cache_write_tokens),
         reasoning_tokens: 0,
-        cost_micro_cents: i64::from(crate::platform::money::MicroCents(usage.cost_micro_cents)),
+        // BYOK: the provider bills the org directly; tokens still count against caps.
+        cost_micro_cents: match ctx.byok {
+            true => 0,
+            false => i64::from(crate::platform::money::MicroCents(usage.cost_micro_cents)),
+        },
         created_at: store::now(),
     };
     Box::new(move |c| crate::store::usage::record(c, &record).map(|_| ()))

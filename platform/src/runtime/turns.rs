@@ -88,6 +88,8 @@ pub(crate) struct TurnCtx {
     pub(crate) prompts_hidden: bool,
     /// The API key that started the turn.
     pub(crate) api_key_id: Option<String>,
+    /// The org pays its model calls with its own key (the turn's model cost is not charged).
+    pub(crate) byok: bool,
 }
 
 impl Runtime {
@@ -145,6 +147,7 @@ impl Runtime {
         self.check_policies(org_id, session_id, &msg.text).await?;
         let msg_prompts_hidden = msg.prompts_hidden;
         let msg_key = msg.api_key_id.clone();
+        let org_id_owned = org_id.to_string();
         // The tenant's sandbox uid (given out on its first turn ever: a store write).
         let sandbox = self.confinement.sandbox.clone();
         let (store, org) = (self.store.clone(), org_id.to_string());
@@ -231,6 +234,11 @@ impl Runtime {
             running,
             prompts_hidden: msg_prompts_hidden,
             api_key_id: msg_key,
+            byok: self
+                .confinement
+                .gateway
+                .org_has_own_key(&org_id_owned)
+                .await,
         };
         // The turn outlives the request; its log lines keep the request's id.
         let span = tracing::Span::current();

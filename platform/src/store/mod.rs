@@ -7,6 +7,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod managed_events;
 pub mod model_calls;
+pub mod model_keys;
 pub mod models;
 pub mod orgs;
 pub mod projects;

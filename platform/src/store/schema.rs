@@ -189,6 +189,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    model_keys (org_id, provider) {
+        org_id -> Text,
+        provider -> Text,
+        sealed -> Text,
+        master_key_id -> Text,
+        last4 -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(projects -> orgs (org_id));
 diesel::joinable!(api_keys -> orgs (org_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -203,5 +215,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     adapter_responses,
     managed_events,
     usage_records,
-    usage_daily
+    usage_daily,
+    model_keys
 );

@@ -89,7 +89,8 @@ pub struct KeyList {
     data: Vec<ApiKeyView>,
 }
 
-fn actor(access: &Access, req: &HttpRequest) -> crate::store::audit::Actor {
+/// Who a request's change is audited as.
+pub(crate) fn actor(access: &Access, req: &HttpRequest) -> crate::store::audit::Actor {
     match &access.credential {
         Credential::Key(p) => {
             crate::http::audit_actor(req, "api_key", &format!("api_key:{}", p.key_id))

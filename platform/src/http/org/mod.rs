@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod model_keys;
 pub mod projects;
 pub mod usage;
 
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     audit::configure(cfg);
     projects::configure(cfg);
     usage::configure(cfg);
+    model_keys::configure(cfg);
     cfg.route(
         "/v1/projects/{project_ref}/session_tokens",
         web::post().to(mint_session_token),
