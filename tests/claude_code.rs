@@ -705,3 +705,67 @@ fn an_orgs_own_key_reaches_the_model_and_nothing_else_and_a_refused_one_is_byok_
         404
     );
 }
+
+#[test]
+fn a_budget_used_up_by_another_turn_stops_a_running_turn_at_its_next_model_call() {
+    let script = r#"[{"match": "alpha", "text": "A done.", "usage": {"input_tokens": 100, "output_tokens": 20}},
+            {"match": "bravo", "tool_use": {"name": "Bash", "input": {"command": "touch made_by_agent.txt && echo created", "description": "Create a file"}}, "usage": {"input_tokens": 10, "output_tokens": 2}},
+            {"match": "charlie", "text": "C done.", "usage": {"input_tokens": 100, "output_tokens": 20}},
+            {"match": "created", "text": "never reached"}]"#;
+    let toml_extra = "[[budgets]]\ntenant = \"acme\"\ntotal_tokens = 150\nreserve_tokens = 1\n";
+    let Some(e) = env_with(script, &[]) else {
+        return;
+    };
+    // The budget goes into the running server's configuration.
+    let path = e.dir.path().join("karta.platform.toml");
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    toml.push_str(toml_extra);
+    std::fs::write(&path, toml).unwrap();
+    let r =
+        e.c.post(format!("{}/admin/v1/config/reload", e.k().admin))
+            .bearer_auth(&e.k().admin_token)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+
+    let a = e.session();
+    assert_eq!(text_of(&e.stream(&a, "alpha").rest()), "A done.");
+    // B asks for an approval after its first model call, and waits.
+    let b = e.session();
+    let mut sb = e.stream(&b, "bravo");
+    let ask = sb.until("input_required").pop().unwrap();
+    // C runs to its end meanwhile and uses the budget up (120 + 120 > 150).
+    let c = e.session();
+    assert_eq!(text_of(&e.stream(&c, "charlie").rest()), "C done.");
+    // B goes on: its next model call is refused, and the turn says why.
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    e.decide(&b, &rid, "approve_once");
+    let rest = sb.rest();
+    let err = rest
+        .iter()
+        .find(|f| f.event == "error")
+        .expect("the turn reports an error");
+    assert_eq!(
+        err.data["data"]["code"], "budget_exhausted",
+        "{:?}",
+        err.data
+    );
+    assert_eq!(done(&rest)["status"], "failed");
+    assert!(
+        !e.mock
+            .message_requests()
+            .iter()
+            .any(|r| r["body"]["messages"].to_string().contains("created")),
+        "the refused call never reached the model"
+    );
+    // Its usage so far is metered; and new turns are a 402 before anything runs.
+    let m = e.metered();
+    assert_eq!(m["turns"], 3, "{m}");
+    let r =
+        e.c.post(format!("{}/v1/sessions/{a}/messages", e.k().public))
+            .bearer_auth(&e.key)
+            .json(&json!({"text": "again"}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 402);
+}

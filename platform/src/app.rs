@@ -384,6 +384,8 @@ impl App {
             )
             .map_err(|e| StoreError::Task(format!("cannot start the event writer: {e}")))?,
         );
+        // A budget used up mid-turn stops the turn's next model call.
+        gateway.set_gate(Arc::new(runtime.budget_gate()));
         match runtime.sweep_workspaces() {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "stray session workspaces removed"),

@@ -27,8 +27,19 @@ pub struct Grant {
 struct Inner {
     by_token: HashMap<String, Grant>,
     by_session: HashMap<String, String>,
-    /// Sessions whose org's own model key the provider refused lately: (provider, message).
-    byok_rejected: HashMap<String, (String, String)>,
+    /// Sessions whose last model call was refused for a reason the turn's error should name.
+    refusals: HashMap<String, Refusal>,
+}
+
+/// Why the gateway refused (or the provider rejected) a session's model call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The error code the turn reports: `byok_key_rejected`, `budget_exhausted`.
+    pub code: &'static str,
+    /// The provider involved, if any.
+    pub provider: Option<String>,
+    /// What the client is told.
+    pub message: String,
 }
 
 /// The live tokens.
@@ -68,23 +79,20 @@ impl Grants {
         if let Some(t) = inner.by_session.remove(session_id) {
             inner.by_token.remove(&t);
         }
-        inner.byok_rejected.remove(session_id);
+        inner.refusals.remove(session_id);
     }
 
-    /// Notes that the provider refused the org's own key on the session's call.
-    pub fn mark_byok_rejected(&self, session_id: &str, provider: &str, message: &str) {
+    /// Notes why a model call of the session was refused (the turn's error will say so).
+    pub fn mark_refused(&self, session_id: &str, refusal: Refusal) {
         let mut inner = self.lock();
         if inner.by_session.contains_key(session_id) {
-            inner
-                .byok_rejected
-                .insert(session_id.to_string(), (provider.into(), message.into()));
+            inner.refusals.insert(session_id.to_string(), refusal);
         }
     }
 
-    /// Whether the provider refused the org's own key on the session's call since last asked:
-    /// (provider, message).
-    pub fn take_byok_rejected(&self, session_id: &str) -> Option<(String, String)> {
-        self.lock().byok_rejected.remove(session_id)
+    /// Why a model call of the session was refused since last asked, if one was.
+    pub fn take_refusal(&self, session_id: &str) -> Option<Refusal> {
+        self.lock().refusals.remove(session_id)
     }
 
     /// Whom a token speaks for, while it is live.

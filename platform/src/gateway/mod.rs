@@ -300,7 +300,17 @@ impl Gateway {
             .ok_or(GatewayError::Unauthorized)?;
         let gate = self.gate.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(gate) = gate {
-            gate.admit(&grant).map_err(GatewayError::Refused)?;
+            gate.admit(&grant).map_err(|why| {
+                self.grants.mark_refused(
+                    &grant.session_id,
+                    grants::Refusal {
+                        code: "budget_exhausted",
+                        provider: None,
+                        message: why.clone(),
+                    },
+                );
+                GatewayError::Refused(why)
+            })?;
         }
         let providers = self
             .providers
@@ -405,14 +415,17 @@ impl Gateway {
         recorder.status = i32::from(resp.status().as_u16());
         if byok && matches!(resp.status().as_u16(), 401 | 403) {
             tracing::warn!(org = %recorder.grant.org_id, provider = provider.name(), "the provider refused the organization's own key");
-            self.grants.mark_byok_rejected(
+            self.grants.mark_refused(
                 &recorder.grant.session_id,
-                provider.name(),
-                &format!(
-                    "{} refused the organization's API key (HTTP {})",
-                    provider.name(),
-                    resp.status().as_u16()
-                ),
+                grants::Refusal {
+                    code: "byok_key_rejected",
+                    provider: Some(provider.name().into()),
+                    message: format!(
+                        "{} refused the organization's API key (HTTP {})",
+                        provider.name(),
+                        resp.status().as_u16()
+                    ),
+                },
             );
         }
         let headers = PASSED_RESPONSE_HEADERS

@@ -120,6 +120,38 @@ impl Reservations {
     }
 }
 
+/// The scopes whose budget is used up, as last computed: the model gateway refuses their
+/// sessions' calls (a turn admitted before another used the budget up stops at its next call).
+#[derive(Clone, Default)]
+pub struct BudgetGate {
+    used_up: Arc<std::sync::RwLock<HashMap<String, &'static str>>>,
+}
+
+impl BudgetGate {
+    /// Records whether a scope is used up (and why).
+    pub(crate) fn mark(&self, scope: &str, why: Option<&'static str>) {
+        let mut m = self.used_up.write().unwrap_or_else(|p| p.into_inner());
+        match why {
+            Some(w) => {
+                m.insert(scope.to_string(), w);
+            }
+            None => {
+                m.remove(scope);
+            }
+        }
+    }
+}
+
+impl crate::gateway::CallGate for BudgetGate {
+    fn admit(&self, grant: &crate::gateway::Grant) -> Result<(), String> {
+        let m = self.used_up.read().unwrap_or_else(|p| p.into_inner());
+        match m.get(&grant.org_id).or_else(|| m.get(&grant.project_id)) {
+            Some(why) => Err(format!("budget exhausted: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The first day of the current month (UTC), as the roll-up writes days.
 pub fn month_start() -> String {
     chrono::Utc::now().format("%Y-%m-01").to_string()

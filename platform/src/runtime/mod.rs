@@ -178,6 +178,8 @@ pub struct Runtime {
     stream_counts: Arc<concurrency::ScopeCounts>,
     /// What running turns have reserved of their budgets.
     reservations: Arc<budget::Reservations>,
+    /// The budgets used up, for the model gateway.
+    budget_gate: budget::BudgetGate,
 }
 
 impl Runtime {
@@ -204,7 +206,13 @@ impl Runtime {
             turn_counts: Arc::default(),
             stream_counts: Arc::default(),
             reservations: Arc::default(),
+            budget_gate: budget::BudgetGate::default(),
         })
+    }
+
+    /// The model gateway's hook that refuses calls of sessions whose budget is used up.
+    pub fn budget_gate(&self) -> budget::BudgetGate {
+        self.budget_gate.clone()
     }
 
     /// Replaces the reloadable settings.

@@ -263,9 +263,9 @@ impl Runtime {
                     }
                 }
                 EventKind::Done(mut d) => {
-                    // The provider refused the org's own key and the harness said nothing of
-                    // it: the client still learns why.
-                    if let Some(e) = self.byok_rejection(ctx) {
+                    // A model call was refused (the org's own key, a budget) and the harness
+                    // said nothing of it: the client still learns why.
+                    if let Some(e) = self.refusal(ctx) {
                         seq += 1;
                         self.publish(ctx, &mut run, seq, &e);
                         failed = true;
@@ -288,8 +288,9 @@ impl Runtime {
                     };
                     return self.finish(ctx, run, seq + 1, &done).await;
                 }
-                // A model error because the provider refused the org's own key is said so.
-                EventKind::Error(e) => match self.byok_rejection(ctx) {
+                // A model error because a call was refused says why (the org's own key was
+                // rejected, a budget ran out).
+                EventKind::Error(e) => match self.refusal(ctx) {
                     Some(mut rewritten) => {
                         rewritten.raw = event.raw;
                         rewritten
@@ -313,17 +314,18 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// A `byok_key_rejected` error, if the provider refused the org's own key on this turn.
-    fn byok_rejection(&self, ctx: &TurnCtx) -> Option<Event> {
-        let (provider, message) = self
+    /// The error naming why a model call of this turn was refused, if one was
+    /// (`byok_key_rejected`, `budget_exhausted`).
+    fn refusal(&self, ctx: &TurnCtx) -> Option<Event> {
+        let r = self
             .confinement
             .gateway
             .grants
-            .take_byok_rejected(&ctx.session.id)?;
+            .take_refusal(&ctx.session.id)?;
         Some(Event::new(EventKind::Error(ErrorInfo {
-            code: "byok_key_rejected".into(),
-            message,
-            provider: Some(provider),
+            code: r.code.into(),
+            message: r.message,
+            provider: r.provider,
         })))
     }
 }

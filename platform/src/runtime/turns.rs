@@ -242,6 +242,8 @@ impl Runtime {
         };
         // The turn outlives the request; its log lines keep the request's id.
         let span = tracing::Span::current();
+        let scopes = (ctx.session.org_id.clone(), ctx.session.project_id.clone());
+        let after = rt.clone();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 rt.run_turn(ctx, driver, request, who, queue, control_rx, slot, guard)
@@ -249,7 +251,14 @@ impl Runtime {
                 // The turn no longer counts against its tenant's and project's limits (nor holds
                 // its budget reservation: its usage is stored with its `done`).
                 drop(tickets.turn);
+                let budgeted = tickets._budget.is_some();
                 drop(tickets._budget);
+                if budgeted {
+                    // Other turns' next model calls stop once this one used the budget up.
+                    if let Err(e) = after.budget_totals(&scopes.0, &scopes.1).await {
+                        tracing::warn!(error = %e, "budget totals not refreshed");
+                    }
+                }
             },
             span,
         ));
@@ -340,6 +349,46 @@ impl Runtime {
         self.settings().budgets.get(scope).copied()
     }
 
+    /// This month's usage of the org's and the project's budgeted scopes; also marks which are
+    /// used up, for the model gateway's mid-turn check.
+    pub(crate) async fn budget_totals(
+        &self,
+        org_id: &str,
+        project_id: &str,
+    ) -> Result<Vec<(String, crate::store::usage::Totals)>, RuntimeError> {
+        let settings = self.settings();
+        let wanted: Vec<(String, Option<String>)> = [
+            (org_id.to_string(), None),
+            (project_id.to_string(), Some(project_id.to_string())),
+        ]
+        .into_iter()
+        .filter(|(id, _)| settings.budgets.contains_key(id))
+        .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (org, since) = (org_id.to_string(), super::budget::month_start());
+        let totals = self
+            .store
+            .read_async(move |c| {
+                wanted
+                    .into_iter()
+                    .map(|(id, p)| {
+                        crate::store::usage::totals_since(c, &org, p.as_deref(), &since)
+                            .map(|t| (id, t))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        for (id, t) in &totals {
+            if let Some(caps) = settings.budgets.get(id) {
+                self.budget_gate
+                    .mark(id, super::budget::exhausted(caps, t, (0, 0)));
+            }
+        }
+        Ok(totals)
+    }
+
     /// Checks the tenant's and project's monthly budgets and reserves the turn's estimate in
     /// them (402 when one is used up). Free when no budget applies.
     async fn reserve_budget(
@@ -357,24 +406,15 @@ impl Runtime {
         if scopes.is_empty() {
             return Ok(None);
         }
-        let (org, since) = (session.org_id.clone(), super::budget::month_start());
-        let wanted: Vec<(String, Option<String>)> = scopes
-            .iter()
-            .map(|(id, p, _)| (id.clone(), p.clone()))
-            .collect();
         let used = self
-            .store
-            .read_async(move |c| {
-                wanted
-                    .iter()
-                    .map(|(_, p)| crate::store::usage::totals_since(c, &org, p.as_deref(), &since))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .budget_totals(&session.org_id, &session.project_id)
             .await?;
         let admit: Vec<_> = scopes
             .into_iter()
-            .zip(used)
-            .map(|((id, _, caps), used)| (id, caps, used))
+            .filter_map(|(id, _, caps)| {
+                let u = used.iter().find(|(s, _)| *s == id)?.1;
+                Some((id, caps, u))
+            })
             .collect();
         self.reservations.admit(&admit).map(Some).map_err(|why| {
             tracing::info!(session = %session.id, reason = why, "turn refused by a budget");
