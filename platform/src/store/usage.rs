@@ -83,15 +83,17 @@ pub struct DailyUsage {
 /// Stores a record unless its `client_event_id` is already stored for the org, and adds an
 /// inserted one to its day's roll-up. Whether it was inserted. Run in a write transaction.
 pub fn record(c: &mut Conn, r: &UsageRecord) -> Result<bool, StoreError> {
-    let seen: i64 = ur::table
-        .filter(ur::org_id.eq(&r.org_id))
-        .filter(ur::client_event_id.eq(&r.client_event_id))
-        .count()
-        .get_result(c)?;
-    if seen > 0 {
+    // `UNIQUE (org_id, client_event_id)` makes a repeated record a no-op.
+    let inserted = super::execute_on_backend!(
+        c,
+        diesel::insert_into(ur::table)
+            .values(r)
+            .on_conflict((ur::org_id, ur::client_event_id))
+            .do_nothing()
+    )?;
+    if inserted == 0 {
         return Ok(false);
     }
-    diesel::insert_into(ur::table).values(r).execute(c)?;
     let key = r.api_key_id.clone().unwrap_or_default();
     let model = r.model.clone().unwrap_or_default();
     let day = r.created_at.date().format("%Y-%m-%d").to_string();
