@@ -112,6 +112,21 @@ fn metered(db: Option<&str>) {
         .unwrap();
     assert_eq!(bad.status(), 422);
 
+    // The CLI prints the same per day, with a bar.
+    let out = k.cli(&["usage", "--tenant", "acme"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let today = text.lines().nth(1).unwrap_or_default();
+    assert!(today.contains(" 4 ") && today.ends_with('#'), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("total"), "{text}");
+    let bad = k.cli(&["usage", "--tenant", "acme", "--from", "yesterday"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--from"));
+
     // kill -9 and start again: every turn is still metered once, not lost, not doubled.
     drop(k);
     let k = Karta::start(dir.path());
@@ -232,4 +247,52 @@ fn a_used_up_budget_is_a_402_before_anything_runs_on_postgres() {
         return;
     };
     budgets(Some(&db.url));
+}
+
+#[test]
+fn an_api_keys_sub_limit_stops_that_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(dir.path(), None, "");
+    let (a, b) = (k.create_key("acme"), k.create_key("acme"));
+    let c = client();
+    // Key A's id, from the CLI's list.
+    let out = String::from_utf8(k.cli(&["keys", "list", "--tenant", "acme"]).stdout).unwrap();
+    let a_id = out
+        .lines()
+        .skip(1)
+        .find(|l| {
+            // The KEY column shows `<lookup prefix>...<last four>`.
+            let shown = l.split('\t').nth(3).unwrap_or("");
+            let prefix = shown.split("...").next().unwrap_or("");
+            !prefix.is_empty() && a.starts_with(prefix)
+        })
+        .and_then(|l| l.split('\t').next())
+        .unwrap()
+        .to_string();
+    let path = dir.path().join("karta.platform.toml");
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    toml.push_str(&format!(
+        "\n[[budgets]]\ntenant = \"acme\"\napi_key = \"{a_id}\"\ntotal_tokens = 5\nreserve_tokens = 1\n"
+    ));
+    std::fs::write(&path, toml).unwrap();
+    let r = c
+        .post(format!("{}/admin/v1/config/reload", k.admin))
+        .bearer_auth(&k.admin_token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let sa = session(&c, &k, &a);
+    assert_eq!(
+        send(&c, &k, &a, &sa, "one two three four five six").status(),
+        200
+    );
+    let r = send(&c, &k, &a, &sa, "again");
+    assert_eq!(r.status(), 402);
+    assert_eq!(
+        r.json::<Value>().unwrap()["reason"],
+        "api key token cap reached"
+    );
+    // The other key of the tenant goes on.
+    let sb = session(&c, &k, &b);
+    assert_eq!(send(&c, &k, &b, &sb, "hello").status(), 200);
 }

@@ -169,13 +169,14 @@ fn budgets(
             cost_cents: b.cost_cents,
             reserve_tokens: b.reserve_tokens,
         };
-        let id = match &b.project {
-            Some(slug) => c
+        let id = match (&b.api_key, &b.project) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(slug)) => c
                 .projects
                 .iter()
                 .find(|p| p.tenant == b.tenant && &p.slug == slug)
                 .and_then(|p| project_id(store, p)),
-            None => store
+            (None, None) => store
                 .read(|conn| crate::store::orgs::find_by_slug(conn, &b.tenant))
                 .ok()
                 .flatten()

@@ -39,6 +39,8 @@ pub enum Command {
     },
     /// Run a fake model server (Anthropic Messages API) that answers from a script.
     MockModel(MockModelArgs),
+    /// A tenant's metered usage per day this month (or `--from`/`--to`), with a bar chart.
+    Usage(UsageArgs),
     /// Orgs' own model-provider keys (BYOK).
     Byok {
         #[command(subcommand)]
@@ -49,6 +51,20 @@ pub enum Command {
         #[command(subcommand)]
         action: HarnessAction,
     },
+}
+
+/// Flags of `karta usage`.
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    /// The tenant's slug.
+    #[arg(long)]
+    pub tenant: String,
+    /// First day, YYYY-MM-DD (default: the first of this month, UTC).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (default: today).
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 /// `karta byok ...`
@@ -222,6 +238,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Installed {name}: {}", path.display());
             Ok(())
         }
+        Command::Usage(args) => {
+            let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
+            let store = Store::open(&cfg.database_url())?;
+            let today = chrono::Utc::now().date_naive();
+            let from = args
+                .from
+                .unwrap_or_else(|| today.format("%Y-%m-01").to_string());
+            let to = args
+                .to
+                .unwrap_or_else(|| today.format("%Y-%m-%d").to_string());
+            for (flag, v) in [("--from", &from), ("--to", &to)] {
+                if chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_err() {
+                    anyhow::bail!("{flag} must be a day as YYYY-MM-DD, got `{v}`");
+                }
+            }
+            let rows = store.read(|c| {
+                let org = crate::store::orgs::get_enabled_by_slug(c, &args.tenant)?;
+                crate::store::usage::daily(c, &org.id, None, &from, &to)
+            })?;
+            print!("{}", usage_chart(&rows));
+            Ok(())
+        }
         Command::Byok {
             action: ByokAction::RotateMaster,
         } => {
@@ -338,6 +376,46 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     }
+}
+
+/// Usage per day with a bar of total tokens (the widest bar is 40 characters).
+fn usage_chart(rows: &[crate::store::usage::DailyUsage]) -> String {
+    let mut days: std::collections::BTreeMap<&str, crate::store::usage::Totals> =
+        std::collections::BTreeMap::new();
+    for r in rows {
+        days.entry(r.day.as_str()).or_default().add(r);
+    }
+    let total = |t: &crate::store::usage::Totals| t.input_tokens + t.output_tokens;
+    let widest = days.values().map(total).max().unwrap_or(0).max(1);
+    let mut out = String::from("DAY         TURNS    INPUT   OUTPUT  COST(¢)\n");
+    let mut sum = crate::store::usage::Totals::default();
+    for (day, t) in &days {
+        let bar = "#".repeat(((total(t) * 40).div_ceil(widest)) as usize);
+        let cents = crate::platform::money::MicroCents(t.cost_micro_cents)
+            .to_cents_ceil()
+            .0;
+        out.push_str(&format!(
+            "{day} {:>6} {:>8} {:>8} {:>8}  {bar}\n",
+            t.turns, t.input_tokens, t.output_tokens, cents
+        ));
+        sum.turns += t.turns;
+        sum.input_tokens += t.input_tokens;
+        sum.output_tokens += t.output_tokens;
+        sum.cost_micro_cents += t.cost_micro_cents;
+    }
+    if days.is_empty() {
+        out.push_str("(no usage in this range)\n");
+    }
+    out.push_str(&format!(
+        "total      {:>6} {:>8} {:>8} {:>8}\n",
+        sum.turns,
+        sum.input_tokens,
+        sum.output_tokens,
+        crate::platform::money::MicroCents(sum.cost_micro_cents)
+            .to_cents_ceil()
+            .0
+    ));
+    out
 }
 
 fn mock_model(args: MockModelArgs) -> anyhow::Result<()> {

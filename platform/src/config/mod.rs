@@ -205,6 +205,8 @@ pub struct BudgetConfig {
     pub tenant: String,
     /// One project of the tenant (the whole tenant when absent).
     pub project: Option<String>,
+    /// One API key of the tenant, by id (`key_...`): a sub-limit of that key's own usage.
+    pub api_key: Option<String>,
     /// Input tokens a month (cached ones included).
     pub input_tokens: Option<u64>,
     /// Output tokens a month.

@@ -258,7 +258,25 @@ fn check_budgets(c: &PlatformConfig, out: &mut Vec<Problem>) {
                 ));
             }
         }
-        if !scopes.insert((b.tenant.as_str(), b.project.as_deref())) {
+        if let Some(k) = &b.api_key {
+            if b.project.is_some() {
+                out.push((
+                    at("api_key"),
+                    "a budget is for a tenant, a project or an API key, not both".into(),
+                ));
+            }
+            if !k.starts_with("key_") {
+                out.push((
+                    at("api_key"),
+                    format!("must be an API key id (`key_...`), got `{k}`"),
+                ));
+            }
+        }
+        if !scopes.insert((
+            b.tenant.as_str(),
+            b.project.as_deref(),
+            b.api_key.as_deref(),
+        )) {
             out.push((
                 at("tenant"),
                 "a budget for this scope is declared twice".into(),

@@ -92,21 +92,24 @@ fn estimate(caps: &Caps, used: &Totals) -> Held {
 }
 
 impl Reservations {
-    /// Admits a turn in every scope (its caps and this month's usage), reserving its estimate
-    /// in each; or the reason one is exhausted.
+    /// Admits a turn in every scope (its caps, this month's usage, and whether it is an API
+    /// key's sub-limit), reserving its estimate in each; or the reason one is exhausted.
     pub(crate) fn admit(
         self: &Arc<Self>,
-        scopes: &[(String, Caps, Totals)],
-    ) -> Result<Reservation, &'static str> {
+        scopes: &[(String, Caps, Totals, bool)],
+    ) -> Result<Reservation, String> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        for (scope, caps, used) in scopes {
+        for (scope, caps, used, is_key) in scopes {
             let h = held.get(scope).copied().unwrap_or_default();
             if let Some(why) = exhausted(caps, used, h) {
-                return Err(why);
+                return Err(match is_key {
+                    true => why.replacen("monthly", "api key", 1),
+                    false => why.to_string(),
+                });
             }
         }
         let mut parts = Vec::new();
-        for (scope, caps, used) in scopes {
+        for (scope, caps, used, _) in scopes {
             let e = estimate(caps, used);
             let h = held.entry(scope.clone()).or_default();
             h.0 += e.0;
@@ -175,11 +178,27 @@ mod tests {
             cost_micro_cents: 0,
         };
         let r = Arc::new(Reservations::default());
-        let s = |u: Totals| vec![("org".to_string(), caps, u)];
+        let s = |u: Totals| vec![("org".to_string(), caps, u, false)];
         let a = r.admit(&s(used)).unwrap();
         // 40 used + 30 held: one more fits (70 < 100), then 40 + 60 = 100 is the cap.
         let b = r.admit(&s(used)).unwrap();
-        assert_eq!(r.admit(&s(used)).err(), Some("monthly token cap reached"));
+        assert_eq!(
+            r.admit(&s(used)).err().as_deref(),
+            Some("monthly token cap reached")
+        );
+        let k = vec![(
+            "key_1".to_string(),
+            caps,
+            Totals {
+                input_tokens: 100,
+                ..used
+            },
+            true,
+        )];
+        assert_eq!(
+            r.admit(&k).err().as_deref(),
+            Some("api key token cap reached")
+        );
         drop((a, b));
         assert!(r.held.lock().unwrap().is_empty());
         let full = Totals {

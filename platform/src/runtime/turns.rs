@@ -160,14 +160,7 @@ impl Runtime {
             })?;
         let slot = self.slot(session_id);
         let started = self
-            .claim_session(
-                org_id,
-                scope,
-                session_id,
-                &slot,
-                msg.agent.as_deref(),
-                msg.stream,
-            )
+            .claim_session(org_id, scope, session_id, &slot, &msg)
             .await;
         let (guard, lease, session, driver, settings, tickets) = match started {
             Ok(v) => v,
@@ -242,7 +235,11 @@ impl Runtime {
         };
         // The turn outlives the request; its log lines keep the request's id.
         let span = tracing::Span::current();
-        let scopes = (ctx.session.org_id.clone(), ctx.session.project_id.clone());
+        let scopes = (
+            ctx.session.org_id.clone(),
+            ctx.session.project_id.clone(),
+            ctx.api_key_id.clone(),
+        );
         let after = rt.clone();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -255,7 +252,10 @@ impl Runtime {
                 drop(tickets._budget);
                 if budgeted {
                     // Other turns' next model calls stop once this one used the budget up.
-                    if let Err(e) = after.budget_totals(&scopes.0, &scopes.1).await {
+                    if let Err(e) = after
+                        .budget_totals(&scopes.0, &scopes.1, scopes.2.as_deref())
+                        .await
+                    {
                         tracing::warn!(error = %e, "budget totals not refreshed");
                     }
                 }
@@ -274,9 +274,10 @@ impl Runtime {
         scope: Option<&str>,
         session_id: &str,
         slot: &Arc<Slot>,
-        agent: Option<&str>,
-        stream: bool,
+        msg: &SendMessage,
     ) -> Result<Claimed, RuntimeError> {
+        let (agent, stream) = (msg.agent.as_deref(), msg.stream);
+        let api_key_id = msg.api_key_id.as_deref();
         let read = |store: &crate::store::Store| {
             let (org, id, sc) = (
                 org_id.to_string(),
@@ -326,7 +327,7 @@ impl Runtime {
             }
             false => None,
         };
-        let budget = self.reserve_budget(&session).await;
+        let budget = self.reserve_budget(&session, api_key_id).await;
         let budget = self.or_release(org_id, session_id, &lease, budget).await?;
         let room = self.make_warm_room(&session).await;
         self.or_release(org_id, session_id, &lease, room).await?;
@@ -349,20 +350,23 @@ impl Runtime {
         self.settings().budgets.get(scope).copied()
     }
 
-    /// This month's usage of the org's and the project's budgeted scopes; also marks which are
-    /// used up, for the model gateway's mid-turn check.
+    /// This month's usage of the org's, the project's and the API key's budgeted scopes; also
+    /// marks which are used up, for the model gateway's mid-turn check.
     pub(crate) async fn budget_totals(
         &self,
         org_id: &str,
         project_id: &str,
+        api_key_id: Option<&str>,
     ) -> Result<Vec<(String, crate::store::usage::Totals)>, RuntimeError> {
         let settings = self.settings();
-        let wanted: Vec<(String, Option<String>)> = [
-            (org_id.to_string(), None),
-            (project_id.to_string(), Some(project_id.to_string())),
+        let wanted: Vec<(String, Option<String>, Option<String>)> = [
+            Some((org_id.to_string(), None, None)),
+            Some((project_id.to_string(), Some(project_id.to_string()), None)),
+            api_key_id.map(|k| (k.to_string(), None, Some(k.to_string()))),
         ]
         .into_iter()
-        .filter(|(id, _)| settings.budgets.contains_key(id))
+        .flatten()
+        .filter(|(id, _, _)| settings.budgets.contains_key(id))
         .collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -373,9 +377,15 @@ impl Runtime {
             .read_async(move |c| {
                 wanted
                     .into_iter()
-                    .map(|(id, p)| {
-                        crate::store::usage::totals_since(c, &org, p.as_deref(), &since)
-                            .map(|t| (id, t))
+                    .map(|(id, p, k)| {
+                        crate::store::usage::totals_since(
+                            c,
+                            &org,
+                            p.as_deref(),
+                            k.as_deref(),
+                            &since,
+                        )
+                        .map(|t| (id, t))
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -389,36 +399,40 @@ impl Runtime {
         Ok(totals)
     }
 
-    /// Checks the tenant's and project's monthly budgets and reserves the turn's estimate in
-    /// them (402 when one is used up). Free when no budget applies.
+    /// Checks the tenant's, project's and API key's monthly budgets and reserves the turn's
+    /// estimate in them (402 when one is used up). Free when no budget applies.
     async fn reserve_budget(
         &self,
         session: &models::Session,
+        api_key_id: Option<&str>,
     ) -> Result<Option<super::budget::Reservation>, RuntimeError> {
         let settings = self.settings();
-        let scopes: Vec<(String, Option<String>, super::budget::Caps)> = [
-            (&session.org_id, None),
-            (&session.project_id, Some(session.project_id.clone())),
+        let scopes: Vec<(String, super::budget::Caps)> = [
+            Some(session.org_id.as_str()),
+            Some(session.project_id.as_str()),
+            api_key_id,
         ]
         .into_iter()
-        .filter_map(|(id, project)| settings.budgets.get(id).map(|c| (id.clone(), project, *c)))
+        .flatten()
+        .filter_map(|id| settings.budgets.get(id).map(|c| (id.to_string(), *c)))
         .collect();
         if scopes.is_empty() {
             return Ok(None);
         }
         let used = self
-            .budget_totals(&session.org_id, &session.project_id)
+            .budget_totals(&session.org_id, &session.project_id, api_key_id)
             .await?;
         let admit: Vec<_> = scopes
             .into_iter()
-            .filter_map(|(id, _, caps)| {
+            .filter_map(|(id, caps)| {
                 let u = used.iter().find(|(s, _)| *s == id)?.1;
-                Some((id, caps, u))
+                let is_key = api_key_id == Some(id.as_str());
+                Some((id, caps, u, is_key))
             })
             .collect();
         self.reservations.admit(&admit).map(Some).map_err(|why| {
-            tracing::info!(session = %session.id, reason = why, "turn refused by a budget");
-            RuntimeError::Budget(why.to_string())
+            tracing::info!(session = %session.id, reason = %why, "turn refused by a budget");
+            RuntimeError::Budget(why)
         })
     }
 

@@ -193,16 +193,19 @@ impl Totals {
     }
 }
 
-/// The org's (or one project's) usage from day `from` on.
+/// The org's usage from day `from` on: all of it, one project's, or one API key's.
 pub fn totals_since(
     c: &mut Conn,
     org_id: &str,
     project_id: Option<&str>,
+    api_key_id: Option<&str>,
     from: &str,
 ) -> Result<Totals, StoreError> {
     let mut t = Totals::default();
     for d in daily(c, org_id, project_id, from, "9999-12-31")? {
-        t.add(&d);
+        if api_key_id.is_none_or(|k| d.api_key_id == k) {
+            t.add(&d);
+        }
     }
     Ok(t)
 }

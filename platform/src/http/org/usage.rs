@@ -251,7 +251,7 @@ pub async fn summary(app: web::Data<App>, access: Access) -> Result<HttpResponse
     );
     let totals: Totals = app
         .store
-        .read_async(move |c| usage::totals_since(c, &org, None, &since))
+        .read_async(move |c| usage::totals_since(c, &org, None, None, &since))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let caps = app.runtime.budget_caps(access.org()).unwrap_or_default();
