@@ -614,3 +614,19 @@ fn managed_agents_interrupt_ends_the_turn_and_other_tenants_sessions_are_not_fou
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[test]
+fn sdk_the_official_anthropic_client_drives_managed_agents_sessions() {
+    let Some(python) = sdk_client("KARTA_TEST_PYTHON") else {
+        return;
+    };
+    let e = Env::simple();
+    let out = run_sdk(
+        &python,
+        "anthropic_managed.py",
+        &e.k.public,
+        &e.key,
+        &[("KARTA_PROJECT", "hello")],
+    );
+    assert!(out.contains("ok"), "{out}");
+}

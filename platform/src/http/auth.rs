@@ -13,12 +13,16 @@ use crate::app::App;
 use crate::platform::keys::{Principal, Scope};
 use crate::platform::tokens::{looks_like_jwt, Claims};
 
+/// The credential: `Authorization: Bearer ...`, or `x-api-key` (what the Anthropic SDKs send).
 fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
+    if let Some(value) = req.headers().get("authorization") {
+        let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    let key = req.headers().get("x-api-key")?.to_str().ok()?.trim();
+    (!key.is_empty()).then(|| key.to_string())
 }
 
 /// The credential behind a request.

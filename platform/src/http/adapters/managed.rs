@@ -37,7 +37,7 @@ const POLL: Duration = Duration::from_secs(2);
 /// Path of one session.
 #[derive(Deserialize)]
 pub struct SessionPath {
-    session_id: String,
+    pub(super) session_id: String,
 }
 
 /// `?after=`
@@ -72,12 +72,12 @@ pub struct UserEventBody {
     tool_use_id: Option<String>,
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(super) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
 /// A JSON object body, or an empty one; anything else is a 400.
-fn json_object(bytes: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn json_object(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -90,7 +90,11 @@ fn json_object(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The route's session, if the caller may see it (an end user's token: only its own).
-async fn session_of(app: &App, access: &Access, id: &str) -> Result<SessionView, ApiError> {
+pub(super) async fn session_of(
+    app: &App,
+    access: &Access,
+    id: &str,
+) -> Result<SessionView, ApiError> {
     let s = app
         .runtime
         .get_session(access.org(), access.scope(), id)
@@ -186,43 +190,95 @@ pub async fn post_event(
     gate(&app, &access, Adapter::ManagedAgents, Scope::Write)?;
     let b: UserEventBody =
         serde_json::from_value(json_object(&bytes)?).map_err(|e| bad(e.to_string()))?;
-    let sid = path.session_id.as_str();
-    let session = session_of(&app, &access, sid).await?;
+    let event = match b.kind.as_deref() {
+        Some("user.message") => UserEvent::Message(
+            b.text
+                .filter(|t| !t.trim().is_empty())
+                .ok_or_else(|| bad("text: required for user.message"))?,
+        ),
+        Some("user.tool_confirmation") => UserEvent::Confirm {
+            request_id: b
+                .request_id
+                .ok_or_else(|| bad("request_id: required for user.tool_confirmation"))?,
+            result: b.result.unwrap_or_default(),
+            tool_use_id: b.tool_use_id,
+        },
+        Some("user.interrupt") => UserEvent::Interrupt,
+        Some(other) => {
+            return Err(bad(format!(
+                "type: unknown event type `{other}` (user.message, user.tool_confirmation, user.interrupt)"
+            )))
+        }
+        None => return Err(bad("type: required")),
+    };
+    apply(&app, &access, &path.session_id, event).await?;
+    Ok(HttpResponse::Accepted().json(json!({"accepted": true})))
+}
+
+/// A user event, in either surface's shape.
+pub(super) enum UserEvent {
+    /// Start a turn.
+    Message(String),
+    /// Answer an approval (`result`: `allow` or `deny`).
+    Confirm {
+        request_id: String,
+        result: String,
+        tool_use_id: Option<String>,
+    },
+    /// Cancel the running turn.
+    Interrupt,
+}
+
+/// Carries out a user event on the route's session.
+pub(super) async fn apply(
+    app: &web::Data<App>,
+    access: &Access,
+    sid: &str,
+    event: UserEvent,
+) -> Result<(), ApiError> {
+    let session = session_of(app, access, sid).await?;
     let org = access.org().to_string();
     let log = app.managed_log.clone();
-    match b.kind.as_deref() {
-        Some("user.message") => {
-            let text = b
-                .text
-                .filter(|t| !t.trim().is_empty())
-                .ok_or_else(|| bad("text: required for user.message"))?;
-            let running = managed::is_running(log.last_status(sid).await.map_err(store_err)?.as_deref());
+    match event {
+        UserEvent::Message(text) => {
+            let running =
+                managed::is_running(log.last_status(sid).await.map_err(store_err)?.as_deref());
             if running || !session.pending_input.as_ref().is_none_or(Value::is_null) {
                 return Err(ApiError::Busy);
             }
             let held = log.hold(sid).await;
-            let sub = start_turn(&app, &access, sid, text.clone(), None, false, false).await?;
-            log.append_held(&org, &held, |_| vec![managed::user_message(&text), managed::running()])
-                .await
-                .map_err(store_err)?;
+            let sub = start_turn(app, access, sid, text.clone(), None, false, false).await?;
+            log.append_held(&org, &held, |_| {
+                vec![managed::user_message(&text), managed::running()]
+            })
+            .await
+            .map_err(store_err)?;
             drop(held);
             let rt = app.runtime.clone();
             tokio::spawn(follow(log, rt, org, sid.to_string(), sub));
         }
-        Some("user.tool_confirmation") => {
-            let request_id = b
-                .request_id
-                .ok_or_else(|| bad("request_id: required for user.tool_confirmation"))?;
-            let decision = match b.result.as_deref() {
-                Some("allow") => DecisionKind::ApproveOnce,
-                Some("deny") => DecisionKind::Deny,
+        UserEvent::Confirm {
+            request_id,
+            result,
+            tool_use_id,
+        } => {
+            let decision = match result.as_str() {
+                "allow" => DecisionKind::ApproveOnce,
+                "deny" => DecisionKind::Deny,
                 _ => return Err(bad("result: must be `allow` or `deny`")),
             };
             // Held while answering: the turn's next entries come after the answer's.
             let held = log.hold(sid).await;
             let answered = app
                 .runtime
-                .resolve_input(access.org(), access.scope(), sid, &request_id, decision, None)
+                .resolve_input(
+                    access.org(),
+                    access.scope(),
+                    sid,
+                    &request_id,
+                    decision,
+                    None,
+                )
                 .await;
             match answered {
                 Ok(_continuation) => {}
@@ -233,32 +289,25 @@ pub async fn post_event(
                 }
                 Err(e) => return Err(e.into()),
             }
-            let result = b.result.unwrap_or_default();
             log.append_held(&org, &held, |_| {
                 vec![
-                    managed::tool_confirmation(&request_id, &result, b.tool_use_id.as_deref()),
+                    managed::tool_confirmation(&request_id, &result, tool_use_id.as_deref()),
                     managed::running(),
                 ]
             })
             .await
             .map_err(store_err)?;
         }
-        Some("user.interrupt") => {
+        UserEvent::Interrupt => {
             app.runtime
                 .interrupt(access.org(), access.scope(), sid)
                 .await?;
         }
-        Some(other) => {
-            return Err(bad(format!(
-                "type: unknown event type `{other}` (user.message, user.tool_confirmation, user.interrupt)"
-            )))
-        }
-        None => return Err(bad("type: required")),
     }
-    Ok(HttpResponse::Accepted().json(json!({"accepted": true})))
+    Ok(())
 }
 
-fn store_err(e: crate::store::StoreError) -> ApiError {
+pub(super) fn store_err(e: crate::store::StoreError) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 

@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod managed;
+pub mod managed_upstream;
 pub mod responses;
 
 use std::collections::VecDeque;
@@ -63,6 +64,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         &format!("{BASE}/managed-agents/sessions/{{session_id}}/events/stream"),
         web::get().to(managed::stream),
     );
+    managed_upstream::configure(cfg, &format!("{BASE}/managed-agents"));
 }
 
 /// The project of an adapter route, once the caller may use `adapter` there.
