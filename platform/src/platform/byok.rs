@@ -118,6 +118,12 @@ impl MasterKey {
     }
 }
 
+/// The last four characters of a secret: all that is ever shown of it.
+pub fn last4(secret: &str) -> String {
+    let n = secret.chars().count();
+    secret.chars().skip(n.saturating_sub(4)).collect()
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -211,14 +217,7 @@ impl ModelKeys {
             provider: provider.to_string(),
             sealed: master.seal(org_id, provider, secret),
             master_key_id: master.id.clone(),
-            last4: secret
-                .chars()
-                .rev()
-                .take(4)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect(),
+            last4: last4(secret),
             created_at: now,
             updated_at: now,
         };

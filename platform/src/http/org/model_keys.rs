@@ -116,14 +116,7 @@ pub async fn put(
     }
     let actor = super::keys::actor(&access, &req);
     let org = access.org().to_string();
-    let last4: String = secret
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let last4 = crate::platform::byok::last4(&secret);
     let (_, info) = app
         .model_keys
         .put(access.org(), provider, &secret, move |c, replaced| {
