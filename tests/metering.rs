@@ -296,3 +296,99 @@ fn an_api_keys_sub_limit_stops_that_key_only() {
     let sb = session(&c, &k, &b);
     assert_eq!(send(&c, &k, &b, &sb, "hello").status(), 200);
 }
+
+#[test]
+fn budgets_set_through_the_api_apply_at_once_and_config_ones_stay_with_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(
+        dir.path(),
+        None,
+        "[[budgets]]\ntenant = \"acme\"\nproject = \"hello\"\ncost_cents = 100000\n",
+    );
+    let key = k.create_key("acme");
+    let admin = {
+        let out = k.cli(&["keys", "create", "--tenant", "acme", "--scopes", "admin"]);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let c = client();
+    let url = format!("{}/v1/budgets", k.public);
+    let cap = json!({"total_tokens": 5, "reserve_tokens": 1});
+    assert_eq!(
+        c.put(&url)
+            .bearer_auth(&key)
+            .json(&cap)
+            .send()
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = c.put(&url).bearer_auth(&admin).json(&cap).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["scope"], "org");
+    // The project's budget is the configuration's: the API may not change it.
+    let r = c
+        .put(&url)
+        .bearer_auth(&admin)
+        .json(&json!({"project": "hello", "total_tokens": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let listed: Value = c
+        .get(&url)
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let by: Vec<(String, String)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["scope"].as_str().unwrap().into(),
+                b["managed_by"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(by.contains(&("org".into(), "api".into())), "{listed}");
+    assert!(
+        by.contains(&("project".into(), "config".into())),
+        "{listed}"
+    );
+
+    // Applies to the next turn: one turn spends it, the next is a 402.
+    let sid = session(&c, &k, &key);
+    assert_eq!(
+        send(&c, &k, &key, &sid, "one two three four five six").status(),
+        200
+    );
+    assert_eq!(send(&c, &k, &key, &sid, "more").status(), 402);
+    // Removed: turns run again.
+    let r = c.delete(&url).bearer_auth(&admin).send().unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(send(&c, &k, &key, &sid, "more").status(), 200);
+    assert_eq!(
+        c.delete(&url).bearer_auth(&admin).send().unwrap().status(),
+        404
+    );
+    // Both changes are in the audit log.
+    let audit: Value = c
+        .get(format!("{}/v1/audit_events", k.public))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let actions = audit.to_string();
+    assert!(
+        actions.contains("budget.set") && actions.contains("budget.deleted"),
+        "{audit}"
+    );
+}

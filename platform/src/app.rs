@@ -155,8 +155,39 @@ fn scoped_limits(c: &PlatformConfig, store: &Store) -> Vec<(String, crate::confi
     out
 }
 
-/// The `[[budgets]]` caps, by org id (a tenant's) and project id (a project's).
+/// Every budget: those set through the API, then the `[[budgets]]` of the configuration (which
+/// win), by org id (a tenant's), project id or API key id.
 fn budgets(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, crate::runtime::budget::Caps> {
+    let cap = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok());
+    let mut out: std::collections::HashMap<String, crate::runtime::budget::Caps> = store
+        .read(crate::store::budgets::all)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "budgets set through the API not read");
+            Vec::new()
+        })
+        .into_iter()
+        .map(|r| {
+            (
+                r.scope_id,
+                crate::runtime::budget::Caps {
+                    input_tokens: cap(r.input_tokens),
+                    output_tokens: cap(r.output_tokens),
+                    total_tokens: cap(r.total_tokens),
+                    cost_cents: cap(r.cost_cents),
+                    reserve_tokens: cap(r.reserve_tokens),
+                },
+            )
+        })
+        .collect();
+    out.extend(config_budgets(c, store));
+    out
+}
+
+/// The `[[budgets]]` caps of the configuration, by scope id.
+fn config_budgets(
     c: &PlatformConfig,
     store: &Store,
 ) -> std::collections::HashMap<String, crate::runtime::budget::Caps> {
@@ -430,6 +461,20 @@ impl App {
             load_options,
             reload_lock: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Rebuilds the runtime's settings from the configuration in force and the store (after a
+    /// change made through the API, such as a budget).
+    pub fn refresh_runtime(&self) {
+        let cfg = self.config();
+        let scoped = scoped_limits(&cfg, &self.store);
+        self.runtime
+            .update_settings(runtime_settings(&cfg, &self.store, &scoped));
+    }
+
+    /// Whether the configuration declares a budget for the scope (an org, project or key id).
+    pub fn budget_in_config(&self, scope_id: &str) -> bool {
+        config_budgets(&self.config(), &self.store).contains_key(scope_id)
     }
 
     /// Whether the project (by id) serves `adapter`.

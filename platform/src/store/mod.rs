@@ -2,6 +2,7 @@
 //! type; migrations are embedded and applied on open. Tenant-scoped queries take an org id.
 
 pub mod audit;
+pub mod budgets;
 pub mod events;
 pub mod idempotency;
 pub mod keys;

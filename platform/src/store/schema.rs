@@ -201,6 +201,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    budgets (org_id, scope_id) {
+        org_id -> Text,
+        scope_id -> Text,
+        input_tokens -> Nullable<BigInt>,
+        output_tokens -> Nullable<BigInt>,
+        total_tokens -> Nullable<BigInt>,
+        cost_cents -> Nullable<BigInt>,
+        reserve_tokens -> Nullable<BigInt>,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(projects -> orgs (org_id));
 diesel::joinable!(api_keys -> orgs (org_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -216,5 +229,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     managed_events,
     usage_records,
     usage_daily,
-    model_keys
+    model_keys,
+    budgets
 );

@@ -1,6 +1,7 @@
 //! The org API on the public listener (API keys): session tokens and API keys.
 
 pub mod audit;
+pub mod budgets;
 pub mod keys;
 pub mod model_keys;
 pub mod projects;
@@ -25,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     audit::configure(cfg);
     projects::configure(cfg);
     usage::configure(cfg);
+    budgets::configure(cfg);
     model_keys::configure(cfg);
     cfg.route(
         "/v1/projects/{project_ref}/session_tokens",
