@@ -173,6 +173,15 @@ impl SandboxHost {
             }
         };
         let cgroup = karta_plugin_api::sandbox::detect_cgroup(sc.cgroup_root.as_deref());
+        if let Some(spec) = &cgroup {
+            let n = karta_plugin_api::sandbox::sweep_stale_cgroups(spec);
+            if n > 0 {
+                tracing::info!(
+                    groups = n,
+                    "removed cgroups left by harness launchers that were killed"
+                );
+            }
+        }
         if let (Some(root), None) = (&sc.cgroup_root, &cgroup) {
             tracing::warn!(root = %root.display(), "[sandbox] cgroup_root is not writable");
         }

@@ -36,13 +36,53 @@ pub struct Group {
     procs: Vec<OwnedFd>,
 }
 
+/// A name no other group has: the process id and a counter, plus the time, because a process
+/// killed with SIGKILL leaves its (empty) groups behind and a later process may get its id.
 fn unique_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!(
-        "karta-{}-{}",
+        "karta-{}-{}-{nanos:x}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Removes the groups that processes killed before they could clean up left behind: those
+/// whose creating process (the id in their name) is gone. A group still holding a process
+/// cannot be removed and stays. Returns how many went.
+pub fn sweep_stale(spec: &CgroupSpec) -> usize {
+    let parents: Vec<&str> = match spec {
+        CgroupSpec::V1 { memory, pids } => [memory.as_deref(), pids.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect(),
+        CgroupSpec::V2 { parent } => vec![parent.as_str()],
+    };
+    let mut removed = 0;
+    for parent in parents {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("karta-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = Path::new("/proc").join(pid.to_string()).exists();
+            if !alive && fs::remove_dir(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
@@ -227,5 +267,29 @@ impl Drop for Group {
     fn drop(&mut self) {
         self.kill();
         self.remove();
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn only_groups_of_processes_that_are_gone_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let dead = root.path().join(format!("karta-{}-0-1", u32::MAX - 1));
+        let live = root
+            .path()
+            .join(format!("karta-{}-0-1", std::process::id()));
+        let other = root.path().join("someone-else");
+        for d in [&dead, &live, &other] {
+            fs::create_dir(d).unwrap();
+        }
+        let spec = CgroupSpec::V2 {
+            parent: root.path().display().to_string(),
+        };
+        assert_eq!(sweep_stale(&spec), 1);
+        assert!(!dead.exists() && live.exists() && other.exists());
+        assert!(unique_name() != unique_name());
     }
 }

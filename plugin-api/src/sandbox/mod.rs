@@ -26,7 +26,7 @@ pub mod tenant_fs;
 
 pub use detect::detect_cgroup;
 
-pub use cgroup::LimitHit;
+pub use cgroup::{sweep_stale as sweep_stale_cgroups, LimitHit};
 pub use spec::*;
 
 use std::ffi::{OsStr, OsString};
