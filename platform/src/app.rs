@@ -472,9 +472,11 @@ impl App {
             .update_settings(runtime_settings(&cfg, &self.store, &scoped));
     }
 
-    /// Whether the configuration declares a budget for the scope (an org, project or key id).
-    pub fn budget_in_config(&self, scope_id: &str) -> bool {
-        config_budgets(&self.config(), &self.store).contains_key(scope_id)
+    /// The scopes (org, project or key ids) whose budget the configuration declares.
+    pub fn config_budget_scopes(&self) -> std::collections::HashSet<String> {
+        config_budgets(&self.config(), &self.store)
+            .into_keys()
+            .collect()
     }
 
     /// Whether the project (by id) serves `adapter`.

@@ -120,8 +120,9 @@ pub async fn list(app: web::Data<App>, access: Access) -> Result<HttpResponse, A
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let n = |v: Option<i64>| v.and_then(|x| u64::try_from(x).ok());
+    let in_config = app.config_budget_scopes();
     let mut data: Vec<BudgetView> = Vec::new();
-    for r in rows.iter().filter(|r| !app.budget_in_config(&r.scope_id)) {
+    for r in rows.iter().filter(|r| !in_config.contains(&r.scope_id)) {
         data.push(BudgetView {
             scope: kind_of(&access, &r.scope_id).into(),
             scope_id: r.scope_id.clone(),
@@ -140,7 +141,7 @@ pub async fn list(app: web::Data<App>, access: Access) -> Result<HttpResponse, A
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     for id in std::iter::once(access.org().to_string()).chain(projects) {
-        if let (true, Some(caps)) = (app.budget_in_config(&id), app.runtime.budget_caps(&id)) {
+        if let (true, Some(caps)) = (in_config.contains(&id), app.runtime.budget_caps(&id)) {
             data.push(BudgetView {
                 scope: kind_of(&access, &id).into(),
                 scope_id: id,
@@ -193,7 +194,7 @@ pub async fn put(
     }
     let (scope_id, kind) =
         scope_of(&app, &access, b.project.as_deref(), b.api_key.as_deref()).await?;
-    if app.budget_in_config(&scope_id) {
+    if app.config_budget_scopes().contains(&scope_id) {
         return Err(ApiError::Conflict(
             "this budget is declared in the configuration ([[budgets]]); change it there".into(),
         ));
@@ -259,7 +260,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Admin)?;
     let (scope_id, _) = scope_of(&app, &access, q.project.as_deref(), q.api_key.as_deref()).await?;
-    if app.budget_in_config(&scope_id) {
+    if app.config_budget_scopes().contains(&scope_id) {
         return Err(ApiError::Conflict(
             "this budget is declared in the configuration ([[budgets]]); change it there".into(),
         ));
