@@ -275,16 +275,25 @@ fn escape_suite(kind: Kind) {
 
     // The gateway recorded each call with the counts the fake reported, and they add up to the
     // turn's usage.
+    // A call is recorded once the gateway has seen its body end, which can come just after the
+    // harness has already finished its turn: wait a bounded time for both.
     let k = l.e.k();
-    let calls: Value =
-        l.e.c
-            .get(format!("{}/admin/v1/sessions/{sid}/model_calls", k.admin))
-            .bearer_auth(&k.admin_token)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-    let calls = calls["model_calls"].as_array().unwrap().clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let calls = loop {
+        let calls: Value =
+            l.e.c
+                .get(format!("{}/admin/v1/sessions/{sid}/model_calls", k.admin))
+                .bearer_auth(&k.admin_token)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+        let calls = calls["model_calls"].as_array().unwrap().clone();
+        if calls.len() >= 2 || std::time::Instant::now() > deadline {
+            break calls;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(calls.len(), 2, "{kind:?}: {calls:?}");
     let usage = &done(&frames)["usage"];
     let sum = |field: &str| {
