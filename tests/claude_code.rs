@@ -13,6 +13,20 @@ fn env(script: &str) -> Option<HarnessEnv> {
     env_with(script, &[])
 }
 
+/// Appends `extra` to the running server's configuration and reloads it.
+fn add_config(e: &HarnessEnv, extra: &str) {
+    let path = e.dir.path().join("karta.platform.toml");
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    toml.push_str(extra);
+    std::fs::write(&path, toml).unwrap();
+    let r =
+        e.c.post(format!("{}/admin/v1/config/reload", e.k().admin))
+            .bearer_auth(&e.k().admin_token)
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+}
+
 /// [`env`] with more environment for the server.
 fn env_with(script: &str, extra: &[(&str, &str)]) -> Option<HarnessEnv> {
     let claude = claude_bin()?;
@@ -717,16 +731,7 @@ fn a_budget_used_up_by_another_turn_stops_a_running_turn_at_its_next_model_call(
         return;
     };
     // The budget goes into the running server's configuration.
-    let path = e.dir.path().join("karta.platform.toml");
-    let mut toml = std::fs::read_to_string(&path).unwrap();
-    toml.push_str(toml_extra);
-    std::fs::write(&path, toml).unwrap();
-    let r =
-        e.c.post(format!("{}/admin/v1/config/reload", e.k().admin))
-            .bearer_auth(&e.k().admin_token)
-            .send()
-            .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text());
+    add_config(&e, toml_extra);
 
     let a = e.session();
     assert_eq!(text_of(&e.stream(&a, "alpha").rest()), "A done.");
@@ -765,6 +770,124 @@ fn a_budget_used_up_by_another_turn_stops_a_running_turn_at_its_next_model_call(
         e.c.post(format!("{}/v1/sessions/{a}/messages", e.k().public))
             .bearer_auth(&e.key)
             .json(&json!({"text": "again"}))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 402);
+}
+
+#[test]
+fn a_turn_is_billed_from_the_gateways_count_at_the_configured_price_and_crosses_thresholds() {
+    let script = r#"[{"text": "Priced.", "usage": {"input_tokens": 100, "output_tokens": 20}}]"#;
+    let Some(e) = env(script) else {
+        return;
+    };
+    // A price for every Anthropic model, and a cap one turn takes past 80% and two past 100%.
+    add_config(
+        &e,
+        "[[prices]]\nprovider = \"anthropic\"\nmodel = \"*\"\ninput = 300\noutput = 1500\n\
+         [[budgets]]\ntenant = \"acme\"\ntotal_tokens = 140\nreserve_tokens = 1\n",
+    );
+
+    let sid = e.session();
+    let frames = e.stream(&sid, "hello").rest();
+    assert_eq!(text_of(&frames), "Priced.");
+    // The step says which model ran it and what it used.
+    let step = frames
+        .iter()
+        .find(|f| f.event == "step_finish")
+        .expect("a step_finish")
+        .data["data"]
+        .clone();
+    assert_eq!(step["provider"], "anthropic", "{step}");
+    assert!(
+        step["model"].as_str().is_some_and(|m| !m.is_empty()),
+        "{step}"
+    );
+    assert_eq!(step["usage"]["input_tokens"], 100, "{step}");
+    assert_eq!(step["usage"]["output_tokens"], 20, "{step}");
+
+    let get = |path: &str| -> serde_json::Value {
+        let r =
+            e.c.get(format!("{}{path}", e.k().public))
+                .bearer_auth(&e.key)
+                .send()
+                .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().unwrap()
+    };
+    // Two records: the harness's report (kept, not billed) and the gateway's count (billed,
+    // priced: 100 x 300 + 20 x 1500 micro-cents).
+    let recs = get(&format!("/v1/usage/records?session_id={sid}"));
+    let recs = recs["data"].as_array().unwrap();
+    let by = |source: &str| {
+        recs.iter()
+            .find(|r| r["source"] == source)
+            .unwrap_or_else(|| panic!("no {source} record: {recs:?}"))
+            .clone()
+    };
+    let (h, g) = (by("harness"), by("gateway"));
+    assert_eq!(
+        (h["billed"].as_bool(), g["billed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(
+        (&g["input_tokens"], &g["output_tokens"]),
+        (&json!(100), &json!(20))
+    );
+    assert_eq!(
+        (&h["input_tokens"], &h["output_tokens"]),
+        (&json!(100), &json!(20))
+    );
+    assert_eq!(g["cost_micro_cents"], 60_000, "{g}");
+    assert_eq!(g["unit_prices"]["input"], 300, "{g}");
+    assert_eq!(g["provider"], "anthropic");
+    // The totals count the turn once, at the configured price.
+    let m = e.metered();
+    assert_eq!(
+        (&m["turns"], &m["total_tokens"]),
+        (&json!(1), &json!(120)),
+        "{m}"
+    );
+    assert_eq!(m["cost_micro_cents"], 60_000, "{m}");
+
+    // 120 of 140 is past 80%: one event; the next turn passes 100%: two more, once each.
+    let events = get("/v1/events");
+    let events = events["data"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let obj = &events[0]["data"]["object"];
+    assert_eq!(events[0]["type"], "budget.threshold_reached");
+    assert_eq!(
+        (
+            &obj["dimension"],
+            &obj["threshold_pct"],
+            &obj["used"],
+            &obj["cap"]
+        ),
+        (&json!("total_tokens"), &json!(80), &json!(120), &json!(140))
+    );
+    assert!(events[0]["id"].as_str().unwrap().starts_with("evt_"));
+    // (The fake's default reply reports the same 100 in / 20 out.)
+    assert_eq!(done(&e.stream(&sid, "again").rest())["status"], "completed");
+    let events = get("/v1/events");
+    let types: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.len(), 3, "{types:?}");
+    assert_eq!(
+        types.iter().filter(|t| **t == "budget.exhausted").count(),
+        1,
+        "{types:?}"
+    );
+    let exhausted = get("/v1/events?type=budget.exhausted");
+    assert_eq!(exhausted["data"][0]["data"]["object"]["threshold_pct"], 100);
+    // And the cap now stops the next turn before it runs.
+    let r =
+        e.c.post(format!("{}/v1/sessions/{sid}/messages", e.k().public))
+            .bearer_auth(&e.key)
+            .json(&json!({"text": "more"}))
             .send()
             .unwrap();
     assert_eq!(r.status(), 402);

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use karta_e2e::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const KEY_ENV: &str = "KARTA_TEST_OPENAI_KEY";
 
@@ -69,7 +69,7 @@ fn chat_requests(e: &HarnessEnv) -> Vec<Value> {
 #[test]
 fn a_text_turn_streams_with_the_fakes_usage() {
     let Some(e) = env(
-        r#"[{"text": "Hello from the fake model.", "usage": {"input_tokens": 31, "output_tokens": 7}}]"#,
+        r#"[{"text": "Hello from the fake model.", "usage": {"input_tokens": 31, "output_tokens": 7, "reasoning_tokens": 3, "cache_read_input_tokens": 5}}]"#,
         false,
     ) else {
         return;
@@ -87,8 +87,26 @@ fn a_text_turn_streams_with_the_fakes_usage() {
     );
     let d = done(&frames);
     assert_eq!(d["status"], "completed");
-    assert_eq!(d["usage"]["input_tokens"], 31);
-    assert_eq!(d["usage"]["output_tokens"], 7);
+    // One convention: OpenAI's 31 prompt tokens are 26 uncached and 5 read from the cache;
+    // the 7 output tokens include 3 of reasoning.
+    let step = frames
+        .iter()
+        .find(|f| f.event == "step_finish")
+        .map(|f| f.data["data"].clone())
+        .unwrap();
+    eprintln!("step_finish: {step}");
+    assert_eq!(
+        (
+            &d["usage"]["input_tokens"],
+            &d["usage"]["cache_read_tokens"],
+            &d["usage"]["output_tokens"],
+            &d["usage"]["reasoning_tokens"]
+        ),
+        (&json!(26), &json!(5), &json!(7), &json!(3)),
+        "{d}"
+    );
+    assert_eq!(step["usage"]["output_tokens"], 7, "{step}");
+    assert_eq!(step["model"], "fake-model", "{step}");
     // Karta's provider and key reached OpenCode; the session's title spared a title request.
     let reqs = chat_requests(&e);
     assert_eq!(reqs.len(), 1, "{reqs:?}");
@@ -100,8 +118,16 @@ fn a_text_turn_streams_with_the_fakes_usage() {
     // Metered as the fake reported it.
     let m = e.metered();
     assert_eq!(m["turns"], 1, "{m}");
-    assert_eq!(m["input_tokens"], 31);
-    assert_eq!(m["output_tokens"], 7);
+    assert_eq!(
+        (
+            &m["input_tokens"],
+            &m["cache_read_tokens"],
+            &m["output_tokens"],
+            &m["reasoning_tokens"]
+        ),
+        (&json!(26), &json!(5), &json!(7), &json!(3)),
+        "{m}"
+    );
 }
 
 #[test]

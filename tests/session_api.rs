@@ -1000,6 +1000,8 @@ fn the_openapi_document_covers_every_public_route() {
         "DELETE /v1/budgets",
         "GET /v1/usage",
         "GET /v1/usage/summary",
+        "GET /v1/usage/records",
+        "GET /v1/events",
         "POST /v1/projects/{project_ref}/chat/completions",
         "POST /v1/projects/{project_ref}/responses",
         "GET /v1/projects/{project_ref}/responses/{response_id}",

@@ -462,6 +462,19 @@ fn cli_config_check_plan_and_apply() {
         err.contains("karta.platform.toml:3: tenants[0].name"),
         "{err}"
     );
+    // A price for a provider the gateway does not speak, and a second price from the same day.
+    std::fs::write(
+        dir.path().join("karta.platform.toml"),
+        "[[prices]]\nprovider = \"mistral\"\nmodel = \"m\"\ninput = 1\noutput = 2\n\
+         [[prices]]\nprovider = \"openai\"\nmodel = \"g\"\ninput = 1\noutput = 2\n\
+         [[prices]]\nprovider = \"openai\"\nmodel = \"g\"\ninput = 3\noutput = 4\n",
+    )
+    .unwrap();
+    let out = cli(dir.path(), &["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("prices[0].provider"), "{err}");
+    assert!(err.contains("prices[2].model"), "{err}");
 
     let out = cli(
         dir.path(),

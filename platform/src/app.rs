@@ -90,6 +90,7 @@ fn runtime_settings(
         concurrent_turns: limit_map(scoped, |l| l.concurrent_turns),
         concurrent_streams: limit_map(scoped, |l| l.concurrent_streams),
         budgets: budgets(c, store),
+        prices: std::sync::Arc::new(crate::platform::pricing::PriceTable::new(&c.prices)),
         warm_harnesses: limit_map(scoped, |l| l.warm_harnesses),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     /// Model calls through the gateway.
     pub model_calls: Family<ModelLabels, Counter>,
+    /// Turns whose harness-reported usage differs from what the gateway counted.
+    pub usage_disagreements: Counter,
     live_sessions: Gauge,
     running_turns: Gauge,
     warm_harnesses: Gauge,
@@ -145,6 +147,7 @@ impl Metrics {
             event_log_failures: Counter::default(),
             reloads: Family::default(),
             model_calls: Family::default(),
+            usage_disagreements: Counter::default(),
             live_sessions: Gauge::default(),
             running_turns: Gauge::default(),
             warm_harnesses: Gauge::default(),
@@ -193,6 +196,11 @@ impl Metrics {
             "model_calls",
             "Model calls through the gateway by provider and status",
             m.model_calls.clone(),
+        );
+        registry.register(
+            "usage_disagreements",
+            "Turns whose harness-reported usage differs from the gateway's count",
+            m.usage_disagreements.clone(),
         );
         registry.register(
             "live_sessions",

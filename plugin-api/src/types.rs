@@ -119,6 +119,15 @@ pub enum EventKind {
         /// The step's outcome, when the harness says.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         result: Option<String>,
+        /// The model that ran the step, when the harness says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// The model's provider (`anthropic`, `openai`), when the harness says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
+        /// The step's tokens and cost; a turn's `done` usage is the sum of its steps'.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
     },
     /// The turn is paused until the request is answered.
     InputRequired(InputRequest),
@@ -260,22 +269,29 @@ pub enum TurnStatus {
     Cancelled,
 }
 
-/// Token and cost accounting of one turn.
+/// Token and cost accounting of a turn or of one step of it.
+///
+/// One convention for every harness: `input_tokens` excludes cached input (cache reads and
+/// writes are counted apart), `output_tokens` includes reasoning (as providers bill it), and
+/// `reasoning_tokens` says how much of the output was reasoning.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Usage {
     /// Uncached input tokens.
     #[serde(default)]
     pub input_tokens: u64,
-    /// Output tokens.
+    /// Output tokens, reasoning included.
     #[serde(default)]
     pub output_tokens: u64,
+    /// The part of `output_tokens` that was reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
     /// Input tokens read from the prompt cache.
     #[serde(default)]
     pub cache_read_tokens: u64,
     /// Input tokens written to the prompt cache.
     #[serde(default)]
     pub cache_write_tokens: u64,
-    /// The sum of the four above.
+    /// Input, output, cache reads and cache writes (reasoning is inside output).
     #[serde(default)]
     pub total_tokens: u64,
     /// Cost in micro-cents (1e-6 cent), when the harness reports one.
@@ -289,11 +305,23 @@ impl Usage {
         Self {
             input_tokens: input,
             output_tokens: output,
+            reasoning_tokens: 0,
             cache_read_tokens: cache_read,
             cache_write_tokens: cache_write,
             total_tokens: input + output + cache_read + cache_write,
             cost_micro_cents: 0,
         }
+    }
+
+    /// Adds another's counts and cost (saturating).
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
+        self.cache_read_tokens = self.cache_read_tokens.saturating_add(o.cache_read_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(o.cache_write_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(o.total_tokens);
+        self.cost_micro_cents = self.cost_micro_cents.saturating_add(o.cost_micro_cents);
     }
 }
 

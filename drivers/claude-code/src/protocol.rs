@@ -45,6 +45,13 @@ pub struct TurnState {
     /// Assistant messages whose text arrived as deltas.
     streamed: HashSet<String>,
     current_message: Option<String>,
+    /// The current message's usage and model (a step is one model call).
+    message_usage: Usage,
+    message_model: Option<String>,
+    message_counted: bool,
+    /// The finished steps' usage, and whether any step reported one.
+    steps_usage: Usage,
+    steps_counted: bool,
 }
 
 impl TurnState {
@@ -275,18 +282,19 @@ fn result(turn: &mut TurnState, session: &mut SessionState, v: &Value, out: &mut
     let total = (v["total_cost_usd"].as_f64().unwrap_or(0.0) * 1e8)
         .round()
         .max(0.0) as u64;
-    usage.cost_micro_cents = total.saturating_sub(session.cost_total);
+    let cost = total.saturating_sub(session.cost_total);
     session.cost_total = total;
     if turn.step_open {
-        emit(
-            out,
-            EventKind::StepFinish {
-                step_index: turn.step,
-                result: None,
-            },
-        );
+        let step = finish_step(turn);
+        emit(out, step);
         turn.step_open = false;
     }
+    // The turn's totals are the sum of its steps (one model call each) when the CLI streamed
+    // them; its own summary otherwise.
+    if turn.steps_counted {
+        usage = turn.steps_usage;
+    }
+    usage.cost_micro_cents = cost;
     let failed = v["is_error"] == true;
     if failed {
         emit(
@@ -321,6 +329,10 @@ fn stream_event(turn: &mut TurnState, e: &Value, out: &mut Vec<Action>) {
     match e["type"].as_str() {
         Some("message_start") => {
             turn.current_message = e["message"]["id"].as_str().map(str::to_string);
+            turn.message_usage = Usage::default();
+            turn.message_counted = false;
+            update_usage(turn, &e["message"]["usage"]);
+            turn.message_model = e["message"]["model"].as_str().map(str::to_string);
             if !turn.step_open {
                 emit(
                     out,
@@ -359,18 +371,49 @@ fn stream_event(turn: &mut TurnState, e: &Value, out: &mut Vec<Action>) {
             ),
             _ => {}
         },
+        Some("message_delta") => update_usage(turn, &e["usage"]),
         Some("message_stop") if turn.step_open => {
-            emit(
-                out,
-                EventKind::StepFinish {
-                    step_index: turn.step,
-                    result: None,
-                },
-            );
+            let step = finish_step(turn);
+            emit(out, step);
             turn.step += 1;
             turn.step_open = false;
         }
         _ => {}
+    }
+}
+
+/// Takes the counts a message's `usage` carries (`message_start` has them all, `message_delta`
+/// the output so far, cumulative).
+fn update_usage(turn: &mut TurnState, v: &Value) {
+    let u = &mut turn.message_usage;
+    let mut seen = false;
+    let mut set = |field: &mut u64, key: &str| {
+        if let Some(n) = v[key].as_u64() {
+            *field = n;
+            seen = true;
+        }
+    };
+    set(&mut u.input_tokens, "input_tokens");
+    set(&mut u.output_tokens, "output_tokens");
+    set(&mut u.cache_read_tokens, "cache_read_input_tokens");
+    set(&mut u.cache_write_tokens, "cache_creation_input_tokens");
+    u.total_tokens = u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens;
+    turn.message_counted |= seen;
+}
+
+/// The open step's `step_finish`, with its model call's usage (the CLI reports cost only per
+/// turn), counted into the turn's totals.
+fn finish_step(turn: &mut TurnState) -> EventKind {
+    let usage = std::mem::take(&mut turn.message_usage);
+    let counted = std::mem::take(&mut turn.message_counted);
+    turn.steps_usage.add(&usage);
+    turn.steps_counted |= counted;
+    EventKind::StepFinish {
+        step_index: turn.step,
+        result: None,
+        model: turn.message_model.take(),
+        provider: Some("anthropic".into()),
+        usage: counted.then_some(usage),
     }
 }
 
@@ -434,8 +477,45 @@ mod tests {
         let EventKind::Done(d) = &done.kind else {
             panic!("done expected")
         };
-        assert_eq!((d.usage.input_tokens, d.usage.output_tokens), (12, 7));
+        // The turn's totals are the sum of its steps, each with its model call's usage.
+        assert_eq!(
+            (
+                d.usage.input_tokens,
+                d.usage.output_tokens,
+                d.usage.cache_read_tokens,
+                d.usage.total_tokens
+            ),
+            (12, 7, 2, 21)
+        );
         assert_eq!(d.usage.cost_micro_cents, 150_000);
+        let steps: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(e) => match &e.kind {
+                    EventKind::StepFinish {
+                        model,
+                        provider,
+                        usage,
+                        ..
+                    } => Some((model.clone(), provider.clone(), *usage)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps.len(), 2);
+        let first = steps[0].2.unwrap();
+        assert_eq!(
+            (
+                first.input_tokens,
+                first.output_tokens,
+                first.cache_read_tokens
+            ),
+            (5, 3, 2)
+        );
+        assert_eq!(steps[1].2.unwrap().output_tokens, 4);
+        assert_eq!(steps[0].0.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(steps[0].1.as_deref(), Some("anthropic"));
         assert_eq!(session.cost_total, 150_000);
     }
 

@@ -20,14 +20,15 @@ pub struct TurnState {
     parts: HashMap<String, (String, usize)>,
     /// message id -> role
     roles: HashMap<String, String>,
+    /// assistant message id -> (model, provider)
+    models: HashMap<String, (Option<String>, Option<String>)>,
     /// call id -> last status emitted
     tools: HashMap<String, String>,
     /// Permission requests waiting for a decision.
     pub pending: HashSet<String>,
     step: u32,
-    /// Tokens of the steps so far.
+    /// Tokens and cost of the steps so far.
     pub usage: Usage,
-    cost_usd: f64,
     failed: bool,
     finish: Option<String>,
 }
@@ -52,6 +53,27 @@ impl TurnState {
     }
 }
 
+/// A `step-finish` part's tokens and cost in Karta's convention. OpenCode already counts
+/// `input` without cached tokens; its `output` leaves out `reasoning`, which Karta counts inside
+/// the output (as providers bill it) and also apart.
+pub fn step_usage(part: &Value) -> Usage {
+    let t = &part["tokens"];
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let reasoning = n(&t["reasoning"]);
+    let mut u = Usage::new(
+        n(&t["input"]),
+        n(&t["output"]) + reasoning,
+        n(&t["cache"]["read"]),
+        n(&t["cache"]["write"]),
+    );
+    u.reasoning_tokens = reasoning;
+    // USD -> micro-cents (1 USD = 1e8).
+    u.cost_micro_cents = (part["cost"].as_f64().unwrap_or(0.0) * 1e8)
+        .round()
+        .max(0.0) as u64;
+    u
+}
+
 /// Translates one `/event` message; `cancelled` says whether the host cancelled the turn.
 pub fn on_event(turn: &mut TurnState, ev: &Value, cancelled: bool) -> Output {
     let mut out = Output::default();
@@ -68,6 +90,16 @@ pub fn on_event(turn: &mut TurnState, ev: &Value, cancelled: bool) -> Output {
         "message.updated" => {
             if let (Some(id), Some(role)) = (p["info"]["id"].as_str(), p["info"]["role"].as_str()) {
                 turn.roles.insert(id.to_string(), role.to_string());
+                if let Some(model) = p["info"]["modelID"].as_str() {
+                    // OpenCode's provider id is the name in its config; only the two Karta's
+                    // gateway speaks are meaningful to the host.
+                    let provider = p["info"]["providerID"]
+                        .as_str()
+                        .filter(|p| matches!(*p, "anthropic" | "openai"))
+                        .map(str::to_string);
+                    turn.models
+                        .insert(id.to_string(), (Some(model.to_string()), provider));
+                }
             }
         }
         "message.part.updated" => part_updated(turn, &p["part"], events),
@@ -149,8 +181,7 @@ pub fn on_event(turn: &mut TurnState, ev: &Value, cancelled: bool) -> Output {
             })));
         }
         "session.idle" => {
-            let mut usage = turn.usage;
-            usage.cost_micro_cents = (turn.cost_usd * 1e8).round().max(0.0) as u64;
+            let usage = turn.usage;
             let status = if cancelled {
                 TurnStatus::Cancelled
             } else if turn.failed {
@@ -238,25 +269,20 @@ fn part_updated(turn: &mut TurnState, part: &Value, events: &mut Vec<Event>) {
             description: None,
         })),
         "step-finish" => {
-            let t = &part["tokens"];
-            let n = |v: &Value| v.as_u64().unwrap_or(0);
-            let add = Usage::new(
-                n(&t["input"]),
-                n(&t["output"]) + n(&t["reasoning"]),
-                n(&t["cache"]["read"]),
-                n(&t["cache"]["write"]),
-            );
-            let u = &mut turn.usage;
-            u.input_tokens += add.input_tokens;
-            u.output_tokens += add.output_tokens;
-            u.cache_read_tokens += add.cache_read_tokens;
-            u.cache_write_tokens += add.cache_write_tokens;
-            u.total_tokens += add.total_tokens;
-            turn.cost_usd += part["cost"].as_f64().unwrap_or(0.0);
+            let usage = step_usage(part);
+            turn.usage.add(&usage);
             turn.finish = part["reason"].as_str().map(str::to_string);
+            let (model, provider) = part["messageID"]
+                .as_str()
+                .and_then(|m| turn.models.get(m))
+                .cloned()
+                .unwrap_or_default();
             events.push(Event::new(EventKind::StepFinish {
                 step_index: turn.step,
                 result: turn.finish.clone(),
+                model,
+                provider,
+                usage: Some(usage),
             }));
             turn.step += 1;
         }
@@ -338,5 +364,26 @@ mod tests {
         assert!(
             matches!(&done.events[0].kind, EventKind::Done(d) if d.status == TurnStatus::Cancelled)
         );
+    }
+
+    #[test]
+    fn a_steps_reasoning_is_inside_its_output_and_counted_apart() {
+        let part: Value = serde_json::from_str(
+            r#"{"type":"step-finish","cost":0.0001,"tokens":{"input":10,"output":4,"reasoning":3,"cache":{"read":2,"write":1}}}"#,
+        )
+        .unwrap();
+        let u = step_usage(&part);
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.reasoning_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                u.total_tokens
+            ),
+            (10, 7, 3, 2, 1, 20)
+        );
+        assert_eq!(u.cost_micro_cents, 10_000);
     }
 }

@@ -122,6 +122,9 @@ pub fn steps(req: &TurnRequest, prefix: &str) -> Vec<Step> {
     out.push(Step::Emit(EventKind::StepFinish {
         step_index: 0,
         result: Some("echoed".into()),
+        model: None,
+        provider: None,
+        usage: None,
     }));
     out
 }

@@ -41,6 +41,8 @@ fn usage_json(u: &Usage) -> Value {
         "prompt_tokens": prompt,
         "completion_tokens": u.output_tokens,
         "total_tokens": prompt + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
         "input_tokens": prompt,
         "output_tokens": u.output_tokens,
     })

@@ -81,7 +81,7 @@ impl ResponseTurn {
                     "input_tokens": input,
                     "input_tokens_details": {"cached_tokens": u.cache_read_tokens},
                     "output_tokens": u.output_tokens,
-                    "output_tokens_details": {"reasoning_tokens": 0},
+                    "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
                     "total_tokens": input + u.output_tokens,
                 })
             }

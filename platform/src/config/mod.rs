@@ -52,6 +52,8 @@ pub struct PlatformConfig {
     pub policies: Vec<PolicyConfig>,
     /// `[[budgets]]`
     pub budgets: Vec<BudgetConfig>,
+    /// `[[prices]]`: what model calls cost, for turns the harness does not cost itself.
+    pub prices: Vec<PriceConfig>,
     /// API keys minted elsewhere, declared by hash (no secret in files).
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -220,6 +222,29 @@ pub struct BudgetConfig {
     pub reserve_tokens: Option<u64>,
 }
 
+/// `[[prices]]`: a model's price per token from a day on (UTC). Calls the model gateway counted
+/// are priced with it; a harness's own cost is used only when a call has no price here.
+/// A price per token in micro-cents equals the price per million tokens in cents ($3 per million
+/// is `300`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriceConfig {
+    /// `anthropic` or `openai`.
+    pub provider: String,
+    /// The model id as the provider answers it, or `*` for the provider's other models.
+    pub model: String,
+    /// Micro-cents per uncached input token.
+    pub input: u64,
+    /// Micro-cents per output token (reasoning included).
+    pub output: u64,
+    /// Micro-cents per input token read from the cache (default: the input price).
+    pub cache_read: Option<u64>,
+    /// Micro-cents per input token written to the cache (default: the input price).
+    pub cache_write: Option<u64>,
+    /// The first day (`YYYY-MM-DD`, UTC) the price applies; always when absent.
+    pub effective_from: Option<chrono::NaiveDate>,
+}
+
 /// `[[projects]]`
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -365,6 +390,9 @@ pub struct GatewayConfig {
     pub upstream_timeout_seconds: u64,
     /// Calls forwarded at once; more wait.
     pub max_concurrent_calls: usize,
+    /// How long a finished turn waits for its model calls still in flight before it is metered,
+    /// in milliseconds (a call that ends later is metered with the session's next turn).
+    pub settle_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -373,6 +401,7 @@ impl Default for GatewayConfig {
             max_body_mb: 32,
             upstream_timeout_seconds: 600,
             max_concurrent_calls: 256,
+            settle_ms: 2000,
         }
     }
 }

@@ -154,6 +154,7 @@ pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
     check_drivers(&c.drivers, &mut out);
     check_policies(c, &mut out);
     check_budgets(c, &mut out);
+    check_prices(c, &mut out);
     check_api_keys(c, &mut out);
     if c.server.heartbeat_seconds == 0 {
         out.push((
@@ -348,6 +349,28 @@ fn check_api_keys(c: &PlatformConfig, out: &mut Vec<Problem>) {
             out.push((
                 at("hash"),
                 "must be `sha256:` and 64 hex digits, or an argon2id PHC string".into(),
+            ));
+        }
+    }
+}
+
+fn check_prices(c: &PlatformConfig, out: &mut Vec<Problem>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in c.prices.iter().enumerate() {
+        let at = |field: &str| vec!["prices".to_string(), i.to_string(), field.to_string()];
+        if !matches!(p.provider.as_str(), "anthropic" | "openai") {
+            out.push((
+                at("provider"),
+                format!("must be `anthropic` or `openai`, got `{}`", p.provider),
+            ));
+        }
+        if p.model.trim().is_empty() {
+            out.push((at("model"), "must name a model (or `*`)".into()));
+        }
+        if !seen.insert((p.provider.as_str(), p.model.as_str(), p.effective_from)) {
+            out.push((
+                at("model"),
+                "this model already has a price from the same day".into(),
             ));
         }
     }

@@ -11,6 +11,7 @@
 //! This module is the service; the HTTP listener is `http::gateway`.
 
 pub mod grants;
+pub mod tally;
 pub mod usage;
 
 use std::pin::Pin;
@@ -185,6 +186,8 @@ pub const PASSED_RESPONSE_HEADERS: &[&str] = &["content-type", "retry-after", "x
 pub struct Gateway {
     /// Live capability tokens.
     pub grants: Arc<Grants>,
+    /// What each session's calls counted, for metering.
+    pub tally: Arc<tally::Tally>,
     store: Store,
     providers: RwLock<Arc<Providers>>,
     client: reqwest::Client,
@@ -194,6 +197,8 @@ pub struct Gateway {
     gate: RwLock<Option<Arc<dyn CallGate>>>,
     /// Orgs' own provider keys (BYOK), used instead of the platform's.
     model_keys: RwLock<Option<Arc<crate::platform::byok::ModelKeys>>>,
+    /// `[gateway] settle_ms`.
+    settle_wait: Duration,
 }
 
 /// One request to forward.
@@ -232,6 +237,7 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             grants: Arc::new(Grants::default()),
+            tally: Arc::default(),
             store,
             providers: RwLock::new(Arc::new(providers(cfg))),
             client,
@@ -240,6 +246,7 @@ impl Gateway {
             tcp_port: OnceLock::new(),
             gate: RwLock::new(None),
             model_keys: RwLock::new(None),
+            settle_wait: Duration::from_millis(g.settle_ms),
         })
     }
 
@@ -251,6 +258,12 @@ impl Gateway {
     /// Installs the budget hook.
     pub fn set_gate(&self, gate: Arc<dyn CallGate>) {
         *self.gate.write().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+    }
+
+    /// The session's counted calls, once those in flight have ended (`[gateway] settle_ms` at
+    /// most).
+    pub async fn settle(&self, session_id: &str) -> Vec<tally::CountedCall> {
+        self.tally.settle(session_id, self.settle_wait).await
     }
 
     /// Largest request body.
@@ -392,7 +405,10 @@ impl Gateway {
             };
         }
         let started = Instant::now();
+        self.tally.begin(&grant.session_id);
         let mut recorder = Recorder {
+            tally: self.tally.clone(),
+            byok,
             store: self.store.clone(),
             grant,
             provider,
@@ -481,6 +497,9 @@ fn max_body(g: &GatewayConfig) -> usize {
 
 /// Records a call once its answer has ended (or was abandoned).
 struct Recorder {
+    /// Told when the call ends (exactly once).
+    tally: Arc<tally::Tally>,
+    byok: bool,
     store: Store,
     grant: Grant,
     provider: Provider,
@@ -504,6 +523,7 @@ impl Recorder {
     fn finish(&mut self) {
         let Some(tap) = self.tap.take() else { return };
         if !self.metered {
+            self.tally.end(&self.grant.session_id, None);
             return;
         }
         let (tokens, answered_model) = tap.finish();
@@ -527,6 +547,16 @@ impl Recorder {
             latency_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
             created_at: crate::store::now(),
         };
+        // A failed call (no answer, an error status) counts what the provider reported, if any.
+        self.tally.end(
+            &call.session_id,
+            Some(tally::CountedCall {
+                provider: call.provider.clone(),
+                model: call.model.clone(),
+                tokens,
+                byok: self.byok,
+            }),
+        );
         crate::metrics::get()
             .model_calls
             .get_or_create(&crate::metrics::ModelLabels {

@@ -32,6 +32,8 @@ pub struct Tokens {
     pub cache_read: i64,
     /// Input tokens written to the provider's cache.
     pub cache_creation: i64,
+    /// The part of the output that was reasoning, when the provider says (OpenAI).
+    pub reasoning: i64,
 }
 
 /// Longest SSE line kept while looking for usage; longer lines are skipped (usage lines are
@@ -162,6 +164,9 @@ impl UsageTap {
         if let Some(n) = int(&u["completion_tokens"]) {
             self.tokens.output = n;
         }
+        if let Some(n) = int(&u["completion_tokens_details"]["reasoning_tokens"]) {
+            self.tokens.reasoning = n;
+        }
     }
 
     /// The counts and the model the provider named, once the body has ended.
@@ -224,7 +229,8 @@ data: {\"type\":\"message_stop\"}\n\n";
                     input: 120,
                     output: 42,
                     cache_read: 30,
-                    cache_creation: 7
+                    cache_creation: 7,
+                    reasoning: 0
                 },
                 "chunk {chunk}"
             );
@@ -235,7 +241,7 @@ data: {\"type\":\"message_stop\"}\n\n";
     #[test]
     fn an_openai_stream_counts_cached_tokens_apart() {
         let body = "data: {\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
-data: {\"model\":\"gpt-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":9,\"prompt_tokens_details\":{\"cached_tokens\":40}}}\n\n\
+data: {\"model\":\"gpt-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":9,\"prompt_tokens_details\":{\"cached_tokens\":40},\"completion_tokens_details\":{\"reasoning_tokens\":4}}}\n\n\
 data: [DONE]\n\n";
         let (t, model) = run(Provider::OpenAi, true, body, 5);
         assert_eq!(
@@ -244,7 +250,8 @@ data: [DONE]\n\n";
                 input: 60,
                 output: 9,
                 cache_read: 40,
-                cache_creation: 0
+                cache_creation: 0,
+                reasoning: 4
             }
         );
         assert_eq!(model.as_deref(), Some("gpt-x"));

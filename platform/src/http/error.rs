@@ -101,6 +101,19 @@ impl ApiError {
     }
 }
 
+/// A list's `?limit=`: `default` when absent, else 1 to `max` (a 422 naming `limit` otherwise).
+pub fn page_limit(v: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let l = v.unwrap_or(default);
+    if !(1..=max).contains(&l) {
+        return Err(ApiError::invalid(
+            vec!["query".into(), "limit".into()],
+            format!("must be between 1 and {max}, got {l}"),
+            "value_error",
+        ));
+    }
+    Ok(l)
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

@@ -45,6 +45,8 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::budgets::delete,
         super::org::usage::list,
         super::org::usage::summary,
+        super::org::usage::records,
+        super::org::events::list,
         super::adapters::chat::create,
         super::adapters::responses::create,
         super::adapters::responses::fetch,

@@ -54,7 +54,8 @@ fn tool_call_json(step: &Step, n: u64) -> Option<Value> {
 fn usage_json(u: &ScriptedUsage) -> Value {
     json!({"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
            "total_tokens": u.input_tokens + u.output_tokens,
-           "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens}})
+           "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
+           "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}})
 }
 
 fn finish_reason(step: &Step) -> &'static str {

@@ -89,6 +89,9 @@ pub struct ScriptedUsage {
     /// Cache-creation input tokens.
     #[serde(default)]
     pub cache_creation_input_tokens: u64,
+    /// The part of the output that was reasoning (reported apart in the OpenAI shape only).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 impl Default for ScriptedUsage {
@@ -98,6 +101,7 @@ impl Default for ScriptedUsage {
             output_tokens: 20,
             cache_read_input_tokens: 0,
             cache_creation_input_tokens: 0,
+            reasoning_tokens: 0,
         }
     }
 }

@@ -6,5 +6,6 @@ pub mod keys;
 pub mod limits;
 pub mod managed_log;
 pub mod money;
+pub mod pricing;
 pub mod resources;
 pub mod tokens;

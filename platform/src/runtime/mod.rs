@@ -16,6 +16,7 @@ pub mod budget;
 mod concurrency;
 mod events;
 pub mod journal;
+pub(crate) mod meter;
 pub mod policy;
 mod pump;
 mod running;
@@ -108,6 +109,8 @@ pub struct RuntimeSettings {
     pub concurrent_streams: HashMap<String, usize>,
     /// Monthly caps (`[[budgets]]`), by org id and by project id.
     pub budgets: HashMap<String, budget::Caps>,
+    /// `[[prices]]`.
+    pub prices: Arc<crate::platform::pricing::PriceTable>,
     /// Warm harnesses at most, by org id (instead of `warm.per_tenant`) and by project id.
     pub warm_harnesses: HashMap<String, usize>,
     /// Events a driver may queue ahead of the pump before its thread waits.

@@ -165,7 +165,7 @@ impl Runtime {
             Box::new(move |c: &mut crate::store::Conn| sessions::release_turn(c, &org, &id, &owner))
                 as super::journal::SessionOp
         });
-        let usage = usage_op(ctx, seq, done);
+        let usage = self.meter(ctx, seq, done).await;
         let then: super::journal::SessionOp = Box::new(move |c| {
             if let Some(r) = &release {
                 r(c)?;
@@ -174,6 +174,50 @@ impl Runtime {
         });
         self.journal.append_durable(run, Some(then)).await;
         f
+    }
+
+    /// The turn's usage records (after the gateway's calls in flight have ended) and the
+    /// budgeted scopes they count against, as the op that stores them.
+    async fn meter(&self, ctx: &TurnCtx, seq: i64, done: &Event) -> super::journal::SessionOp {
+        let (usage, status) = match &done.kind {
+            EventKind::Done(d) => (d.usage, d.status),
+            _ => (Default::default(), karta_plugin_api::TurnStatus::Failed),
+        };
+        let calls = self.confinement.gateway.settle(&ctx.session.id).await;
+        let settings = self.settings();
+        let status = serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "failed".into());
+        let turn = super::meter::Turn {
+            org_id: &ctx.session.org_id,
+            project_id: &ctx.session.project_id,
+            session_id: &ctx.session.id,
+            seq,
+            api_key_id: ctx.api_key_id.as_deref(),
+            driver: &ctx.session.driver,
+            byok: ctx.byok,
+            status: &status,
+            harness: usage,
+            harness_model: ctx.running.step_model(),
+            calls: &calls,
+        };
+        let records = super::meter::records(&turn, &settings.prices, store::now());
+        let scopes = [
+            (ctx.session.org_id.as_str(), "org"),
+            (ctx.session.project_id.as_str(), "project"),
+        ]
+        .into_iter()
+        .chain(ctx.api_key_id.as_deref().map(|k| (k, "api_key")))
+        .filter_map(|(id, kind)| {
+            settings.budgets.get(id).map(|caps| super::meter::Scope {
+                id: id.to_string(),
+                kind,
+                caps: *caps,
+            })
+        })
+        .collect();
+        super::meter::op(records, scopes)
     }
 
     /// Consumes the driver's events until `done`; returns the logged (not yet broadcast) `done`.
@@ -303,6 +347,14 @@ impl Runtime {
                 _ => event,
             };
             text.observe(&event.kind);
+            if let EventKind::StepFinish {
+                model: Some(model),
+                provider,
+                ..
+            } = &event.kind
+            {
+                ctx.running.note_step_model(provider.as_deref(), model);
+            }
             if let EventKind::Error(e) = &event.kind {
                 failed = true;
                 tracing::warn!(session = %ctx.session.id, code = %e.code, message = %e.message, "turn error");
@@ -332,44 +384,6 @@ impl Runtime {
 
 /// The turn's usage record (the harness's own report), stored in the transaction that stores
 /// its `done`: a turn is metered exactly when it is logged, and a crash loses or doubles neither.
-fn usage_op(ctx: &TurnCtx, seq: i64, done: &Event) -> super::journal::SessionOp {
-    let (usage, status) = match &done.kind {
-        EventKind::Done(d) => (d.usage, d.status),
-        _ => (Default::default(), karta_plugin_api::TurnStatus::Failed),
-    };
-    let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let record = crate::store::usage::UsageRecord {
-        id: store::new_id("use"),
-        org_id: ctx.session.org_id.clone(),
-        client_event_id: format!("{}:{seq}:harness", ctx.session.id),
-        project_id: ctx.session.project_id.clone(),
-        session_id: ctx.session.id.clone(),
-        turn_seq: seq,
-        api_key_id: ctx.api_key_id.clone(),
-        driver: ctx.session.driver.clone(),
-        provider: None,
-        model: None,
-        byok: ctx.byok,
-        status: serde_json::to_value(status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "failed".into()),
-        source: "harness".into(),
-        input_tokens: tokens(usage.input_tokens),
-        output_tokens: tokens(usage.output_tokens),
-        cache_read_tokens: tokens(usage.cache_read_tokens),
-        cache_write_tokens: tokens(usage.cache_write_tokens),
-        reasoning_tokens: 0,
-        // BYOK: the provider bills the org directly; tokens still count against caps.
-        cost_micro_cents: match ctx.byok {
-            true => 0,
-            false => i64::from(crate::platform::money::MicroCents(usage.cost_micro_cents)),
-        },
-        created_at: store::now(),
-    };
-    Box::new(move |c| crate::store::usage::record(c, &record).map(|_| ()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,8 @@ pub(crate) struct Running {
     /// Frames published by this turn, oldest first, at most `buffer_cap`.
     buffer: Mutex<VecDeque<Arc<Frame>>>,
     buffer_cap: usize,
+    /// The provider and model the turn's last step named, for its usage record.
+    step_model: Mutex<Option<(Option<String>, String)>>,
 }
 
 impl Running {
@@ -68,8 +70,23 @@ impl Running {
             agent,
             buffer: Mutex::new(VecDeque::new()),
             buffer_cap: buffer_cap.max(1),
+            step_model: Mutex::new(None),
         });
         (running, control_rx)
+    }
+
+    /// Remembers the model a step ran on.
+    pub(crate) fn note_step_model(&self, provider: Option<&str>, model: &str) {
+        *self.step_model.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((provider.map(str::to_string), model.to_string()));
+    }
+
+    /// The provider (when named) and model the turn's last step named.
+    pub(crate) fn step_model(&self) -> Option<(Option<String>, String)> {
+        self.step_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn pending(&self) -> MutexGuard<'_, Option<Pending>> {

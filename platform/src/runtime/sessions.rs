@@ -677,6 +677,7 @@ impl Runtime {
             }
             // The token dies with the session even when its driver is gone.
             self.confinement.gateway.grants.revoke(id);
+            self.confinement.gateway.tally.forget(id);
             self.warm.forget(id);
             // A closed session never runs again: its workspace (and the harness's home beside
             // it) goes, so closed sessions do not fill the disk.

@@ -10,6 +10,7 @@ pub mod managed_events;
 pub mod model_calls;
 pub mod model_keys;
 pub mod models;
+pub mod org_events;
 pub mod orgs;
 pub mod projects;
 pub mod responses;

@@ -169,6 +169,22 @@ diesel::table! {
         reasoning_tokens -> BigInt,
         cost_micro_cents -> BigInt,
         created_at -> Timestamp,
+        billed -> Bool,
+        price_input -> Nullable<BigInt>,
+        price_output -> Nullable<BigInt>,
+        price_cache_read -> Nullable<BigInt>,
+        price_cache_write -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    org_events (id) {
+        id -> Text,
+        org_id -> Text,
+        event_type -> Text,
+        dedupe_key -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
     }
 }
 
@@ -229,6 +245,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     managed_events,
     usage_records,
     usage_daily,
+    org_events,
     model_keys,
     budgets
 );

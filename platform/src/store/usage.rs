@@ -37,18 +37,29 @@ pub struct UsageRecord {
     pub source: String,
     /// Uncached input tokens.
     pub input_tokens: i64,
-    /// Output tokens (reasoning excluded).
+    /// Output tokens (reasoning included, as providers bill it).
     pub output_tokens: i64,
     /// Input tokens read from the cache.
     pub cache_read_tokens: i64,
     /// Input tokens written to the cache.
     pub cache_write_tokens: i64,
-    /// Reasoning tokens.
+    /// The part of the output tokens that was reasoning.
     pub reasoning_tokens: i64,
     /// Cost in micro-cents.
     pub cost_micro_cents: i64,
     /// When it was recorded.
     pub created_at: chrono::NaiveDateTime,
+    /// Counted in the roll-up (and so against budgets): the gateway's record of a turn when it
+    /// has one, the harness's otherwise.
+    pub billed: bool,
+    /// Applied `[[prices]]` input price (micro-cents per token); none when not priced here.
+    pub price_input: Option<i64>,
+    /// Applied output price.
+    pub price_output: Option<i64>,
+    /// Applied cache-read price.
+    pub price_cache_read: Option<i64>,
+    /// Applied cache-write price.
+    pub price_cache_write: Option<i64>,
 }
 
 /// One roll-up row.
@@ -81,7 +92,7 @@ pub struct DailyUsage {
 }
 
 /// Stores a record unless its `client_event_id` is already stored for the org, and adds an
-/// inserted one to its day's roll-up. Whether it was inserted. Run in a write transaction.
+/// inserted billed one to its day's roll-up. Whether it was inserted. Run in a write transaction.
 pub fn record(c: &mut Conn, r: &UsageRecord) -> Result<bool, StoreError> {
     // `UNIQUE (org_id, client_event_id)` makes a repeated record a no-op.
     let inserted = super::execute_on_backend!(
@@ -93,6 +104,9 @@ pub fn record(c: &mut Conn, r: &UsageRecord) -> Result<bool, StoreError> {
     )?;
     if inserted == 0 {
         return Ok(false);
+    }
+    if !r.billed {
+        return Ok(true);
     }
     let key = r.api_key_id.clone().unwrap_or_default();
     let model = r.model.clone().unwrap_or_default();
@@ -160,13 +174,22 @@ pub fn daily(
     .load(c)?)
 }
 
-/// The org's records, newest first (for inspection and tests).
-pub fn records(c: &mut Conn, org_id: &str, limit: i64) -> Result<Vec<UsageRecord>, StoreError> {
-    Ok(ur::table
-        .filter(ur::org_id.eq(org_id))
-        .order(ur::created_at.desc())
-        .limit(limit)
-        .load(c)?)
+/// The org's records, newest first, optionally of one session.
+pub fn records(
+    c: &mut Conn,
+    org_id: &str,
+    session_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UsageRecord>, StoreError> {
+    let mut q = ur::table.filter(ur::org_id.eq(org_id)).into_boxed();
+    if let Some(s) = session_id {
+        q = q.filter(ur::session_id.eq(s.to_string()));
+    }
+    Ok(
+        q.order((ur::created_at.desc(), ur::turn_seq.desc(), ur::source.asc()))
+            .limit(limit)
+            .load(c)?,
+    )
 }
 
 /// Usage summed over roll-up rows.

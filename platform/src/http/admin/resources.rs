@@ -131,15 +131,7 @@ struct PageQuery {
 }
 
 fn limit(q: &PageQuery) -> Result<i64, ApiError> {
-    let l = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&l) {
-        return Err(ApiError::invalid(
-            vec!["query".into(), "limit".into()],
-            "must be between 1 and 500",
-            "value_error",
-        ));
-    }
-    Ok(l)
+    crate::http::error::page_limit(q.limit, 50, 500)
 }
 
 async fn list_tenants(

@@ -132,14 +132,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     access.require_key(Scope::Admin)?;
     let q = q.into_inner();
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid(
-            vec!["query".into(), "limit".into()],
-            "must be between 1 and 100",
-            "value_error",
-        ));
-    }
+    let limit = crate::http::error::page_limit(q.limit, 50, 100)?;
     let filter = AuditFilter {
         org_id: Some(access.org().to_string()),
         since: time("since", &q.since)?,

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod budgets;
+pub mod events;
 pub mod keys;
 pub mod model_keys;
 pub mod projects;
@@ -27,6 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     projects::configure(cfg);
     usage::configure(cfg);
     budgets::configure(cfg);
+    events::configure(cfg);
     model_keys::configure(cfg);
     cfg.route(
         "/v1/projects/{project_ref}/session_tokens",

@@ -55,7 +55,7 @@ pub struct ProjectPage {
 #[derive(Deserialize, IntoParams)]
 pub struct ProjectQuery {
     /// 1 to 100, default 20.
-    limit: Option<usize>,
+    limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
@@ -127,14 +127,7 @@ pub async fn list(
     q: web::Query<ProjectQuery>,
 ) -> Result<HttpResponse, ApiError> {
     access.require_key(Scope::Read)?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid(
-            vec!["query".into(), "limit".into()],
-            "must be between 1 and 100",
-            "value_error",
-        ));
-    }
+    let limit = usize::try_from(crate::http::error::page_limit(q.limit, 20, 100)?).unwrap_or(20);
     let org = access.org().to_string();
     let all = app
         .store

@@ -19,7 +19,134 @@ use crate::store::usage::{self, DailyUsage, Totals};
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/usage", web::get().to(list))
-        .route("/v1/usage/summary", web::get().to(summary));
+        .route("/v1/usage/summary", web::get().to(summary))
+        .route("/v1/usage/records", web::get().to(records));
+}
+
+/// Query of `GET /v1/usage/records`.
+#[derive(Deserialize, IntoParams)]
+pub struct RecordsQuery {
+    /// Only this session's records.
+    session_id: Option<String>,
+    /// Records, 1 to 500 (default 100).
+    limit: Option<i64>,
+}
+
+/// One usage record: a turn as the harness reported it (`source: harness`) or as the model
+/// gateway counted its calls (`source: gateway`). Only `billed` records are in the totals.
+#[derive(Serialize, ToSchema)]
+pub struct UsageRecordDto {
+    /// `use_...`
+    id: String,
+    /// `<session>:<seq of done>:<source>`, unique per org.
+    client_event_id: String,
+    /// The project.
+    project_id: String,
+    /// The session.
+    session_id: String,
+    /// The sequence number of the turn's `done`.
+    turn_seq: i64,
+    /// The key that ran the turn.
+    api_key_id: Option<String>,
+    /// The driver.
+    driver: String,
+    /// `anthropic` or `openai`, when known.
+    provider: Option<String>,
+    /// The model (the one with most tokens when a turn used several), when known.
+    model: Option<String>,
+    /// Paid with the org's own model key (no model cost).
+    byok: bool,
+    /// `completed`, `failed`, `cancelled`.
+    status: String,
+    /// `harness` or `gateway`.
+    source: String,
+    /// Counted in the totals and against budgets.
+    billed: bool,
+    /// Uncached input tokens.
+    input_tokens: i64,
+    /// Output tokens, reasoning included.
+    output_tokens: i64,
+    /// The part of the output that was reasoning.
+    reasoning_tokens: i64,
+    /// Input read from the cache.
+    cache_read_tokens: i64,
+    /// Input written to the cache.
+    cache_write_tokens: i64,
+    /// Cost in micro-cents.
+    cost_micro_cents: i64,
+    /// The `[[prices]]` unit prices applied (micro-cents per token: input, output, cache
+    /// read, cache write); null when the cost is the harness's own.
+    unit_prices: Option<BTreeMap<String, i64>>,
+    /// When it was recorded (RFC 3339).
+    created_at: String,
+}
+
+impl From<usage::UsageRecord> for UsageRecordDto {
+    fn from(r: usage::UsageRecord) -> Self {
+        let unit_prices = match (r.price_input, r.price_output) {
+            (Some(i), Some(o)) => Some(BTreeMap::from([
+                ("input".to_string(), i),
+                ("output".to_string(), o),
+                ("cache_read".to_string(), r.price_cache_read.unwrap_or(i)),
+                ("cache_write".to_string(), r.price_cache_write.unwrap_or(i)),
+            ])),
+            _ => None,
+        };
+        Self {
+            id: r.id,
+            client_event_id: r.client_event_id,
+            project_id: r.project_id,
+            session_id: r.session_id,
+            turn_seq: r.turn_seq,
+            api_key_id: r.api_key_id,
+            driver: r.driver,
+            provider: r.provider,
+            model: r.model,
+            byok: r.byok,
+            status: r.status,
+            source: r.source,
+            billed: r.billed,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            reasoning_tokens: r.reasoning_tokens,
+            cache_read_tokens: r.cache_read_tokens,
+            cache_write_tokens: r.cache_write_tokens,
+            cost_micro_cents: r.cost_micro_cents,
+            unit_prices,
+            created_at: r.created_at.and_utc().to_rfc3339(),
+        }
+    }
+}
+
+/// The org's usage records, newest first: what each turn's harness reported and what the
+/// model gateway counted, with the prices applied.
+#[utoipa::path(
+    get,
+    path = "/v1/usage/records",
+    tag = "usage",
+    params(RecordsQuery),
+    responses(
+        (status = 200, description = "`{\"data\": [record]}`", body = Object),
+        (status = 401, description = "Missing or wrong credential", body = ErrorBody),
+        (status = 422, description = "`limit` is out of range", body = ValidationErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn records(
+    app: web::Data<App>,
+    access: Access,
+    q: web::Query<RecordsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    access.require(Scope::Read)?;
+    let limit = crate::http::error::page_limit(q.limit, 100, 500)?;
+    let (org, sid) = (access.org().to_string(), q.session_id.clone());
+    let rows = app
+        .store
+        .read_async(move |c| usage::records(c, &org, sid.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let data: Vec<UsageRecordDto> = rows.into_iter().map(Into::into).collect();
+    Ok(HttpResponse::Ok().json(json!({ "data": data })))
 }
 
 /// Query of `GET /v1/usage`.

@@ -1,0 +1,518 @@
+//! Metering a finished turn. A turn gets a usage record from the harness's own report and, when
+//! its model calls went through the gateway, one from the gateway's per-call counts; the
+//! gateway's is the one billed (in the roll-up, against budgets), the harness's is kept for
+//! comparison and a disagreement is logged. Costs come from `[[prices]]` where the model has a
+//! price, from the harness's report otherwise; BYOK turns cost nothing. The records go into the
+//! transaction that stores the turn's `done`, with the budget thresholds they cross.
+//!
+//! Everything here but [`op`] is pure.
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime};
+use karta_plugin_api::Usage;
+use serde_json::json;
+
+use super::budget::Caps;
+use crate::gateway::tally::CountedCall;
+use crate::platform::money::MicroCents;
+use crate::platform::pricing::{PriceTable, Tokens, UnitPrices};
+use crate::store::org_events::OrgEvent;
+use crate::store::usage::{Totals, UsageRecord};
+use crate::store::{self, Conn, StoreError};
+
+/// What a finished turn is metered from.
+pub(crate) struct Turn<'a> {
+    pub org_id: &'a str,
+    pub project_id: &'a str,
+    pub session_id: &'a str,
+    /// The sequence number of its `done`.
+    pub seq: i64,
+    pub api_key_id: Option<&'a str>,
+    pub driver: &'a str,
+    /// The org's own key paid (for every call).
+    pub byok: bool,
+    /// `completed`, `failed`, `cancelled`.
+    pub status: &'a str,
+    /// What `done` reported.
+    pub harness: Usage,
+    /// The provider (when named) and model the harness's steps named, if they did.
+    pub harness_model: Option<(Option<String>, String)>,
+    /// What the gateway counted.
+    pub calls: &'a [CountedCall],
+}
+
+fn i(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn applied(p: Option<UnitPrices>) -> [Option<i64>; 4] {
+    match p {
+        Some(p) => [
+            Some(i(p.input)),
+            Some(i(p.output)),
+            Some(i(p.cache_read)),
+            Some(i(p.cache_write)),
+        ],
+        None => [None; 4],
+    }
+}
+
+/// The turn's records: the harness's, and the gateway's when it counted calls.
+pub(crate) fn records(t: &Turn<'_>, prices: &PriceTable, now: NaiveDateTime) -> Vec<UsageRecord> {
+    let day = now.date();
+    let h = &t.harness;
+    let harness_tokens = Tokens {
+        input: h.input_tokens,
+        output: h.output_tokens,
+        cache_read: h.cache_read_tokens,
+        cache_write: h.cache_write_tokens,
+    };
+    // A step that names no provider is priced by whichever provider prices its model.
+    let harness_price = t.harness_model.as_ref().and_then(|(p, m)| match p {
+        Some(p) => prices.lookup(p, m, day),
+        None => ["anthropic", "openai"]
+            .iter()
+            .find_map(|p| prices.lookup(p, m, day)),
+    });
+    // The harness's own cost when it reports one, else the price of the model it named.
+    let (harness_cost, harness_applied) = match (h.cost_micro_cents, harness_price) {
+        (0, Some(p)) => (p.cost(&harness_tokens), Some(p)),
+        (c, _) => (MicroCents(c), None),
+    };
+    let base = |source: &str, billed: bool| UsageRecord {
+        id: store::new_id("use"),
+        org_id: t.org_id.to_string(),
+        client_event_id: format!("{}:{}:{source}", t.session_id, t.seq),
+        project_id: t.project_id.to_string(),
+        session_id: t.session_id.to_string(),
+        turn_seq: t.seq,
+        api_key_id: t.api_key_id.map(str::to_string),
+        driver: t.driver.to_string(),
+        provider: None,
+        model: None,
+        byok: t.byok,
+        status: t.status.to_string(),
+        source: source.to_string(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        cost_micro_cents: 0,
+        created_at: now,
+        billed,
+        price_input: None,
+        price_output: None,
+        price_cache_read: None,
+        price_cache_write: None,
+    };
+    let [pi, po, pr, pw] = applied(harness_applied.filter(|_| !t.byok));
+    let mut out = vec![UsageRecord {
+        provider: t.harness_model.as_ref().and_then(|(p, _)| p.clone()),
+        model: t.harness_model.as_ref().map(|(_, m)| m.clone()),
+        input_tokens: i(h.input_tokens),
+        output_tokens: i(h.output_tokens),
+        cache_read_tokens: i(h.cache_read_tokens),
+        cache_write_tokens: i(h.cache_write_tokens),
+        reasoning_tokens: i(h.reasoning_tokens),
+        // BYOK: the provider bills the org directly; tokens still count against caps.
+        cost_micro_cents: if t.byok { 0 } else { i64::from(harness_cost) },
+        price_input: pi,
+        price_output: po,
+        price_cache_read: pr,
+        price_cache_write: pw,
+        ..base("harness", t.calls.is_empty())
+    }];
+    if t.calls.is_empty() {
+        return out;
+    }
+
+    let mut sum = Tokens::default();
+    let mut priced = MicroCents(0);
+    let mut unpriced = false;
+    let mut reasoning = 0u64;
+    // The model with the most tokens names the record (a turn may use a small model on the side).
+    let mut by_model: Vec<(&str, &str, u64, Option<UnitPrices>)> = Vec::new();
+    for c in t.calls {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let tok = Tokens {
+            input: n(c.tokens.input),
+            output: n(c.tokens.output),
+            cache_read: n(c.tokens.cache_read),
+            cache_write: n(c.tokens.cache_creation),
+        };
+        sum.input += tok.input;
+        sum.output += tok.output;
+        sum.cache_read += tok.cache_read;
+        sum.cache_write += tok.cache_write;
+        reasoning += n(c.tokens.reasoning);
+        let price = prices.lookup(&c.provider, &c.model, day);
+        match price {
+            Some(p) => priced = priced.saturating_add(p.cost(&tok)),
+            None => unpriced = true,
+        }
+        let weight = tok.input + tok.output + tok.cache_read + tok.cache_write;
+        match by_model
+            .iter_mut()
+            .find(|(p, m, _, _)| *p == c.provider && *m == c.model)
+        {
+            Some(e) => e.2 += weight,
+            None => by_model.push((&c.provider, &c.model, weight, price)),
+        }
+    }
+    let byok = t.byok || t.calls.iter().all(|c| c.byok);
+    let main = by_model.iter().max_by_key(|e| e.2);
+    // A call without a price is costed by the harness's report when it has one (for the
+    // whole turn: its cost cannot be split by call).
+    let (cost, prices_applied) = match (unpriced, h.cost_micro_cents) {
+        (false, _) => (priced, main.and_then(|e| e.3)),
+        (true, 0) => (priced, None),
+        (true, c) => (MicroCents(c), None),
+    };
+    let [pi, po, pr, pw] = applied(prices_applied.filter(|_| !byok));
+    out.push(UsageRecord {
+        provider: main.map(|e| e.0.to_string()),
+        model: main.map(|e| e.1.to_string()).filter(|m| !m.is_empty()),
+        byok,
+        input_tokens: i(sum.input),
+        output_tokens: i(sum.output),
+        cache_read_tokens: i(sum.cache_read),
+        cache_write_tokens: i(sum.cache_write),
+        // Anthropic does not report reasoning apart: the harness's split stands in then.
+        reasoning_tokens: i(if reasoning > 0 {
+            reasoning
+        } else {
+            h.reasoning_tokens.min(sum.output)
+        }),
+        cost_micro_cents: if byok { 0 } else { i64::from(cost) },
+        price_input: pi,
+        price_output: po,
+        price_cache_read: pr,
+        price_cache_write: pw,
+        ..base("gateway", true)
+    });
+    out
+}
+
+/// How the harness's record differs from the gateway's, if it does (input compared with its
+/// cached part, so harnesses that split it differently still agree).
+pub(crate) fn disagreement(harness: &UsageRecord, gateway: &UsageRecord) -> Option<String> {
+    let input = |r: &UsageRecord| r.input_tokens + r.cache_read_tokens + r.cache_write_tokens;
+    let (hi, gi) = (input(harness), input(gateway));
+    let (ho, go) = (harness.output_tokens, gateway.output_tokens);
+    (hi != gi || ho != go).then(|| {
+        format!("the harness reported {hi} in / {ho} out, the gateway counted {gi} in / {go} out")
+    })
+}
+
+/// A budgeted scope of the turn.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Scope {
+    /// The org, project or API key id.
+    pub id: String,
+    /// `org`, `project` or `api_key`.
+    pub kind: &'static str,
+    pub caps: Caps,
+}
+
+/// Percentages of a cap at which an event is recorded.
+const THRESHOLDS: [u64; 2] = [80, 100];
+
+/// A threshold crossed: (dimension, percentage, used, cap).
+type Crossing = (&'static str, u64, u64, u64);
+
+/// The thresholds of `caps` that usage crossed going from `before` to `after`.
+pub(crate) fn crossed(caps: &Caps, before: &Totals, after: &Totals) -> Vec<Crossing> {
+    let cents = |t: &Totals| MicroCents(t.cost_micro_cents).to_cents_ceil().0;
+    let dims = [
+        (
+            "input_tokens",
+            caps.input_tokens,
+            before.input_tokens,
+            after.input_tokens,
+        ),
+        (
+            "output_tokens",
+            caps.output_tokens,
+            before.output_tokens,
+            after.output_tokens,
+        ),
+        (
+            "total_tokens",
+            caps.total_tokens,
+            before.input_tokens + before.output_tokens,
+            after.input_tokens + after.output_tokens,
+        ),
+        ("cost_cents", caps.cost_cents, cents(before), cents(after)),
+    ];
+    let mut out = Vec::new();
+    for (dim, cap, was, is) in dims {
+        let Some(cap) = cap.filter(|c| *c > 0) else {
+            continue;
+        };
+        for pct in THRESHOLDS {
+            let at = (cap * pct).div_ceil(100);
+            if was < at && is >= at {
+                out.push((dim, pct, is, cap));
+            }
+        }
+    }
+    out
+}
+
+/// The events of a scope's crossings this period.
+pub(crate) fn threshold_events(
+    org_id: &str,
+    scope: &Scope,
+    crossings: &[Crossing],
+    period_start: NaiveDate,
+    now: NaiveDateTime,
+) -> Vec<OrgEvent> {
+    let mut out = Vec::new();
+    for &(dim, pct, used, cap) in crossings {
+        let object = json!({
+            "scope": {"type": scope.kind, "id": scope.id},
+            "dimension": dim,
+            "threshold_pct": pct,
+            "used": used,
+            "cap": cap,
+            "period_start": format!("{period_start}T00:00:00Z"),
+        });
+        let mut types = vec!["budget.threshold_reached"];
+        if pct >= 100 {
+            types.push("budget.exhausted");
+        }
+        for ty in types {
+            out.push(OrgEvent {
+                id: store::new_id("evt"),
+                org_id: org_id.to_string(),
+                event_type: ty.to_string(),
+                dedupe_key: format!("{ty}:{}:{dim}:{pct}:{period_start}", scope.id),
+                payload: object.to_string(),
+                created_at: now,
+            });
+        }
+    }
+    out
+}
+
+/// Usage a record adds to the roll-up's totals.
+fn contribution(r: &UsageRecord) -> Totals {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Totals {
+        turns: 1,
+        input_tokens: n(r.input_tokens) + n(r.cache_read_tokens) + n(r.cache_write_tokens),
+        output_tokens: n(r.output_tokens),
+        cost_micro_cents: n(r.cost_micro_cents),
+    }
+}
+
+/// Stores the records (each once) and, for the billed one, the thresholds it made its scopes
+/// cross this month. Run in the transaction that stores `done`.
+pub(crate) fn op(records: Vec<UsageRecord>, scopes: Vec<Scope>) -> super::journal::SessionOp {
+    if let [h, g] = records.as_slice() {
+        if let Some(why) = disagreement(h, g) {
+            tracing::warn!(session = %h.session_id, turn = h.turn_seq, "usage disagreement: {why}");
+            crate::metrics::get().usage_disagreements.inc();
+        }
+    }
+    Box::new(move |c: &mut Conn| -> Result<(), StoreError> {
+        for r in &records {
+            let inserted = crate::store::usage::record(c, r)?;
+            if inserted && r.billed && !scopes.is_empty() {
+                thresholds(c, r, &scopes)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn thresholds(c: &mut Conn, r: &UsageRecord, scopes: &[Scope]) -> Result<(), StoreError> {
+    let start = r
+        .created_at
+        .date()
+        .with_day0(0)
+        .unwrap_or(r.created_at.date());
+    let since = start.format("%Y-%m-%d").to_string();
+    let add = contribution(r);
+    for s in scopes {
+        let (project, key) = match s.kind {
+            "project" => (Some(s.id.as_str()), None),
+            "api_key" => (None, Some(s.id.as_str())),
+            _ => (None, None),
+        };
+        let after = crate::store::usage::totals_since(c, &r.org_id, project, key, &since)?;
+        let before = Totals {
+            turns: after.turns.saturating_sub(add.turns),
+            input_tokens: after.input_tokens.saturating_sub(add.input_tokens),
+            output_tokens: after.output_tokens.saturating_sub(add.output_tokens),
+            cost_micro_cents: after.cost_micro_cents.saturating_sub(add.cost_micro_cents),
+        };
+        for e in threshold_events(
+            &r.org_id,
+            s,
+            &crossed(&s.caps, &before, &after),
+            start,
+            r.created_at,
+        ) {
+            if crate::store::org_events::insert(c, &e)? {
+                tracing::info!(org = %e.org_id, event = %e.event_type, scope = %s.id, "budget threshold reached");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PriceConfig;
+    use crate::gateway::usage::Tokens as CallTokens;
+
+    fn turn<'a>(harness: Usage, calls: &'a [CountedCall]) -> Turn<'a> {
+        Turn {
+            org_id: "org_1",
+            project_id: "prj_1",
+            session_id: "sess_1",
+            seq: 7,
+            api_key_id: Some("key_1"),
+            driver: "claude-code",
+            byok: false,
+            status: "completed",
+            harness,
+            harness_model: None,
+            calls,
+        }
+    }
+
+    fn call(model: &str, input: i64, output: i64) -> CountedCall {
+        CountedCall {
+            provider: "anthropic".into(),
+            model: model.into(),
+            tokens: CallTokens {
+                input,
+                output,
+                ..Default::default()
+            },
+            byok: false,
+        }
+    }
+
+    fn prices() -> PriceTable {
+        PriceTable::new(&[PriceConfig {
+            provider: "anthropic".into(),
+            model: "big".into(),
+            input: 300,
+            output: 1500,
+            ..Default::default()
+        }])
+    }
+
+    fn now() -> NaiveDateTime {
+        "2026-12-06T10:00:00".parse().unwrap()
+    }
+
+    #[test]
+    fn the_gateways_record_is_billed_and_priced_and_the_harnesss_kept() {
+        let mut h = Usage::new(200, 40, 0, 0);
+        h.cost_micro_cents = 999;
+        let calls = [call("big", 150, 30), call("small", 50, 10)];
+        let recs = records(&turn(h, &calls), &prices(), now());
+        assert_eq!(recs.len(), 2);
+        let (hr, gr) = (&recs[0], &recs[1]);
+        assert_eq!((hr.source.as_str(), hr.billed), ("harness", false));
+        assert_eq!(hr.cost_micro_cents, 999, "the harness's own cost is kept");
+        assert_eq!((gr.source.as_str(), gr.billed), ("gateway", true));
+        assert_eq!((gr.input_tokens, gr.output_tokens), (200, 40));
+        assert_eq!(gr.model.as_deref(), Some("big"));
+        // `small` has no price: the harness's cost stands for the turn.
+        assert_eq!(gr.cost_micro_cents, 999);
+        assert_eq!(gr.price_input, None);
+        assert_eq!(gr.client_event_id, "sess_1:7:gateway");
+        assert_eq!(disagreement(hr, gr), None);
+
+        let calls = [call("big", 150, 30)];
+        let recs = records(&turn(h, &calls), &prices(), now());
+        let gr = &recs[1];
+        assert_eq!(gr.cost_micro_cents, 150 * 300 + 30 * 1500);
+        assert_eq!((gr.price_input, gr.price_output), (Some(300), Some(1500)));
+        assert!(disagreement(&recs[0], gr)
+            .unwrap()
+            .contains("200 in / 40 out"));
+
+        // No gateway: the harness's record is billed; priced when it costs nothing itself.
+        let mut t = turn(Usage::new(10, 2, 0, 0), &[]);
+        t.harness_model = Some((None, "big".into()));
+        let recs = records(&t, &prices(), now());
+        assert_eq!(recs.len(), 1);
+        assert!(recs[0].billed);
+        assert_eq!(recs[0].cost_micro_cents, 10 * 300 + 2 * 1500);
+        assert_eq!(recs[0].model.as_deref(), Some("big"));
+
+        // BYOK: tokens, no cost, no applied price.
+        t.byok = true;
+        let recs = records(&t, &prices(), now());
+        assert_eq!((recs[0].cost_micro_cents, recs[0].price_input), (0, None));
+        assert_eq!(recs[0].input_tokens, 10);
+    }
+
+    #[test]
+    fn thresholds_fire_once_when_crossed() {
+        let caps = Caps {
+            total_tokens: Some(1000),
+            cost_cents: Some(10),
+            ..Default::default()
+        };
+        let t = |input: u64, micro: u64| Totals {
+            turns: 1,
+            input_tokens: input,
+            output_tokens: 0,
+            cost_micro_cents: micro,
+        };
+        assert!(crossed(&caps, &t(0, 0), &t(799, 0)).is_empty());
+        assert_eq!(
+            crossed(&caps, &t(799, 0), &t(800, 0)),
+            [("total_tokens", 80, 800, 1000)]
+        );
+        assert_eq!(
+            crossed(&caps, &t(700, 0), &t(1200, 0)),
+            [
+                ("total_tokens", 80, 1200, 1000),
+                ("total_tokens", 100, 1200, 1000)
+            ]
+        );
+        // 9.000001 cents rounds up to 10: the cost cap is reached.
+        assert_eq!(
+            crossed(&caps, &t(0, 8_500_000), &t(0, 9_000_001)),
+            [("cost_cents", 100, 10, 10)]
+        );
+        let scope = Scope {
+            id: "org_1".into(),
+            kind: "org",
+            caps,
+        };
+        let start: NaiveDate = "2026-12-01".parse().unwrap();
+        let evs = threshold_events(
+            "org_1",
+            &scope,
+            &crossed(&caps, &t(700, 0), &t(1200, 0)),
+            start,
+            now(),
+        );
+        let types: Vec<_> = evs.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "budget.threshold_reached",
+                "budget.threshold_reached",
+                "budget.exhausted"
+            ]
+        );
+        assert_eq!(
+            evs[0].dedupe_key,
+            "budget.threshold_reached:org_1:total_tokens:80:2026-12-01"
+        );
+        let obj: serde_json::Value = serde_json::from_str(&evs[1].payload).unwrap();
+        assert_eq!(obj["threshold_pct"], 100);
+        assert_eq!(obj["period_start"], "2026-12-01T00:00:00Z");
+    }
+}
