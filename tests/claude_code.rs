@@ -805,6 +805,8 @@ fn a_turn_is_billed_from_the_gateways_count_at_the_configured_price_and_crosses_
     );
     assert_eq!(step["usage"]["input_tokens"], 100, "{step}");
     assert_eq!(step["usage"]["output_tokens"], 20, "{step}");
+    // Claude Code costs only whole turns: the step is priced at `[[prices]]`.
+    assert_eq!(step["usage"]["cost_micro_cents"], 60_000, "{step}");
 
     let get = |path: &str| -> serde_json::Value {
         let r =

@@ -157,8 +157,8 @@ fn budgets(db: Option<&str>) {
     );
     let key = k.create_key("acme");
     let c = client();
-    // Thirty turns at once against 60 tokens, each reserving 10: at most six start.
-    let sessions: Vec<String> = (0..30).map(|_| session(&c, &k, &key)).collect();
+    // A hundred turns at once against 60 tokens, each reserving 10: at most six start.
+    let sessions: Vec<String> = (0..100).map(|_| session(&c, &k, &key)).collect();
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = sessions
             .iter()

@@ -115,6 +115,32 @@ fn a_text_turn_streams_with_the_fakes_usage() {
         reqs[0]["body"].to_string().contains("Lumen Books"),
         "AGENTS.md reached the model"
     );
+    // The gateway counted the same as OpenCode reported: its record is the billed one.
+    let recs: Value =
+        e.c.get(format!(
+            "{}/v1/usage/records?session_id={sid}",
+            e.k().public
+        ))
+        .bearer_auth(&e.key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let recs = recs["data"].as_array().unwrap();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    for r in recs {
+        assert_eq!(
+            (
+                &r["input_tokens"],
+                &r["cache_read_tokens"],
+                &r["output_tokens"],
+                &r["reasoning_tokens"]
+            ),
+            (&json!(26), &json!(5), &json!(7), &json!(3)),
+            "{r}"
+        );
+        assert_eq!(r["billed"], r["source"] == "gateway", "{r}");
+    }
     // Metered as the fake reported it.
     let m = e.metered();
     assert_eq!(m["turns"], 1, "{m}");

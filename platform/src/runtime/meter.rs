@@ -56,23 +56,54 @@ fn applied(p: Option<UnitPrices>) -> [Option<i64>; 4] {
     }
 }
 
+/// The price of a model a harness named; without a provider, whichever provider prices it.
+fn lookup(
+    prices: &PriceTable,
+    provider: Option<&str>,
+    model: &str,
+    day: NaiveDate,
+) -> Option<UnitPrices> {
+    match provider {
+        Some(p) => prices.lookup(p, model, day),
+        None => ["anthropic", "openai"]
+            .iter()
+            .find_map(|p| prices.lookup(p, model, day)),
+    }
+}
+
+fn tokens_of(u: &Usage) -> Tokens {
+    Tokens {
+        input: u.input_tokens,
+        output: u.output_tokens,
+        cache_read: u.cache_read_tokens,
+        cache_write: u.cache_write_tokens,
+    }
+}
+
+/// A step's cost at `[[prices]]` when the harness did not cost it (Claude Code costs only whole
+/// turns); none when it did, or the model has no price.
+pub(crate) fn step_cost(
+    prices: &PriceTable,
+    provider: Option<&str>,
+    model: &str,
+    usage: &Usage,
+    day: NaiveDate,
+) -> Option<MicroCents> {
+    if usage.cost_micro_cents > 0 || prices.is_empty() {
+        return None;
+    }
+    lookup(prices, provider, model, day).map(|p| p.cost(&tokens_of(usage)))
+}
+
 /// The turn's records: the harness's, and the gateway's when it counted calls.
 pub(crate) fn records(t: &Turn<'_>, prices: &PriceTable, now: NaiveDateTime) -> Vec<UsageRecord> {
     let day = now.date();
     let h = &t.harness;
-    let harness_tokens = Tokens {
-        input: h.input_tokens,
-        output: h.output_tokens,
-        cache_read: h.cache_read_tokens,
-        cache_write: h.cache_write_tokens,
-    };
-    // A step that names no provider is priced by whichever provider prices its model.
-    let harness_price = t.harness_model.as_ref().and_then(|(p, m)| match p {
-        Some(p) => prices.lookup(p, m, day),
-        None => ["anthropic", "openai"]
-            .iter()
-            .find_map(|p| prices.lookup(p, m, day)),
-    });
+    let harness_tokens = tokens_of(h);
+    let harness_price = t
+        .harness_model
+        .as_ref()
+        .and_then(|(p, m)| lookup(prices, p.as_deref(), m, day));
     // The harness's own cost when it reports one, else the price of the model it named.
     let (harness_cost, harness_applied) = match (h.cost_micro_cents, harness_price) {
         (0, Some(p)) => (p.cost(&harness_tokens), Some(p)),
@@ -447,6 +478,20 @@ mod tests {
         assert!(recs[0].billed);
         assert_eq!(recs[0].cost_micro_cents, 10 * 300 + 2 * 1500);
         assert_eq!(recs[0].model.as_deref(), Some("big"));
+
+        // A step the harness did not cost is priced; one it did keeps its cost.
+        let day = now().date();
+        let step = Usage::new(10, 2, 0, 0);
+        assert_eq!(
+            step_cost(&prices(), None, "big", &step, day),
+            Some(MicroCents(10 * 300 + 2 * 1500))
+        );
+        let costed = Usage {
+            cost_micro_cents: 5,
+            ..step
+        };
+        assert_eq!(step_cost(&prices(), None, "big", &costed, day), None);
+        assert_eq!(step_cost(&prices(), None, "unpriced", &step, day), None);
 
         // BYOK: tokens, no cost, no applied price.
         t.byok = true;

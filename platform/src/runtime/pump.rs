@@ -347,13 +347,24 @@ impl Runtime {
                 _ => event,
             };
             text.observe(&event.kind);
+            let mut event = event;
             if let EventKind::StepFinish {
                 model: Some(model),
                 provider,
+                usage,
                 ..
-            } = &event.kind
+            } = &mut event.kind
             {
                 ctx.running.note_step_model(provider.as_deref(), model);
+                if let Some(u) = usage.as_mut().filter(|_| !ctx.byok) {
+                    let prices = &self.settings().prices;
+                    let day = chrono::Utc::now().date_naive();
+                    if let Some(c) =
+                        super::meter::step_cost(prices, provider.as_deref(), model, u, day)
+                    {
+                        u.cost_micro_cents = c.0;
+                    }
+                }
             }
             if let EventKind::Error(e) = &event.kind {
                 failed = true;
