@@ -61,6 +61,8 @@ pub struct App {
     pub rate_limits: Arc<crate::platform::limits::RateLimits>,
     /// Orgs' own model-provider keys (BYOK).
     pub model_keys: Arc<crate::platform::byok::ModelKeys>,
+    /// Releases of projects.
+    pub releases: Arc<crate::platform::releases::Releases>,
     /// The Managed Agents adapter's session logs.
     pub managed_log: Arc<crate::platform::managed_log::ManagedLog>,
     /// The adapters of projects that serve only some (by project id; absent: all).
@@ -438,6 +440,11 @@ impl App {
             store.clone(),
             cfg.runtime.event_log_retention,
         ));
+        let releases = Arc::new(crate::platform::releases::Releases::new(
+            store.clone(),
+            &cfg.data_dir,
+            cfg.releases.clone(),
+        ));
         let admin_token = std::env::var("KARTA_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -455,6 +462,7 @@ impl App {
             rate_limits,
             adapter_lists,
             managed_log,
+            releases,
             model_keys,
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,

@@ -54,6 +54,8 @@ pub struct PlatformConfig {
     pub budgets: Vec<BudgetConfig>,
     /// `[[prices]]`: what model calls cost, for turns the harness does not cost itself.
     pub prices: Vec<PriceConfig>,
+    /// `[releases]`: what a deployed archive may hold, and previews.
+    pub releases: ReleasesConfig,
     /// API keys minted elsewhere, declared by hash (no secret in files).
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -377,6 +379,40 @@ impl SandboxConfig {
                 file_size_mb: p.file_size_mb.or(self.file_size_mb),
             },
         )
+    }
+}
+
+/// `[releases]`: bounds on deployed archives and how long previews live.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleasesConfig {
+    /// Largest upload (the compressed archive), in MiB.
+    pub max_upload_mb: u64,
+    /// Largest unpacked release, in MiB.
+    pub max_unpacked_mb: u64,
+    /// Largest file in a release, in MiB.
+    pub max_file_mb: u64,
+    /// Most files and folders in an archive.
+    pub max_members: u64,
+    /// Most unpacked bytes per compressed byte.
+    pub max_ratio: u64,
+    /// How long a preview serves, in seconds (a week).
+    pub preview_ttl_seconds: u64,
+    /// How often expired previews are swept, in seconds.
+    pub sweep_seconds: u64,
+}
+
+impl Default for ReleasesConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_mb: 200,
+            max_unpacked_mb: 1024,
+            max_file_mb: 256,
+            max_members: 50_000,
+            max_ratio: 200,
+            preview_ttl_seconds: 7 * 24 * 3600,
+            sweep_seconds: 900,
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Access {
     pub credential: Credential,
     /// `Some(project id)` on `/v1/projects/{project_ref}/...`.
     pub project_id: Option<String>,
+    /// The preview the route names (`/v1/projects/<project>@v<N>/...`).
+    pub preview: Option<i64>,
 }
 
 impl Access {
@@ -175,6 +177,22 @@ async fn authenticate(
     let Some(token) = token else {
         return Err(ApiError::Unauthorized);
     };
+    // `<project>@v<N>` names a preview release of the project.
+    let (project_ref, preview) = match project_ref {
+        Some(r) => match r.rsplit_once('@') {
+            Some((base, v)) => {
+                let n = v
+                    .strip_prefix('v')
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!("`{r}`: a preview is named `<project>@v<N>`"))
+                    })?;
+                (Some(base.to_string()), Some(n))
+            }
+            None => (Some(r), None),
+        },
+        None => (None, None),
+    };
     if looks_like_jwt(&token) {
         let claims = app
             .tokens
@@ -201,6 +219,7 @@ async fn authenticate(
             org_id: claims.org_id.clone(),
             credential: Credential::Token(claims),
             project_id: Some(project_id),
+            preview,
         });
     }
     let principal = match app.keys.verify(&token).await {
@@ -216,6 +235,7 @@ async fn authenticate(
         org_id: principal.org_id.clone(),
         credential: Credential::Key(principal),
         project_id,
+        preview,
     })
 }
 

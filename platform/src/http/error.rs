@@ -86,6 +86,9 @@ pub enum ApiError {
         /// The model provider, when one was involved.
         provider: Option<String>,
     },
+    /// 413: the body is larger than the route takes.
+    #[error("{0}")]
+    TooLarge(String),
     /// 402: a monthly budget is used up (`reason` names the cap).
     #[error("{0}")]
     BudgetExhausted(String),
@@ -132,6 +135,7 @@ impl ResponseError for ApiError {
             }
             ApiError::TurnFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BudgetExhausted(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

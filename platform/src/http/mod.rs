@@ -287,6 +287,8 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         }
     });
 
+    tokio::spawn(app.releases.clone().sweep_forever());
+
     let reloader = app.clone();
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

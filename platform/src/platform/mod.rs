@@ -7,5 +7,6 @@ pub mod limits;
 pub mod managed_log;
 pub mod money;
 pub mod pricing;
+pub mod releases;
 pub mod resources;
 pub mod tokens;

@@ -29,6 +29,8 @@ pub struct CreateSession {
     /// Whether the caller may set a looser `permission_mode` than the app's (API keys may; an
     /// end user's session token may not).
     pub may_loosen_approvals: bool,
+    /// A preview release to run (`<project>@v<N>` routes); the active release when absent.
+    pub release: Option<i64>,
 }
 
 /// `GET /v1/sessions` input.
@@ -249,7 +251,7 @@ impl Runtime {
             }
             None => self.pick_project(org_id, req.project.as_deref()).await?,
         };
-        let app_dir = PathBuf::from(&project.source_path);
+        let app_dir = self.app_dir_of(&project, req.release).await?;
         if !req.may_loosen_approvals
             && req
                 .permission_mode
@@ -277,7 +279,7 @@ impl Runtime {
             org_id: org_id.to_string(),
             project_id: project.id.clone(),
             driver: driver_name,
-            app_path: project.source_path.clone(),
+            app_path: app_dir.to_string_lossy().into_owned(),
             harness_session_id: None,
             status: "active".into(),
             current_agent: default_agent,
@@ -368,6 +370,52 @@ impl Runtime {
         })
         .await
         .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))?
+    }
+
+    /// The app a new session of the project runs: the preview `release` when asked for, else
+    /// the active release; the project's folder while it has never been released. A project
+    /// with releases but none active is a conflict.
+    async fn app_dir_of(
+        &self,
+        project: &models::Project,
+        release: Option<i64>,
+    ) -> Result<PathBuf, RuntimeError> {
+        let (pid, want) = (project.id.clone(), release);
+        let (chosen, released) = self
+            .store
+            .read_async(move |c| match want {
+                Some(v) => Ok((
+                    crate::store::releases::live_preview(c, &pid, v, store::now())?,
+                    true,
+                )),
+                None => Ok((
+                    crate::store::releases::active(c, &pid)?,
+                    crate::store::releases::has_production(c, &pid)?,
+                )),
+            })
+            .await?;
+        match (chosen, released) {
+            (Some(r), _) => Ok(PathBuf::from(r.path)),
+            (None, false) if !project.source_path.is_empty() => {
+                Ok(PathBuf::from(&project.source_path))
+            }
+            (None, false) => Err(RuntimeError::Conflict(
+                "the project has no release yet: deploy one first".into(),
+            )),
+            (None, true) => Err(RuntimeError::Conflict(match release {
+                Some(v) => format!("the project has no live preview v{v} (it may have expired)"),
+                None => "the project has releases but none is active: roll back to one".into(),
+            })),
+        }
+    }
+
+    /// Checks an app folder the way a session on it would be served (its driver, `karta.jsonc`,
+    /// agents): nothing, or what is wrong.
+    pub async fn validate_app(&self, project: &models::Project, dir: &Path) -> Result<(), String> {
+        self.resolve_driver(project, dir)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Picks the driver for a project and the app's default agent.

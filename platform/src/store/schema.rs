@@ -189,6 +189,34 @@ diesel::table! {
 }
 
 diesel::table! {
+    job_leases (name) {
+        name -> Text,
+        holder -> Text,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    releases (id) {
+        id -> Text,
+        org_id -> Text,
+        project_id -> Text,
+        version -> BigInt,
+        commit_sha -> Text,
+        message -> Text,
+        kind -> Text,
+        status -> Text,
+        build_kind -> Text,
+        path -> Text,
+        size_bytes -> BigInt,
+        files -> BigInt,
+        created_at -> Timestamp,
+        activated_at -> Nullable<Timestamp>,
+        expires_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     usage_daily (org_id, project_id, api_key_id, model, day) {
         org_id -> Text,
         project_id -> Text,
@@ -246,6 +274,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_records,
     usage_daily,
     org_events,
+    releases,
+    job_leases,
     model_keys,
     budgets
 );

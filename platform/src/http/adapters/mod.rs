@@ -112,6 +112,7 @@ async fn new_session(
                 project: None,
                 permission_mode: None,
                 may_loosen_approvals: false,
+                release: access.preview,
             },
         )
         .await?;

@@ -150,6 +150,7 @@ async fn create_session(
                 project: b.project,
                 permission_mode: b.permission_mode,
                 may_loosen_approvals: !access.is_session_token(),
+                release: access.preview,
             },
         )
         .await?;

@@ -6,6 +6,7 @@ pub mod events;
 pub mod keys;
 pub mod model_keys;
 pub mod projects;
+pub mod releases;
 pub mod usage;
 
 use actix_web::{web, HttpResponse};
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     keys::configure(cfg);
     audit::configure(cfg);
     projects::configure(cfg);
+    releases::configure(cfg);
     usage::configure(cfg);
     budgets::configure(cfg);
     events::configure(cfg);

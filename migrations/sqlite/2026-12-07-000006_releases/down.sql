@@ -1,0 +1,2 @@
+DROP TABLE releases;
+DROP TABLE job_leases;
