@@ -436,3 +436,214 @@ fn a_project_whose_releases_are_none_live_refuses_new_sessions() {
     assert_eq!(r.headers()["x-should-retry"], "false");
     assert!(r.text().unwrap().contains("none is active"));
 }
+
+/// The `karta` binary with the CLI's environment: the server's key and a private credentials
+/// file.
+fn karta_cli(dir: &Path, key: Option<&str>) -> Command {
+    let mut c = Command::new(karta_bin());
+    c.env("KARTA_CREDENTIALS", dir.join("credentials.json"))
+        .env("KARTA_LOG", "warn")
+        .env_remove("KARTA_SERVER");
+    match key {
+        Some(k) => c.env("KARTA_API_KEY", k),
+        None => c.env_remove("KARTA_API_KEY"),
+    };
+    c
+}
+
+fn ok(out: std::process::Output) -> (String, String) {
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
+    (so, se)
+}
+
+#[test]
+fn the_cli_logs_in_deploys_lists_rolls_back_and_follows_the_projects_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(dir.path(), None);
+    let out = k.cli(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--scopes",
+        "read,write,admin",
+    ]);
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    app_archive(&work, "app", &["triage"], "{}");
+    let app = work.join("app");
+    std::fs::write(app.join(".gitignore"), "secrets.txt\n").unwrap();
+    std::fs::write(app.join("secrets.txt"), "do not ship").unwrap();
+
+    // login keeps the key, readable by its owner only; later commands need no KARTA_API_KEY.
+    let (so, _) = ok(karta_cli(dir.path(), Some(&key))
+        .args(["login", "--server", &k.public])
+        .output()
+        .unwrap());
+    assert!(so.contains("Logged in"), "{so}");
+    let creds = dir.path().join("credentials.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let bad = karta_cli(dir.path(), Some("kt_live_wrong"))
+        .args(["login", "--server", &k.public])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("401"));
+
+    // Through a pipe: plain lines, no progress bar.
+    let (so, se) = ok(karta_cli(dir.path(), None)
+        .args(["deploy"])
+        .arg(&app)
+        .args(["--project", "hello", "-m", "first"])
+        .output()
+        .unwrap());
+    assert!(so.contains("Deployed hello v1, live:"), "{so}");
+    assert!(
+        so.contains(&format!("{}/v1/projects/hello", k.public)),
+        "{so}"
+    );
+    assert!(se.contains("Uploading") && se.contains("Uploaded."), "{se}");
+    assert!(
+        !se.contains('\u{1b}'),
+        "no terminal codes in a pipe: {se:?}"
+    );
+    // .gitignore was honoured: the shipped release has no secrets.txt.
+    let rel = k_get(&k, &key, "/v1/projects/hello/releases/v1");
+    assert_eq!(rel["files"], 4, "{rel}");
+
+    // Through a pseudo-terminal: a progress bar.
+    std::fs::write(app.join("NOTES.md"), "v2").unwrap();
+    let cmd = format!(
+        "{} deploy {} --project hello",
+        karta_bin().display(),
+        app.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("KARTA_CREDENTIALS", &creds)
+        .env("KARTA_LOG", "warn")
+        .env_remove("KARTA_API_KEY")
+        .env_remove("KARTA_SERVER")
+        .env("TERM", "xterm")
+        .output()
+        .expect("script(1) runs the CLI in a pseudo-terminal");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Uploading ["), "a progress bar: {text:?}");
+    assert!(text.contains("Deployed hello v2, live"), "{text}");
+
+    let (so, _) = ok(karta_cli(dir.path(), None)
+        .args(["releases", "hello"])
+        .output()
+        .unwrap());
+    let lines: Vec<&str> = so.lines().collect();
+    assert!(lines[0].starts_with("VERSION"), "{so}");
+    assert!(
+        lines[1].starts_with("v2") && lines[1].contains("active"),
+        "{so}"
+    );
+    assert!(
+        lines[2].starts_with("v1") && lines[2].contains("superseded"),
+        "{so}"
+    );
+    let (so, _) = ok(karta_cli(dir.path(), None)
+        .args(["rollback", "hello", "--to", "v1"])
+        .output()
+        .unwrap());
+    assert_eq!(so.trim(), "hello: v1 is live (was v2)");
+    let bad = karta_cli(dir.path(), None)
+        .args(["rollback", "hello", "--to", "v9"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no release v9"));
+
+    // The project's log: a turn shows up, and --follow prints new ones as they happen.
+    let mut follow = karta_cli(dir.path(), None)
+        .args(["logs", "hello", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = client();
+    let sid = c
+        .post(format!("{}/v1/projects/hello/sessions", k.public))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"text": "hello"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("turn ended")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no `turn ended` line followed: {seen:?}"),
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("turn started") && l.contains(&sid)),
+        "{seen:?}"
+    );
+    let (so, _) = ok(karta_cli(dir.path(), None)
+        .args(["logs", "hello"])
+        .output()
+        .unwrap());
+    assert!(
+        so.contains("turn ended") && so.contains("status=completed"),
+        "{so}"
+    );
+}
+
+fn k_get(k: &Karta, key: &str, path: &str) -> Value {
+    let r = client()
+        .get(format!("{}{path}", k.public))
+        .bearer_auth(key)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().unwrap()
+}

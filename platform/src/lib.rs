@@ -12,6 +12,7 @@ pub mod drivers;
 pub mod gateway;
 pub mod harness;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod mockmodel;
 pub mod platform;

@@ -11,7 +11,9 @@ use clap::Parser;
 // of an idle stream.)
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 fn main() -> ExitCode {
     // The in-sandbox helper runs before anything else: no logging set-up, no clap.
@@ -19,12 +21,17 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "sandbox-init") {
         return karta::sandbox::init::run(&args[2..]);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KARTA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+    // The server log (filtered by KARTA_LOG), and each project's recent lines for `karta logs`
+    // (info and above, whatever KARTA_LOG says).
+    let server_log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(
+            EnvFilter::try_from_env("KARTA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        );
+    tracing_subscriber::registry()
+        .with(server_log)
+        .with(karta::logs::ProjectLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .init();
     match karta::cli::run(karta::cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

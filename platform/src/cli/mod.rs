@@ -1,5 +1,8 @@
 //! The `karta` command line.
 
+mod pack;
+pub mod remote;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -18,6 +21,8 @@ pub struct Cli {
     /// The platform configuration file.
     #[arg(long, global = true, env = "KARTA_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: remote::ServerArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +56,8 @@ pub enum Command {
         #[command(subcommand)]
         action: HarnessAction,
     },
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
 }
 
 /// Flags of `karta usage`.
@@ -182,6 +189,7 @@ fn load_options(cli_config: Option<PathBuf>, overrides: Overrides) -> LoadOption
 /// Runs the command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Remote(cmd) => remote::run(&cli.server, cmd),
         Command::Serve(args) => {
             let opts = load_options(
                 cli.config,

@@ -51,6 +51,7 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::org::releases::list,
         super::org::releases::get,
         super::org::releases::rollback,
+        super::org::logs::logs,
         super::adapters::chat::create,
         super::adapters::responses::create,
         super::adapters::responses::fetch,

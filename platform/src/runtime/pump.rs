@@ -250,7 +250,7 @@ impl Runtime {
                         // The driver let go of the sink without `done` (it ended or crashed).
                         seq += 1;
                         let err = error_event("harness_ended", "the harness ended the turn without finishing it");
-                        tracing::warn!(session = %ctx.session.id, "harness ended the turn without `done`");
+                        tracing::warn!(project = %ctx.session.project_id, session = %ctx.session.id, "harness ended the turn without `done`");
                         self.publish(ctx, &mut run, seq, &err);
                         return self.finish(ctx, run, seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
                     }
@@ -263,12 +263,12 @@ impl Runtime {
                 _ = tokio::time::sleep_until(deadline), if paused_at.is_none() => {
                     if !expired {
                         expired = true;
-                        tracing::warn!(session = %ctx.session.id, timeout_s = ctx.limits.timeout.as_secs(), "turn deadline passed; cancelling the turn");
+                        tracing::warn!(project = %ctx.session.project_id, session = %ctx.session.id, timeout_s = ctx.limits.timeout.as_secs(), "turn deadline passed; cancelling the turn");
                         ctx.running.cancel_soon();
                         deadline = Instant::now() + ctx.limits.grace;
                         continue;
                     }
-                    tracing::error!(session = %ctx.session.id, "the harness did not end the cancelled turn; stopping it");
+                    tracing::error!(project = %ctx.session.project_id, session = %ctx.session.id, "the harness did not end the cancelled turn; stopping it");
                     // Awaited: the next turn must not start before the harness is stopped.
                     self.end_harness(&ctx.driver, &ctx.session.id).await;
                     seq += 1;
@@ -368,7 +368,7 @@ impl Runtime {
             }
             if let EventKind::Error(e) = &event.kind {
                 failed = true;
-                tracing::warn!(session = %ctx.session.id, code = %e.code, message = %e.message, "turn error");
+                tracing::warn!(project = %ctx.session.project_id, session = %ctx.session.id, code = %e.code, message = %e.message, "turn error");
             }
             seq += 1;
             self.publish(ctx, &mut run, seq, &event);

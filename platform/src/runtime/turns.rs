@@ -431,7 +431,7 @@ impl Runtime {
             })
             .collect();
         self.reservations.admit(&admit).map(Some).map_err(|why| {
-            tracing::info!(session = %session.id, reason = %why, "turn refused by a budget");
+            tracing::info!(project = %session.project_id, session = %session.id, reason = %why, "turn refused by a budget");
             RuntimeError::Budget(why)
         })
     }
@@ -604,7 +604,7 @@ impl Runtime {
         guard: OwnedMutexGuard<()>,
     ) {
         let started_at = std::time::Instant::now();
-        tracing::info!(session = %ctx.session.id, driver = %driver.name, agent = %ctx.agent, "turn started");
+        tracing::info!(project = %ctx.session.project_id, session = %ctx.session.id, driver = %driver.name, agent = %ctx.agent, "turn started");
         self.begin_turn(&ctx, &who).await;
         // Bounded: a driver faster than the pump (and the journal) waits in its own thread.
         let (ev_tx, ev_rx) = mpsc::channel::<Result<Event, String>>(queue);
@@ -656,6 +656,7 @@ impl Runtime {
             })
             .observe(started_at.elapsed().as_secs_f64());
         tracing::info!(
+            project = %ctx.session.project_id,
             session = %ctx.session.id,
             status = %done.data["status"].as_str().unwrap_or("unknown"),
             events = done.seq - ctx.running.start_seq,

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod budgets;
 pub mod events;
 pub mod keys;
+pub mod logs;
 pub mod model_keys;
 pub mod projects;
 pub mod releases;
@@ -28,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     audit::configure(cfg);
     projects::configure(cfg);
     releases::configure(cfg);
+    logs::configure(cfg);
     usage::configure(cfg);
     budgets::configure(cfg);
     events::configure(cfg);
