@@ -647,3 +647,49 @@ fn k_get(k: &Karta, key: &str, path: &str) -> Value {
     assert_eq!(r.status(), 200, "{path}");
     r.json().unwrap()
 }
+
+#[test]
+fn a_releases_only_project_serves_nothing_until_its_first_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pf = PlatformFile::new();
+    pf.extra = "[[projects]]\ntenant = \"acme\"\nslug = \"shipped\"\nreleases_only = true\n".into();
+    pf.write(dir.path());
+    let k = Karta::start(dir.path());
+    let key = k.create_key("acme");
+    let api = Api {
+        c: client(),
+        k: &k,
+        key,
+    };
+    let r = api.session("shipped");
+    assert_eq!(r.status(), 409);
+    assert!(r.text().unwrap().contains("deploy one first"));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let v1 = app_archive(&work, "v1", &["triage"], "{}");
+    let r = api
+        .c
+        .post(format!("{}/v1/projects/shipped/releases", k.public))
+        .bearer_auth(&api.key)
+        .body(std::fs::read(&v1).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let sid = api.new_session("shipped");
+    assert_eq!(api.send_to(&sid, "triage"), 200);
+    // The project describes what new sessions get: the release's agents.
+    let p = k_get(&k, &api.key, "/v1/projects/shipped");
+    assert!(p.to_string().contains("triage"), "{p}");
+    // A folder and releases_only together is a configuration error naming the field.
+    std::fs::write(
+        dir.path().join("karta.platform.toml"),
+        format!(
+            "[[tenants]]\nslug = \"acme\"\nname = \"A\"\n[[projects]]\ntenant = \"acme\"\nslug = \"x\"\npath = \"{}\"\nreleases_only = true\n",
+            hello_app().display()
+        ),
+    )
+    .unwrap();
+    let out = k.cli(&["config", "check"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("projects[0].path"));
+}

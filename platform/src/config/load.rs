@@ -366,8 +366,9 @@ pub(crate) fn display_key(segs: &[String]) -> String {
 }
 
 fn resolve_paths(c: &mut PlatformConfig, base: &Path) {
+    // An empty path stays empty (unset: a `releases_only` project has none).
     let rebase = |p: &mut PathBuf| {
-        if p.is_relative() {
+        if p.is_relative() && !p.as_os_str().is_empty() {
             *p = base.join(&*p);
         }
     };

@@ -255,8 +255,11 @@ pub struct ProjectConfig {
     pub tenant: String,
     /// URL-safe identifier, unique within the tenant.
     pub slug: String,
-    /// The harness-app folder.
+    /// The harness-app folder (served until the project's first release).
     pub path: PathBuf,
+    /// No folder: the project serves only what is deployed to it (`karta deploy`); new
+    /// sessions answer 409 until its first release.
+    pub releases_only: bool,
     /// Driver name overriding auto-detection.
     pub harness: Option<String>,
     /// What a send does while a turn runs on the session.

@@ -123,8 +123,20 @@ fn check_projects(tenants: &[TenantConfig], projects: &[ProjectConfig], out: &mu
                 format!("project `{}/{}` is declared twice", p.tenant, p.slug),
             ));
         }
-        if p.path.as_os_str().is_empty() {
-            out.push((key(&["projects", &idx, "path"]), "is required".into()));
+        if p.releases_only {
+            if !p.path.as_os_str().is_empty() {
+                out.push((
+                    key(&["projects", &idx, "path"]),
+                    "a `releases_only` project has no folder: drop `path` or `releases_only`"
+                        .into(),
+                ));
+            }
+        } else if p.path.as_os_str().is_empty() {
+            out.push((
+                key(&["projects", &idx, "path"]),
+                "is required (or `releases_only = true` for a project served from its releases)"
+                    .into(),
+            ));
         } else if !p.path.is_dir() {
             out.push((
                 key(&["projects", &idx, "path"]),

@@ -356,8 +356,14 @@ impl Runtime {
         project: models::Project,
     ) -> Result<(models::Project, Option<String>, karta_plugin_api::Discovery), RuntimeError> {
         let drivers = self.drivers.clone();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let dir = PathBuf::from(&project.source_path);
+            // What new sessions get: the live release once there is one.
+            let live = store
+                .read(|c| crate::store::releases::active(c, &project.id))
+                .ok()
+                .flatten();
+            let dir = PathBuf::from(live.map_or(project.source_path.clone(), |r| r.path));
             let driver = match &project.harness {
                 Some(name) => drivers.get(name),
                 None => drivers.detect(&dir),
