@@ -962,7 +962,7 @@ fn the_openapi_document_covers_every_public_route() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let mut ops = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        for m in ["get", "post", "put", "delete"] {
+        for m in ["get", "post", "put", "patch", "delete"] {
             if item.get(m).is_some() {
                 ops.push(format!("{} {path}", m.to_uppercase()));
             }
@@ -1006,6 +1006,14 @@ fn the_openapi_document_covers_every_public_route() {
         "GET /v1/projects/{project_ref}/releases",
         "GET /v1/projects/{project_ref}/releases/{version}",
         "POST /v1/projects/{project_ref}/rollback",
+        "GET /v1/projects/{project_ref}/logs",
+        "POST /v1/webhook_endpoints",
+        "GET /v1/webhook_endpoints",
+        "PATCH /v1/webhook_endpoints/{id}",
+        "DELETE /v1/webhook_endpoints/{id}",
+        "POST /v1/webhook_endpoints/{id}/rotate_secret",
+        "GET /v1/events/{id}/deliveries",
+        "POST /v1/events/{id}/redeliver",
         "POST /v1/projects/{project_ref}/chat/completions",
         "POST /v1/projects/{project_ref}/responses",
         "GET /v1/projects/{project_ref}/responses/{response_id}",

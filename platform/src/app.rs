@@ -32,6 +32,9 @@ pub enum AppError {
     /// A BYOK master key is malformed.
     #[error(transparent)]
     Byok(#[from] crate::platform::byok::ByokError),
+    /// The declared webhooks cannot be applied.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// The gateway's listeners, bound at start (the runtime needs the port before serving).
@@ -63,6 +66,8 @@ pub struct App {
     pub model_keys: Arc<crate::platform::byok::ModelKeys>,
     /// Releases of projects.
     pub releases: Arc<crate::platform::releases::Releases>,
+    /// Webhook endpoints and delivery.
+    pub webhooks: Arc<crate::platform::webhooks::Webhooks>,
     /// The Managed Agents adapter's session logs.
     pub managed_log: Arc<crate::platform::managed_log::ManagedLog>,
     /// The adapters of projects that serve only some (by project id; absent: all).
@@ -400,6 +405,12 @@ impl App {
         }
         let plan = reconcile::apply(&store, &cfg, "config")?;
         log_plan(&plan);
+        let webhooks = Arc::new(crate::platform::webhooks::Webhooks::new(
+            store.clone(),
+            model_keys.clone(),
+            &cfg,
+        ));
+        webhooks.apply_config(&cfg).map_err(AppError::Webhooks)?;
         let scoped = scoped_limits(&cfg, &store);
         let drivers = Arc::new(DriverRegistry::new());
         drivers.load_from_config(&cfg);
@@ -419,6 +430,7 @@ impl App {
             )
             .map_err(|e| StoreError::Task(format!("cannot start the event writer: {e}")))?,
         );
+        runtime.set_webhook_orgs(webhooks.subscribed.clone());
         // A budget used up mid-turn stops the turn's next model call.
         gateway.set_gate(Arc::new(runtime.budget_gate()));
         match runtime.sweep_workspaces() {
@@ -463,6 +475,7 @@ impl App {
             adapter_lists,
             managed_log,
             releases,
+            webhooks,
             model_keys,
             gateway_listeners: std::sync::Mutex::new(Some(listeners)),
             admin_token,
@@ -573,6 +586,9 @@ impl App {
             );
         }
         let plan = reconcile::apply(&self.store, &cfg, "config")?;
+        self.webhooks
+            .apply_config(&cfg)
+            .map_err(AppError::Webhooks)?;
         let applied = started.elapsed();
         log_plan(&plan);
         self.drivers.load_from_config(&cfg);

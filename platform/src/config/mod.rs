@@ -56,6 +56,10 @@ pub struct PlatformConfig {
     pub prices: Vec<PriceConfig>,
     /// `[releases]`: what a deployed archive may hold, and previews.
     pub releases: ReleasesConfig,
+    /// `[[webhooks]]`: endpoints events are POSTed to, declared here.
+    pub webhooks: Vec<WebhookConfig>,
+    /// `[webhook_delivery]`: how webhooks are delivered.
+    pub webhook_delivery: WebhookDeliveryConfig,
     /// API keys minted elsewhere, declared by hash (no secret in files).
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -382,6 +386,66 @@ impl SandboxConfig {
                 file_size_mb: p.file_size_mb.or(self.file_size_mb),
             },
         )
+    }
+}
+
+/// `[[webhooks]]`: an endpoint of a tenant, declared in configuration (API changes to it are
+/// refused; its secret stays here).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// The tenant.
+    pub tenant: String,
+    /// Unique within the tenant.
+    pub name: String,
+    /// `https://...` (plain `http` and private addresses only with `[webhook_delivery]
+    /// development = true`).
+    pub url: String,
+    /// Event types (`*` for all).
+    pub events: Vec<String>,
+    /// The signing secret.
+    pub secret: Option<Secret>,
+    /// Whether it receives events (default true).
+    pub enabled: Option<bool>,
+}
+
+/// `[webhook_delivery]`: how events reach endpoints.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookDeliveryConfig {
+    /// Allow `http://` and loopback or private addresses (a receiver on the same machine while
+    /// developing). Never in production: it opens the door to request forgery.
+    pub development: bool,
+    /// How often due deliveries are looked for, in milliseconds.
+    pub poll_ms: u64,
+    /// The first retry's delay (it doubles each time, with full jitter), in milliseconds.
+    pub retry_base_ms: u64,
+    /// The longest delay between retries, in seconds.
+    pub retry_max_seconds: u64,
+    /// After this long failing, a delivery is given up and its endpoint disabled, in hours.
+    pub give_up_hours: u64,
+    /// One attempt's time limit, in seconds.
+    pub timeout_seconds: u64,
+    /// Deliveries in flight per instance.
+    pub concurrency: usize,
+    /// How long a worker holds a claimed delivery, in seconds: a worker that dies mid-attempt
+    /// has its deliveries retried by another once this has passed. Keep it above
+    /// `timeout_seconds`.
+    pub lease_seconds: u64,
+}
+
+impl Default for WebhookDeliveryConfig {
+    fn default() -> Self {
+        Self {
+            development: false,
+            poll_ms: 1000,
+            retry_base_ms: 30_000,
+            retry_max_seconds: 6 * 3600,
+            give_up_hours: 72,
+            timeout_seconds: 10,
+            concurrency: 8,
+            lease_seconds: 60,
+        }
     }
 }
 

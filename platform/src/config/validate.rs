@@ -167,6 +167,7 @@ pub(crate) fn validate(c: &PlatformConfig) -> Result<(), Vec<Problem>> {
     check_policies(c, &mut out);
     check_budgets(c, &mut out);
     check_prices(c, &mut out);
+    check_webhooks(c, &mut out);
     check_api_keys(c, &mut out);
     if c.server.heartbeat_seconds == 0 {
         out.push((
@@ -383,6 +384,41 @@ fn check_prices(c: &PlatformConfig, out: &mut Vec<Problem>) {
             out.push((
                 at("model"),
                 "this model already has a price from the same day".into(),
+            ));
+        }
+    }
+}
+
+fn check_webhooks(c: &PlatformConfig, out: &mut Vec<Problem>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, w) in c.webhooks.iter().enumerate() {
+        let at = |field: &str| vec!["webhooks".to_string(), i.to_string(), field.to_string()];
+        if !c.tenants.iter().any(|t| t.slug == w.tenant) {
+            out.push((
+                at("tenant"),
+                format!("no tenant `{}` is declared", w.tenant),
+            ));
+        }
+        if w.name.trim().is_empty() {
+            out.push((at("name"), "is required".into()));
+        } else if !seen.insert((w.tenant.as_str(), w.name.as_str())) {
+            out.push((
+                at("name"),
+                "this tenant declares a webhook of that name twice".into(),
+            ));
+        }
+        if let Err(e) =
+            crate::platform::webhooks::target::check_url(&w.url, c.webhook_delivery.development)
+        {
+            out.push((at("url"), e));
+        }
+        if let Err(e) = crate::platform::webhooks::check_event_types(&w.events) {
+            out.push((at("events"), e.to_string()));
+        }
+        if w.secret.is_none() {
+            out.push((
+                at("secret"),
+                "is required: `{ env = \"NAME\" }` or `{ file = \"path\" }`".into(),
             ));
         }
     }

@@ -288,6 +288,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     });
 
     tokio::spawn(app.releases.clone().sweep_forever());
+    tokio::spawn(app.webhooks.clone().run());
 
     let reloader = app.clone();
     tokio::spawn(async move {

@@ -194,6 +194,27 @@ impl ModelKeys {
         self.current.is_some()
     }
 
+    /// Seals another kind of secret of the org (a webhook's signing secret) under the current
+    /// master key, bound to `purpose`.
+    pub fn seal_other(
+        &self,
+        org_id: &str,
+        purpose: &str,
+        secret: &str,
+    ) -> Result<String, ByokError> {
+        let key = self.current.as_ref().ok_or(ByokError::NoMasterKey)?;
+        Ok(key.seal(org_id, purpose, secret))
+    }
+
+    /// Opens what [`ModelKeys::seal_other`] sealed (under the current or the previous master
+    /// key).
+    pub fn open_other(&self, org_id: &str, purpose: &str, sealed: &str) -> Option<String> {
+        [&self.current, &self.previous]
+            .into_iter()
+            .flatten()
+            .find_map(|k| k.open(org_id, purpose, sealed))
+    }
+
     fn forget(&self, org_id: &str, provider: &str) {
         self.cache
             .lock()

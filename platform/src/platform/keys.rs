@@ -187,6 +187,15 @@ pub fn create(
                     "name": row.name, "scopes": scope_list, "prefix": row.lookup_prefix,
                 }),
             )?;
+            store::org_events::insert(
+                c,
+                &store::org_events::new_event(
+                    &row.org_id,
+                    "api_key.created",
+                    &serde_json::json!({"id": row.id, "name": row.name, "scopes": scope_list,
+                        "prefix": row.lookup_prefix}),
+                ),
+            )?;
             Ok(row)
         })
         .map_err(|e| match e {
@@ -241,6 +250,14 @@ pub fn revoke(
                     "api_key.revoked",
                     &id,
                     &serde_json::json!({}),
+                )?;
+                store::org_events::insert(
+                    c,
+                    &store::org_events::new_event(
+                        &org,
+                        "api_key.revoked",
+                        &serde_json::json!({ "id": id }),
+                    ),
                 )?;
             }
             keys::get(c, &org, &id)

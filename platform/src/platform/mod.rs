@@ -10,3 +10,4 @@ pub mod pricing;
 pub mod releases;
 pub mod resources;
 pub mod tokens;
+pub mod webhooks;

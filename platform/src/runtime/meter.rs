@@ -320,6 +320,7 @@ pub(crate) fn threshold_events(
                 dedupe_key: format!("{ty}:{}:{dim}:{pct}:{period_start}", scope.id),
                 payload: object.to_string(),
                 created_at: now,
+                fanned_out: false,
             });
         }
     }
@@ -337,9 +338,13 @@ fn contribution(r: &UsageRecord) -> Totals {
     }
 }
 
-/// Stores the records (each once) and, for the billed one, the thresholds it made its scopes
-/// cross this month. Run in the transaction that stores `done`.
-pub(crate) fn op(records: Vec<UsageRecord>, scopes: Vec<Scope>) -> super::journal::SessionOp {
+/// Stores the records (each once), the thresholds the billed one made its scopes cross this
+/// month, and the turn's webhook event. Run in the transaction that stores `done`.
+pub(crate) fn op(
+    records: Vec<UsageRecord>,
+    scopes: Vec<Scope>,
+    event: Option<OrgEvent>,
+) -> super::journal::SessionOp {
     if let [h, g] = records.as_slice() {
         if let Some(why) = disagreement(h, g) {
             tracing::warn!(session = %h.session_id, turn = h.turn_seq, "usage disagreement: {why}");
@@ -352,6 +357,9 @@ pub(crate) fn op(records: Vec<UsageRecord>, scopes: Vec<Scope>) -> super::journa
             if inserted && r.billed && !scopes.is_empty() {
                 thresholds(c, r, &scopes)?;
             }
+        }
+        if let Some(e) = &event {
+            crate::store::org_events::insert(c, e)?;
         }
         Ok(())
     })

@@ -183,6 +183,9 @@ pub struct Runtime {
     reservations: Arc<budget::Reservations>,
     /// The budgets used up, for the model gateway.
     budget_gate: budget::BudgetGate,
+    /// Orgs with an enabled webhook endpoint: their sessions and turns are written to the event
+    /// outbox (nobody else's are, so orgs without webhooks pay nothing for them).
+    webhook_orgs: std::sync::OnceLock<Arc<crate::platform::webhooks::Subscribed>>,
 }
 
 impl Runtime {
@@ -210,7 +213,18 @@ impl Runtime {
             stream_counts: Arc::default(),
             reservations: Arc::default(),
             budget_gate: budget::BudgetGate::default(),
+            webhook_orgs: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the set of orgs whose sessions and turns become webhook events.
+    pub fn set_webhook_orgs(&self, orgs: Arc<crate::platform::webhooks::Subscribed>) {
+        let _ = self.webhook_orgs.set(orgs);
+    }
+
+    /// Whether the org's sessions and turns become webhook events.
+    pub(crate) fn webhook_org(&self, org_id: &str) -> bool {
+        self.webhook_orgs.get().is_some_and(|s| s.contains(org_id))
     }
 
     /// The model gateway's hook that refuses calls of sessions whose budget is used up.

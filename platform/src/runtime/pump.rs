@@ -217,7 +217,22 @@ impl Runtime {
             })
         })
         .collect();
-        super::meter::op(records, scopes)
+        // For orgs with webhooks, the turn's event goes in the transaction that stores `done`.
+        let event = self.webhook_org(&ctx.session.org_id).then(|| {
+            let failed = status != "completed";
+            crate::store::org_events::new_event(
+                &ctx.session.org_id,
+                if failed {
+                    "turn.failed"
+                } else {
+                    "turn.completed"
+                },
+                &serde_json::json!({"session_id": ctx.session.id,
+                    "project_id": ctx.session.project_id, "seq": seq, "status": status,
+                    "usage": usage}),
+            )
+        });
+        super::meter::op(records, scopes, event)
     }
 
     /// Consumes the driver's events until `done`; returns the logged (not yet broadcast) `done`.

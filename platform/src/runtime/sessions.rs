@@ -302,8 +302,23 @@ impl Runtime {
                 RuntimeError::Unavailable(format!("cannot create the session workspace: {e}"))
             })?;
         let inserted = row.clone();
+        // For orgs with webhooks, `session.created` goes in the insert's transaction.
+        let event = self.webhook_org(org_id).then(|| {
+            crate::store::org_events::new_event(
+                org_id,
+                "session.created",
+                &serde_json::json!({"id": row.id, "project_id": row.project_id,
+                        "driver": row.driver, "metadata": parse_json(&row.metadata)}),
+            )
+        });
         self.store
-            .write_async(move |c| sessions::insert(c, &inserted))
+            .write_async(move |c| {
+                sessions::insert(c, &inserted)?;
+                if let Some(e) = &event {
+                    crate::store::org_events::insert(c, e)?;
+                }
+                Ok(())
+            })
             .await?;
         Ok((view(&row, &project), true))
     }

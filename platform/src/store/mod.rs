@@ -20,6 +20,7 @@ pub mod schema;
 pub mod sessions;
 pub mod testkit;
 pub mod usage;
+pub mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;

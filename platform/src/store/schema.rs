@@ -110,6 +110,53 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_endpoints (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        url -> Text,
+        event_types -> Text,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        secret_sealed -> Nullable<Text>,
+        previous_secret_sealed -> Nullable<Text>,
+        previous_secret_until -> Nullable<Timestamp>,
+        managed_by -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        org_id -> Text,
+        event_id -> Text,
+        endpoint_id -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> Timestamp,
+        lease_holder -> Nullable<Text>,
+        lease_until -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        delivered_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (id) {
+        id -> Text,
+        delivery_id -> Text,
+        org_id -> Text,
+        attempt -> BigInt,
+        status_code -> Nullable<BigInt>,
+        latency_ms -> BigInt,
+        error -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     audit_log (id) {
         id -> Text,
         org_id -> Nullable<Text>,
@@ -185,6 +232,7 @@ diesel::table! {
         dedupe_key -> Text,
         payload -> Text,
         created_at -> Timestamp,
+        fanned_out -> Bool,
     }
 }
 
@@ -276,6 +324,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     org_events,
     releases,
     job_leases,
+    webhook_endpoints,
+    webhook_deliveries,
+    webhook_attempts,
     model_keys,
     budgets
 );

@@ -9,6 +9,7 @@ pub mod model_keys;
 pub mod projects;
 pub mod releases;
 pub mod usage;
+pub mod webhooks;
 
 use actix_web::{web, HttpResponse};
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -30,6 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     projects::configure(cfg);
     releases::configure(cfg);
     logs::configure(cfg);
+    webhooks::configure(cfg);
     usage::configure(cfg);
     budgets::configure(cfg);
     events::configure(cfg);

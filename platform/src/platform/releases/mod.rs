@@ -208,9 +208,10 @@ impl Releases {
                 row.version = releases::next_version(c, &row.project_id)?;
                 releases::insert(c, &row)?;
                 if kind == ReleaseKind::Production && p_activate {
-                    releases::activate(c, &row.project_id, &row.id, row.created_at)?;
+                    let previous = releases::activate(c, &row.project_id, &row.id, row.created_at)?;
                     row.status = "active".into();
                     row.activated_at = Some(row.created_at);
+                    activation_event(c, &row, previous.as_ref())?;
                 }
                 audit::record_by(
                     c,
@@ -327,6 +328,9 @@ impl Releases {
             .write_async(move |c| {
                 let now = store::now();
                 let previous = releases::activate(c, &t.project_id, &t.id, now)?;
+                if previous.as_ref().is_none_or(|p| p.id != t.id) {
+                    activation_event(c, &t, previous.as_ref())?;
+                }
                 audit::record_by(
                     c,
                     Some(&t.org_id),
@@ -398,6 +402,32 @@ impl Releases {
         }
         Ok(n)
     }
+}
+
+/// Records `release.activated`, or `release.rolled_back` when an older version replaces a newer
+/// one, in the activation's transaction.
+fn activation_event(
+    c: &mut store::Conn,
+    now_live: &Release,
+    previous: Option<&Release>,
+) -> Result<(), StoreError> {
+    let back = previous.is_some_and(|p| p.version > now_live.version);
+    let ty = if back {
+        "release.rolled_back"
+    } else {
+        "release.activated"
+    };
+    crate::store::org_events::insert(
+        c,
+        &crate::store::org_events::new_event(
+            &now_live.org_id,
+            ty,
+            &json!({"project_id": now_live.project_id, "release_id": now_live.id,
+                "version": now_live.version, "commit_sha": now_live.commit_sha,
+                "previous_version": previous.map(|p| p.version)}),
+        ),
+    )?;
+    Ok(())
 }
 
 /// The build kind of an unpacked app: a `Dockerfile`, a `buildpack` in `karta.toml`, or the
