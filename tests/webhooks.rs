@@ -431,6 +431,58 @@ fn webhooks_are_signed_retried_until_delivered_once_and_survive_a_kill() {
     assert!(python_verifies(sig, &after.body, &new_secret));
     assert!(python_verifies(sig, &after.body, &secret));
 
+    // A turn waiting for an approval is `input.required`; the event carries what answers it.
+    let sid4 = c
+        .post(format!("{}/v1/sessions", k.public))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = rx.got().len();
+    let (c2, url, key2, s2) = (
+        c.clone(),
+        format!("{}/v1/sessions/{sid4}/messages", k.public),
+        key.clone(),
+        sid4.clone(),
+    );
+    let waiting = std::thread::spawn(move || {
+        c2.post(url)
+            .bearer_auth(&key2)
+            .json(&json!({"text": "delete it [approve]"}))
+            .send()
+            .unwrap()
+            .status()
+    });
+    let got = rx.wait("input.required", |g| {
+        g[before..]
+            .iter()
+            .any(|r| r.headers["karta-event-type"] == "input.required")
+    });
+    let asked: Value = serde_json::from_str(
+        &got[before..]
+            .iter()
+            .find(|r| r.headers["karta-event-type"] == "input.required")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let obj = &asked["data"]["object"];
+    assert_eq!(obj["session_id"], s2);
+    let rid = obj["request_id"].as_str().unwrap();
+    let r = c
+        .put(format!("{}/v1/sessions/{sid4}/inputs/{rid}", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"decision": "approve_once"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(waiting.join().unwrap(), 200);
+
     // A redirect (to loopback) is not followed: the attempt is a failure, retried later.
     rx.set(REDIRECT);
     let before = rx.got().len();

@@ -89,6 +89,17 @@ impl Journal {
         }
     }
 
+    /// Queues a run of events and `then`, run in the same transaction after them; waits only
+    /// while the queue is full.
+    pub async fn append_then(&self, rows: Vec<SessionEvent>, then: SessionOp) {
+        self.send(Entry::Events {
+            rows,
+            then: Some(then),
+            ack: None,
+        })
+        .await;
+    }
+
     /// Queues a run of events (and `then`, run in the same transaction after them) and waits
     /// until it and everything queued before it is committed.
     pub async fn append_durable(&self, rows: Vec<SessionEvent>, then: Option<SessionOp>) {

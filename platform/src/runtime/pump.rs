@@ -387,6 +387,22 @@ impl Runtime {
             }
             seq += 1;
             self.publish(ctx, &mut run, seq, &event);
+            if let EventKind::InputRequired(req) = &event.kind {
+                if self.webhook_org(&ctx.session.org_id) {
+                    // `input.required` is committed with the event row that asks.
+                    let e = crate::store::org_events::new_event(
+                        &ctx.session.org_id,
+                        "input.required",
+                        &serde_json::json!({"session_id": ctx.session.id,
+                            "project_id": ctx.session.project_id, "seq": seq,
+                            "request_id": req.request_id, "kind": req.kind,
+                            "tool": req.tool, "message": req.message}),
+                    );
+                    let op: super::journal::SessionOp =
+                        Box::new(move |c| crate::store::org_events::insert(c, &e).map(|_| ()));
+                    self.journal.append_then(std::mem::take(&mut run), op).await;
+                }
+            }
         }
     }
 }

@@ -28,10 +28,11 @@ use crate::store::webhooks::{self as wh, Attempt, Delivery, Endpoint};
 use crate::store::{self, Store, StoreError};
 
 /// Event types an endpoint can subscribe to.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "session.created",
     "turn.completed",
     "turn.failed",
+    "input.required",
     "release.activated",
     "release.rolled_back",
     "budget.threshold_reached",
