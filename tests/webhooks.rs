@@ -624,3 +624,123 @@ fn two_instances_on_one_postgres_deliver_each_event_once() {
     assert_eq!(counts.len(), 20);
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
 }
+
+#[test]
+fn hooks_fire_in_order_with_their_payloads_and_a_hanging_one_delays_nothing() {
+    let rx = Receiver::start();
+    rx.set(UP);
+    let dir = tempfile::tempdir().unwrap();
+    let mut pf = PlatformFile::new().project("hello", &hello_app(), None);
+    pf.lines.push((
+        "hello".into(),
+        r#"hooks = [
+  { event = "session.created", command = ["/bin/sh", "-c", "cat > hook-created.json"] },
+  { event = "message.received", command = ["/bin/sh", "-c", "cat >> hooks.jsonl; echo >> hooks.jsonl"] },
+  { event = "message.completed", command = ["/bin/sh", "-c", "sleep 30"], timeout_seconds = 1 },
+  { event = "message.completed", command = ["/bin/sh", "-c", "cat >> hooks.jsonl; echo >> hooks.jsonl"] },
+  { event = "message.completed", webhook = "ops" },
+]"#
+        .into(),
+    ));
+    pf.extra = format!(
+        "[webhook_delivery]\ndevelopment = true\npoll_ms = 100\n\
+         [[webhooks]]\ntenant = \"acme\"\nname = \"ops\"\nurl = \"http://127.0.0.1:{}/hooks\"\n\
+         events = [\"turn.completed\"]\nsecret = {{ env = \"KARTA_TEST_HOOK_SECRET\" }}\n",
+        rx.port
+    );
+    pf.write(dir.path());
+    let k = start(dir.path());
+    let key = admin_key(&k);
+    let c = client();
+    let t0 = Instant::now();
+    let sid = turn(&c, &k, &key);
+    let r = c
+        .post(format!("{}/v1/sessions/{sid}/messages", k.public))
+        .bearer_auth(&key)
+        .json(&json!({"text": "second"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The hanging hook (1 s timeout) after the first turn did not hold the second one back.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // The webhook hook: one `hook.message.completed` per turn, to the named endpoint only.
+    let got = rx.wait("two hook deliveries", |g| {
+        g.iter()
+            .filter(|r| {
+                r.headers.get("karta-event-type").map(String::as_str)
+                    == Some("hook.message.completed")
+            })
+            .count()
+            >= 2
+    });
+    let hook = got
+        .iter()
+        .find(|r| r.headers["karta-event-type"] == "hook.message.completed")
+        .unwrap();
+    assert!(python_verifies(
+        &hook.headers["karta-signature"],
+        &hook.body,
+        CONFIG_SECRET
+    ));
+    let v: Value = serde_json::from_str(&hook.body).unwrap();
+    let obj = &v["data"]["object"];
+    assert_eq!(
+        (&obj["event"], &obj["session_id"]),
+        (&json!("message.completed"), &json!(sid))
+    );
+    assert_eq!(obj["data"]["status"], "completed");
+
+    // The command hooks ran in the session's workspace, in order, with the payload on stdin.
+    let ws = std::fs::read_dir(dir.path().join(".karta/workspaces"))
+        .unwrap()
+        .flatten()
+        .flat_map(|org| std::fs::read_dir(org.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| p.ends_with(&sid))
+        .expect("the session's workspace");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let text = std::fs::read_to_string(ws.join("hooks.jsonl")).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 4 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "hooks.jsonl: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "message.received",
+            "message.completed",
+            "message.received",
+            "message.completed"
+        ]
+    );
+    assert_eq!(lines[0]["data"]["text"], "hello");
+    assert_eq!(lines[2]["data"]["text"], "second");
+    assert_eq!(lines[1]["data"]["message"]["text"], "echo: hello");
+    let created: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join("hook-created.json")).unwrap())
+            .unwrap();
+    assert_eq!(created["event"], "session.created");
+    assert_eq!(created["session_id"], sid);
+    // The timed-out hook is in the project's log.
+    let logs = c
+        .get(format!("{}/v1/projects/hello/logs", k.public))
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        logs.contains("hook failed") && logs.contains("timeout"),
+        "{logs}"
+    );
+}

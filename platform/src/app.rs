@@ -98,6 +98,7 @@ fn runtime_settings(
         concurrent_streams: limit_map(scoped, |l| l.concurrent_streams),
         budgets: budgets(c, store),
         prices: std::sync::Arc::new(crate::platform::pricing::PriceTable::new(&c.prices)),
+        hooks: project_hooks(c, store),
         warm_harnesses: limit_map(scoped, |l| l.warm_harnesses),
         turn_event_queue: c.runtime.turn_event_queue,
         replay_page_size: c.runtime.replay_page_size,
@@ -324,6 +325,25 @@ fn project_sandboxes(
 }
 
 /// The turn limits of projects that set their own, by project id (looked up after reconcile).
+/// Each project's lifecycle hooks, by project id.
+fn project_hooks(
+    c: &PlatformConfig,
+    store: &Store,
+) -> std::collections::HashMap<String, Vec<crate::runtime::hooks::Hook>> {
+    let mut out = std::collections::HashMap::new();
+    for p in c.projects.iter().filter(|p| !p.hooks.is_empty()) {
+        if let Some(id) = project_id(store, p) {
+            let hooks = p
+                .hooks
+                .iter()
+                .filter_map(crate::runtime::hooks::Hook::from_config)
+                .collect();
+            out.insert(id, hooks);
+        }
+    }
+    out
+}
+
 fn project_turn_limits(
     c: &PlatformConfig,
     store: &Store,

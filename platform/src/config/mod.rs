@@ -272,6 +272,9 @@ pub struct ProjectConfig {
     pub turn_timeout_seconds: Option<u64>,
     /// This project's cancel grace (`[runtime] cancel_grace_seconds` when absent).
     pub cancel_grace_seconds: Option<u64>,
+    /// Lifecycle hooks: what to tell (a webhook) or run (a command in the session's sandbox)
+    /// when a session is created, a message arrives or completes, or the agent changes.
+    pub hooks: Vec<HookConfig>,
     /// This project's sandbox network and limits (`[sandbox]` where absent).
     pub sandbox: ProjectSandbox,
     /// The SDK-compatible adapters served for this project (others answer 404 on it); every
@@ -387,6 +390,25 @@ impl SandboxConfig {
             },
         )
     }
+}
+
+/// A project's lifecycle hook. Hooks observe and never alter a turn: they run after the fact, in
+/// order, one at a time, and a slow one never delays a turn.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookConfig {
+    /// `session.created`, `message.received` (before the turn and its policies),
+    /// `message.completed` or `agent.handoff`.
+    pub event: String,
+    /// The name of one of the tenant's `[[webhooks]]` (or an API endpoint's id) to POST to.
+    pub webhook: Option<String>,
+    /// A command run in the session's sandbox (its workspace as the working folder; the
+    /// payload on stdin and `KARTA_HOOK_EVENT` in the environment).
+    pub command: Option<Vec<String>>,
+    /// A command's time limit (default 10 s); it is killed past it.
+    pub timeout_seconds: Option<u64>,
+    /// `log` (default: a failure is logged in the project's log) or `ignore`.
+    pub on_failure: Option<String>,
 }
 
 /// `[[webhooks]]`: an endpoint of a tenant, declared in configuration (API changes to it are

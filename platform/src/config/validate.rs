@@ -123,6 +123,36 @@ fn check_projects(tenants: &[TenantConfig], projects: &[ProjectConfig], out: &mu
                 format!("project `{}/{}` is declared twice", p.tenant, p.slug),
             ));
         }
+        for (h, hook) in p.hooks.iter().enumerate() {
+            let hk = |f: &str| key(&["projects", &idx, "hooks", &h.to_string(), f]);
+            if !crate::runtime::hooks::EVENTS.contains(&hook.event.as_str()) {
+                out.push((
+                    hk("event"),
+                    format!(
+                        "must be one of {}, got `{}`",
+                        crate::runtime::hooks::EVENTS.join(", "),
+                        hook.event
+                    ),
+                ));
+            }
+            match (&hook.webhook, &hook.command) {
+                (Some(_), None) => {}
+                (None, Some(c)) if !c.is_empty() => {}
+                (None, Some(_)) => out.push((hk("command"), "must name a program".into())),
+                _ => out.push((
+                    hk("webhook"),
+                    "set `webhook` or `command` (one of them)".into(),
+                )),
+            }
+            if let Some(f) = &hook.on_failure {
+                if f != "log" && f != "ignore" {
+                    out.push((
+                        hk("on_failure"),
+                        format!("must be `log` or `ignore`, got `{f}`"),
+                    ));
+                }
+            }
+        }
         if p.releases_only {
             if !p.path.as_os_str().is_empty() {
                 out.push((

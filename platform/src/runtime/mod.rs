@@ -15,6 +15,7 @@ mod approvals;
 pub mod budget;
 mod concurrency;
 mod events;
+pub mod hooks;
 pub mod journal;
 pub(crate) mod meter;
 pub mod policy;
@@ -111,6 +112,8 @@ pub struct RuntimeSettings {
     pub budgets: HashMap<String, budget::Caps>,
     /// `[[prices]]`.
     pub prices: Arc<crate::platform::pricing::PriceTable>,
+    /// Lifecycle hooks by project id.
+    pub hooks: HashMap<String, Vec<hooks::Hook>>,
     /// Warm harnesses at most, by org id (instead of `warm.per_tenant`) and by project id.
     pub warm_harnesses: HashMap<String, usize>,
     /// Events a driver may queue ahead of the pump before its thread waits.
@@ -186,6 +189,8 @@ pub struct Runtime {
     /// Orgs with an enabled webhook endpoint: their sessions and turns are written to the event
     /// outbox (nobody else's are, so orgs without webhooks pay nothing for them).
     webhook_orgs: std::sync::OnceLock<Arc<crate::platform::webhooks::Subscribed>>,
+    /// The hook queue (started with the first hook).
+    hook_runner: std::sync::OnceLock<hooks::Runner>,
 }
 
 impl Runtime {
@@ -214,7 +219,51 @@ impl Runtime {
             reservations: Arc::default(),
             budget_gate: budget::BudgetGate::default(),
             webhook_orgs: std::sync::OnceLock::new(),
+            hook_runner: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Queues the project's hooks on `event` (nothing when it has none; never waits).
+    pub(crate) fn fire_hooks(
+        &self,
+        event: &str,
+        session: &crate::store::models::Session,
+        data: serde_json::Value,
+    ) {
+        let settings = self.settings();
+        let Some(list) = settings.hooks.get(&session.project_id) else {
+            return;
+        };
+        for h in list.iter().filter(|h| h.event == event) {
+            let place = matches!(h.target, hooks::Target::Command(_)).then(|| {
+                let sb = settings
+                    .project_sandbox
+                    .get(&session.project_id)
+                    .unwrap_or(&settings.sandbox);
+                let workspace = self.workspace_dir(&session.org_id, &session.id);
+                let mut home = workspace.clone().into_os_string();
+                home.push(".home");
+                hooks::Place {
+                    sandbox: self.confinement.sandbox.clone(),
+                    store: self.store.clone(),
+                    network: sb.network,
+                    limits: sb.limits.clone(),
+                    workspace,
+                    home: PathBuf::from(home),
+                }
+            });
+            let runner = self
+                .hook_runner
+                .get_or_init(|| Arc::new(hooks::HookRunner::start(self.store.clone())));
+            runner.fire(hooks::Job {
+                hook: h.clone(),
+                org_id: session.org_id.clone(),
+                project_id: session.project_id.clone(),
+                session_id: session.id.clone(),
+                payload: hooks::payload(event, &session.id, &session.project_id, data.clone()),
+                place,
+            });
+        }
     }
 
     /// Installs the set of orgs whose sessions and turns become webhook events.

@@ -320,6 +320,11 @@ impl Runtime {
                 Ok(())
             })
             .await?;
+        self.fire_hooks(
+            "session.created",
+            &row,
+            serde_json::json!({"metadata": parse_json(&row.metadata), "driver": row.driver}),
+        );
         Ok((view(&row, &project), true))
     }
 

@@ -663,6 +663,12 @@ impl Runtime {
             ms = started_at.elapsed().as_millis() as u64,
             "turn ended"
         );
+        self.fire_hooks(
+            "message.completed",
+            &ctx.session,
+            json!({"status": done.data["status"], "seq": done.seq,
+                "message": done.data["message"], "usage": done.data["usage"]}),
+        );
         slot.set_running(None);
         drop(guard);
         ctx.running.publish(done);
@@ -676,6 +682,11 @@ impl Runtime {
         let (who, agent) = (who.clone(), ctx.agent.clone());
         let handoff = agent != ctx.session.current_agent;
         if handoff {
+            self.fire_hooks(
+                "agent.handoff",
+                &ctx.session,
+                json!({"from": ctx.session.current_agent, "to": agent}),
+            );
             tracing::info!(session = %id, from = %ctx.session.current_agent, to = %agent, "agent handoff");
         }
         self.journal
@@ -787,8 +798,9 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Refuses a message a policy of the session's project does not accept, before anything
-    /// reaches the harness. Costs nothing when no policy is configured.
+    /// Fires the project's `message.received` hooks, then refuses a message a policy of the
+    /// session's project does not accept, before anything reaches the harness. Costs nothing
+    /// when no hook or policy is configured.
     async fn check_policies(
         &self,
         org_id: &str,
@@ -796,7 +808,7 @@ impl Runtime {
         text: &str,
     ) -> Result<(), RuntimeError> {
         let settings = self.settings();
-        if settings.message_policies.is_empty() {
+        if settings.message_policies.is_empty() && settings.hooks.is_empty() {
             return Ok(());
         }
         let (org, id) = (org_id.to_string(), session_id.to_string());
@@ -804,6 +816,7 @@ impl Runtime {
             .store
             .read_async(move |c| sessions::get(c, &org, &id))
             .await?;
+        self.fire_hooks("message.received", &session, json!({ "text": text }));
         let Some(list) = settings.message_policies.get(&session.project_id) else {
             return Ok(());
         };
