@@ -747,6 +747,16 @@ fn errors_after_the_stream_starts_are_events_and_the_stream_ends_cleanly() {
         e.unary(&sid, json!({"text": "fine"}))["status"],
         "completed"
     );
+    // An event of a kind newer than this host reaches the client as `custom`, and the turn
+    // completes.
+    let frames = e.stream(&sid, json!({"text": "plan [future]"})).rest();
+    let custom = frames
+        .iter()
+        .find(|f| f.event == "custom")
+        .unwrap_or_else(|| panic!("no custom event: {:?}", types(&frames)));
+    assert_eq!(custom.data["data"]["type"], "plan");
+    assert_eq!(custom.data["data"]["data"]["steps"][1], "answer");
+    assert_eq!(frames.last().unwrap().data["data"]["status"], "completed");
     // Status codes and bodies before a stream starts.
     let r =
         e.c.get(e.url(&format!("/v1/sessions/{sid}")))

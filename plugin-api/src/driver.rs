@@ -62,6 +62,12 @@ impl Sink {
     pub fn emit_kind(&self, kind: EventKind) {
         self.emit(&Event::new(kind));
     }
+
+    /// Sends an event already serialized (`{"v", "type", "data"}`), such as one of a kind newer
+    /// than this API: the host forwards a type it does not know as a `custom` event.
+    pub fn emit_json(&self, json: &str) {
+        self.0.emit(RStr::from_str(json));
+    }
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -229,7 +235,7 @@ struct HostSink<F>(F);
 
 impl<F: Fn(Result<Event, String>) + Send + Sync + 'static> EventSink for HostSink<F> {
     fn emit(&self, event_json: RStr<'_>) {
-        let parsed = serde_json::from_str::<Event>(event_json.as_str())
+        let parsed = crate::types::parse_event(event_json.as_str())
             .map_err(|e| format!("driver sent an invalid event: {e}"));
         (self.0)(parsed);
     }

@@ -143,6 +143,59 @@ pub enum EventKind {
         /// The id to pass back as [`TurnRequest::harness_session_id`].
         harness_session_id: String,
     },
+    /// An event kind this host does not know (a driver built against a newer API): carried as
+    /// it came and forwarded to clients as a `custom` event, never a turn failure.
+    Custom(CustomEvent),
+}
+
+/// An event of a kind the host does not know.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CustomEvent {
+    /// The driver's event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its data, as sent.
+    #[serde(default)]
+    pub data: Value,
+}
+
+/// The event types this version of the API defines.
+pub const KNOWN_EVENT_TYPES: [&str; 11] = [
+    "text",
+    "reasoning",
+    "tool_use",
+    "step_start",
+    "step_finish",
+    "input_required",
+    "error",
+    "done",
+    "system",
+    "harness_session",
+    "custom",
+];
+
+/// Reads an event a driver sent. An event of a type this API does not define becomes
+/// [`EventKind::Custom`]; a known type with data of the wrong shape is an error.
+pub fn parse_event(json: &str) -> Result<Event, String> {
+    let strict_err = match serde_json::from_str::<Event>(json) {
+        Ok(e) => return Ok(e),
+        Err(e) => e,
+    };
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    match v.get("type").and_then(Value::as_str) {
+        Some(t) if !KNOWN_EVENT_TYPES.contains(&t) => Ok(Event {
+            v: v.get("v")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(crate::PAYLOAD_VERSION),
+            kind: EventKind::Custom(CustomEvent {
+                event_type: t.to_string(),
+                data: v.get("data").cloned().unwrap_or(Value::Null),
+            }),
+            raw: v.get("raw").cloned(),
+        }),
+        _ => Err(strict_err.to_string()),
+    }
 }
 
 impl EventKind {
@@ -159,6 +212,7 @@ impl EventKind {
             EventKind::Done(_) => "done",
             EventKind::System(_) => "system",
             EventKind::HarnessSession { .. } => "harness_session",
+            EventKind::Custom(_) => "custom",
         }
     }
 }
@@ -433,5 +487,25 @@ mod tests {
         let r: Result<Event, _> =
             serde_json::from_value(json!({"v": 1, "type": "bogus", "data": {}}));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn an_unknown_event_kind_is_carried_as_custom_and_a_malformed_known_one_is_an_error() {
+        let e = parse_event(r#"{"v":1,"type":"plan","data":{"steps":["a"]}}"#).unwrap();
+        assert_eq!(
+            e.kind,
+            EventKind::Custom(CustomEvent {
+                event_type: "plan".into(),
+                data: json!({"steps": ["a"]}),
+            })
+        );
+        assert_eq!(e.type_name(), "custom");
+        let wire = serde_json::to_value(&e).unwrap();
+        assert_eq!(wire["type"], "custom");
+        assert_eq!(wire["data"]["type"], "plan");
+        assert!(parse_event(r#"{"v":1,"type":"text","data":{"nope":1}}"#).is_err());
+        assert!(parse_event("not json").is_err());
+        let known = parse_event(r#"{"v":1,"type":"step_start","data":{"step_index":0}}"#).unwrap();
+        assert_eq!(known.type_name(), "step_start");
     }
 }

@@ -14,6 +14,8 @@ pub const SKIPPED_ON_DENY: usize = 3;
 pub enum Step {
     /// Emit an event.
     Emit(EventKind),
+    /// Emit an event as raw JSON (a kind newer than the host's API: `[future]`).
+    Raw(String),
     /// Emit a text chunk (one output token).
     Text(String),
     /// Wait the driver's delay.
@@ -70,6 +72,11 @@ pub fn steps(req: &TurnRequest, prefix: &str) -> Vec<Step> {
             }));
             return out;
         }
+    }
+    if req.text.contains("[future]") {
+        out.push(Step::Raw(
+            r#"{"v":1,"type":"plan","data":{"steps":["look","answer"]}}"#.into(),
+        ));
     }
     if req.text.contains("[hang]") {
         out.push(Step::Hang);
@@ -160,6 +167,7 @@ mod tests {
                 Step::Emit(EventKind::StepStart { .. }) => "step_start",
                 Step::Emit(EventKind::StepFinish { .. }) => "step_finish",
                 Step::Emit(_) => "other",
+                Step::Raw(_) => "raw",
                 Step::Text(_) => "text",
                 Step::Pause => "pause",
                 Step::Ask { .. } => "ask",

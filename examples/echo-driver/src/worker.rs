@@ -240,6 +240,7 @@ impl Job {
             };
             match step {
                 Step::Emit(kind) => self.sink.emit_kind(kind),
+                Step::Raw(json) => self.sink.emit_json(&json),
                 Step::Text(text) => {
                     self.output_tokens += 1;
                     self.sink.emit_kind(EventKind::Text {
