@@ -19,6 +19,8 @@ pub const LINES_PER_PROJECT: usize = 500;
 pub const MAX_PROJECTS: usize = 1000;
 /// New lines a slow follower may lag behind before it skips ahead.
 const FOLLOW_BUFFER: usize = 1024;
+/// Longest line kept, in bytes (longer ones are cut).
+const MAX_LINE: usize = 2048;
 
 /// A project's line.
 #[derive(Clone, Debug)]
@@ -138,13 +140,22 @@ impl<S: Subscriber> Layer<S> for ProjectLayer {
         let mut f = Fields::default();
         event.record(&mut f);
         let Some(project) = f.project else { return };
-        let text = format!(
+        let mut text = format!(
             "{} {:<5} {}{}",
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             event.metadata().level(),
             f.message,
             f.rest
-        );
+        )
+        .replace(['\n', '\r'], " ");
+        if text.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
         global().push(&project, text);
     }
 }

@@ -104,15 +104,22 @@ fn server(args: &ServerArgs) -> String {
         .to_string()
 }
 
-fn api_key() -> anyhow::Result<String> {
+/// The key for `server`: `KARTA_API_KEY`, else the saved one when it was saved for that server
+/// (a saved key is never sent to another).
+fn api_key(server: &str) -> anyhow::Result<String> {
     if let Ok(k) = std::env::var("KARTA_API_KEY") {
         if !k.trim().is_empty() {
             return Ok(k.trim().to_string());
         }
     }
-    saved()
-        .map(|c| c.api_key)
-        .context("no API key: set KARTA_API_KEY or run `karta login`")
+    match saved() {
+        Some(c) if c.server == server => Ok(c.api_key),
+        Some(c) => bail!(
+            "the saved key is for {}, not {server}: set KARTA_API_KEY or run `karta login --server {server}`",
+            c.server
+        ),
+        None => bail!("no API key: set KARTA_API_KEY or run `karta login`"),
+    }
 }
 
 /// A client of one server.
@@ -175,7 +182,7 @@ pub fn run(args: &ServerArgs, cmd: RemoteCommand) -> anyhow::Result<()> {
     if let RemoteCommand::Login = cmd {
         return login(args);
     }
-    let r = Remote::new(args, api_key()?)?;
+    let r = Remote::new(args, api_key(&server(args))?)?;
     match cmd {
         RemoteCommand::Login => Ok(()),
         RemoteCommand::Deploy {
@@ -269,6 +276,8 @@ fn login(args: &ServerArgs) -> anyhow::Result<()> {
             .open(&path)
             .with_context(|| format!("writing {}", path.display()))?
     };
+    // `mode` applies only to a new file: an older one is made private too.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(serde_json::to_string_pretty(&creds)?.as_bytes())?;
     let n = v["data"].as_array().map(Vec::len).unwrap_or(0);
     println!(

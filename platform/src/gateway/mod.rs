@@ -261,8 +261,8 @@ impl Gateway {
     }
 
     /// The session's counted calls, once those in flight have ended (`[gateway] settle_ms` at
-    /// most).
-    pub async fn settle(&self, session_id: &str) -> Vec<tally::CountedCall> {
+    /// most), and whether some were still in flight.
+    pub async fn settle(&self, session_id: &str) -> (Vec<tally::CountedCall>, bool) {
         self.tally.settle(session_id, self.settle_wait).await
     }
 

@@ -62,22 +62,24 @@ impl Tally {
     }
 
     /// Takes the session's counted calls once none is in flight, or after `wait` with what has
-    /// ended by then (a call still running is counted with the next turn).
-    pub async fn settle(&self, session_id: &str, wait: Duration) -> Vec<CountedCall> {
+    /// ended by then; and whether calls were still in flight (they are counted with the next
+    /// turn).
+    pub async fn settle(&self, session_id: &str, wait: Duration) -> (Vec<CountedCall>, bool) {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let ended = self.ended.notified();
             {
                 let mut m = self.lock();
                 let Some(s) = m.get_mut(session_id) else {
-                    return Vec::new();
+                    return (Vec::new(), false);
                 };
                 if s.in_flight == 0 || tokio::time::Instant::now() >= deadline {
                     let calls = std::mem::take(&mut s.done);
-                    if s.in_flight == 0 {
+                    let pending = s.in_flight > 0;
+                    if !pending {
                         m.remove(session_id);
                     }
-                    return calls;
+                    return (calls, pending);
                 }
             }
             let _ = tokio::time::timeout_at(deadline, ended).await;
@@ -109,7 +111,7 @@ mod tests {
     #[tokio::test]
     async fn settle_waits_for_calls_in_flight_but_not_forever() {
         let t = std::sync::Arc::new(Tally::default());
-        assert!(t.settle("s", Duration::from_secs(5)).await.is_empty());
+        assert_eq!(t.settle("s", Duration::from_secs(5)).await, (vec![], false));
         t.begin("s");
         t.begin("s");
         t.end("s", Some(call(1)));
@@ -119,15 +121,21 @@ mod tests {
             t2.end("s", Some(call(2)));
         });
         let calls = t.settle("s", Duration::from_secs(5)).await;
-        assert_eq!(calls, [call(1), call(2)]);
+        assert_eq!(calls, (vec![call(1), call(2)], false));
         late.await.unwrap();
         // A call that never ends is left for the next turn after the wait.
         t.begin("s");
         let started = std::time::Instant::now();
-        assert!(t.settle("s", Duration::from_millis(50)).await.is_empty());
+        assert_eq!(
+            t.settle("s", Duration::from_millis(50)).await,
+            (vec![], true)
+        );
         assert!(started.elapsed() < Duration::from_secs(2));
         t.end("s", Some(call(3)));
-        assert_eq!(t.settle("s", Duration::from_secs(5)).await, [call(3)]);
+        assert_eq!(
+            t.settle("s", Duration::from_secs(5)).await,
+            (vec![call(3)], false)
+        );
         t.forget("s");
         assert!(t.lock().is_empty());
     }

@@ -38,6 +38,9 @@ pub(crate) struct Turn<'a> {
     pub harness_model: Option<(Option<String>, String)>,
     /// What the gateway counted.
     pub calls: &'a [CountedCall],
+    /// Calls of the turn were still in flight when it was metered: they are billed with the
+    /// session's next turn, so the harness's report (which includes them) is not billed.
+    pub calls_pending: bool,
 }
 
 fn i(n: u64) -> i64 {
@@ -151,7 +154,7 @@ pub(crate) fn records(t: &Turn<'_>, prices: &PriceTable, now: NaiveDateTime) -> 
         price_output: po,
         price_cache_read: pr,
         price_cache_write: pw,
-        ..base("harness", t.calls.is_empty())
+        ..base("harness", t.calls.is_empty() && !t.calls_pending)
     }];
     if t.calls.is_empty() {
         return out;
@@ -178,6 +181,8 @@ pub(crate) fn records(t: &Turn<'_>, prices: &PriceTable, now: NaiveDateTime) -> 
         reasoning += n(c.tokens.reasoning);
         let price = prices.lookup(&c.provider, &c.model, day);
         match price {
+            // A call paid with the org's own key costs the platform nothing.
+            _ if c.byok => {}
             Some(p) => priced = priced.saturating_add(p.cost(&tok)),
             None => unpriced = true,
         }
@@ -251,7 +256,9 @@ const THRESHOLDS: [u64; 2] = [80, 100];
 /// A threshold crossed: (dimension, percentage, used, cap).
 type Crossing = (&'static str, u64, u64, u64);
 
-/// The thresholds of `caps` that usage crossed going from `before` to `after`.
+/// The thresholds of `caps` that usage has reached by `after` and had not by `before`. The
+/// caller passes `before` as zero when concurrent turns make it unknowable: every reached
+/// threshold is then reported, and the event's dedupe key keeps it to one per month.
 pub(crate) fn crossed(caps: &Caps, before: &Totals, after: &Totals) -> Vec<Crossing> {
     let cents = |t: &Totals| MicroCents(t.cost_micro_cents).to_cents_ceil().0;
     let dims = [
@@ -327,17 +334,6 @@ pub(crate) fn threshold_events(
     out
 }
 
-/// Usage a record adds to the roll-up's totals.
-fn contribution(r: &UsageRecord) -> Totals {
-    let n = |v: i64| u64::try_from(v).unwrap_or(0);
-    Totals {
-        turns: 1,
-        input_tokens: n(r.input_tokens) + n(r.cache_read_tokens) + n(r.cache_write_tokens),
-        output_tokens: n(r.output_tokens),
-        cost_micro_cents: n(r.cost_micro_cents),
-    }
-}
-
 /// Stores the records (each once), the thresholds the billed one made its scopes cross this
 /// month, and the turn's webhook event. Run in the transaction that stores `done`.
 pub(crate) fn op(
@@ -372,7 +368,6 @@ fn thresholds(c: &mut Conn, r: &UsageRecord, scopes: &[Scope]) -> Result<(), Sto
         .with_day0(0)
         .unwrap_or(r.created_at.date());
     let since = start.format("%Y-%m-%d").to_string();
-    let add = contribution(r);
     for s in scopes {
         let (project, key) = match s.kind {
             "project" => (Some(s.id.as_str()), None),
@@ -380,12 +375,10 @@ fn thresholds(c: &mut Conn, r: &UsageRecord, scopes: &[Scope]) -> Result<(), Sto
             _ => (None, None),
         };
         let after = crate::store::usage::totals_since(c, &r.org_id, project, key, &since)?;
-        let before = Totals {
-            turns: after.turns.saturating_sub(add.turns),
-            input_tokens: after.input_tokens.saturating_sub(add.input_tokens),
-            output_tokens: after.output_tokens.saturating_sub(add.output_tokens),
-            cost_micro_cents: after.cost_micro_cents.saturating_sub(add.cost_micro_cents),
-        };
+        // Not "after minus this record": two turns committing at once on PostgreSQL each see
+        // only their own addition, and a threshold both stepped over would never fire. Every
+        // threshold reached is reported; the dedupe key makes it one event a month.
+        let before = Totals::default();
         for e in threshold_events(
             &r.org_id,
             s,
@@ -420,6 +413,7 @@ mod tests {
             harness,
             harness_model: None,
             calls,
+            calls_pending: false,
         }
     }
 

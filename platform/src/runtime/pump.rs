@@ -183,7 +183,7 @@ impl Runtime {
             EventKind::Done(d) => (d.usage, d.status),
             _ => (Default::default(), karta_plugin_api::TurnStatus::Failed),
         };
-        let calls = self.confinement.gateway.settle(&ctx.session.id).await;
+        let (calls, calls_pending) = self.confinement.gateway.settle(&ctx.session.id).await;
         let settings = self.settings();
         let status = serde_json::to_value(status)
             .ok()
@@ -201,6 +201,7 @@ impl Runtime {
             harness: usage,
             harness_model: ctx.running.step_model(),
             calls: &calls,
+            calls_pending,
         };
         let records = super::meter::records(&turn, &settings.prices, store::now());
         let scopes = [

@@ -73,11 +73,22 @@ pub fn allowed(ip: IpAddr) -> bool {
                 return allowed_v4(v4);
             }
             let seg = v6.segments();
+            // IPv4-compatible (::a.b.c.d, deprecated but still parsed) carries an IPv4 address.
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                let o = v6.octets();
+                return allowed_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            // 6to4 (2002::/16) embeds the IPv4 address it relays to.
+            if seg[0] == 0x2002 {
+                let o = v6.octets();
+                return allowed_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (seg[0] & 0xfe00) == 0xfc00 // unique local
                 || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (seg[0] == 0x64 && seg[1] == 0xff9b) // NAT64 may reach private v4
                 || seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
         }

@@ -50,7 +50,21 @@ pub fn insert(c: &mut Conn, rel: &Release) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The next version number of the project.
+/// Holds the project's row until the transaction ends (PostgreSQL; SQLite has one writer):
+/// version allocation and activation of a project happen one at a time.
+pub fn lock_project(c: &mut Conn, project_id: &str) -> Result<(), StoreError> {
+    if let super::AnyConnection::Postgresql(pg) = c {
+        projects::table
+            .filter(projects::id.eq(project_id))
+            .select(projects::id)
+            .for_update()
+            .first::<String>(pg)
+            .found()?;
+    }
+    Ok(())
+}
+
+/// The next version number of the project (call [`lock_project`] first in the transaction).
 pub fn next_version(c: &mut Conn, project_id: &str) -> Result<i64, StoreError> {
     let max: Option<i64> = r::table
         .filter(r::project_id.eq(project_id))
@@ -70,6 +84,7 @@ pub fn find_by_commit(
         .filter(r::project_id.eq(project_id))
         .filter(r::commit_sha.eq(commit_sha))
         .filter(r::kind.eq(kind))
+        .filter(r::status.ne("expired"))
         .select(Release::as_select())
         .first(c)
         .optional()?)
@@ -137,14 +152,7 @@ pub fn activate(
     now: NaiveDateTime,
 ) -> Result<Option<Release>, StoreError> {
     // One activation at a time per project: the second waits and then supersedes the first.
-    if let super::AnyConnection::Postgresql(pg) = c {
-        projects::table
-            .filter(projects::id.eq(project_id))
-            .select(projects::id)
-            .for_update()
-            .first::<String>(pg)
-            .found()?;
-    }
+    lock_project(c, project_id)?;
     let previous = active(c, project_id)?;
     if previous.as_ref().is_some_and(|p| p.id == release_id) {
         return Ok(previous);

@@ -229,26 +229,34 @@ pub fn claim(
         .load(c)?)
 }
 
-/// Records an attempt and the delivery's new state (the lease released).
+/// Records an attempt and the delivery's new state (the lease released), if `holder` still
+/// holds the delivery; whether it did (a worker whose lease was taken over records nothing).
 pub fn record_attempt(
     c: &mut Conn,
     a: &Attempt,
+    holder: &str,
     status: &str,
     next_attempt_at: NaiveDateTime,
     delivered_at: Option<NaiveDateTime>,
-) -> Result<(), StoreError> {
-    diesel::insert_into(wa::table).values(a).execute(c)?;
-    diesel::update(wd::table.filter(wd::id.eq(&a.delivery_id)))
-        .set((
-            wd::status.eq(status),
-            wd::attempts.eq(a.attempt),
-            wd::next_attempt_at.eq(next_attempt_at),
-            wd::delivered_at.eq(delivered_at),
-            wd::lease_holder.eq(None::<String>),
-            wd::lease_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(c)?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        wd::table
+            .filter(wd::id.eq(&a.delivery_id))
+            .filter(wd::lease_holder.eq(holder)),
+    )
+    .set((
+        wd::status.eq(status),
+        wd::attempts.eq(a.attempt),
+        wd::next_attempt_at.eq(next_attempt_at),
+        wd::delivered_at.eq(delivered_at),
+        wd::lease_holder.eq(None::<String>),
+        wd::lease_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(c)?;
+    if n == 1 {
+        diesel::insert_into(wa::table).values(a).execute(c)?;
+    }
+    Ok(n == 1)
 }
 
 /// An event's deliveries, with their attempts.
@@ -283,8 +291,10 @@ pub fn redeliver(
     endpoint_id: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<usize, StoreError> {
+    // The retry window starts again (it is measured from `created_at`).
     let set = (
         wd::status.eq("pending"),
+        wd::created_at.eq(now),
         wd::next_attempt_at.eq(now),
         wd::lease_holder.eq(None::<String>),
         wd::lease_until.eq(None::<NaiveDateTime>),

@@ -9,10 +9,7 @@ use crate::app::App;
 use crate::http::auth::Access;
 use crate::http::error::{page_limit, ApiError, ErrorBody, ValidationErrorBody};
 use crate::platform::keys::Scope;
-use crate::store::org_events::{self, OrgEvent};
-
-/// The envelope's `api_version`.
-pub const API_VERSION: &str = "2026-01-01";
+use crate::store::org_events;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -27,19 +24,6 @@ pub struct EventsQuery {
     event_type: Option<String>,
     /// Events, 1 to 100 (default 50).
     limit: Option<i64>,
-}
-
-/// An event in its delivery envelope: `{id, type, created, org_id, api_version, data: {object}}`.
-pub fn envelope(e: &OrgEvent) -> Value {
-    let object: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
-    json!({
-        "id": e.id,
-        "type": e.event_type,
-        "created": e.created_at.and_utc().timestamp(),
-        "org_id": e.org_id,
-        "api_version": API_VERSION,
-        "data": {"object": object},
-    })
 }
 
 /// The org's events, newest first.
@@ -68,6 +52,10 @@ pub async fn list(
         .read_async(move |c| org_events::list(c, &org, ty.as_deref(), limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let data: Vec<Value> = rows.iter().map(envelope).collect();
+    // The same envelope webhooks deliver.
+    let data: Vec<Value> = rows
+        .iter()
+        .map(crate::platform::webhooks::envelope)
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "data": data })))
 }

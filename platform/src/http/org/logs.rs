@@ -33,7 +33,7 @@ pub struct LogsQuery {
 
 fn line(text: &str) -> Bytes {
     // One `data:` line per log line (a log line never holds a newline of its own here).
-    Bytes::from(format!("data: {}\n\n", text.replace('\n', " ")))
+    Bytes::from(format!("data: {}\n\n", text.replace(['\n', '\r'], " ")))
 }
 
 /// The project's recent log lines (the last 500), oldest first, each an SSE `data:` line.

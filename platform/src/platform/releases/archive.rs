@@ -56,13 +56,23 @@ pub struct Unpacked {
 }
 
 /// Counts what passes through (the decompressed stream).
+/// Counts what passes through (the decompressed stream) and stops it past `cap`: whatever the
+/// tar reader consumes (headers, long names, PAX records, skipped data) is bounded, not only the
+/// files written.
 struct Counting<R> {
     inner: R,
     read: Rc<Cell<u64>>,
+    cap: u64,
 }
+
+/// The error the capped stream gives.
+const STREAM_CAP: &str = "karta: archive stream cap reached";
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read.get() > self.cap {
+            return Err(std::io::Error::other(STREAM_CAP));
+        }
         let n = self.inner.read(buf)?;
         self.read.set(self.read.get() + n as u64);
         Ok(n)
@@ -98,22 +108,52 @@ pub fn unpack(archive: &Path, into: &Path, limits: &Limits) -> Result<Unpacked, 
     let file = File::open(archive)?;
     let compressed = file.metadata()?.len().max(1);
     let read = Rc::new(Cell::new(0u64));
+    // Headers and padding add a little to the files' bytes; past the unpacked cap (plus a MiB)
+    // or the ratio, the stream itself stops.
+    let cap = limits.max_unpacked_bytes.saturating_add(1024 * 1024).min(
+        compressed
+            .saturating_mul(limits.max_ratio)
+            .max(2 * 1024 * 1024),
+    );
     let stream = Counting {
         inner: GzDecoder::new(BufReader::new(file)),
         read: read.clone(),
+        cap,
+    };
+    let capped = |e: &std::io::Error| e.to_string().contains(STREAM_CAP);
+    let over = |member: &str| {
+        refuse(
+            member,
+            format!(
+                "the archive unpacks to more than {} bytes or expands more than {}-fold (a compression bomb)",
+                limits.max_unpacked_bytes, limits.max_ratio
+            ),
+        )
     };
     let mut tar = tar::Archive::new(stream);
     let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut done = Unpacked::default();
     let mut members = 0u64;
-    let entries = tar
-        .entries()
-        .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    let entries = tar.entries().map_err(|e| match capped(&e) {
+        true => over("(archive)"),
+        false => ArchiveError::Corrupt(e.to_string()),
+    })?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        let mut entry = entry.map_err(|e| match capped(&e) {
+            true => over("(archive)"),
+            false => ArchiveError::Corrupt(e.to_string()),
+        })?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader) {
+        // Extension records (PAX, GNU long names) describe other members; the reader applies
+        // them (their bytes are bounded by the stream's cap).
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
             continue;
         }
         members += 1;
@@ -147,7 +187,8 @@ pub fn unpack(archive: &Path, into: &Path, limits: &Limits) -> Result<Unpacked, 
             std::fs::create_dir_all(&target)?;
             continue;
         }
-        let size = entry.header().size().unwrap_or(u64::MAX);
+        // `size()` honours a PAX size record; the header's own field may not.
+        let size = entry.size();
         if size > limits.max_file_bytes {
             return Err(refuse(
                 &raw,
@@ -179,7 +220,12 @@ pub fn unpack(archive: &Path, into: &Path, limits: &Limits) -> Result<Unpacked, 
                 }
                 _ => ArchiveError::Io(e),
             })?;
-        let written = std::io::copy(&mut (&mut entry).take(size), &mut out)?;
+        let written = std::io::copy(&mut (&mut entry).take(size), &mut out).map_err(|e| {
+            match capped(&e) {
+                true => over(&raw),
+                false => ArchiveError::Io(e),
+            }
+        })?;
         done.files += 1;
         done.bytes += written;
         let unpacked = read.get();
@@ -300,6 +346,12 @@ mod tests {
         let (m, r) = refused(&[("zeros", EntryType::Regular, vec![0u8; 3 * 1024 * 1024], "")]);
         assert_eq!(m, "zeros");
         assert!(r.contains("fold"), "{r}");
+        // A bomb in a PAX header (read whole by the tar reader, never written as a file).
+        let (_, r) = refused(&[
+            ("pax", EntryType::XHeader, vec![b'0'; 8 * 1024 * 1024], ""),
+            ("after", EntryType::Regular, b"x".to_vec(), ""),
+        ]);
+        assert!(r.contains("bomb"), "{r}");
         let big: Vec<u8> = (0..5 * 1024 * 1024u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();

@@ -117,13 +117,21 @@ pub struct Releases {
 const MIB: u64 = 1024 * 1024;
 
 impl Releases {
-    /// Releases kept under `<data_dir>/releases`.
+    /// Releases kept under `<data_dir>/releases`. Uploads and staging folders a previous run
+    /// left behind (killed mid-publish) are removed.
     pub fn new(store: Store, data_dir: &Path, cfg: ReleasesConfig) -> Self {
-        Self {
-            store,
-            root: data_dir.join("releases"),
-            cfg,
+        let root = data_dir.join("releases");
+        if let Ok(entries) = std::fs::read_dir(root.join(".incoming")) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
         }
+        Self { store, root, cfg }
     }
 
     /// Where uploads are written before they are unpacked (created on demand).
@@ -205,6 +213,7 @@ impl Releases {
             .store
             .write_async(move |c| {
                 let mut row = row;
+                releases::lock_project(c, &row.project_id)?;
                 row.version = releases::next_version(c, &row.project_id)?;
                 releases::insert(c, &row)?;
                 if kind == ReleaseKind::Production && p_activate {

@@ -48,8 +48,6 @@ pub const API_VERSION: &str = "2026-01-01";
 
 /// Largest part of a receiver's answer that is read.
 const MAX_ANSWER: usize = 64 * 1024;
-/// Deliveries claimed per round.
-const CLAIM: i64 = 50;
 
 /// What can go wrong with an endpoint change.
 #[derive(Debug, thiserror::Error)]
@@ -199,8 +197,12 @@ impl Webhooks {
             .store
             .write(|c| {
                 let mut keep = Vec::new();
+                // One entry per declared endpoint (none when its tenant is unknown), so the
+                // secrets below pair with the right ids.
+                let mut ids = Vec::new();
                 for (w, _) in &declared {
                     let Some(org) = crate::store::orgs::find_by_slug(c, &w.tenant)? else {
+                        ids.push(None);
                         continue;
                     };
                     let id = config_id(&org.id, &w.name);
@@ -223,11 +225,11 @@ impl Webhooks {
                     };
                     match wh::get_any(c, &id)? {
                         None => wh::insert(c, &row)?,
+                        // A reload also re-enables a declared endpoint Karta disabled.
                         Some(old)
                             if old.url != row.url
                                 || old.event_types != row.event_types
-                                || (old.enabled != row.enabled
-                                    && old.disabled_reason.is_none()) =>
+                                || old.enabled != row.enabled =>
                         {
                             wh::update(
                                 c,
@@ -239,18 +241,21 @@ impl Webhooks {
                         }
                         Some(_) => {}
                     }
-                    keep.push((id, w.name.clone()));
+                    keep.push(id.clone());
+                    ids.push(Some(id));
                 }
                 for old in wh::list_config(c)? {
-                    if !keep.iter().any(|(id, _)| *id == old.id) {
+                    if !keep.contains(&old.id) {
                         wh::delete(c, &old.id)?;
                     }
                 }
-                Ok(keep)
+                Ok(ids)
             })
             .map_err(|e| e.to_string())?;
-        for ((id, _), (_, secret)) in rows.iter().zip(&declared) {
-            secrets.insert(id.clone(), secret.clone());
+        for (id, (_, secret)) in rows.into_iter().zip(&declared) {
+            if let Some(id) = id {
+                secrets.insert(id, secret.clone());
+            }
         }
         *self
             .config_secrets
@@ -449,7 +454,10 @@ impl Webhooks {
         // Endpoints made on another instance are known here within a round.
         self.refresh_subscribed().await?;
         self.store.write_async(fan_out).await?;
-        let lease_s = cfg.lease_seconds.max(cfg.timeout_seconds + 1);
+        // A round claims what it sends at once, and the lease outlasts name resolution and the
+        // attempt (each bounded by `timeout_seconds`), so a claim cannot expire mid-send.
+        let lease_s = cfg.lease_seconds.max(cfg.timeout_seconds * 2 + 5);
+        let claim = i64::try_from(cfg.concurrency.max(1)).unwrap_or(8);
         let (holder, lease) = (
             self.holder.clone(),
             chrono::Duration::seconds(i64::try_from(lease_s).unwrap_or(60)),
@@ -458,7 +466,7 @@ impl Webhooks {
             .store
             .write_async(move |c| {
                 let now = store::now();
-                wh::claim(c, &holder, now, now + lease, CLAIM)
+                wh::claim(c, &holder, now, now + lease, claim)
             })
             .await?;
         let n = claimed.len();
@@ -479,10 +487,12 @@ impl Webhooks {
         let (event, endpoint) = self
             .store
             .read_async(move |c| {
-                Ok((
-                    org_events::get(c, &org, &event_id).ok(),
-                    wh::get_any(c, &endpoint_id)?,
-                ))
+                let event = match org_events::get(c, &org, &event_id) {
+                    Ok(e) => Some(e),
+                    Err(StoreError::NotFound) => None,
+                    Err(e) => return Err(e),
+                };
+                Ok((event, wh::get_any(c, &endpoint_id)?))
             })
             .await?;
         let attempt_no = d.attempts + 1;
@@ -530,16 +540,18 @@ impl Webhooks {
         let disable = status == "failed" && give_up && !gone;
         let endpoint_id = d.endpoint_id.clone();
         let org_id = d.org_id.clone();
+        let holder = self.holder.clone();
         self.store
             .write_async(move |c| {
-                wh::record_attempt(
+                let recorded = wh::record_attempt(
                     c,
                     &attempt,
+                    &holder,
                     status,
                     next,
                     (status == "delivered").then_some(now),
                 )?;
-                if disable {
+                if recorded && disable {
                     if let Some(mut e) = wh::get_any(c, &endpoint_id)? {
                         e.enabled = false;
                         e.disabled_reason =
@@ -570,14 +582,18 @@ impl Webhooks {
         ep: &Endpoint,
     ) -> Result<u16, (Option<u16>, String)> {
         let url = target::check_url(&ep.url, cfg.development).map_err(|e| (None, e))?;
-        let addr = target::resolve(&url, cfg.development)
+        let limit = Duration::from_secs(cfg.timeout_seconds.max(1));
+        let addr = tokio::time::timeout(limit, target::resolve(&url, cfg.development))
             .await
+            .map_err(|_| (None, "name resolution timed out".to_string()))?
             .map_err(|e| (None, format!("refused: {e}")))?;
         let host = url.host_str().unwrap_or_default().to_string();
         // Pinned: the connection goes to the address just checked, whatever DNS says next.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(cfg.timeout_seconds.max(1)))
+            // No proxy from the environment: it would resolve the name again, elsewhere.
+            .no_proxy()
             .resolve(&host, addr)
             .build()
             .map_err(|e| (None, e.to_string()))?;

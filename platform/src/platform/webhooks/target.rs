@@ -86,6 +86,10 @@ mod tests {
             "https://[::ffff:169.254.169.254]/",
             "https://[fd00:ec2::254]/",
             "https://[fe80::1]/",
+            "https://[::127.0.0.1]/",
+            "https://[2002:7f00:1::]/",
+            "https://[2002:a9fe:a9fe::]/",
+            "https://[fec0::1]/",
             "https://user:pw@example.com/",
             "not a url",
         ] {
@@ -93,6 +97,7 @@ mod tests {
         }
         assert!(check_url("https://hooks.example.com/karta", false).is_ok());
         assert!(check_url("https://93.184.216.34/x", false).is_ok());
+        assert!(check_url("https://[2606:2800:220:1::]/x", false).is_ok());
         assert!(check_url("http://127.0.0.1:9000/x", true).is_ok());
     }
 
