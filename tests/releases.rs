@@ -693,3 +693,60 @@ fn a_releases_only_project_serves_nothing_until_its_first_deploy() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("projects[0].path"));
 }
+
+#[test]
+fn old_releases_beyond_the_kept_number_are_removed_and_cannot_be_rolled_back_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pf = PlatformFile::new().project("hello", &hello_app(), None);
+    pf.extra = "[releases]\nkeep_releases = 2\n".into();
+    pf.write(dir.path());
+    let k = Karta::start(dir.path());
+    let out = k.cli(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--scopes",
+        "read,write,admin",
+    ]);
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let api = Api {
+        c: client(),
+        k: &k,
+        key,
+    };
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut paths = Vec::new();
+    for v in ["v1", "v2", "v3"] {
+        let a = app_archive(&work, v, &["triage", v], "{}");
+        let r = api.publish(&a, &format!("commit_sha=c{v}"));
+        assert_eq!(r.status(), 201);
+        let id = r.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        paths.push(id);
+    }
+    let list = api.get("/v1/projects/hello/releases");
+    let statuses: Vec<&str> = list["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["active", "superseded", "expired"], "{list}");
+    // v1's files are gone from the release store.
+    let trees = release_trees(dir.path());
+    assert!(trees.iter().all(|t| !t.ends_with(&paths[0])), "{trees:?}");
+    assert!(trees.iter().any(|t| t.ends_with(&paths[2])), "{trees:?}");
+    let r = api.rollback(json!("v1"));
+    assert_eq!(r.status(), 409, "{:?}", r.text());
+    assert_eq!(api.rollback(json!("v2")).status(), 200);
+}

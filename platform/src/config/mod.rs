@@ -489,6 +489,11 @@ pub struct ReleasesConfig {
     pub preview_ttl_seconds: u64,
     /// How often expired previews are swept, in seconds.
     pub sweep_seconds: u64,
+    /// Production releases kept per project (the live one always is); older ones' files are
+    /// removed and they are marked `expired`.
+    pub keep_releases: usize,
+    /// Uploads being received and unpacked at once; more answer 429.
+    pub max_concurrent_publishes: usize,
 }
 
 impl Default for ReleasesConfig {
@@ -501,6 +506,8 @@ impl Default for ReleasesConfig {
             max_ratio: 200,
             preview_ttl_seconds: 7 * 24 * 3600,
             sweep_seconds: 900,
+            keep_releases: 20,
+            max_concurrent_publishes: 2,
         }
     }
 }

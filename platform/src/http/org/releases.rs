@@ -211,6 +211,7 @@ async fn receive(
         (status = 403, description = "The key lacks the `write` scope", body = ErrorBody),
         (status = 404, description = "No such project in the org", body = ErrorBody),
         (status = 413, description = "Larger than `[releases] max_upload_mb`", body = ErrorBody),
+        (status = 429, description = "`[releases] max_concurrent_publishes` are running", body = ErrorBody),
         (status = 422, description = "The archive was refused (the member and the rule) or the app is invalid", body = ValidationErrorBody),
     ),
     security(("bearer" = []))
@@ -234,6 +235,11 @@ pub async fn publish(
             ));
         }
     }
+    let Some(_slot) = app.releases.try_publish_slot() else {
+        return Err(ApiError::TooMany(
+            "other releases are being published; try again shortly ([releases] max_concurrent_publishes)".into(),
+        ));
+    };
     let incoming = app
         .releases
         .incoming()

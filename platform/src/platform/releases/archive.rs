@@ -86,6 +86,19 @@ fn refuse(member: &str, rule: impl Into<String>) -> ArchiveError {
     }
 }
 
+/// A folder that is a file in the archive (or the reverse) is the archive's fault, not ours.
+fn clash(member: &str, e: std::io::Error) -> ArchiveError {
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists
+        | std::io::ErrorKind::NotADirectory
+        | std::io::ErrorKind::IsADirectory => refuse(
+            member,
+            "clashes with another member (a file and a folder of one name)",
+        ),
+        _ => ArchiveError::Io(e),
+    }
+}
+
 /// The member's path made relative and checked: no absolute path, no `..`, nothing but plain
 /// names. `None` for the archive's root (`./`).
 pub fn safe_path(raw: &str) -> Result<Option<PathBuf>, ArchiveError> {
@@ -184,7 +197,7 @@ pub fn unpack(archive: &Path, into: &Path, limits: &Limits) -> Result<Unpacked, 
         }
         let target = into.join(&rel);
         if kind == EntryType::Directory {
-            std::fs::create_dir_all(&target)?;
+            std::fs::create_dir_all(&target).map_err(|e| clash(&raw, e))?;
             continue;
         }
         // `size()` honours a PAX size record; the header's own field may not.
@@ -205,7 +218,7 @@ pub fn unpack(archive: &Path, into: &Path, limits: &Limits) -> Result<Unpacked, 
             ));
         }
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent).map_err(|e| clash(&raw, e))?;
         }
         let exec = entry.header().mode().unwrap_or(0) & 0o111 != 0;
         // `create_new`: a name can be written once (a folder of that name stops it too).
@@ -218,7 +231,7 @@ pub fn unpack(archive: &Path, into: &Path, limits: &Limits) -> Result<Unpacked, 
                 std::io::ErrorKind::AlreadyExists => {
                     refuse(&raw, "the name appears twice in the archive")
                 }
-                _ => ArchiveError::Io(e),
+                _ => clash(&raw, e),
             })?;
         let written = std::io::copy(&mut (&mut entry).take(size), &mut out).map_err(|e| {
             match capped(&e) {
@@ -332,6 +345,12 @@ mod tests {
             assert_eq!(m, name);
             assert!(r.contains(rule), "{name}: {r}");
         }
+        let (m, r) = refused(&[
+            ("a", EntryType::Regular, b"1".to_vec(), ""),
+            ("a/b", EntryType::Regular, b"2".to_vec(), ""),
+        ]);
+        assert_eq!(m, "a/b");
+        assert!(r.contains("clashes"), "{r}");
         let (m, r) = refused(&[
             ("a.txt", EntryType::Regular, b"1".to_vec(), ""),
             ("./a.txt", EntryType::Regular, b"2".to_vec(), ""),

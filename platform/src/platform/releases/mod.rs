@@ -11,6 +11,7 @@
 pub mod archive;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::Duration;
 use serde_json::json;
@@ -112,6 +113,7 @@ pub struct Releases {
     store: Store,
     root: PathBuf,
     cfg: ReleasesConfig,
+    publishing: Arc<tokio::sync::Semaphore>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -131,7 +133,48 @@ impl Releases {
                 };
             }
         }
-        Self { store, root, cfg }
+        let publishing = Arc::new(tokio::sync::Semaphore::new(
+            cfg.max_concurrent_publishes.max(1),
+        ));
+        Self {
+            store,
+            root,
+            cfg,
+            publishing,
+        }
+    }
+
+    /// A place among the publishes running at once (`[releases] max_concurrent_publishes`), or
+    /// none when all are taken.
+    pub fn try_publish_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.publishing.clone().try_acquire_owned().ok()
+    }
+
+    /// Removes the files of the project's production releases beyond the newest
+    /// `[releases] keep_releases` (never the live one) and marks them `expired`.
+    async fn prune(&self, org_id: &str, project_id: &str) -> Result<(), ReleaseError> {
+        let keep = self.cfg.keep_releases.max(1);
+        let (org, pid) = (org_id.to_string(), project_id.to_string());
+        let all = self
+            .store
+            .read_async(move |c| releases::list(c, &org, &pid, 10_000))
+            .await?;
+        let old: Vec<Release> = all
+            .into_iter()
+            .filter(|r| r.kind == ReleaseKind::Production.as_str() && r.status != "expired")
+            .skip(keep)
+            .filter(|r| r.status != "active")
+            .collect();
+        for r in old {
+            let path = PathBuf::from(&r.path);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await;
+            let id = r.id.clone();
+            self.store
+                .write_async(move |c| releases::mark_expired(c, &id))
+                .await?;
+            tracing::info!(project = %r.project_id, version = r.version, "old release removed");
+        }
+        Ok(())
     }
 
     /// Where uploads are written before they are unpacked (created on demand).
@@ -239,6 +282,9 @@ impl Releases {
             Ok(row) => {
                 rel = row;
                 tracing::info!(project = %rel.project_id, version = rel.version, kind = %rel.kind, "release published");
+                if let Err(e) = self.prune(&rel.org_id, &rel.project_id).await {
+                    tracing::warn!(project = %rel.project_id, error = %e, "old releases not pruned");
+                }
                 Ok((rel, true))
             }
             Err(e) => {
