@@ -200,22 +200,7 @@ fn release_trees(dir: &Path) -> Vec<PathBuf> {
 fn releases_flow(db: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let k = start(dir.path(), db);
-    let out = k.cli(&[
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--scopes",
-        "read,write,admin",
-    ]);
-    assert!(out.status.success());
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = k.admin_key();
     let api = Api {
         c: client(),
         k: &k,
@@ -464,21 +449,7 @@ fn ok(out: std::process::Output) -> (String, String) {
 fn the_cli_logs_in_deploys_lists_rolls_back_and_follows_the_projects_log() {
     let dir = tempfile::tempdir().unwrap();
     let k = start(dir.path(), None);
-    let out = k.cli(&[
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--scopes",
-        "read,write,admin",
-    ]);
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = k.admin_key();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     app_archive(&work, "app", &["triage"], "{}");
@@ -581,17 +552,7 @@ fn the_cli_logs_in_deploys_lists_rolls_back_and_follows_the_projects_log() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let c = client();
-    let sid = c
-        .post(format!("{}/v1/projects/hello/sessions", k.public))
-        .bearer_auth(&key)
-        .json(&json!({}))
-        .send()
-        .unwrap()
-        .json::<Value>()
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = new_session(&c, &k, &key, "hello");
     let r = c
         .post(format!("{}/v1/sessions/{sid}/messages", k.public))
         .bearer_auth(&key)
@@ -701,21 +662,7 @@ fn old_releases_beyond_the_kept_number_are_removed_and_cannot_be_rolled_back_to(
     pf.extra = "[releases]\nkeep_releases = 2\n".into();
     pf.write(dir.path());
     let k = Karta::start(dir.path());
-    let out = k.cli(&[
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--scopes",
-        "read,write,admin",
-    ]);
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = k.admin_key();
     let api = Api {
         c: client(),
         k: &k,

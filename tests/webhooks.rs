@@ -199,25 +199,6 @@ fn start(dir: &Path) -> Karta {
     )
 }
 
-fn admin_key(k: &Karta) -> String {
-    let out = k.cli(&[
-        "keys",
-        "create",
-        "--tenant",
-        "acme",
-        "--scopes",
-        "read,write,admin",
-    ]);
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 fn turn(c: &Client, k: &Karta, key: &str) -> String {
     let sid = c
         .post(format!("{}/v1/sessions", k.public))
@@ -246,7 +227,7 @@ fn webhooks_are_signed_retried_until_delivered_once_and_survive_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), None, rx.port);
     let k = start(dir.path());
-    let key = admin_key(&k);
+    let key = k.admin_key();
     let c = client();
     let r = c
         .post(format!("{}/v1/webhook_endpoints", k.public))
@@ -290,7 +271,7 @@ fn webhooks_are_signed_retried_until_delivered_once_and_survive_a_kill() {
     assert_eq!(r.status(), 409);
 
     // The receiver is down: events are tried, then retried.
-    admin_key(&k);
+    k.admin_key();
     let sid = turn(&c, &k, &key);
     rx.wait("a first attempt", |g| g.iter().any(|r| r.answered == 503));
     let events: Value = c
@@ -504,7 +485,7 @@ fn webhook_targets_that_would_forge_requests_are_refused() {
     pf.extra = "[webhook_delivery]\npoll_ms = 100\nretry_base_ms = 100000\n".into();
     pf.write(dir.path());
     let k = start(dir.path());
-    let key = admin_key(&k);
+    let key = k.admin_key();
     let c = client();
     let create = |url: &str| {
         c.post(format!("{}/v1/webhook_endpoints", k.public))
@@ -592,7 +573,7 @@ fn two_instances_on_one_postgres_deliver_each_event_once() {
     write_config(d2.path(), Some(&db.url), rx.port);
     let k1 = start(d1.path());
     let k2 = start(d2.path());
-    let key = admin_key(&k1);
+    let key = k1.admin_key();
     let c = client();
     let r = c
         .post(format!("{}/v1/webhook_endpoints", k1.public))
@@ -650,7 +631,7 @@ fn hooks_fire_in_order_with_their_payloads_and_a_hanging_one_delays_nothing() {
     );
     pf.write(dir.path());
     let k = start(dir.path());
-    let key = admin_key(&k);
+    let key = k.admin_key();
     let c = client();
     let t0 = Instant::now();
     let sid = turn(&c, &k, &key);

@@ -172,9 +172,21 @@ impl Karta {
         cli(&self.dir, args)
     }
 
+    /// Creates a key of `acme` with every scope (read, write, admin).
+    pub fn admin_key(&self) -> String {
+        self.create_key_with(&["--tenant", "acme", "--scopes", "read,write,admin"])
+    }
+
     /// Creates a key for `tenant` with the CLI; returns the key (the last line of stdout).
     pub fn create_key(&self, tenant: &str) -> String {
-        let out = self.cli(&["keys", "create", "--tenant", tenant]);
+        self.create_key_with(&["--tenant", tenant])
+    }
+
+    /// Creates a key with `karta keys create <args>`; returns the key.
+    pub fn create_key_with(&self, args: &[&str]) -> String {
+        let mut all = vec!["keys", "create"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
         assert!(
             out.status.success(),
             "keys create failed: {}",
@@ -190,6 +202,21 @@ impl Drop for Karta {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A new session on `project`'s routes (`POST /v1/projects/{project}/sessions`); its id.
+pub fn new_session(c: &reqwest::blocking::Client, k: &Karta, key: &str, project: &str) -> String {
+    let r = c
+        .post(format!("{}/v1/projects/{project}/sessions", k.public))
+        .bearer_auth(key)
+        .json(&serde_json::json!({}))
+        .send()
+        .expect("create a session");
+    assert_eq!(r.status(), 201);
+    r.json::<serde_json::Value>().expect("json")["id"]
+        .as_str()
+        .expect("an id")
+        .to_string()
 }
 
 /// Runs the CLI against the config in `dir`.

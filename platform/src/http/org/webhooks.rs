@@ -314,10 +314,7 @@ pub async fn deliveries(
             crate::store::webhooks::deliveries_of(c, &org, &id)
         })
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound("event not found".into()),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+        .map_err(event_error)?;
     let t = |t: chrono::NaiveDateTime| t.and_utc().to_rfc3339();
     let data: Vec<_> = rows
         .into_iter()
@@ -339,6 +336,13 @@ pub async fn deliveries(
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "data": data })))
+}
+
+fn event_error(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound("event not found".into()),
+        other => ApiError::Internal(other.to_string()),
+    }
 }
 
 /// `POST /v1/events/{id}/redeliver` body.
@@ -384,10 +388,7 @@ pub async fn redeliver(
             )
         })
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound("event not found".into()),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+        .map_err(event_error)?;
     if n == 0 {
         return Err(ApiError::NotFound(
             "the event has no delivery to send again".into(),
