@@ -599,3 +599,106 @@ fn the_database_itself_refuses_to_change_or_remove_audit_rows() {
         assert_eq!(rows[0].action, "api_key.created");
     }
 }
+
+#[test]
+fn webhook_claims_are_exclusive_only_the_holder_records_and_old_rows_are_pruned() {
+    use karta::store::org_events;
+    use karta::store::webhooks::{self as wh, Attempt, Delivery, Endpoint};
+    for b in backends() {
+        let now = karta::store::now();
+        let old = now - chrono::Duration::days(40);
+        let ep = Endpoint {
+            id: "whe_1".into(),
+            org_id: "org_1".into(),
+            name: "whe_1".into(),
+            url: "https://example.com/".into(),
+            event_types: "[\"*\"]".into(),
+            enabled: true,
+            disabled_reason: None,
+            secret_sealed: None,
+            previous_secret_sealed: None,
+            previous_secret_until: None,
+            managed_by: "api".into(),
+            created_at: old,
+            updated_at: old,
+        };
+        let mut events = Vec::new();
+        for i in 0..3 {
+            let mut e =
+                org_events::new_event("org_1", "turn.completed", &serde_json::json!({"i": i}));
+            e.created_at = if i < 2 { old } else { now };
+            e.fanned_out = true;
+            events.push(e);
+        }
+        let delivery = |i: usize, status: &str| Delivery {
+            id: format!("whd_{i}"),
+            org_id: "org_1".into(),
+            event_id: events[i].id.clone(),
+            endpoint_id: "whe_1".into(),
+            status: status.into(),
+            attempts: 0,
+            next_attempt_at: old,
+            lease_holder: None,
+            lease_until: None,
+            created_at: events[i].created_at,
+            delivered_at: None,
+        };
+        b.store
+            .write(|c| {
+                wh::insert(c, &ep)?;
+                for e in &events {
+                    org_events::insert(c, e)?;
+                }
+                // An old delivered one, an old pending one, a new pending one.
+                wh::queue(c, &delivery(0, "delivered"))?;
+                wh::queue(c, &delivery(1, "pending"))?;
+                wh::queue(c, &delivery(2, "pending"))
+            })
+            .unwrap();
+        let until = now + chrono::Duration::seconds(60);
+        let a = b
+            .store
+            .write(|c| wh::claim(c, "inst_a", now, until, 10))
+            .unwrap();
+        let again = b
+            .store
+            .write(|c| wh::claim(c, "inst_b", now, until, 10))
+            .unwrap();
+        assert_eq!(a.len(), 2, "{}", b.label);
+        assert!(again.is_empty(), "{}: a held claim is not taken", b.label);
+        let attempt = |holder: &str| {
+            let at = Attempt {
+                id: karta::store::new_id("wha"),
+                delivery_id: "whd_1".into(),
+                org_id: "org_1".into(),
+                attempt: 1,
+                status_code: Some(200),
+                latency_ms: 3,
+                error: None,
+                created_at: now,
+            };
+            let h = holder.to_string();
+            b.store
+                .write(move |c| wh::record_attempt(c, &at, &h, "delivered", now, Some(now)))
+                .unwrap()
+        };
+        assert!(!attempt("inst_b"), "{}: only the holder records", b.label);
+        assert!(attempt("inst_a"), "{}", b.label);
+        // Old and ended: the delivered ones and their events go; the new pending one stays.
+        let n = b
+            .store
+            .write(|c| wh::prune(c, now - chrono::Duration::days(30), 100))
+            .unwrap();
+        assert!(n >= 4, "{}: {n}", b.label);
+        let left = b
+            .store
+            .read(|c| {
+                Ok((
+                    org_events::list(c, "org_1", None, 10)?.len(),
+                    wh::deliveries_of(c, "org_1", &events[2].id)?.len(),
+                ))
+            })
+            .unwrap();
+        assert_eq!(left, (1, 1), "{}", b.label);
+    }
+}

@@ -454,6 +454,9 @@ pub struct WebhookDeliveryConfig {
     /// has its deliveries retried by another once this has passed. Keep it above
     /// `timeout_seconds`.
     pub lease_seconds: u64,
+    /// Events, deliveries and attempts are kept this many days, then removed (pending
+    /// deliveries and the events they carry stay until they end).
+    pub keep_days: u64,
 }
 
 impl Default for WebhookDeliveryConfig {
@@ -467,6 +470,7 @@ impl Default for WebhookDeliveryConfig {
             timeout_seconds: 10,
             concurrency: 8,
             lease_seconds: 60,
+            keep_days: 30,
         }
     }
 }

@@ -309,3 +309,36 @@ pub fn redeliver(
             .execute(c)?,
     })
 }
+
+/// Removes what is older than `before`: ended deliveries and their attempts, and events that
+/// were fanned out and have no pending delivery. How many rows went. Run in a write transaction.
+pub fn prune(c: &mut Conn, before: NaiveDateTime, limit: i64) -> Result<usize, StoreError> {
+    use super::schema::org_events as oe;
+    let old: Vec<String> = wd::table
+        .filter(wd::status.ne("pending"))
+        .filter(wd::created_at.lt(before))
+        .select(wd::id)
+        .limit(limit)
+        .load(c)?;
+    let mut n = diesel::delete(wa::table.filter(wa::delivery_id.eq_any(&old))).execute(c)?;
+    n += diesel::delete(wd::table.filter(wd::id.eq_any(&old))).execute(c)?;
+    let pending_events = wd::table
+        .filter(wd::status.eq("pending"))
+        .select(wd::event_id);
+    let events: Vec<String> = oe::table
+        .filter(oe::created_at.lt(before))
+        .filter(oe::fanned_out.eq(true))
+        .filter(diesel::dsl::not(oe::id.eq_any(pending_events)))
+        .select(oe::id)
+        .limit(limit)
+        .load(c)?;
+    // A delivery that ended is gone with its event (its attempts above, or below).
+    let ds: Vec<String> = wd::table
+        .filter(wd::event_id.eq_any(&events))
+        .select(wd::id)
+        .load(c)?;
+    n += diesel::delete(wa::table.filter(wa::delivery_id.eq_any(&ds))).execute(c)?;
+    n += diesel::delete(wd::table.filter(wd::id.eq_any(&ds))).execute(c)?;
+    n += diesel::delete(oe::table.filter(oe::id.eq_any(&events))).execute(c)?;
+    Ok(n)
+}

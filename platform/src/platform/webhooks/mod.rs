@@ -438,12 +438,27 @@ impl Webhooks {
     }
 
     /// Delivers forever: every `[webhook_delivery] poll_ms`, new events become deliveries and
-    /// due deliveries are sent.
+    /// due deliveries are sent; every few minutes, what is older than `keep_days` is removed.
     pub async fn run(self: Arc<Self>) {
+        let mut last_prune = Instant::now();
         loop {
             let cfg = self.delivery_cfg();
             if let Err(e) = self.round(&cfg).await {
                 tracing::warn!(error = %e, "webhook delivery round failed");
+            }
+            if last_prune.elapsed() > Duration::from_secs(300) {
+                last_prune = Instant::now();
+                let days = i64::try_from(cfg.keep_days.max(1)).unwrap_or(30);
+                let before = store::now() - chrono::Duration::days(days);
+                match self
+                    .store
+                    .write_async(move |c| wh::prune(c, before, 10_000))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "old events and deliveries removed"),
+                    Err(e) => tracing::warn!(error = %e, "old events not removed"),
+                }
             }
             tokio::time::sleep(Duration::from_millis(cfg.poll_ms.max(10))).await;
         }
