@@ -87,7 +87,7 @@ t.close()
         out = out.display().to_string(),
         kind = name,
     );
-    let st = Command::new("python3")
+    let st = Command::new(python())
         .arg("-c")
         .arg(script)
         .status()

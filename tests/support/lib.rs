@@ -219,6 +219,12 @@ pub fn new_session(c: &reqwest::blocking::Client, k: &Karta, key: &str, project:
         .to_string()
 }
 
+/// The Python the tests use for reference checks (standard library only): the SDK venv's when
+/// `scripts/test.sh` set it, else `python3`.
+pub fn python() -> String {
+    std::env::var("KARTA_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// Runs the CLI against the config in `dir`.
 pub fn cli(dir: &Path, args: &[&str]) -> Output {
     Command::new(karta_bin())
