@@ -199,6 +199,21 @@ fn start(dir: &Path) -> Karta {
     )
 }
 
+/// `POST /v1/webhook_endpoints`.
+fn create_endpoint(
+    c: &Client,
+    k: &Karta,
+    key: &str,
+    url: &str,
+    types: &[&str],
+) -> reqwest::blocking::Response {
+    c.post(format!("{}/v1/webhook_endpoints", k.public))
+        .bearer_auth(key)
+        .json(&json!({"url": url, "event_types": types}))
+        .send()
+        .unwrap()
+}
+
 fn turn(c: &Client, k: &Karta, key: &str) -> String {
     let sid = c
         .post(format!("{}/v1/sessions", k.public))
@@ -229,12 +244,8 @@ fn webhooks_are_signed_retried_until_delivered_once_and_survive_a_kill() {
     let k = start(dir.path());
     let key = k.admin_key();
     let c = client();
-    let r = c
-        .post(format!("{}/v1/webhook_endpoints", k.public))
-        .bearer_auth(&key)
-        .json(&json!({"url": format!("http://127.0.0.1:{}/api", rx.port), "event_types": ["*"]}))
-        .send()
-        .unwrap();
+    let url = format!("http://127.0.0.1:{}/api", rx.port);
+    let r = create_endpoint(&c, &k, &key, &url, &["*"]);
     assert_eq!(r.status(), 201, "{:?}", r.text());
     let made: Value = r.json().unwrap();
     let secret = made["secret"].as_str().unwrap().to_string();
@@ -493,13 +504,7 @@ fn webhook_targets_that_would_forge_requests_are_refused() {
     let k = start(dir.path());
     let key = k.admin_key();
     let c = client();
-    let create = |url: &str| {
-        c.post(format!("{}/v1/webhook_endpoints", k.public))
-            .bearer_auth(&key)
-            .json(&json!({"url": url, "event_types": ["*"]}))
-            .send()
-            .unwrap()
-    };
+    let create = |url: &str| create_endpoint(&c, &k, &key, url, &["*"]);
     for url in [
         "http://example.com/hook",
         "https://127.0.0.1/hook",
@@ -516,12 +521,7 @@ fn webhook_targets_that_would_forge_requests_are_refused() {
     }
     let r = create("https://example.com/hook");
     assert_eq!(r.status(), 201);
-    let bad_type = c
-        .post(format!("{}/v1/webhook_endpoints", k.public))
-        .bearer_auth(&key)
-        .json(&json!({"url": "https://example.com/", "event_types": ["turn.exploded"]}))
-        .send()
-        .unwrap();
+    let bad_type = create_endpoint(&c, &k, &key, "https://example.com/", &["turn.exploded"]);
     assert_eq!(bad_type.status(), 422);
     // A name that resolves to loopback passes the form check and is refused when resolved.
     let r = create("https://localhost:9/hook");
@@ -581,12 +581,8 @@ fn two_instances_on_one_postgres_deliver_each_event_once() {
     let k2 = start(d2.path());
     let key = k1.admin_key();
     let c = client();
-    let r = c
-        .post(format!("{}/v1/webhook_endpoints", k1.public))
-        .bearer_auth(&key)
-        .json(&json!({"url": format!("http://127.0.0.1:{}/api", rx.port), "event_types": ["session.created"]}))
-        .send()
-        .unwrap();
+    let url = format!("http://127.0.0.1:{}/api", rx.port);
+    let r = create_endpoint(&c, &k1, &key, &url, &["session.created"]);
     assert_eq!(r.status(), 201);
     // Twenty sessions through both instances.
     for i in 0..20 {

@@ -151,19 +151,7 @@ async fn webhook(store: &Store, job: &Job, name: &str) -> Result<(), String> {
             store::org_events::insert(c, &event)?;
             store::webhooks::queue(
                 c,
-                &store::webhooks::Delivery {
-                    id: store::new_id("whd"),
-                    org_id: org.clone(),
-                    event_id: event.id.clone(),
-                    endpoint_id: ep.id,
-                    status: "pending".into(),
-                    attempts: 0,
-                    next_attempt_at: event.created_at,
-                    lease_holder: None,
-                    lease_until: None,
-                    created_at: event.created_at,
-                    delivered_at: None,
-                },
+                &store::webhooks::Delivery::pending(&org, &event.id, &ep.id, event.created_at),
             )?;
             Ok(Ok(()))
         })

@@ -75,6 +75,25 @@ pub struct Delivery {
     pub delivered_at: Option<NaiveDateTime>,
 }
 
+impl Delivery {
+    /// A pending delivery of an event to an endpoint, due at `due`.
+    pub fn pending(org_id: &str, event_id: &str, endpoint_id: &str, due: NaiveDateTime) -> Self {
+        Delivery {
+            id: super::new_id("whd"),
+            org_id: org_id.to_string(),
+            event_id: event_id.to_string(),
+            endpoint_id: endpoint_id.to_string(),
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: due,
+            lease_holder: None,
+            lease_until: None,
+            created_at: super::now(),
+            delivered_at: None,
+        }
+    }
+}
+
 /// An attempt.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, PartialEq)]
 #[diesel(table_name = wa)]

@@ -155,6 +155,21 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(ProjectPage { data, next_cursor }))
 }
 
+/// The enabled project a `/v1/projects/{project_ref}/...` route names.
+pub(crate) async fn scoped(
+    app: &App,
+    access: &Access,
+) -> Result<crate::store::models::Project, ApiError> {
+    let Some(project_id) = access.scope().map(str::to_string) else {
+        return Err(ApiError::NotFound("project not found".into()));
+    };
+    let org = access.org().to_string();
+    app.store
+        .read_async(move |c| crate::store::projects::get_enabled(c, &org, &project_id))
+        .await
+        .map_err(|_| ApiError::NotFound("project not found".into()))
+}
+
 /// One project of the org, by slug or id (`read`; a session token for its own project).
 #[utoipa::path(
     get,
@@ -170,15 +185,7 @@ pub async fn list(
 )]
 pub async fn get(app: web::Data<App>, access: Access) -> Result<HttpResponse, ApiError> {
     access.require(Scope::Read)?;
-    let Some(project_id) = access.scope().map(str::to_string) else {
-        return Err(ApiError::NotFound("project not found".into()));
-    };
-    let org = access.org().to_string();
-    let p = app
-        .store
-        .read_async(move |c| crate::store::projects::get_enabled(c, &org, &project_id))
-        .await
-        .map_err(|_| ApiError::NotFound("project not found".into()))?;
+    let p = scoped(&app, &access).await?;
     let slug = org_slug(&app, access.org()).await?;
     Ok(HttpResponse::Ok().json(view(&app, &slug, p).await?))
 }

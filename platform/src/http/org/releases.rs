@@ -113,19 +113,12 @@ impl From<ReleaseError> for ApiError {
 
 /// The route's project (by `{project_ref}`), with its slug.
 async fn project(app: &App, access: &Access) -> Result<crate::store::models::Project, ApiError> {
-    let Some(id) = access.scope().map(str::to_string) else {
-        return Err(ApiError::NotFound("project not found".into()));
-    };
     if access.preview.is_some() {
         return Err(ApiError::NotFound(
             "releases belong to the project, not to one of its previews".into(),
         ));
     }
-    let org = access.org().to_string();
-    app.store
-        .read_async(move |c| crate::store::projects::get_enabled(c, &org, &id))
-        .await
-        .map_err(|_| ApiError::NotFound("project not found".into()))
+    super::projects::scoped(app, access).await
 }
 
 /// Query of `POST .../releases`.

@@ -119,31 +119,10 @@ pub async fn create(
             &b.url,
             b.event_types,
             b.enabled.unwrap_or(true),
+            super::keys::actor(&access, &req),
         )
         .await?;
-    audit(&app, &access, &req, "webhook_endpoint.created", &e.id).await?;
-    app.webhooks
-        .refresh_subscribed()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Created().json(json!({"webhook_endpoint": view(e), "secret": secret})))
-}
-
-async fn audit(
-    app: &App,
-    access: &Access,
-    req: &HttpRequest,
-    action: &'static str,
-    target: &str,
-) -> Result<(), ApiError> {
-    let actor = super::keys::actor(access, req);
-    let (org, target) = (access.org().to_string(), target.to_string());
-    app.store
-        .write_async(move |c| {
-            crate::store::audit::record_by(c, Some(&org), &actor, action, &target, &json!({}))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The org's endpoints.
@@ -204,13 +183,15 @@ pub async fn update(
     let b: UpdateBody = crate::http::body::parse(&body)?;
     let e = app
         .webhooks
-        .update(access.org(), &id, b.url, b.event_types, b.enabled)
+        .update(
+            access.org(),
+            &id,
+            b.url,
+            b.event_types,
+            b.enabled,
+            super::keys::actor(&access, &req),
+        )
         .await?;
-    audit(&app, &access, &req, "webhook_endpoint.updated", &e.id).await?;
-    app.webhooks
-        .refresh_subscribed()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(view(e)))
 }
 
@@ -234,12 +215,9 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     access.require_key(Scope::Admin)?;
-    app.webhooks.delete(access.org(), &id).await?;
-    audit(&app, &access, &req, "webhook_endpoint.deleted", &id).await?;
     app.webhooks
-        .refresh_subscribed()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .delete(access.org(), &id, super::keys::actor(&access, &req))
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -276,15 +254,15 @@ pub async fn rotate(
     let b: RotateBody = crate::http::body::parse(&body)?;
     let overlap =
         std::time::Duration::from_secs(b.overlap_seconds.unwrap_or(86_400).min(7 * 86_400));
-    let (e, secret) = app.webhooks.rotate(access.org(), &id, overlap).await?;
-    audit(
-        &app,
-        &access,
-        &req,
-        "webhook_endpoint.secret_rotated",
-        &e.id,
-    )
-    .await?;
+    let (e, secret) = app
+        .webhooks
+        .rotate(
+            access.org(),
+            &id,
+            overlap,
+            super::keys::actor(&access, &req),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"webhook_endpoint": view(e), "secret": secret})))
 }
 

@@ -23,6 +23,7 @@ use sha2::Digest;
 
 use crate::config::{PlatformConfig, Secret, WebhookDeliveryConfig};
 use crate::platform::byok::ModelKeys;
+use crate::store::audit::{self, Actor};
 use crate::store::org_events::{self, OrgEvent};
 use crate::store::webhooks::{self as wh, Attempt, Delivery, Endpoint};
 use crate::store::{self, Store, StoreError};
@@ -276,13 +277,14 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Creates an API endpoint; its secret is answered once.
+    /// Creates an API endpoint, audited in the same transaction; its secret is answered once.
     pub async fn create(
         &self,
         org_id: &str,
         url: &str,
         event_types: Vec<String>,
         enabled: bool,
+        actor: Actor,
     ) -> Result<(Endpoint, String), WebhookError> {
         target::check_url(url, self.development()).map_err(|e| WebhookError::Invalid("url", e))?;
         check_event_types(&event_types)?;
@@ -309,9 +311,54 @@ impl Webhooks {
             updated_at: now,
         };
         let r = row.clone();
-        self.store.write_async(move |c| wh::insert(c, &r)).await?;
+        self.store
+            .write_async(move |c| {
+                wh::insert(c, &r)?;
+                audit::record_by(
+                    c,
+                    Some(&r.org_id),
+                    &actor,
+                    "webhook_endpoint.created",
+                    &r.id,
+                    &json!({}),
+                )
+            })
+            .await?;
         self.refresh_subscribed().await?;
         Ok((row, secret))
+    }
+
+    /// Applies `apply` to an API endpoint (a configuration endpoint is refused) and audits it
+    /// as `action`, in one transaction; the endpoint after (none when deleted).
+    async fn change<F>(
+        &self,
+        org_id: &str,
+        id: &str,
+        actor: Actor,
+        action: &'static str,
+        apply: F,
+    ) -> Result<Option<Endpoint>, WebhookError>
+    where
+        F: FnOnce(&mut store::Conn, Endpoint) -> Result<Option<Endpoint>, StoreError>
+            + Send
+            + 'static,
+    {
+        let (org, id) = (org_id.to_string(), id.to_string());
+        let after = self
+            .store
+            .write_async(move |c| {
+                let e = wh::get(c, &org, &id)?;
+                if e.managed_by == "config" {
+                    return Ok(Err(WebhookError::ConfigOwned));
+                }
+                let after = apply(c, e)?;
+                audit::record_by(c, Some(&org), &actor, action, &id, &json!({}))?;
+                Ok(Ok(after))
+            })
+            .await
+            .map_err(not_found)??;
+        self.refresh_subscribed().await?;
+        Ok(after)
     }
 
     /// Changes an API endpoint.
@@ -322,6 +369,7 @@ impl Webhooks {
         url: Option<String>,
         event_types: Option<Vec<String>>,
         enabled: Option<bool>,
+        actor: Actor,
     ) -> Result<Endpoint, WebhookError> {
         if let Some(u) = &url {
             target::check_url(u, self.development())
@@ -330,13 +378,12 @@ impl Webhooks {
         if let Some(t) = &event_types {
             check_event_types(t)?;
         }
-        let (org, id) = (org_id.to_string(), id.to_string());
-        self.store
-            .write_async(move |c| {
-                let mut e = wh::get(c, &org, &id)?;
-                if e.managed_by == "config" {
-                    return Ok(Err(WebhookError::ConfigOwned));
-                }
+        self.change(
+            org_id,
+            id,
+            actor,
+            "webhook_endpoint.updated",
+            move |c, mut e| {
                 if let Some(u) = url {
                     e.url = u;
                 }
@@ -351,26 +398,21 @@ impl Webhooks {
                 }
                 e.updated_at = store::now();
                 wh::update(c, &e)?;
-                Ok(Ok(e))
-            })
-            .await
-            .map_err(not_found)?
+                Ok(Some(e))
+            },
+        )
+        .await?
+        .ok_or(WebhookError::NotFound)
     }
 
     /// Deletes an API endpoint.
-    pub async fn delete(&self, org_id: &str, id: &str) -> Result<(), WebhookError> {
-        let (org, id) = (org_id.to_string(), id.to_string());
-        self.store
-            .write_async(move |c| {
-                let e = wh::get(c, &org, &id)?;
-                if e.managed_by == "config" {
-                    return Ok(Err(WebhookError::ConfigOwned));
-                }
-                wh::delete(c, &id)?;
-                Ok(Ok(()))
-            })
-            .await
-            .map_err(not_found)?
+    pub async fn delete(&self, org_id: &str, id: &str, actor: Actor) -> Result<(), WebhookError> {
+        self.change(org_id, id, actor, "webhook_endpoint.deleted", |c, e| {
+            wh::delete(c, &e.id)?;
+            Ok(None)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// A new secret for an API endpoint; the old one keeps signing (a second `v1`) for
@@ -380,31 +422,32 @@ impl Webhooks {
         org_id: &str,
         id: &str,
         overlap: Duration,
+        actor: Actor,
     ) -> Result<(Endpoint, String), WebhookError> {
         let secret = new_secret();
         let sealed = self
             .keys
             .seal_other(org_id, &purpose(id), &secret)
             .map_err(|_| WebhookError::NoMasterKey)?;
-        let (org, eid) = (org_id.to_string(), id.to_string());
         let until = store::now()
             + chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::hours(24));
         let e = self
-            .store
-            .write_async(move |c| {
-                let mut e = wh::get(c, &org, &eid)?;
-                if e.managed_by == "config" {
-                    return Ok(Err(WebhookError::ConfigOwned));
-                }
-                e.previous_secret_sealed = e.secret_sealed.take();
-                e.previous_secret_until = Some(until);
-                e.secret_sealed = Some(sealed);
-                e.updated_at = store::now();
-                wh::update(c, &e)?;
-                Ok(Ok(e))
-            })
-            .await
-            .map_err(not_found)??;
+            .change(
+                org_id,
+                id,
+                actor,
+                "webhook_endpoint.secret_rotated",
+                move |c, mut e| {
+                    e.previous_secret_sealed = e.secret_sealed.take();
+                    e.previous_secret_until = Some(until);
+                    e.secret_sealed = Some(sealed);
+                    e.updated_at = store::now();
+                    wh::update(c, &e)?;
+                    Ok(Some(e))
+                },
+            )
+            .await?
+            .ok_or(WebhookError::NotFound)?;
         Ok((e, secret))
     }
 
@@ -674,19 +717,7 @@ fn fan_out(c: &mut crate::store::Conn) -> Result<(), StoreError> {
             if ep.enabled && ep.wants(&ev.event_type) && ev.created_at >= ep.created_at {
                 wh::queue(
                     c,
-                    &Delivery {
-                        id: store::new_id("whd"),
-                        org_id: ev.org_id.clone(),
-                        event_id: ev.id.clone(),
-                        endpoint_id: ep.id.clone(),
-                        status: "pending".into(),
-                        attempts: 0,
-                        next_attempt_at: ev.created_at,
-                        lease_holder: None,
-                        lease_until: None,
-                        created_at: store::now(),
-                        delivered_at: None,
-                    },
+                    &Delivery::pending(&ev.org_id, &ev.id, &ep.id, ev.created_at),
                 )?;
             }
         }
