@@ -462,6 +462,53 @@ fn cli_config_check_plan_and_apply() {
         err.contains("karta.platform.toml:3: tenants[0].name"),
         "{err}"
     );
+    // Driver settings that miss the driver's own schema: file, line and key of each.
+    std::fs::write(
+        dir.path().join("karta.platform.toml"),
+        "[[drivers]]\nname = \"claude-code\"\nsettings = { max_retries = -1 }\n\n\
+         [[drivers]]\nname = \"acp\"\n[drivers.settings]\ncommand = \"agent\"\nagrs = [\"x\"]\n",
+    )
+    .unwrap();
+    let out = cli(dir.path(), &["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "karta.platform.toml:3: drivers[0].settings.max_retries: driver `claude-code`:"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "karta.platform.toml:9: drivers[1].settings.agrs: driver `acp`: unknown setting"
+        ),
+        "{err}"
+    );
+    // `karta drivers` shows what each driver says about itself.
+    let out = cli(dir.path(), &["drivers"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acp = listed["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "acp")
+        .expect("the acp driver")
+        .clone();
+    assert_eq!(acp["origin"], "builtin");
+    assert_eq!(
+        acp["settings_schema"]["properties"]["args"]["type"],
+        "array"
+    );
+    assert!(acp["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("approvals")));
+
     // A price for a provider the gateway does not speak, and a second price from the same day.
     std::fs::write(
         dir.path().join("karta.platform.toml"),

@@ -383,11 +383,28 @@ fn project_turn_limits(
     out
 }
 
+/// Refuses a configuration whose `[[drivers]] settings` miss the schema their driver gave,
+/// with the file, line and key of each problem.
+fn check_driver_settings(
+    drivers: &DriverRegistry,
+    cfg: &PlatformConfig,
+    opts: &LoadOptions,
+) -> Result<(), AppError> {
+    let problems = drivers.check_settings(cfg);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::Config(config::located(opts, problems)))
+    }
+}
+
 impl App {
     /// Loads the configuration, opens and migrates the store, applies the declared state and
     /// registers drivers (blocking).
     pub fn start(load_options: LoadOptions) -> Result<Arc<App>, AppError> {
         let cfg = config::load(&load_options)?;
+        let drivers = Arc::new(DriverRegistry::new());
+        check_driver_settings(&drivers, &cfg, &load_options)?;
         // Files Karta makes (the database above all) are its own: harnesses run as other
         // users.
         // SAFETY: umask has no preconditions.
@@ -432,7 +449,6 @@ impl App {
         ));
         webhooks.apply_config(&cfg).map_err(AppError::Webhooks)?;
         let scoped = scoped_limits(&cfg, &store);
-        let drivers = Arc::new(DriverRegistry::new());
         drivers.load_from_config(&cfg);
         let runtime = Arc::new(
             Runtime::new(
@@ -573,6 +589,7 @@ impl App {
     fn reload_blocking(&self) -> Result<Plan, AppError> {
         let started = std::time::Instant::now();
         let cfg = config::load(&self.load_options)?;
+        check_driver_settings(&self.drivers, &cfg, &self.load_options)?;
         let loaded = started.elapsed();
         let old = self.config();
         if cfg.data_dir != old.data_dir {

@@ -630,6 +630,16 @@ pub fn opencode_plugin() -> PathBuf {
     built("libkarta_plugin_opencode.so")
 }
 
+/// The ACP driver's plugin library.
+pub fn acp_plugin() -> PathBuf {
+    built("libkarta_plugin_acp.so")
+}
+
+/// The example ACP agent (`examples/acp-agent`).
+pub fn acp_agent() -> PathBuf {
+    built("karta-acp-agent")
+}
+
 /// The pid of the harness process whose working folder is the session's workspace.
 pub fn harness_pid(sid: &str, marker: &str) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()? {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use karta_plugin_api::sandbox::{
+use karta_driver_kit::sandbox::{
     self, LaunchOptions, NetworkMode, SandboxBackend, SandboxLimits, SandboxSpec,
 };
 
@@ -116,7 +116,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         ..LaunchOptions::default()
     };
     report.note(&format!(
-        "Per harness process: `/usr/bin/true` started through `karta_plugin_api::sandbox::launch` \
+        "Per harness process: `/usr/bin/true` started through `karta_driver_kit::sandbox::launch` \
          and waited for, {runs} runs each, sequentially (launch to exit: fork, bwrap's namespaces \
          and mounts, the forwarder's start, cgroup set-up and removal). Sandbox uid: {}. cgroups: {}.",
         uid.map_or("Karta's own".into(), |u| u.to_string()),

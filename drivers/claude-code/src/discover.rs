@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use karta_plugin_api::markdown::{frontmatter, line_in_message};
-use karta_plugin_api::{AgentInfo, Discovery, SkillInfo};
+use karta_driver_api::{AgentInfo, Discovery, SkillInfo};
+use karta_driver_kit::markdown::{frontmatter, line_in_message};
 use serde::Deserialize;
 
 /// How strongly a folder is a Claude Code app.

@@ -6,4 +6,4 @@ mod discover;
 mod process;
 mod protocol;
 
-pub use process::ClaudeDriver;
+pub use process::{ClaudeDriver, DRIVER_NAME};

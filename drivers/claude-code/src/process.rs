@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use karta_plugin_api::process::{
+use karta_driver_api::{
+    Capabilities, Decision, Discovery, Done, Driver, DriverInfo, ErrorInfo, Event, EventKind,
+    HostContext, HostInfo, Sink, Turn, TurnRequest, TurnStatus,
+};
+use karta_driver_kit::process::{
     bounded_lines, spawn_idle_reaper, string_setting, Warm, WarmMap, MAX_LINE,
 };
-use karta_plugin_api::sandbox::{self, Harness, LaunchOptions};
-use karta_plugin_api::{
-    Decision, Discovery, Done, Driver, ErrorInfo, Event, EventKind, Sink, Turn, TurnRequest,
-    TurnStatus,
-};
+use karta_driver_kit::sandbox::{self, Harness, LaunchOptions};
 use serde_json::{json, Value};
 
 use crate::discover;
@@ -39,6 +39,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The name projects select the driver by.
+pub const DRIVER_NAME: &str = "claude-code";
+
 /// The Claude Code driver.
 pub struct ClaudeDriver {
     inner: Arc<Inner>,
@@ -52,9 +55,9 @@ struct Inner {
 }
 
 impl ClaudeDriver {
-    /// Settings: `command` (path or name of the CLI), `max_retries` (default 2); the host adds
-    /// `data_dir`, where `karta harness install claude-code` puts the CLI.
-    pub fn from_settings(settings: &Value) -> Result<Self, String> {
+    /// Settings: `command` (path or name of the CLI), `max_retries` (default 2). The host's
+    /// `data_dir` is where `karta harness install claude-code` puts the CLI.
+    pub fn from_settings(ctx: &HostContext, settings: &Value) -> Result<Self, String> {
         let command = string_setting(settings, "command")?;
         let max_retries = match settings.get("max_retries") {
             None => DEFAULT_MAX_RETRIES,
@@ -62,7 +65,7 @@ impl ClaudeDriver {
                 format!("settings.max_retries must be a non-negative integer, got {v}")
             })?,
         };
-        let data_dir = string_setting(settings, "data_dir")?.map(PathBuf::from);
+        let data_dir = (!ctx.data_dir.is_empty()).then(|| PathBuf::from(&ctx.data_dir));
         let inner = Arc::new(Inner {
             command,
             data_dir,
@@ -77,7 +80,7 @@ impl ClaudeDriver {
 
 impl Inner {
     fn find_command(&self) -> Result<PathBuf, String> {
-        karta_plugin_api::cli::locate(
+        karta_driver_kit::cli::locate(
             self.command.as_deref(),
             self.data_dir.as_deref(),
             "claude-code",
@@ -509,8 +512,28 @@ impl Turn for ClaudeTurn {
 }
 
 impl Driver for ClaudeDriver {
+    fn describe(_host: &HostInfo) -> DriverInfo {
+        DriverInfo::new(DRIVER_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .with_capabilities(Capabilities::all())
+            .with_settings_schema(json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "command": {"type": "string", "minLength": 1,
+                        "description": "Path or name of the `claude` CLI"},
+                    "max_retries": {"type": "integer", "minimum": 0,
+                        "description": "Retries of a model call that failed to connect"}
+                }
+            }))
+    }
+
+    fn new(ctx: &HostContext, settings: &Value) -> Result<Self, String> {
+        Self::from_settings(ctx, settings)
+    }
+
     fn name(&self) -> String {
-        "claude-code".into()
+        DRIVER_NAME.into()
     }
 
     fn detect(&self, app_dir: &Path) -> u32 {

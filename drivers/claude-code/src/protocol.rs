@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use karta_plugin_api::{
+use karta_driver_api::{
     Decision, DecisionKind, Done, ErrorInfo, Event, EventKind, InputRequest, Part, ToolStatus,
     ToolUse, TurnStatus, Usage,
 };
@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 
 /// What a line asks of the process side.
 #[derive(Debug, PartialEq)]
+// `Emit` is by far the most common and short-lived; boxing it would cost an allocation per
+// event for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Send this event to the host.
     Emit(Event),
@@ -75,23 +78,25 @@ impl TurnState {
         request_id: &str,
         decision: Decision,
     ) -> Result<Value, String> {
+        let for_session = match &decision.decision {
+            DecisionKind::ApproveOnce | DecisionKind::Deny => false,
+            DecisionKind::ApproveSession => true,
+            DecisionKind::Other(d) => return Err(format!("this driver does not offer `{d}`")),
+        };
         let (tool, input) = self
             .pending
             .remove(request_id)
             .ok_or_else(|| format!("no pending request {request_id}"))?;
-        Ok(match decision.decision {
-            DecisionKind::ApproveOnce => allow(request_id, &input),
-            DecisionKind::ApproveSession => {
-                session.approved.insert(tool);
-                allow(request_id, &input)
-            }
-            DecisionKind::Deny => deny(
-                request_id,
-                &decision
-                    .message
-                    .unwrap_or_else(|| "The user denied this action.".into()),
-            ),
-        })
+        if decision.decision == DecisionKind::Deny {
+            let message = decision
+                .message
+                .unwrap_or_else(|| "The user denied this action.".into());
+            return Ok(deny(request_id, &message));
+        }
+        if for_session {
+            session.approved.insert(tool);
+        }
+        Ok(allow(request_id, &input))
     }
 }
 
@@ -420,7 +425,6 @@ fn finish_step(turn: &mut TurnState) -> EventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use karta_plugin_api::PAYLOAD_VERSION;
 
     /// A turn as the CLI writes it (stream-json with partial messages): one tool call that
     /// asks for approval, its result, then the answer; modelled line by line on the CLI's
@@ -530,11 +534,7 @@ mod tests {
             names(&on_line(&mut turn, &mut session, &ask)),
             ["input_required"]
         );
-        let decision = |d| Decision {
-            v: PAYLOAD_VERSION,
-            decision: d,
-            message: None,
-        };
+        let decision = |d| Decision::new(d, None);
         let answer = turn
             .decide(&mut session, "r1", decision(DecisionKind::ApproveSession))
             .unwrap();

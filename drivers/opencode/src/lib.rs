@@ -6,4 +6,4 @@ mod discover;
 mod protocol;
 mod server;
 
-pub use server::OpenCodeDriver;
+pub use server::{OpenCodeDriver, DRIVER_NAME};

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use karta_plugin_api::{
+use karta_driver_api::{
     DecisionKind, Done, ErrorInfo, Event, EventKind, InputRequest, Part, ToolStatus, ToolUse,
     TurnStatus, Usage,
 };

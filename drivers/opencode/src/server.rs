@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use karta_plugin_api::process::{
+use karta_driver_api::{
+    Capabilities, Decision, DecisionKind, Discovery, Done, Driver, DriverInfo, ErrorInfo,
+    EventKind, HostContext, HostInfo, Sink, Turn, TurnRequest, TurnStatus,
+};
+use karta_driver_kit::process::{
     bounded_lines, spawn_idle_reaper, string_setting, Warm, WarmMap, MAX_LINE,
 };
-use karta_plugin_api::sandbox::{self, Endpoint, Harness, LaunchOptions};
-use karta_plugin_api::{
-    Decision, DecisionKind, Discovery, Done, Driver, ErrorInfo, EventKind, Sink, Turn, TurnRequest,
-    TurnStatus,
-};
+use karta_driver_kit::sandbox::{self, Endpoint, Harness, LaunchOptions};
 use serde_json::{json, Value};
 
 use crate::discover;
@@ -32,6 +32,9 @@ const OUTPUT_TAIL: usize = 20;
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The name projects select the driver by.
+pub const DRIVER_NAME: &str = "opencode";
 
 /// The OpenCode driver.
 pub struct OpenCodeDriver {
@@ -47,11 +50,12 @@ struct Inner {
 
 impl OpenCodeDriver {
     /// Settings: `command` (path or name of the CLI), `model` (the model id Karta's provider
-    /// offers, e.g. `gpt-4.1`; when set it is the default model); the host adds `data_dir`.
-    pub fn from_settings(settings: &Value) -> Result<Self, String> {
+    /// offers, e.g. `gpt-4.1`; when set it is the default model). The host's `data_dir` is where
+    /// `karta harness install opencode` puts the CLI.
+    pub fn from_settings(ctx: &HostContext, settings: &Value) -> Result<Self, String> {
         let inner = Arc::new(Inner {
             command: string_setting(settings, "command")?,
-            data_dir: string_setting(settings, "data_dir")?.map(PathBuf::from),
+            data_dir: (!ctx.data_dir.is_empty()).then(|| PathBuf::from(&ctx.data_dir)),
             model: string_setting(settings, "model")?,
             servers: Arc::new(Mutex::new(HashMap::new())),
         });
@@ -63,7 +67,7 @@ impl OpenCodeDriver {
 
 impl Inner {
     fn find_command(&self) -> Result<PathBuf, String> {
-        karta_plugin_api::cli::locate(
+        karta_driver_kit::cli::locate(
             self.command.as_deref(),
             self.data_dir.as_deref(),
             "opencode",
@@ -123,7 +127,7 @@ impl Inner {
 /// (holding the workspace and home): nothing under it is followed through a link, and what is
 /// made is given to `owner`.
 fn seed_config_dir(base: &Path, rel: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    use karta_plugin_api::sandbox::tenant_fs::{ensure_dir, write_new};
+    use karta_driver_kit::sandbox::tenant_fs::{ensure_dir, write_new};
     ensure_dir(base, &rel.join("node_modules"), owner)?;
     write_new(
         base,
@@ -528,6 +532,12 @@ struct OpenCodeTurn {
 
 impl Turn for OpenCodeTurn {
     fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
+        let reply = match &decision.decision {
+            DecisionKind::ApproveOnce => "once",
+            DecisionKind::ApproveSession => "always",
+            DecisionKind::Deny => "reject",
+            DecisionKind::Other(d) => return Err(format!("this driver does not offer `{d}`")),
+        };
         {
             let mut s = lock(&self.server.state);
             let turn = s.turn.as_mut().ok_or("the turn has ended")?;
@@ -535,11 +545,6 @@ impl Turn for OpenCodeTurn {
                 return Err(format!("no pending request {request_id}"));
             }
         }
-        let reply = match decision.decision {
-            DecisionKind::ApproveOnce => "once",
-            DecisionKind::ApproveSession => "always",
-            DecisionKind::Deny => "reject",
-        };
         let mut body = json!({"reply": reply});
         if let Some(m) = decision.message {
             body["message"] = json!(m);
@@ -562,8 +567,28 @@ impl Turn for OpenCodeTurn {
 }
 
 impl Driver for OpenCodeDriver {
+    fn describe(_host: &HostInfo) -> DriverInfo {
+        DriverInfo::new(DRIVER_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .with_capabilities(Capabilities::all())
+            .with_settings_schema(json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "command": {"type": "string", "minLength": 1,
+                        "description": "Path or name of the `opencode` CLI"},
+                    "model": {"type": "string", "minLength": 1,
+                        "description": "The default model id, e.g. gpt-4.1"}
+                }
+            }))
+    }
+
+    fn new(ctx: &HostContext, settings: &Value) -> Result<Self, String> {
+        Self::from_settings(ctx, settings)
+    }
+
     fn name(&self) -> String {
-        "opencode".into()
+        DRIVER_NAME.into()
     }
 
     fn detect(&self, app_dir: &Path) -> u32 {

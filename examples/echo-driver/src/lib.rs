@@ -1,4 +1,5 @@
-//! `echo`: a third-party Karta driver plugin, built against `karta-plugin-api` alone.
+//! `echo`: a third-party Karta driver plugin, built against `karta-driver-api` and
+//! the helpers of `karta-driver-kit`.
 //!
 //! It answers any message by streaming it back: a step, several text deltas, an `echo` tool call
 //! with its result, and `done` with token usage. It is the drop-in example for driver authors and
@@ -24,8 +25,12 @@ mod worker;
 use std::path::Path;
 use std::time::Duration;
 
-use karta_plugin_api::{export_driver, AgentInfo, Discovery, Driver, Sink, Turn, TurnRequest};
-use serde_json::Value;
+use karta_driver_api::{
+    export_driver, AgentInfo, Capabilities, Discovery, Driver, DriverInfo, HostContext, HostInfo,
+    Sink, Turn, TurnRequest,
+};
+use karta_driver_kit::markdown;
+use serde_json::{json, Value};
 
 /// The echo driver. Every turn of it runs on one worker thread (a turn is a script of steps,
 /// so a turn waiting for an approval holds no thread).
@@ -57,27 +62,37 @@ impl EchoDriver {
     }
 }
 
-export_driver!(EchoDriver::from_settings);
+export_driver!(EchoDriver);
 
-/// Reads `key: value` lines of a leading `---` frontmatter block.
+/// Reads the `key: value` lines of a file's leading `---` frontmatter block.
 fn frontmatter(text: &str) -> Option<Vec<(String, String)>> {
-    let mut lines = text.lines();
-    if lines.next()?.trim() != "---" {
-        return None;
-    }
-    let mut out = Vec::new();
-    for line in lines {
-        if line.trim() == "---" {
-            return Some(out);
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            out.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    None
+    markdown::frontmatter(text).map(|(fm, _line)| markdown::flat_fields(fm))
 }
 
 impl Driver for EchoDriver {
+    fn describe(_host: &HostInfo) -> DriverInfo {
+        let mut caps = Capabilities::none();
+        caps.approvals = true;
+        caps.cancel = true;
+        caps.agents = true;
+        DriverInfo::new("echo")
+            .with_capabilities(caps)
+            .with_settings_schema(json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "delay_ms": {"type": "integer", "minimum": 0, "maximum": 60000,
+                        "description": "Pause between events, in milliseconds (default 5)"},
+                    "prefix": {"type": "string",
+                        "description": "What every reply starts with (default `echo: `)"}
+                }
+            }))
+    }
+
+    fn new(_ctx: &HostContext, settings: &Value) -> Result<Self, String> {
+        Self::from_settings(settings)
+    }
+
     fn name(&self) -> String {
         "echo".into()
     }

@@ -1,7 +1,7 @@
 //! What an echo turn does, as a list of steps: a pure function of the request, so it is tested
 //! without threads, and the worker only plays it.
 
-use karta_plugin_api::{
+use karta_driver_api::{
     DecisionKind, ErrorInfo, EventKind, InputRequest, ToolStatus, ToolUse, TurnRequest,
 };
 use serde_json::json;
@@ -162,6 +162,7 @@ mod tests {
                     ToolStatus::Running => "tool:running",
                     ToolStatus::Completed => "tool:completed",
                     ToolStatus::Error => "tool:error",
+                    ToolStatus::Other(_) => "tool:other",
                 },
                 Step::Emit(EventKind::HarnessSession { .. }) => "session",
                 Step::Emit(EventKind::StepStart { .. }) => "step_start",

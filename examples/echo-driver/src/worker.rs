@@ -2,14 +2,14 @@
 //! them in order, sleeps for pauses (the nearest due turn first), and parks a turn that waits
 //! for an approval until its decision arrives, so a paused turn costs no thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use karta_plugin_api::{
+use karta_driver_api::{
     Decision, DecisionKind, Done, EventKind, Sink, ToolUse, Turn, TurnStatus, Usage,
 };
 use serde_json::json;
@@ -155,6 +155,8 @@ impl Turn for EchoTurn {
 /// The worker's loop: take messages, play every due turn, sleep until the next is due.
 fn run(rx: Receiver<Msg>, delay: Duration) {
     let mut jobs: HashMap<u64, Box<Job>> = HashMap::new();
+    // Sessions whose echo calls were approved for the session: not asked again.
+    let mut approved: HashSet<String> = HashSet::new();
     let mut open = true;
     loop {
         let next = jobs
@@ -203,10 +205,16 @@ fn run(rx: Receiver<Msg>, delay: Duration) {
                 }
                 Msg::Decide(id, decision) => {
                     if let Some(job) = jobs.get_mut(&id) {
+                        if decision.decision == DecisionKind::ApproveSession && !job.hung {
+                            approved.insert(job.session_id.clone());
+                        }
                         job.decide(decision);
                     }
                 }
-                Msg::EndSession(sid) => jobs.retain(|_, j| j.session_id != sid),
+                Msg::EndSession(sid) => {
+                    jobs.retain(|_, j| j.session_id != sid);
+                    approved.remove(&sid);
+                }
                 Msg::Cancel(id) => {
                     if let Some(job) = jobs.get_mut(&id).filter(|j| !j.hung) {
                         job.cancelled = true;
@@ -217,13 +225,13 @@ fn run(rx: Receiver<Msg>, delay: Duration) {
             }
         }
         let now = Instant::now();
-        jobs.retain(|_, job| job.waiting.is_some() || job.due > now || !job.play(delay));
+        jobs.retain(|_, job| job.waiting.is_some() || job.due > now || !job.play(delay, &approved));
     }
 }
 
 impl Job {
     /// Plays steps until a pause, an approval or the end; true when the turn is over.
-    fn play(&mut self, delay: Duration) -> bool {
+    fn play(&mut self, delay: Duration, approved: &HashSet<String>) -> bool {
         loop {
             if self.cancelled {
                 self.finish(TurnStatus::Cancelled);
@@ -244,7 +252,7 @@ impl Job {
                 Step::Text(text) => {
                     self.output_tokens += 1;
                     self.sink.emit_kind(EventKind::Text {
-                        part: karta_plugin_api::Part::Text { text },
+                        part: karta_driver_api::Part::Text { text },
                     });
                 }
                 Step::Pause if delay.is_zero() => {}
@@ -252,6 +260,7 @@ impl Job {
                     self.due = Instant::now() + delay;
                     return false;
                 }
+                Step::Ask { .. } if approved.contains(&self.session_id) => {}
                 Step::Ask { request, denied } => {
                     if let Ok(mut p) = self.pending.lock() {
                         *p = Some(request.request_id.clone());
@@ -266,7 +275,7 @@ impl Job {
                         tool_use_id: String::new(),
                         tool_name: String::new(),
                         tool_input: json!(null),
-                        status: karta_plugin_api::ToolStatus::Error,
+                        status: karta_driver_api::ToolStatus::Error,
                         result: None,
                     });
                     return false;
@@ -303,15 +312,15 @@ impl Job {
     fn finish(&mut self, status: TurnStatus) {
         self.sink.emit_kind(EventKind::Done(Done {
             usage: Usage::new(self.input_tokens, self.output_tokens, 0, 0),
-            status,
             stop_reason: Some(
-                match status {
+                match &status {
                     TurnStatus::Completed => "end_turn",
-                    TurnStatus::Failed => "error",
+                    TurnStatus::Failed | TurnStatus::Other(_) => "error",
                     TurnStatus::Cancelled => "cancelled",
                 }
                 .into(),
             ),
+            status,
             message: None,
         }));
     }

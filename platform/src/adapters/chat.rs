@@ -2,7 +2,7 @@
 //! `chat.completion`, or `chat.completion.chunk` frames with no `event:` line ending in
 //! `[DONE]`. Text is the only content; tools, steps and reasoning stay server-side.
 
-use karta_plugin_api::Usage;
+use karta_driver_api::Usage;
 use serde_json::{json, Value};
 
 use super::{prompt_tokens, TurnEvent};

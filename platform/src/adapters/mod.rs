@@ -9,7 +9,7 @@ pub mod input;
 pub mod managed;
 pub mod responses;
 
-use karta_plugin_api::Usage;
+use karta_driver_api::Usage;
 use serde_json::Value;
 
 /// What an adapter needs of one event of a turn.

@@ -3,7 +3,7 @@
 //! `response.failed`) with contiguous `sequence_number`s from 0. The unary answer is the
 //! streamed one's final `response`, so the two can never differ.
 
-use karta_plugin_api::Usage;
+use karta_driver_api::Usage;
 use serde_json::{json, Value};
 
 use super::{prompt_tokens, TurnEvent};

@@ -51,6 +51,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ByokAction,
     },
+    /// The drivers this configuration loads, as each describes itself in the handshake: name,
+    /// version, origin, capabilities and the JSON Schema of its settings (JSON).
+    Drivers,
     /// Install a harness CLI into Karta's data folder.
     Harness {
         #[command(subcommand)]
@@ -209,6 +212,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = config::load(&opts)?;
             match action {
                 ConfigAction::Check => {
+                    let problems = crate::drivers::DriverRegistry::new().check_settings(&cfg);
+                    if !problems.is_empty() {
+                        return Err(config::located(&opts, problems).into());
+                    }
                     println!(
                         "configuration is valid: {} tenant(s), {} project(s), {} driver entr{}",
                         cfg.tenants.len(),
@@ -244,6 +251,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
             let path = crate::harness::install(&name, &cfg.data_dir)?;
             println!("Installed {name}: {}", path.display());
+            Ok(())
+        }
+        Command::Drivers => {
+            let cfg = config::load(&load_options(cli.config, Overrides::default()))?;
+            let (drivers, refused) = crate::drivers::DriverRegistry::new().describe_all(&cfg);
+            let drivers: Vec<serde_json::Value> = drivers
+                .into_iter()
+                .map(|(info, origin)| {
+                    serde_json::json!({
+                        "name": info.name,
+                        "version": info.version,
+                        "origin": match origin {
+                            crate::drivers::DriverOrigin::Builtin => "builtin".to_string(),
+                            crate::drivers::DriverOrigin::Plugin(p) => p.display().to_string(),
+                        },
+                        "capabilities": info.capabilities.names(),
+                        "settings_schema": info.settings_schema,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "abi_version": karta_driver_api::ABI_VERSION,
+                    "drivers": drivers,
+                    "refused": refused,
+                }))?
+            );
             Ok(())
         }
         Command::Usage(args) => {

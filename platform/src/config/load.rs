@@ -166,6 +166,30 @@ pub fn load(opts: &LoadOptions) -> Result<PlatformConfig, ConfigError> {
     extract(&figment, &sources, &base)
 }
 
+/// Problems found after loading (`(key path, message)`, e.g. driver settings that miss the
+/// driver's schema) as a configuration error with the file and line of each key. Re-reads every
+/// layer, so it is for error paths only.
+pub fn located(opts: &LoadOptions, problems: Vec<(Vec<String>, String)>) -> ConfigError {
+    let layers = layers(opts).ok();
+    ConfigError {
+        issues: problems
+            .into_iter()
+            .map(|(segs, message)| {
+                let (file, line) = match &layers {
+                    Some((figment, sources, _)) => locate(figment, sources, &segs),
+                    None => (None, None),
+                };
+                ConfigIssue {
+                    file,
+                    line,
+                    key: Some(display_key(&segs)),
+                    message,
+                }
+            })
+            .collect(),
+    }
+}
+
 /// Where a tenant (or one of its projects) is declared: the file and, for TOML, the line.
 /// Re-reads every layer, so it is for error paths only.
 pub fn declared_at(

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigIssue};
-pub use load::{declared_at, load, resource_sources, LoadOptions, Overrides};
+pub use load::{declared_at, load, located, resource_sources, LoadOptions, Overrides};
 pub use secret::{Secret, SecretError};
 
 /// The whole platform configuration after layering, with relative paths resolved.
@@ -143,6 +143,9 @@ pub struct DatabaseConfig {
 pub struct PluginsConfig {
     /// Folders scanned for driver plugins (`*.so`); `<data_dir>/plugins` is always scanned.
     pub dirs: Vec<PathBuf>,
+    /// Load every library in the plugin folders. Off by default: a library there loads only
+    /// when a `[[drivers]]` entry names it (by `path`, or by the driver's `name`).
+    pub trust_dirs: bool,
 }
 
 /// `[providers.<name>]`
@@ -159,11 +162,13 @@ pub struct ProviderConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriverConfig {
-    /// The driver's name (required for first-party drivers; checked against a plugin's own).
+    /// The driver's name: a linked-in driver, or a drop-in plugin in a plugin folder (which
+    /// this entry allows to load); checked against the driver's own name.
     pub name: Option<String>,
     /// Path to a plugin library (`.so`).
     pub path: Option<PathBuf>,
-    /// Settings handed to the driver's constructor.
+    /// Settings handed to the driver's constructor, checked against the JSON Schema the
+    /// driver gives (`karta drivers` shows it).
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -353,7 +358,7 @@ impl Default for SandboxConfig {
     }
 }
 
-pub use karta_plugin_api::sandbox::{NetworkMode, SandboxBackend};
+pub use karta_driver_kit::sandbox::{NetworkMode, SandboxBackend};
 
 /// A project's `sandbox` table: what it overrides of `[sandbox]`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -378,10 +383,10 @@ impl SandboxConfig {
     pub fn for_project(
         &self,
         p: &ProjectSandbox,
-    ) -> (NetworkMode, karta_plugin_api::sandbox::SandboxLimits) {
+    ) -> (NetworkMode, karta_driver_kit::sandbox::SandboxLimits) {
         (
             p.network.unwrap_or(self.network),
-            karta_plugin_api::sandbox::SandboxLimits {
+            karta_driver_kit::sandbox::SandboxLimits {
                 memory_mb: p.memory_mb.or(self.memory_mb),
                 processes: p.processes.or(self.processes),
                 cpu_seconds: p.cpu_seconds.or(self.cpu_seconds),

@@ -20,7 +20,7 @@ pub struct Grant {
     /// The session.
     pub session_id: String,
     /// The sandbox's network: outside `full`, calls may not make the provider reach out.
-    pub network: karta_plugin_api::sandbox::NetworkMode,
+    pub network: karta_driver_kit::sandbox::NetworkMode,
 }
 
 #[derive(Default)]

@@ -357,7 +357,7 @@ impl Gateway {
                 changed = true;
             }
         }
-        if grant.network != karta_plugin_api::sandbox::NetworkMode::Full {
+        if grant.network != karta_driver_kit::sandbox::NetworkMode::Full {
             changed |= strip_provider_egress(&mut body);
         }
         if changed {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use karta_plugin_api::{DecisionKind, Event, EventKind, InputRequest};
+use karta_driver_api::{DecisionKind, Event, EventKind, InputRequest};
 use serde_json::{json, Value};
 
 use super::app_settings::{PermissionMode, Policy};

@@ -1,7 +1,7 @@
 //! The public event envelope and its framing for subscribers.
 
 use chrono::{SecondsFormat, Utc};
-use karta_plugin_api::Event;
+use karta_driver_api::Event;
 use serde::Serialize;
 use serde_json::Value;
 

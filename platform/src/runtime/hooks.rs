@@ -190,7 +190,7 @@ async fn command(job: &Job, argv: Vec<String>) -> Result<(), String> {
             .env("KARTA_HOOK_EVENT", &event)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &home);
-        let opts = karta_plugin_api::sandbox::LaunchOptions {
+        let opts = karta_driver_kit::sandbox::LaunchOptions {
             workspace,
             home,
             expose_port: None,
@@ -198,7 +198,7 @@ async fn command(job: &Job, argv: Vec<String>) -> Result<(), String> {
             stdout: false,
             stderr: false,
         };
-        let mut h = karta_plugin_api::sandbox::launch(&spec, cmd, &opts)
+        let mut h = karta_driver_kit::sandbox::launch(&spec, cmd, &opts)
             .map_err(|e| format!("cannot start `{}`: {e}", argv[0]))?;
         if let Some(mut stdin) = h.child().stdin.take() {
             let _ = stdin.write_all(payload.as_bytes());

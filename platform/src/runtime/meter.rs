@@ -8,7 +8,7 @@
 //! Everything here but [`op`] is pure.
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
-use karta_plugin_api::Usage;
+use karta_driver_api::Usage;
 use serde_json::json;
 
 use super::budget::Caps;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use karta_plugin_api::{
+use karta_driver_api::{
     AssistantMessage, Done, ErrorInfo, Event, EventKind, Part, TurnStatus, Usage,
 };
 use tokio::sync::mpsc;
@@ -113,6 +113,36 @@ const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(30);
 /// per run rather than per event. The turn's live buffer covers them meanwhile.
 const MAX_RUN: usize = 64;
 
+/// `done` with the gateway's count as its usage, when the harness reported no tokens at all but
+/// the gateway saw the turn's model calls (an ACP agent that does not report usage, say).
+fn with_gateway_usage(done: &Event, calls: &[crate::gateway::tally::CountedCall]) -> Option<Event> {
+    let EventKind::Done(d) = &done.kind else {
+        return None;
+    };
+    if calls.is_empty() || d.usage.total_tokens > 0 || d.usage.input_tokens > 0 {
+        return None;
+    }
+    let mut usage = karta_driver_api::Usage::default();
+    for c in calls {
+        let t = &c.tokens;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let mut u = karta_driver_api::Usage::new(
+            n(t.input),
+            n(t.output),
+            n(t.cache_read),
+            n(t.cache_creation),
+        );
+        u.reasoning_tokens = n(t.reasoning);
+        usage.add(&u);
+    }
+    usage.cost_micro_cents = d.usage.cost_micro_cents;
+    let mut out = done.clone();
+    if let EventKind::Done(d) = &mut out.kind {
+        d.usage = usage;
+    }
+    Some(out)
+}
+
 impl Runtime {
     /// Broadcasts an event and keeps it for the next run to the log.
     fn publish(&self, ctx: &TurnCtx, run: &mut Vec<models::SessionEvent>, seq: i64, ev: &Event) {
@@ -152,6 +182,15 @@ impl Runtime {
         seq: i64,
         done: &Event,
     ) -> Arc<Frame> {
+        let (calls, calls_pending) = self.confinement.gateway.settle(&ctx.session.id).await;
+        let gateway_usage;
+        let done = match with_gateway_usage(done, &calls) {
+            Some(d) => {
+                gateway_usage = d;
+                &gateway_usage
+            }
+            None => done,
+        };
         let f = Arc::new(frame(&ctx.session.id, seq, done));
         run.push(log_row(&ctx.session, &f));
         // The lease goes in the commit that stores `done`: another instance that takes the
@@ -165,7 +204,7 @@ impl Runtime {
             Box::new(move |c: &mut crate::store::Conn| sessions::release_turn(c, &org, &id, &owner))
                 as super::journal::SessionOp
         });
-        let usage = self.meter(ctx, seq, done).await;
+        let usage = self.meter(ctx, seq, done, calls, calls_pending);
         let then: super::journal::SessionOp = Box::new(move |c| {
             if let Some(r) = &release {
                 r(c)?;
@@ -178,12 +217,18 @@ impl Runtime {
 
     /// The turn's usage records (after the gateway's calls in flight have ended) and the
     /// budgeted scopes they count against, as the op that stores them.
-    async fn meter(&self, ctx: &TurnCtx, seq: i64, done: &Event) -> super::journal::SessionOp {
+    fn meter(
+        &self,
+        ctx: &TurnCtx,
+        seq: i64,
+        done: &Event,
+        calls: Vec<crate::gateway::tally::CountedCall>,
+        calls_pending: bool,
+    ) -> super::journal::SessionOp {
         let (usage, status) = match &done.kind {
-            EventKind::Done(d) => (d.usage, d.status),
-            _ => (Default::default(), karta_plugin_api::TurnStatus::Failed),
+            EventKind::Done(d) => (d.usage, d.status.clone()),
+            _ => (Default::default(), karta_driver_api::TurnStatus::Failed),
         };
-        let (calls, calls_pending) = self.confinement.gateway.settle(&ctx.session.id).await;
         let settings = self.settings();
         let status = serde_json::to_value(status)
             .ok()
@@ -430,6 +475,45 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_done_without_usage_takes_the_gateway_s_count_and_a_reported_one_is_kept() {
+        use crate::gateway::tally::CountedCall;
+        use crate::gateway::usage::Tokens;
+        let call = |input, output| CountedCall {
+            provider: "openai".into(),
+            model: "m".into(),
+            tokens: Tokens {
+                input,
+                output,
+                cache_read: 2,
+                cache_creation: 0,
+                reasoning: 1,
+            },
+            byok: false,
+        };
+        let calls = [call(10, 4), call(20, 6)];
+        let bare = Event::new(EventKind::Done(karta_driver_api::Done::default()));
+        let filled = with_gateway_usage(&bare, &calls).expect("filled from the gateway");
+        let EventKind::Done(d) = filled.kind else {
+            panic!("not done")
+        };
+        assert_eq!(
+            (
+                d.usage.input_tokens,
+                d.usage.output_tokens,
+                d.usage.cache_read_tokens
+            ),
+            (30, 10, 4)
+        );
+        assert_eq!((d.usage.reasoning_tokens, d.usage.total_tokens), (2, 44));
+        assert!(with_gateway_usage(&bare, &[]).is_none());
+        let reported = Event::new(EventKind::Done(karta_driver_api::Done {
+            usage: karta_driver_api::Usage::new(1, 1, 0, 0),
+            ..Default::default()
+        }));
+        assert!(with_gateway_usage(&reported, &calls).is_none());
+    }
 
     fn text(t: &str) -> EventKind {
         EventKind::Text {

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use karta_plugin_api::{Decision, DecisionKind, Event, HostTurn, PAYLOAD_VERSION};
+use karta_driver_api::{Decision, DecisionKind, Event, HostTurn};
 use tokio::sync::{broadcast, mpsc};
 
 use super::events::Frame;
@@ -143,14 +143,7 @@ impl Running {
         tokio::task::spawn_blocking(move || {
             let handle = me.handle.lock().unwrap_or_else(|p| p.into_inner());
             match handle.as_ref() {
-                Some(h) => h.resolve_input(
-                    &driver_id,
-                    &Decision {
-                        v: PAYLOAD_VERSION,
-                        decision,
-                        message,
-                    },
-                ),
+                Some(h) => h.resolve_input(&driver_id, &Decision::new(decision, message)),
                 None => Err("the turn has no harness handle".into()),
             }
         })

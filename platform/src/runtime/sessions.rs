@@ -374,7 +374,7 @@ impl Runtime {
     pub async fn describe_project(
         &self,
         project: models::Project,
-    ) -> Result<(models::Project, Option<String>, karta_plugin_api::Discovery), RuntimeError> {
+    ) -> Result<(models::Project, Option<String>, karta_driver_api::Discovery), RuntimeError> {
         let drivers = self.drivers.clone();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -390,7 +390,7 @@ impl Runtime {
             };
             let discovery = match &driver {
                 Some(d) => d.driver.discover(&dir).unwrap_or_default(),
-                None => karta_plugin_api::Discovery::default(),
+                None => karta_driver_api::Discovery::default(),
             };
             Ok((project, driver.map(|d| d.name.clone()), discovery))
         })

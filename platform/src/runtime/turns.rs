@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use karta_plugin_api::sandbox::{NetworkMode, SandboxBackend, SandboxSpec};
-use karta_plugin_api::{Event, Participant, TurnRequest, PAYLOAD_VERSION};
+use karta_driver_api::{Event, Participant, TurnRequest, PAYLOAD_VERSION};
+use karta_driver_kit::sandbox::{NetworkMode, SandboxBackend, SandboxSpec};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedMutexGuard};
 
@@ -122,16 +122,14 @@ impl Runtime {
         session_id: &str,
         msg: SendMessage,
     ) -> Result<Subscription, RuntimeError> {
-        let who = Participant {
-            name: msg
-                .participant_name
+        let who = Participant::new(
+            msg.participant_name
                 .clone()
                 .unwrap_or_else(|| "user".into()),
-            kind: msg
-                .participant_type
+            msg.participant_type
                 .clone()
                 .unwrap_or_else(|| "human".into()),
-        };
+        );
         if who.kind != "human" && who.kind != "ai" {
             return Err(invalid(
                 "participant_type",
@@ -192,24 +190,23 @@ impl Runtime {
         slot.set_running(Some(running.clone()));
 
         let mut sandbox_spec = SandboxSpec::default();
-        let request = TurnRequest {
-            v: PAYLOAD_VERSION,
-            session_id: session.id.clone(),
-            harness_session_id: session.harness_session_id.clone(),
-            app_dir: session.app_path.clone(),
-            workspace_dir: self
-                .workspace_dir(&session.org_id, &session.id)
-                .display()
-                .to_string(),
-            text: msg.text,
-            agent: agent.clone(),
-            participant: who.clone(),
-            thinking: msg.thinking,
-            permission_mode: session.permission_mode.clone(),
-            env: self.harness_env(&session, &rt_settings, uid, &mut sandbox_spec),
-            app_config: settings.raw.clone(),
-            sandbox: sandbox_spec,
-        };
+        let mut request = TurnRequest::default();
+        request.v = PAYLOAD_VERSION;
+        request.session_id = session.id.clone();
+        request.harness_session_id = session.harness_session_id.clone();
+        request.app_dir = session.app_path.clone();
+        request.workspace_dir = self
+            .workspace_dir(&session.org_id, &session.id)
+            .display()
+            .to_string();
+        request.text = msg.text;
+        request.agent = agent.clone();
+        request.participant = who.clone();
+        request.thinking = msg.thinking;
+        request.permission_mode = session.permission_mode.clone();
+        request.env = self.harness_env(&session, &rt_settings, uid, &mut sandbox_spec);
+        request.app_config = settings.raw.clone();
+        request.sandbox = sandbox_spec;
         let queue = rt_settings.turn_event_queue.max(1);
         let rt = self.clone();
         let limits = rt_settings
@@ -784,7 +781,7 @@ impl Runtime {
             // The internet through Karta's egress proxy, which wants the session's token.
             let proxy = format!(
                 "http://karta:{token}@127.0.0.1:{}",
-                karta_plugin_api::sandbox::SANDBOX_PROXY_PORT
+                karta_driver_kit::sandbox::SANDBOX_PROXY_PORT
             );
             for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                 env.insert(k.into(), proxy.clone());

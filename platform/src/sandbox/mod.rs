@@ -20,8 +20,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use karta_plugin_api::sandbox::{CgroupSpec, GATEWAY_SOCKET};
-pub use karta_plugin_api::sandbox::{NetworkMode, SandboxBackend, SandboxLimits, SandboxSpec};
+use karta_driver_kit::sandbox::{CgroupSpec, GATEWAY_SOCKET};
+pub use karta_driver_kit::sandbox::{NetworkMode, SandboxBackend, SandboxLimits, SandboxSpec};
 
 use crate::config::PlatformConfig;
 use crate::store::{Store, StoreError};
@@ -166,15 +166,15 @@ impl SandboxHost {
                 }
                 let exe = std::env::current_exe().map_err(io_at(Path::new("karta")))?;
                 let helper =
-                    karta_plugin_api::sandbox::stage(&stage_dir, &exe).map_err(io_at(&exe))?;
+                    karta_driver_kit::sandbox::stage(&stage_dir, &exe).map_err(io_at(&exe))?;
                 let probe_uid = as_root.then_some(sc.uid_base);
                 probe(&bwrap, probe_uid)?;
                 (Some(bwrap), Some(helper))
             }
         };
-        let cgroup = karta_plugin_api::sandbox::detect_cgroup(sc.cgroup_root.as_deref());
+        let cgroup = karta_driver_kit::sandbox::detect_cgroup(sc.cgroup_root.as_deref());
         if let Some(spec) = &cgroup {
-            let n = karta_plugin_api::sandbox::sweep_stale_cgroups(spec);
+            let n = karta_driver_kit::sandbox::sweep_stale_cgroups(spec);
             if n > 0 {
                 tracing::info!(
                     groups = n,
@@ -221,7 +221,7 @@ impl SandboxHost {
 
     /// The folder holding the egress proxy's socket.
     pub fn proxy_socket(&self) -> PathBuf {
-        self.proxy_dir.join(karta_plugin_api::sandbox::PROXY_SOCKET)
+        self.proxy_dir.join(karta_driver_kit::sandbox::PROXY_SOCKET)
     }
 
     /// The port the gateway answers on inside a sandbox.

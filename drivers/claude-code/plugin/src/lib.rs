@@ -4,4 +4,4 @@
 //! links the driver's rlib, and a root symbol there would collide with the other linked-in drivers'
 //! when the release binary is linked.
 
-karta_plugin_api::export_driver!(karta_driver_claude_code::ClaudeDriver::from_settings);
+karta_driver_api::export_driver!(karta_driver_claude_code::ClaudeDriver);

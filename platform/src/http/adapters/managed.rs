@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use karta_plugin_api::DecisionKind;
+use karta_driver_api::DecisionKind;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::{interval_at, Instant};

@@ -118,14 +118,15 @@ async fn drivers(app: web::Data<App>, _op: Operator) -> HttpResponse {
             let loaded = app.drivers.get(&name);
             let settings = loaded
                 .as_ref()
-                .and_then(|d| serde_json::from_str::<serde_json::Value>(d.settings_json()).ok())
-                .map(|s| redact(&s))
+                .map(|d| redact(d.settings()))
                 .unwrap_or(serde_json::Value::Null);
             let mut d = json!({
                 "name": name,
-                "version": loaded.and_then(|d| d.version.clone()),
-                "abi_version": karta_plugin_api::ABI_VERSION,
-                "payload_version": karta_plugin_api::PAYLOAD_VERSION,
+                "version": loaded.as_ref().and_then(|d| d.version.clone()),
+                "abi_version": karta_driver_api::ABI_VERSION,
+                "payload_version": karta_driver_api::PAYLOAD_VERSION,
+                "capabilities": loaded.as_ref().map(|d| d.info.capabilities.names()),
+                "settings_schema": loaded.as_ref().map(|d| d.info.settings_schema.clone()),
                 "settings": settings,
             });
             match origin {

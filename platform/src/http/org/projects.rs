@@ -28,10 +28,10 @@ pub struct ProjectView {
     harness: Option<String>,
     /// The agents its app defines.
     #[schema(value_type = Vec<Object>)]
-    agents: Vec<karta_plugin_api::AgentInfo>,
+    agents: Vec<karta_driver_api::AgentInfo>,
     /// The skills its app ships.
     #[schema(value_type = Vec<Object>)]
-    skills: Vec<karta_plugin_api::SkillInfo>,
+    skills: Vec<karta_driver_api::SkillInfo>,
     /// The agent sessions start with.
     default_agent: Option<String>,
     /// SDK-compatible adapters enabled for it.

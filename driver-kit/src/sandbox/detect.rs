@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spec::CgroupSpec;
+use karta_driver_api::sandbox::CgroupSpec;
 
 /// Whether a child folder can be made (and removed) in `dir`.
 fn writable(dir: &Path) -> bool {

@@ -1,4 +1,18 @@
 //! Typed driver authoring on top of [`crate::ffi`], and the host's typed view of a loaded driver.
+//!
+//! # Threading and ownership
+//!
+//! * The host may call any method from any thread, concurrently: a driver is `Send + Sync`.
+//! * [`Driver::start_turn`] returns quickly; the turn's events come from threads the driver
+//!   owns. The [`Sink`] may be cloned and used from any of them; the host stops listening once it
+//!   has seen `done`, and the turn is over for the host when the driver drops every clone.
+//! * Every turn ends with exactly one `done` event, also after a cancel or a crash.
+//! * [`Turn::cancel`] and [`Turn::resolve_input`] may arrive at any time, also after `done`
+//!   (then they do nothing).
+//! * A panic in driver code never crosses the boundary: it becomes an error (or, inside a turn,
+//!   the host ends the turn as failed when the sink is dropped without `done`).
+//! * The host keeps a plugin library loaded for the life of the process, and keeps a driver
+//!   object alive while any turn started on it runs (a rebuilt driver serves only new turns).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -8,18 +22,30 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
 use serde_json::Value;
 
+use crate::ffi::DriverModuleRef;
 use crate::ffi::{
     EventSink, EventSinkBox, EventSink_TO, HarnessDriver, HarnessDriverBox, HarnessDriver_TO,
     TurnHandle, TurnHandleBox, TurnHandle_TO,
 };
+use crate::handshake::{DriverInfo, HostContext, HostInfo};
 use crate::types::{Decision, Discovery, Event, EventKind, TurnRequest};
 
 /// A harness driver, written as ordinary Rust. Export it with [`crate::export_driver!`], or hand
-/// it to the host in-process with [`into_ffi`].
+/// it to the host in-process with [`DriverFactory::linked`].
 ///
 /// Drivers own their threads and subprocesses: `start_turn` must return quickly and produce the
-/// turn's events from a thread of its own.
+/// turn's events from a thread of its own (see the module docs for the whole contract).
 pub trait Driver: Send + Sync + 'static {
+    /// What the driver is: name, capabilities and the JSON Schema of its settings. Called before
+    /// the driver exists; must not fail or block.
+    fn describe(host: &HostInfo) -> DriverInfo
+    where
+        Self: Sized;
+    /// Builds the driver. `settings` is the `[[drivers]] settings` object, already valid against
+    /// the schema [`Driver::describe`] gave; `ctx` is what the host adds (its data folder).
+    fn new(ctx: &HostContext, settings: &Value) -> Result<Self, String>
+    where
+        Self: Sized;
     /// The name projects select it by.
     fn name(&self) -> String;
     /// How strongly this driver claims `app_dir` (0 = not at all; the highest score wins).
@@ -116,6 +142,7 @@ impl<D: Driver> HarnessDriver for FfiDriver<D> {
         let r = guarded(|| {
             let req: TurnRequest = serde_json::from_str(request_json.as_str())
                 .map_err(|e| format!("invalid turn request: {e}"))?;
+            crate::types::check_payload_version(req.v)?;
             let turn = self.0.start_turn(req, Sink(Arc::new(sink)))?;
             Ok(TurnHandle_TO::from_value(FfiTurn(turn), TD_Opaque))
         });
@@ -140,6 +167,7 @@ impl TurnHandle for FfiTurn {
         let r = guarded(|| {
             let d: Decision = serde_json::from_str(decision_json.as_str())
                 .map_err(|e| format!("invalid decision: {e}"))?;
+            crate::types::check_payload_version(d.v)?;
             self.0.resolve_input(request_id.as_str(), d)
         });
         match r {
@@ -161,23 +189,125 @@ pub fn into_ffi<D: Driver>(driver: D) -> HarnessDriverBox {
     HarnessDriver_TO::from_value(FfiDriver(driver), TD_Opaque)
 }
 
-/// Used by [`crate::export_driver!`]: parses the settings and runs the constructor, panic-safe.
-#[doc(hidden)]
-pub fn construct<D: Driver>(
-    settings_json: &str,
-    ctor: fn(&Value) -> Result<D, String>,
-) -> RResult<HarnessDriverBox, RString> {
-    let r = guarded(|| {
-        let settings: Value = if settings_json.trim().is_empty() {
-            Value::Object(Default::default())
-        } else {
-            serde_json::from_str(settings_json).map_err(|e| format!("invalid settings: {e}"))?
-        };
-        ctor(&settings).map(into_ffi)
-    });
+fn parse_object(json: &str, what: &str) -> Result<Value, String> {
+    if json.trim().is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_str(json).map_err(|e| format!("invalid {what}: {e}"))
+}
+
+fn to_rresult<T, U: From<T>>(r: Result<T, String>) -> RResult<U, RString> {
     match r {
+        Ok(v) => ROk(v.into()),
+        Err(e) => RErr(e.into()),
+    }
+}
+
+/// Used by [`crate::export_driver!`]: runs [`Driver::describe`], panic-safe; an empty version
+/// becomes the plugin crate's.
+#[doc(hidden)]
+pub fn ffi_describe<D: Driver>(
+    host_info_json: &str,
+    crate_version: &str,
+) -> RResult<RString, RString> {
+    to_rresult(guarded(|| {
+        // A host newer than this API may send fields we do not know; they are ignored.
+        let host: HostInfo = serde_json::from_str(host_info_json).unwrap_or_default();
+        let mut info = D::describe(&host);
+        if info.version.is_empty() {
+            info.version = crate_version.to_string();
+        }
+        serde_json::to_string(&info).map_err(|e| e.to_string())
+    }))
+}
+
+/// Used by [`crate::export_driver!`]: parses the context and settings and runs
+/// [`Driver::new`], panic-safe.
+#[doc(hidden)]
+pub fn ffi_construct<D: Driver>(
+    context_json: &str,
+    settings_json: &str,
+) -> RResult<HarnessDriverBox, RString> {
+    match guarded(|| {
+        let ctx: HostContext =
+            serde_json::from_str(context_json).map_err(|e| format!("invalid host context: {e}"))?;
+        let settings = parse_object(settings_json, "settings")?;
+        D::new(&ctx, &settings).map(into_ffi)
+    }) {
         Ok(d) => ROk(d),
         Err(e) => RErr(e.into()),
+    }
+}
+
+/// How the host builds a driver: from a plugin's root module, or from a type linked into the
+/// host. Both go through the same handshake.
+#[derive(Clone, Copy)]
+pub enum DriverFactory {
+    /// A loaded plugin's root module (the library stays loaded).
+    Module(DriverModuleRef),
+    /// A driver type linked into the host.
+    Linked {
+        /// [`Driver::describe`] of the type.
+        describe: fn(&HostInfo) -> DriverInfo,
+        /// [`Driver::new`] of the type, wrapped for the host.
+        build: fn(&HostContext, &Value) -> Result<HarnessDriverBox, String>,
+    },
+}
+
+impl DriverFactory {
+    /// A plugin's root module, refused unless it speaks this ABI's major version.
+    pub fn module(m: DriverModuleRef) -> Result<Self, String> {
+        let major = (m.abi_major())();
+        if major != crate::ABI_MAJOR {
+            return Err(format!(
+                "built for plugin ABI {major}.x, this host speaks ABI {}",
+                crate::ABI_VERSION
+            ));
+        }
+        Ok(Self::Module(m))
+    }
+
+    /// A driver type linked into the host.
+    pub fn linked<D: Driver>() -> Self {
+        fn build<D: Driver>(
+            ctx: &HostContext,
+            settings: &Value,
+        ) -> Result<HarnessDriverBox, String> {
+            guarded(|| D::new(ctx, settings).map(into_ffi))
+        }
+        Self::Linked {
+            describe: D::describe,
+            build: build::<D>,
+        }
+    }
+
+    /// The handshake's first half.
+    pub fn describe(&self, host: &HostInfo) -> Result<DriverInfo, String> {
+        match self {
+            Self::Module(m) => {
+                let json = serde_json::to_string(host).map_err(|e| e.to_string())?;
+                let out: String = (m.describe())(RStr::from_str(&json)).into_result()?.into();
+                serde_json::from_str(&out).map_err(|e| format!("driver returned invalid info: {e}"))
+            }
+            Self::Linked { describe, .. } => {
+                guarded(|| Ok(describe(host))).map_err(|e| format!("describe failed: {e}"))
+            }
+        }
+    }
+
+    /// Builds a driver object from the host context and the user's settings.
+    pub fn build(&self, ctx: &HostContext, settings: &Value) -> Result<HostDriver, String> {
+        match self {
+            Self::Module(m) => {
+                let ctx = serde_json::to_string(ctx).map_err(|e| e.to_string())?;
+                let settings = serde_json::to_string(settings).map_err(|e| e.to_string())?;
+                (m.new_driver())(RStr::from_str(&ctx), RStr::from_str(&settings))
+                    .into_result()
+                    .map(HostDriver::new)
+                    .map_err(Into::into)
+            }
+            Self::Linked { build, .. } => build(ctx, settings).map(HostDriver::new),
+        }
     }
 }
 

@@ -14,6 +14,23 @@ pub fn frontmatter(text: &str) -> Option<(&str, usize)> {
     Some((&rest[..end + 1], 2))
 }
 
+/// The `key: value` lines of a flat frontmatter block (no nesting, no lists), in order. Lines
+/// without a colon are skipped; surrounding quotes of a value are removed.
+pub fn flat_fields(frontmatter: &str) -> Vec<(String, String)> {
+    frontmatter
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(v);
+            (k.trim().to_string(), v.to_string())
+        })
+        .collect()
+}
+
 /// The first `line N` a parser's error message mentions, if any.
 pub fn line_in_message(msg: &str) -> Option<usize> {
     let i = msg.find("line ")?;
@@ -42,5 +59,12 @@ mod tests {
         assert_eq!(frontmatter("no front"), None);
         assert_eq!(frontmatter("---\nname: a\n"), None);
         assert_eq!(line_in_message("bad at line 3 column 2"), Some(3));
+        assert_eq!(
+            flat_fields("name: a\ndescription: \"b: c\"\nnoise\n"),
+            [
+                ("name".into(), "a".into()),
+                ("description".into(), "b: c".into())
+            ]
+        );
     }
 }

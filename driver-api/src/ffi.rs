@@ -1,4 +1,9 @@
-//! The raw `abi_stable` surface. Driver authors normally use [`crate::driver`] instead.
+//! The raw `abi_stable` surface. Driver authors use [`crate::Driver`] and
+//! [`crate::export_driver!`] instead; the host uses [`crate::DriverFactory`].
+//!
+//! Growth rules (see `COMPATIBILITY.md`): a root-module field or trait method added after 1.0
+//! goes after the `last_prefix_field`, and the root module reads missing fields as `None`
+//! (`missing_field(option)`), so an older plugin still loads on a newer host.
 #![allow(non_camel_case_types, non_local_definitions)]
 
 use abi_stable::{
@@ -10,7 +15,7 @@ use abi_stable::{
     StableAbi,
 };
 
-/// Implemented by the host: receives the driver's events as versioned JSON ([`crate::Event`]).
+/// Implemented by the host: receives the driver's events as JSON ([`crate::Event`]).
 #[sabi_trait]
 pub trait EventSink: Send + Sync {
     /// Delivers one event. Never blocks for long; safe to call from any thread.
@@ -57,26 +62,30 @@ pub trait HarnessDriver: Send + Sync {
 /// An owned, type-erased [`HarnessDriver`].
 pub type HarnessDriverBox = HarnessDriver_TO<'static, RBox<()>>;
 
-/// The root module every driver plugin exports.
+/// The root module every driver plugin exports (through [`crate::export_driver!`]).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = DriverModuleRef)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct DriverModule {
-    /// Must return [`crate::ABI_VERSION`] of the plugin-api the plugin was built with.
-    pub abi_version: extern "C" fn() -> u32,
-    /// Builds the driver from its JSON settings.
+    /// The plugin's [`crate::ABI_MAJOR`]; the host refuses another before calling anything else.
+    pub abi_major: extern "C" fn() -> u32,
+    /// The handshake's first half: host info ([`crate::HostInfo`] JSON) in, driver info
+    /// ([`crate::DriverInfo`] JSON) out. Called before the driver exists, to validate settings.
+    pub describe: extern "C" fn(host_info_json: RStr<'_>) -> RResult<RString, RString>,
+    /// Builds the driver from the host context ([`crate::HostContext`] JSON) and the user's
+    /// settings (a JSON object, already checked against the driver's schema).
     #[sabi(last_prefix_field)]
-    pub new_driver: extern "C" fn(settings_json: RStr<'_>) -> RResult<HarnessDriverBox, RString>,
-    /// The driver's own version (its crate's version). Added after the first release of ABI 1:
-    /// a plugin built before it has none, and the host reports the version as unknown.
-    #[sabi(missing_field(option))]
-    pub driver_version: extern "C" fn() -> RString,
+    pub new_driver: extern "C" fn(
+        context_json: RStr<'_>,
+        settings_json: RStr<'_>,
+    ) -> RResult<HarnessDriverBox, RString>,
 }
 
 impl RootModule for DriverModuleRef {
     declare_root_module_statics! {DriverModuleRef}
     const BASE_NAME: &'static str = "karta_driver";
     const NAME: &'static str = "karta_driver";
+    // This crate's version, which is the ABI's (not the product's).
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }

@@ -1,12 +1,66 @@
 //! Typed payloads exchanged with drivers, serialized as versioned JSON across the ABI.
+//!
+//! Forward compatibility both ways: a reader ignores fields it does not know, every field added
+//! after 1.0 is optional, an event of a type the host does not know arrives as
+//! [`EventKind::Custom`], and an enum value either side does not know is carried as `Other`.
+
+/// An enum whose unknown values are carried as `Other(String)` instead of failing the parse.
+macro_rules! open_enum {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $variant:ident = $wire:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(from = "String", into = "String")]
+        pub enum $name {
+            $($(#[$vm])* $variant,)+
+            /// A value this version of the API does not know, as sent.
+            Other(String),
+        }
+
+        impl $name {
+            /// The wire name.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $wire,)+
+                    Self::Other(s) => s,
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                match s.as_str() {
+                    $($wire => Self::$variant,)+
+                    _ => Self::Other(s),
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                match v {
+                    $name::Other(s) => s,
+                    known => known.as_str().to_string(),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// What the host asks a driver to run.
+/// What the host asks a driver to run. Built by the host as `TurnRequest::default()` (of the
+/// current payload version) and then field by field, so that fields can be added within 1.x.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
 pub struct TurnRequest {
     /// Payload version ([`crate::PAYLOAD_VERSION`]).
     pub v: u32,
@@ -38,19 +92,62 @@ pub struct TurnRequest {
     /// `harness.claude.idle_timeout_seconds`.
     #[serde(default)]
     pub app_config: Value,
-    /// How the harness must be confined: pass it to [`crate::sandbox::launch`].
+    /// How the harness must be confined: pass it to the kit's sandbox launcher unchanged.
     #[serde(default)]
     pub sandbox: crate::sandbox::SandboxSpec,
 }
 
+impl Default for TurnRequest {
+    fn default() -> Self {
+        Self {
+            v: crate::PAYLOAD_VERSION,
+            session_id: String::new(),
+            harness_session_id: None,
+            app_dir: String::new(),
+            workspace_dir: String::new(),
+            text: String::new(),
+            agent: String::new(),
+            participant: Participant::default(),
+            thinking: false,
+            permission_mode: None,
+            env: BTreeMap::new(),
+            app_config: Value::Null,
+            sandbox: crate::sandbox::SandboxSpec::default(),
+        }
+    }
+}
+
+/// Refuses a payload of another version (it comes from a peer of another ABI major).
+pub fn check_payload_version(v: u32) -> Result<(), String> {
+    if v == crate::PAYLOAD_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "payload version {v}; this side reads version {}",
+            crate::PAYLOAD_VERSION
+        ))
+    }
+}
+
 /// The sender of a message.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Participant {
     /// Stable name of the participant.
     pub name: String,
     /// `human` or `ai`.
     #[serde(rename = "type")]
     pub kind: String,
+}
+
+impl Participant {
+    /// A participant named `name` of type `kind` (`human` or `ai`).
+    pub fn new(name: impl Into<String>, kind: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: kind.into(),
+        }
+    }
 }
 
 /// One event from a driver: the public envelope's `type` and `data`, plus the harness's raw event.
@@ -159,7 +256,8 @@ pub struct CustomEvent {
     pub data: Value,
 }
 
-/// The event types this version of the API defines.
+/// The event types this version of the API defines (a host sends its own list in
+/// [`crate::HostInfo::event_types`]).
 pub const KNOWN_EVENT_TYPES: [&str; 11] = [
     "text",
     "reasoning",
@@ -178,16 +276,21 @@ pub const KNOWN_EVENT_TYPES: [&str; 11] = [
 /// [`EventKind::Custom`]; a known type with data of the wrong shape is an error.
 pub fn parse_event(json: &str) -> Result<Event, String> {
     let strict_err = match serde_json::from_str::<Event>(json) {
-        Ok(e) => return Ok(e),
+        Ok(e) => return check_payload_version(e.v).map(|()| e),
         Err(e) => e,
     };
     let v: Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
     match v.get("type").and_then(Value::as_str) {
         Some(t) if !KNOWN_EVENT_TYPES.contains(&t) => Ok(Event {
-            v: v.get("v")
-                .and_then(Value::as_u64)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(crate::PAYLOAD_VERSION),
+            v: {
+                let n = v
+                    .get("v")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(crate::PAYLOAD_VERSION);
+                check_payload_version(n)?;
+                n
+            },
             kind: EventKind::Custom(CustomEvent {
                 event_type: t.to_string(),
                 data: v.get("data").cloned().unwrap_or(Value::Null),
@@ -250,18 +353,18 @@ pub struct ToolUse {
     pub result: Option<Value>,
 }
 
-/// Where a tool call stands.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ToolStatus {
-    /// Announced, not started.
-    Pending,
-    /// Running.
-    Running,
-    /// Finished; `result` holds the output.
-    Completed,
-    /// Failed; `result` holds the error.
-    Error,
+open_enum! {
+    /// Where a tool call stands.
+    pub enum ToolStatus {
+        /// Announced, not started.
+        Pending = "pending",
+        /// Running.
+        Running = "running",
+        /// Finished; `result` holds the output.
+        Completed = "completed",
+        /// Failed; `result` holds the error.
+        Error = "error",
+    }
 }
 
 /// An approval the turn waits for.
@@ -310,17 +413,25 @@ pub struct Done {
     pub message: Option<AssistantMessage>,
 }
 
-/// How a turn ended.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum TurnStatus {
-    /// Ran to the end.
-    #[default]
-    Completed,
-    /// Ended by an error.
-    Failed,
-    /// Stopped by a cancel.
-    Cancelled,
+open_enum! {
+    /// How a turn ended. The host records an `Other` status as `completed` unless the turn
+    /// reported an error, and forwards the value as sent.
+    pub enum TurnStatus {
+        /// Ran to the end.
+        Completed = "completed",
+        /// Ended by an error.
+        Failed = "failed",
+        /// Stopped by a cancel.
+        Cancelled = "cancelled",
+    }
+}
+
+// The macro derives no `Default` (most open enums have none).
+#[allow(clippy::derivable_impls)]
+impl Default for TurnStatus {
+    fn default() -> Self {
+        Self::Completed
+    }
 }
 
 /// Token and cost accounting of a turn or of one step of it.
@@ -390,20 +501,22 @@ pub struct AssistantMessage {
     pub agent: String,
 }
 
-/// The decisions an approval can get.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum DecisionKind {
-    /// Allow this one call.
-    ApproveOnce,
-    /// Allow this and later calls of the same tool in this session.
-    ApproveSession,
-    /// Refuse the call.
-    Deny,
+open_enum! {
+    /// The decisions an approval can get. A driver may offer a value the host does not know;
+    /// the host offers it to clients as sent and passes it back when chosen.
+    pub enum DecisionKind {
+        /// Allow this one call.
+        ApproveOnce = "approve_once",
+        /// Allow this and later calls of the same tool in this session.
+        ApproveSession = "approve_session",
+        /// Refuse the call.
+        Deny = "deny",
+    }
 }
 
 /// An answer to an [`InputRequest`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Decision {
     /// Payload version ([`crate::PAYLOAD_VERSION`]).
     pub v: u32,
@@ -412,6 +525,17 @@ pub struct Decision {
     /// An optional message for the model (e.g. why it was denied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl Decision {
+    /// A decision of the current payload version.
+    pub fn new(decision: DecisionKind, message: Option<String>) -> Self {
+        Self {
+            v: crate::PAYLOAD_VERSION,
+            decision,
+            message,
+        }
+    }
 }
 
 /// What a driver found in a harness-app folder.
@@ -483,6 +607,43 @@ mod tests {
     }
 
     #[test]
+    fn unknown_enum_values_are_carried_and_known_ones_keep_their_wire_names() {
+        let d: Done =
+            serde_json::from_value(json!({"usage": {}, "status": "paused_forever"})).unwrap();
+        assert_eq!(d.status, TurnStatus::Other("paused_forever".into()));
+        assert_eq!(
+            serde_json::to_value(&d).unwrap()["status"],
+            "paused_forever"
+        );
+        let t: ToolUse = serde_json::from_value(
+            json!({"tool_use_id": "t", "tool_name": "x", "status": "queued"}),
+        )
+        .unwrap();
+        assert_eq!(t.status.as_str(), "queued");
+        let r: InputRequest = serde_json::from_value(json!({
+            "request_id": "r", "kind": "tool_use", "message": "m",
+            "options": ["approve_once", "approve_project", "deny"]
+        }))
+        .unwrap();
+        assert_eq!(
+            r.options,
+            [
+                DecisionKind::ApproveOnce,
+                DecisionKind::Other("approve_project".into()),
+                DecisionKind::Deny
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(DecisionKind::ApproveSession).unwrap(),
+            "approve_session"
+        );
+        assert_eq!(
+            serde_json::to_value(TurnStatus::Cancelled).unwrap(),
+            "cancelled"
+        );
+    }
+
+    #[test]
     fn unknown_event_type_is_an_error_not_a_panic() {
         let r: Result<Event, _> =
             serde_json::from_value(json!({"v": 1, "type": "bogus", "data": {}}));
@@ -504,6 +665,11 @@ mod tests {
         assert_eq!(wire["type"], "custom");
         assert_eq!(wire["data"]["type"], "plan");
         assert!(parse_event(r#"{"v":1,"type":"text","data":{"nope":1}}"#).is_err());
+        // Another payload version is refused, known kind or not.
+        let err = parse_event(r#"{"v":2,"type":"step_start","data":{"step_index":0}}"#);
+        assert!(err.unwrap_err().contains("payload version 2"));
+        assert!(parse_event(r#"{"v":7,"type":"plan","data":{}}"#).is_err());
+        assert_eq!(TurnRequest::default().v, crate::PAYLOAD_VERSION);
         assert!(parse_event("not json").is_err());
         let known = parse_event(r#"{"v":1,"type":"step_start","data":{"step_index":0}}"#).unwrap();
         assert_eq!(known.type_name(), "step_start");

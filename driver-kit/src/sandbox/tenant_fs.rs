@@ -161,6 +161,81 @@ pub fn write_new(
     Ok(true)
 }
 
+/// Opens `rel` beneath `base` for a harness's request (a file the agent asked its client to
+/// read or write): the kernel resolves it without leaving `base` and without following any
+/// link (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a link the agent planted
+/// cannot point the host elsewhere. With `write`, the file is created or truncated and, when
+/// new, given to `owner`; missing parent folders are made with [`ensure_dir`].
+pub fn open_beneath(
+    base: &Path,
+    rel: &Path,
+    write: bool,
+    owner: Option<Owner>,
+) -> io::Result<std::fs::File> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    parts(rel)?;
+    let dir = if write {
+        ensure_dir(base, parent, owner)?
+    } else {
+        let root = open_dir(base)?;
+        if parent.as_os_str().is_empty() {
+            root
+        } else {
+            openat2(
+                &root,
+                parent.as_os_str(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )?
+        }
+    };
+    let flags = if write {
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC
+    } else {
+        libc::O_RDONLY
+    };
+    let fd = openat2(&dir, name, flags)?;
+    if write {
+        // SAFETY: zeroed plain-data struct filled by the kernel for a valid descriptor.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        give(&fd, owner)?;
+    }
+    Ok(std::fs::File::from(fd))
+}
+
+fn openat2(dir: &OwnedFd, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: a zeroed plain-data struct, then filled.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    how.mode = if flags & libc::O_CREAT != 0 { 0o644 } else { 0 };
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid descriptor, C string and `open_how` of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
 /// Gives `dir` and everything under it that is not yet the tenant's to `owner` (links are
 /// changed themselves, never followed), and makes `dir` private (0700). Folders that already
 /// belong to the tenant are not descended into: everything the host puts inside them is created
@@ -216,6 +291,39 @@ fn walk(dir: &OwnedFd, owner: Owner) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_beneath_stays_inside_and_follows_no_link() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("ws");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::write(d.path().join("secret"), "host secret").unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), base.join("link")).unwrap();
+        std::os::unix::fs::symlink(d.path(), base.join("up")).unwrap();
+        let mut f = open_beneath(&base, Path::new("sub/new.txt"), true, None).unwrap();
+        io::Write::write_all(&mut f, b"hello").unwrap();
+        let mut s = String::new();
+        io::Read::read_to_string(
+            &mut open_beneath(&base, Path::new("sub/new.txt"), false, None).unwrap(),
+            &mut s,
+        )
+        .unwrap();
+        assert_eq!(s, "hello");
+        for bad in ["link", "up/secret", "../secret", "/etc/passwd"] {
+            assert!(
+                open_beneath(&base, Path::new(bad), false, None).is_err(),
+                "{bad}"
+            );
+            assert!(
+                open_beneath(&base, Path::new(bad), true, None).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("secret")).unwrap(),
+            "host secret"
+        );
+    }
 
     #[test]
     fn never_writes_through_a_link() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::spec::{CgroupSpec, SandboxLimits};
+use karta_driver_api::sandbox::{CgroupSpec, SandboxLimits};
 
 /// A limit a harness ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

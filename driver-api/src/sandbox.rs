@@ -1,5 +1,8 @@
 //! What the host tells a driver about confining its harness processes (part of every
-//! [`crate::TurnRequest`]). Drivers pass it to [`super::launch`] unchanged.
+//! [`crate::TurnRequest`]). Drivers pass it unchanged to the launcher in `karta-driver-kit`.
+//!
+//! Unlike event payloads, a value here that a driver does not know is an error, not a
+//! catch-all: a driver must not run a harness under confinement it does not understand.
 
 use serde::{Deserialize, Serialize};
 

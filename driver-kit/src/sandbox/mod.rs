@@ -21,13 +21,13 @@
 
 mod cgroup;
 mod detect;
-mod spec;
+
 pub mod tenant_fs;
 
 pub use detect::detect_cgroup;
 
 pub use cgroup::{sweep_stale as sweep_stale_cgroups, LimitHit};
-pub use spec::*;
+pub use karta_driver_api::sandbox::*;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
