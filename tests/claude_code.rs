@@ -408,6 +408,30 @@ fn the_official_openai_python_client_talks_to_claude_code_through_the_adapters()
     );
 }
 
+#[test]
+fn the_official_openai_python_client_reads_claude_codes_reasoning_as_a_responses_item() {
+    let Some(python) = sdk_client("KARTA_TEST_PYTHON") else {
+        return;
+    };
+    let Some(e) = env(
+        r#"[{"match": "", "once": false, "thinking": "Let me think about books.", "text": "Here you go."}]"#,
+    ) else {
+        return;
+    };
+    let out = run_sdk(
+        &python,
+        "openai_python_reasoning.py",
+        &e.k().public,
+        &e.key,
+        &[
+            ("KARTA_PROJECT", "bot"),
+            ("KARTA_EXPECT", "Here you go."),
+            ("KARTA_EXPECT_REASONING", "Let me think about books."),
+        ],
+    );
+    assert!(out.contains("ok"), "{out}");
+}
+
 const TOUCH: &str = r#"{"tool_use": {"name": "Bash", "input": {"command": "touch made_by_agent.txt && echo created", "description": "Create a file"}}}"#;
 
 #[test]

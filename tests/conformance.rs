@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use karta_driver_api::abi_stable::library::lib_header_from_path;
 use karta_driver_api::ffi::DriverModuleRef;
 use karta_driver_api::{
-    Capabilities, DriverFactory, DriverInfo, Event, HostContext, HostDriver, HostInfo, Participant,
-    TurnRequest, PAYLOAD_VERSION,
+    DriverFactory, DriverInfo, Event, HostContext, HostDriver, HostInfo, Participant, TurnRequest,
+    PAYLOAD_VERSION,
 };
 use karta_driver_kit::conformance::{self, done_of, Rig, Scenario, Script};
 use karta_e2e::*;
@@ -352,25 +352,12 @@ fn copy_tree(src: &Path, dst: &Path) {
     }
 }
 
-/// The scenarios a driver claiming `caps` is held to.
-fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
-    Scenario::ALL
-        .into_iter()
-        .filter(|s| match s {
-            Scenario::ApproveOnce | Scenario::ApproveSession | Scenario::Deny => caps.approvals,
-            Scenario::Cancel => caps.cancel,
-            Scenario::Resume => caps.resume,
-            _ => true,
-        })
-        .collect()
-}
-
 fn run(kind: Kind, mode: Mode) {
     let Some(rig) = DriverRig::new(kind, mode) else {
         return;
     };
     let mut failures = Vec::new();
-    for s in scenarios(&rig.info.capabilities) {
+    for s in conformance::scenarios(&rig.info.capabilities) {
         let started = Instant::now();
         let r = conformance::check(&rig, s);
         eprintln!(

@@ -2143,7 +2143,10 @@ fn the_operator_manages_api_tenants_and_projects_and_config_rows_stay_with_their
 #[test]
 fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_export() {
     let e = Env::start(|_, mut pf| {
-        pf.extra = "[[drivers]]\nname = \"claude-code\"\nsettings = { max_retries = 1 }\n".into();
+        pf.extra = "[[drivers]]\nname = \"claude-code\"\nsettings = { max_retries = 1 }\n\n\
+                    [[drivers]]\nname = \"acp\"\nsettings = { command = \"agent\", \
+                    env = { SERVICE_CREDS = \"sk-very-secret\" } }\n"
+            .into();
         pf.project("hello", &hello_app(), None)
     });
     let get = |path: &str| {
@@ -2156,6 +2159,7 @@ fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_e
         r.text().unwrap()
     };
     let cfg: Value = serde_json::from_str(&get("/config")).unwrap();
+    assert!(!cfg.to_string().contains("sk-very-secret"), "{cfg}");
     assert_eq!(cfg["config"]["tenants"][0]["slug"], "acme");
     assert!(cfg["sources"]["tenants/acme"]
         .as_str()
@@ -2163,6 +2167,9 @@ fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_e
         .ends_with("karta.platform.toml"));
     assert!(cfg["sources"]["projects/acme/hello"].is_string());
     let drivers = get("/drivers");
+    // An agent's environment is shown by name only.
+    assert!(!drivers.contains("sk-very-secret"), "{drivers}");
+    assert!(drivers.contains("SERVICE_CREDS"), "{drivers}");
     let listed: Value = serde_json::from_str(&drivers).unwrap();
     let claude = listed["drivers"]
         .as_array()

@@ -34,7 +34,7 @@ pub enum NetworkMode {
 
 /// Per-process resource limits. `None` leaves a limit unset.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SandboxLimits {
     /// Memory of the harness and everything it starts, in MiB (a cgroup).
     pub memory_mb: Option<u64>,
@@ -66,9 +66,10 @@ pub enum CgroupSpec {
     },
 }
 
-/// How the host wants harness processes confined.
+/// How the host wants harness processes confined. A field this driver does not know makes the
+/// turn request unreadable: the driver refuses the turn rather than ignore a confinement.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SandboxSpec {
     /// The backend.
     pub backend: SandboxBackend,

@@ -10,6 +10,8 @@ macro_rules! open_enum {
         $(#[$m])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(from = "String", into = "String")]
+        // Known values may be added within 1.x: match with a wildcard arm.
+        #[non_exhaustive]
         pub enum $name {
             $($(#[$vm])* $variant,)+
             /// A value this version of the API does not know, as sent.
@@ -185,9 +187,11 @@ impl Event {
     }
 }
 
-/// Event payloads; `type` and `data` on the wire.
+/// Event payloads; `type` and `data` on the wire. Kinds may be added within 1.x (match with a
+/// wildcard arm); a host that does not know one receives it as [`EventKind::Custom`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EventKind {
     /// An assistant text chunk.
     Text {

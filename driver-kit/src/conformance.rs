@@ -6,7 +6,7 @@
 //! harness play each [`Scenario`]), then call [`check`] once per scenario:
 //!
 //! ```ignore
-//! for s in Scenario::ALL {
+//! for s in conformance::scenarios(&driver_info.capabilities) {
 //!     if let Err(e) = conformance::check(&my_rig, s) { panic!("{s:?}: {e}") }
 //! }
 //! ```
@@ -61,6 +61,20 @@ impl Scenario {
         Scenario::Resume,
         Scenario::Usage,
     ];
+}
+
+/// The scenarios a driver that claims `caps` is held to (approvals, cancel and resume only
+/// when claimed).
+pub fn scenarios(caps: &karta_driver_api::Capabilities) -> Vec<Scenario> {
+    Scenario::ALL
+        .into_iter()
+        .filter(|s| match s {
+            Scenario::ApproveOnce | Scenario::ApproveSession | Scenario::Deny => caps.approvals,
+            Scenario::Cancel => caps.cancel,
+            Scenario::Resume => caps.resume,
+            _ => true,
+        })
+        .collect()
 }
 
 /// What makes the harness play a scenario.
@@ -216,8 +230,10 @@ impl Running {
             self.until("done", |e| matches!(e.kind, EventKind::Done(_)))?;
         }
         // Nothing may follow `done`.
-        if let Ok(Ok(ev)) = self.rx.recv_timeout(Duration::from_millis(150)) {
-            return Err(format!("`{}` came after `done`", ev.type_name()));
+        match self.rx.recv_timeout(Duration::from_millis(150)) {
+            Ok(Ok(ev)) => return Err(format!("`{}` came after `done`", ev.type_name())),
+            Ok(Err(e)) => return Err(format!("an unreadable event came after `done`: {e}")),
+            Err(_) => {}
         }
         let dones = self
             .events
@@ -452,6 +468,7 @@ pub fn check(rig: &dyn Rig, scenario: Scenario) -> Result<(), String> {
             if !asked(&again) {
                 return Err("approve_once also approved the next call".into());
             }
+            expect_status(&again, TurnStatus::Completed)?;
             again
         }
         Scenario::ApproveSession => {
@@ -472,7 +489,21 @@ pub fn check(rig: &dyn Rig, scenario: Scenario) -> Result<(), String> {
             if let Some(id) = completed_tool(&events, script.tool.as_deref()) {
                 return Err(format!("the denied tool call {id} completed"));
             }
-            done_of(&events)?;
+            // The call ends as an error (or is never reported), and the turn still ends: a
+            // denial is an answer, not a failure.
+            let ended_in_error = events.iter().filter_map(tool_use).any(|(_, name, status)| {
+                *status == ToolStatus::Error && script.tool.as_deref().is_none_or(|t| t == name)
+            });
+            let started = events
+                .iter()
+                .filter_map(tool_use)
+                .any(|(_, name, _)| script.tool.as_deref().is_none_or(|t| t == name));
+            if started && !ended_in_error {
+                return Err("the denied tool call did not end as an error".into());
+            }
+            if done_of(&events)?.status == TurnStatus::Cancelled {
+                return Err("a denial cancelled the turn".into());
+            }
             events
         }
         Scenario::Cancel => {

@@ -589,7 +589,6 @@ impl App {
     fn reload_blocking(&self) -> Result<Plan, AppError> {
         let started = std::time::Instant::now();
         let cfg = config::load(&self.load_options)?;
-        check_driver_settings(&self.drivers, &cfg, &self.load_options)?;
         let loaded = started.elapsed();
         let old = self.config();
         if cfg.data_dir != old.data_dir {
@@ -605,6 +604,8 @@ impl App {
                 ),
             })));
         }
+        // After the data folder check: its plugin folder is where libraries are opened from.
+        check_driver_settings(&self.drivers, &cfg, &self.load_options)?;
         if cfg.database_url() != old.database_url() {
             tracing::warn!("database.url changed; the new database is used after a restart");
         }

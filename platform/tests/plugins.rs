@@ -359,10 +359,12 @@ fn a_driver_whose_settings_change_is_rebuilt_and_running_turns_finish_on_the_old
     };
     let reg = DriverRegistry::new();
     assert!(reg.load_from_config(&cfg).is_empty());
-    let old = reg.get("echo").unwrap();
-    // A slow turn on the old driver object, still running when the settings change.
+    // A slow turn (7 events, 40 ms apart) on the old driver object, still running when the
+    // settings change; only the turn's handle is kept, not the driver.
     let (tx, rx) = std::sync::mpsc::channel();
-    let _turn = old
+    let _turn = reg
+        .get("echo")
+        .unwrap()
         .driver
         .start_turn(&request("slow turn"), move |ev| {
             let _ = tx.send(ev);
@@ -372,9 +374,21 @@ fn a_driver_whose_settings_change_is_rebuilt_and_running_turns_finish_on_the_old
     assert!(reg.load_from_config(&cfg).is_empty());
     let new = reg.get("echo").unwrap();
     assert_eq!(turn_text(&new, "fresh"), "new: fresh");
-    let old_text: String = rx
-        .iter()
-        .map(|e| e.unwrap())
+    // The old turn was still running when the new driver had answered, and then finished.
+    let mut old_events: Vec<karta_driver_api::Event> = rx.try_iter().map(|e| e.unwrap()).collect();
+    assert!(
+        !old_events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Done(_))),
+        "the old turn ended before the reload: {old_events:?}"
+    );
+    old_events.extend(rx.iter().map(|e| e.unwrap()));
+    assert!(matches!(
+        old_events.last().map(|e| &e.kind),
+        Some(EventKind::Done(d)) if d.status == karta_driver_api::TurnStatus::Completed
+    ));
+    let old_text: String = old_events
+        .into_iter()
         .filter_map(|e| match e.kind {
             EventKind::Text {
                 part: karta_driver_api::Part::Text { text },

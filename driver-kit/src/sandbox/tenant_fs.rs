@@ -164,8 +164,10 @@ pub fn write_new(
 /// Opens `rel` beneath `base` for a harness's request (a file the agent asked its client to
 /// read or write): the kernel resolves it without leaving `base` and without following any
 /// link (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a link the agent planted
-/// cannot point the host elsewhere. With `write`, the file is created or truncated and, when
-/// new, given to `owner`; missing parent folders are made with [`ensure_dir`].
+/// cannot point the host elsewhere. Only a regular file with one name is opened (never a FIFO
+/// or device, which could block the host, nor a hard link to a file elsewhere). With `write`,
+/// the file is created (and given to `owner`) or emptied; missing parent folders are made with
+/// [`ensure_dir`]. Needs Linux 5.6 or later.
 pub fn open_beneath(
     base: &Path,
     rel: &Path,
@@ -191,23 +193,45 @@ pub fn open_beneath(
             )?
         }
     };
-    let flags = if write {
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC
-    } else {
-        libc::O_RDONLY
-    };
-    let fd = openat2(&dir, name, flags)?;
-    if write {
-        // SAFETY: zeroed plain-data struct filled by the kernel for a valid descriptor.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+    // Non-blocking while it is checked: opening a FIFO must not wait for a writer.
+    let quiet = libc::O_NONBLOCK | libc::O_NOCTTY;
+    let (fd, created) = if write {
+        match openat2(
+            &dir,
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | quiet,
+        ) {
+            Ok(fd) => (fd, true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                (openat2(&dir, name, libc::O_WRONLY | quiet)?, false)
+            }
+            Err(e) => return Err(e),
         }
-        give(&fd, owner)?;
+    } else {
+        (openat2(&dir, name, libc::O_RDONLY | quiet)?, false)
+    };
+    // SAFETY: zeroed plain-data struct filled by the kernel for a valid descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if st.st_nlink > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a file with several names",
+        ));
+    }
+    // SAFETY: valid descriptor; clears O_NONBLOCK for ordinary blocking I/O on a regular file.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) })?;
+    if write {
+        check(unsafe { libc::ftruncate(fd.as_raw_fd(), 0) })?;
+        if created {
+            give(&fd, owner)?;
+        }
     }
     Ok(std::fs::File::from(fd))
 }

@@ -113,10 +113,9 @@ impl AcpDriver {
         let program = resolve(&command, Path::new(&req.app_dir))?;
         let mut env = self.settings.env.clone();
         env.extend(app.env);
-        let idle = app
-            .idle_timeout
-            .or(self.settings.idle_timeout)
-            .unwrap_or(DEFAULT_IDLE_SECONDS);
+        // The app may shorten the operator's idle timeout, never lengthen it.
+        let operator = self.settings.idle_timeout.unwrap_or(DEFAULT_IDLE_SECONDS);
+        let idle = app.idle_timeout.map_or(operator, |a| a.clamp(1, operator));
         Ok(session::Launch {
             program,
             args,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use agent_client_protocol_schema::v1::{
     ContentBlock, PermissionOptionKind, PromptResponse, RequestPermissionRequest,
-    SessionNotification, SessionUpdate, StopReason, ToolCallStatus,
+    SessionNotification, SessionUpdate, ToolCallStatus,
 };
 use karta_driver_api::{
     DecisionKind, Done, ErrorInfo, Event, EventKind, InputRequest, Part, ToolStatus, ToolUse,
@@ -96,7 +96,7 @@ pub fn parse_line(line: &str) -> Result<Incoming, String> {
             params,
         }),
         (Some(id), None) => {
-            let result = match v.get("error") {
+            let result = match v.get("error").filter(|e| !e.is_null()) {
                 Some(e) => Err(RpcError {
                     code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
                     message: e
@@ -166,6 +166,10 @@ pub fn session_params(cwd: &str, session_id: Option<&str>) -> Value {
 pub fn prompt_params(session_id: &str, text: &str) -> Value {
     json!({"sessionId": session_id, "prompt": [{"type": "text", "text": text}]})
 }
+
+/// Tool calls a turn remembers (name and input, for updates that carry only what changed);
+/// past it, updates of new calls show what they carry.
+pub const MAX_TOOL_CALLS: usize = 4096;
 
 /// What a turn's translation remembers between updates.
 #[derive(Debug, Default)]
@@ -254,7 +258,9 @@ pub fn update_events(params: &Value, st: &mut TurnState) -> Vec<Event> {
             let id = t.tool_call_id.0.to_string();
             let name = t.name.clone().unwrap_or_else(|| t.title.clone());
             let input = t.raw_input.clone().unwrap_or(Value::Null);
-            st.tools.insert(id.clone(), (name.clone(), input.clone()));
+            if st.tools.len() < MAX_TOOL_CALLS {
+                st.tools.insert(id.clone(), (name.clone(), input.clone()));
+            }
             let result = t
                 .raw_output
                 .clone()
@@ -396,25 +402,28 @@ pub fn cancelled_outcome() -> Value {
 /// Token convention (Karta's): `input_tokens` without cached input, `output_tokens` with
 /// reasoning. ACP's `inputTokens` already excludes the cached reads and writes it lists apart.
 pub fn done(result: &Value, cancelled: bool) -> Done {
-    let parsed: Option<PromptResponse> = serde_json::from_value(result.clone()).ok();
-    let status = match parsed.as_ref().map(|p| &p.stop_reason) {
+    // Read apart, so a stop reason newer than this schema keeps the turn and its usage.
+    let stop_reason = result["stopReason"].as_str().map(str::to_string);
+    let status = match stop_reason.as_deref() {
         _ if cancelled => TurnStatus::Cancelled,
-        Some(StopReason::Cancelled) => TurnStatus::Cancelled,
+        Some("cancelled") => TurnStatus::Cancelled,
         Some(_) => TurnStatus::Completed,
         None => TurnStatus::Failed,
     };
-    let stop_reason = result["stopReason"].as_str().map(str::to_string);
-    let usage = parsed
-        .as_ref()
-        .and_then(|p| p.usage.as_ref())
-        .map(|u| {
-            let cache_read = u.cached_read_tokens.unwrap_or(0);
-            let cache_write = u.cached_write_tokens.unwrap_or(0);
-            let mut usage = Usage::new(u.input_tokens, u.output_tokens, cache_read, cache_write);
-            usage.reasoning_tokens = u.thought_tokens.unwrap_or(0).min(u.output_tokens);
-            usage
-        })
-        .unwrap_or_default();
+    let usage = serde_json::from_value::<PromptResponse>(json!({
+        "stopReason": "end_turn",
+        "usage": result.get("usage").cloned().unwrap_or(Value::Null),
+    }))
+    .ok()
+    .and_then(|p| p.usage)
+    .map(|u| {
+        let cache_read = u.cached_read_tokens.unwrap_or(0);
+        let cache_write = u.cached_write_tokens.unwrap_or(0);
+        let mut usage = Usage::new(u.input_tokens, u.output_tokens, cache_read, cache_write);
+        usage.reasoning_tokens = u.thought_tokens.unwrap_or(0).min(u.output_tokens);
+        usage
+    })
+    .unwrap_or_default();
     Done {
         usage,
         status,
@@ -568,5 +577,15 @@ mod tests {
             TurnStatus::Cancelled
         );
         assert_eq!(done(&json!("garbage"), false).status, TurnStatus::Failed);
+        // A stop reason newer than the schema keeps the turn and its usage.
+        let d = done(
+            &json!({"stopReason": "paused_for_lunch", "usage": {"totalTokens": 3, "inputTokens": 2, "outputTokens": 1}}),
+            false,
+        );
+        assert_eq!((d.status, d.usage.total_tokens), (TurnStatus::Completed, 3));
+        assert!(matches!(
+            parse_line(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":null}"#),
+            Ok(Incoming::Response { result: Ok(_), .. })
+        ));
     }
 }

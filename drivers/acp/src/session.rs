@@ -1,13 +1,14 @@
-//! Process I/O: one ACP agent process per Karta session, kept warm between turns, with a reader
-//! thread that routes each line (responses to waiting calls, updates and requests to the turn).
-//! Translation is in `protocol.rs`.
+//! Process I/O: one ACP agent process per Karta session, kept warm between turns. A reader thread
+//! routes each line the agent writes (answers to waiting calls, updates and requests to the
+//! turn); a writer thread owns its stdin, so no lock is ever held across a write to the agent
+//! and a stalled agent can always be killed. Translation is in `protocol.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// Lines of the agent's stderr kept for error messages.
 const STDERR_LINES: usize = 20;
+/// Bytes queued for an agent that does not read its input; past it the agent is stopped.
+const MAX_QUEUED: usize = 64 << 20;
+/// Approvals a turn may have open at once; more are answered `cancelled`.
+const MAX_APPROVALS: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -48,13 +53,16 @@ pub struct Launch {
 /// One running agent process.
 pub struct Agent {
     child: Mutex<Harness>,
-    input: Mutex<Option<ChildStdin>>,
+    /// Lines for the writer thread (dropped to close the agent's input).
+    input: Mutex<Option<Sender<String>>>,
+    queued: Arc<AtomicUsize>,
+    alive: AtomicBool,
     state: Mutex<State>,
     next_id: AtomicU64,
     /// The agent's session id (ACP's), reported to the host as the harness session.
-    pub acp_session: Mutex<String>,
+    acp_session: Mutex<String>,
     /// Whether the agent offers `session/load`.
-    pub offers_load: AtomicBool,
+    offers_load: AtomicBool,
     workspace: PathBuf,
     owner: Option<(u32, u32)>,
     idle_timeout: Duration,
@@ -62,8 +70,9 @@ pub struct Agent {
 }
 
 struct State {
-    alive: bool,
     last_used: Instant,
+    /// Claimed by a turn that has not sent its prompt yet (the reaper leaves it alone).
+    reserved: bool,
     /// Our calls waiting for their answer.
     calls: HashMap<u64, Sender<Result<Value, RpcError>>>,
     turn: Option<ActiveTurn>,
@@ -81,10 +90,13 @@ struct ActiveTurn {
 
 impl Warm for Agent {
     fn retire_if_idle(&self) -> bool {
-        let mut s = lock(&self.state);
-        let idle = s.alive && s.turn.is_none() && s.last_used.elapsed() > self.idle_timeout;
+        let s = lock(&self.state);
+        let idle = self.alive.load(Ordering::SeqCst)
+            && s.turn.is_none()
+            && !s.reserved
+            && s.last_used.elapsed() > self.idle_timeout;
         if idle {
-            s.alive = false;
+            self.alive.store(false, Ordering::SeqCst);
         }
         idle
     }
@@ -94,9 +106,42 @@ impl Warm for Agent {
     }
 }
 
+/// Why a turn could not use an agent.
+enum PromptError {
+    /// The agent is gone (a new one may be started).
+    Dead,
+}
+
+fn spawn_writer(
+    mut stdin: ChildStdin,
+    queued: Arc<AtomicUsize>,
+) -> std::io::Result<Sender<String>> {
+    let (tx, rx) = channel::<String>();
+    std::thread::Builder::new()
+        .name("acp-writer".into())
+        .spawn(move || {
+            for line in rx {
+                let n = line.len() + 1;
+                let ok = stdin
+                    .write_all(line.as_bytes())
+                    .and_then(|_| stdin.write_all(b"\n"))
+                    .and_then(|_| stdin.flush());
+                queued.fetch_sub(n, Ordering::SeqCst);
+                if ok.is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 impl Agent {
     /// Starts the agent for a turn's session and runs `initialize`.
-    pub fn spawn(launch: &Launch, req: &TurnRequest) -> Result<Arc<Agent>, String> {
+    fn spawn(
+        launch: &Launch,
+        req: &TurnRequest,
+        cancelled: &AtomicBool,
+    ) -> Result<Arc<Agent>, String> {
         let workspace = PathBuf::from(&req.workspace_dir);
         let home = PathBuf::from(format!("{}.home", req.workspace_dir.trim_end_matches('/')));
         let (base, name) = match (home.parent(), home.file_name()) {
@@ -140,13 +185,17 @@ impl Agent {
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = spawn_writer(stdin, queued.clone()).map_err(|e| e.to_string())?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let agent = Arc::new(Agent {
             child: Mutex::new(harness),
-            input: Mutex::new(Some(stdin)),
+            input: Mutex::new(Some(writer)),
+            queued,
+            alive: AtomicBool::new(true),
             state: Mutex::new(State {
-                alive: true,
                 last_used: Instant::now(),
+                reserved: true,
                 calls: HashMap::new(),
                 turn: None,
             }),
@@ -185,11 +234,11 @@ impl Agent {
                 }
             })
             .map_err(|e| e.to_string())?;
-        let init = agent.call(
+        match agent.call(
             "initialize",
             protocol::initialize_params(env!("CARGO_PKG_VERSION")),
-        );
-        match init {
+            cancelled,
+        ) {
             Ok(r) => {
                 agent
                     .offers_load
@@ -203,36 +252,66 @@ impl Agent {
         }
     }
 
-    /// Claims the agent for a turn (false when it is retired or busy).
+    /// Claims a warm agent for a turn (false when it is retired, busy or claimed).
     fn claim(&self) -> bool {
-        let s = lock(&self.state);
-        s.alive && s.turn.is_none()
+        let mut s = lock(&self.state);
+        let free = self.alive.load(Ordering::SeqCst) && s.turn.is_none() && !s.reserved;
+        if free {
+            s.reserved = true;
+            s.last_used = Instant::now();
+        }
+        free
     }
 
-    fn write(&self, line: &str) -> Result<(), String> {
-        let mut input = lock(&self.input);
-        let w = input.as_mut().ok_or("the agent's input is closed")?;
-        w.write_all(line.as_bytes())
-            .and_then(|_| w.write_all(b"\n"))
-            .and_then(|_| w.flush())
-            .map_err(|e| format!("cannot write to the agent: {e}"))
+    /// Queues a line for the agent; never blocks. An agent that stops reading its input while
+    /// more than [`MAX_QUEUED`] bytes wait is stopped.
+    fn send(&self, line: String) -> Result<(), String> {
+        let n = line.len() + 1;
+        if self.queued.fetch_add(n, Ordering::SeqCst) + n > MAX_QUEUED {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            self.stop();
+            return Err("the ACP agent stopped reading its input".into());
+        }
+        let sent = lock(&self.input)
+            .as_ref()
+            .map(|tx| tx.send(line).is_ok())
+            .unwrap_or(false);
+        if sent {
+            Ok(())
+        } else {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            Err("the agent's input is closed".into())
+        }
     }
 
-    /// Sends a request and waits for its answer.
-    pub fn call(&self, method: &str, params: Value) -> Result<Value, String> {
+    /// Sends a request and waits for its answer (giving up on a cancel).
+    fn call(&self, method: &str, params: Value, cancelled: &AtomicBool) -> Result<Value, String> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = channel();
         lock(&self.state).calls.insert(id, tx);
-        self.write(&protocol::request(id, method, params))?;
-        match rx.recv_timeout(SETUP_TIMEOUT) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("{method}: {} (code {})", e.message, e.code)),
-            Err(_) => {
-                lock(&self.state).calls.remove(&id);
-                Err(format!(
-                    "{method}: no answer from the agent{}",
-                    self.stderr()
-                ))
+        if let Err(e) = self.send(protocol::request(id, method, params)) {
+            lock(&self.state).calls.remove(&id);
+            return Err(e);
+        }
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        loop {
+            let slice =
+                Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()));
+            match rx.recv_timeout(slice) {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => return Err(format!("{method}: {} (code {})", e.message, e.code)),
+                Err(RecvTimeoutError::Timeout)
+                    if Instant::now() < deadline && !cancelled.load(Ordering::SeqCst) => {}
+                Err(_) => {
+                    lock(&self.state).calls.remove(&id);
+                    if cancelled.load(Ordering::SeqCst) {
+                        return Err(format!("{method}: cancelled"));
+                    }
+                    return Err(format!(
+                        "{method}: no answer from the agent{}",
+                        self.stderr()
+                    ));
+                }
             }
         }
     }
@@ -265,72 +344,70 @@ impl Agent {
         match msg {
             Incoming::Response { id, result } => {
                 let Some(id) = id.as_u64() else { return };
-                let mut s = lock(&self.state);
-                if let Some(tx) = s.calls.remove(&id) {
-                    let _ = tx.send(result);
-                    return;
-                }
-                let is_prompt = s.turn.as_ref().is_some_and(|t| t.prompt_id == id);
-                if is_prompt {
-                    let turn = s.turn.take();
-                    s.last_used = Instant::now();
-                    drop(s);
-                    if let Some(t) = turn {
-                        let cancelled = t.cancelled.load(Ordering::SeqCst);
-                        let done = match result {
-                            Ok(r) => protocol::done(&r, cancelled),
-                            Err(e) => {
-                                t.sink.emit_kind(EventKind::Error(protocol::rpc_error(
-                                    "session/prompt",
-                                    &e,
-                                )));
-                                Done {
-                                    status: if cancelled {
-                                        TurnStatus::Cancelled
-                                    } else {
-                                        TurnStatus::Failed
-                                    },
-                                    ..Done::default()
-                                }
-                            }
-                        };
-                        finish(&t.sink, done);
+                let turn = {
+                    let mut s = lock(&self.state);
+                    if let Some(tx) = s.calls.remove(&id) {
+                        let _ = tx.send(result);
+                        return;
                     }
+                    if s.turn.as_ref().is_none_or(|t| t.prompt_id != id) {
+                        return;
+                    }
+                    s.last_used = Instant::now();
+                    s.turn.take()
+                };
+                // Events go out with no lock held: a full host queue only slows this thread.
+                if let Some(t) = turn {
+                    let cancelled = t.cancelled.load(Ordering::SeqCst);
+                    let done = match result {
+                        Ok(r) => protocol::done(&r, cancelled),
+                        Err(e) => {
+                            t.sink.emit_kind(EventKind::Error(protocol::rpc_error(
+                                "session/prompt",
+                                &e,
+                            )));
+                            Done {
+                                status: if cancelled {
+                                    TurnStatus::Cancelled
+                                } else {
+                                    TurnStatus::Failed
+                                },
+                                ..Done::default()
+                            }
+                        }
+                    };
+                    finish(&t.sink, done);
                 }
             }
             Incoming::Notification { method, params } => {
                 if method != "session/update" {
                     return;
                 }
-                let mut s = lock(&self.state);
-                if let Some(t) = s.turn.as_mut() {
-                    for ev in protocol::update_events(&params, &mut t.proto) {
-                        t.sink.emit(&ev);
+                let out = {
+                    let mut s = lock(&self.state);
+                    s.turn.as_mut().map(|t| {
+                        (
+                            t.sink.clone(),
+                            protocol::update_events(&params, &mut t.proto),
+                        )
+                    })
+                };
+                if let Some((sink, events)) = out {
+                    for ev in events {
+                        sink.emit(&ev);
                     }
                 }
             }
             Incoming::Request { id, method, params } => {
                 let reply = match method.as_str() {
-                    "session/request_permission" => {
-                        let mut s = lock(&self.state);
-                        match s.turn.as_mut() {
-                            Some(t) if !t.cancelled.load(Ordering::SeqCst) => {
-                                t.next_approval += 1;
-                                let rid = format!("req_acp_{}_{}", t.prompt_id, t.next_approval);
-                                match protocol::permission(&params, &rid) {
-                                    Ok(p) => {
-                                        t.sink.emit(&Event::new(EventKind::InputRequired(
-                                            p.request.clone(),
-                                        )));
-                                        t.approvals.insert(rid, (id, p));
-                                        return;
-                                    }
-                                    Err(e) => protocol::error_response(&id, -32602, &e),
-                                }
-                            }
-                            _ => protocol::response(&id, protocol::cancelled_outcome()),
+                    "session/request_permission" => match self.ask(&id, &params) {
+                        Ok(Some((sink, request))) => {
+                            sink.emit(&Event::new(EventKind::InputRequired(request)));
+                            return;
                         }
-                    }
+                        Ok(None) => protocol::response(&id, protocol::cancelled_outcome()),
+                        Err(e) => protocol::error_response(&id, -32602, &e),
+                    },
                     "fs/read_text_file" | "fs/write_text_file" => {
                         match fs::serve(&method, &params, &self.workspace, self.owner) {
                             Ok(v) => protocol::response(&id, v),
@@ -343,15 +420,37 @@ impl Agent {
                         &format!("{other} is not offered by this client"),
                     ),
                 };
-                let _ = self.write(&reply);
+                let _ = self.send(reply);
             }
         }
     }
 
+    /// Records a permission request for the running turn; `None` when there is no turn to ask
+    /// (or it is cancelled, or has too many open), and the request is answered `cancelled`.
+    fn ask(
+        &self,
+        id: &Value,
+        params: &Value,
+    ) -> Result<Option<(Sink, karta_driver_api::InputRequest)>, String> {
+        let mut s = lock(&self.state);
+        let Some(t) = s.turn.as_mut() else {
+            return Ok(None);
+        };
+        if t.cancelled.load(Ordering::SeqCst) || t.approvals.len() >= MAX_APPROVALS {
+            return Ok(None);
+        }
+        t.next_approval += 1;
+        let rid = format!("req_acp_{}_{}", t.prompt_id, t.next_approval);
+        let p = protocol::permission(params, &rid)?;
+        let request = p.request.clone();
+        t.approvals.insert(rid, (id.clone(), p));
+        Ok(Some((t.sink.clone(), request)))
+    }
+
     fn on_exit(&self) {
+        self.alive.store(false, Ordering::SeqCst);
         let turn = {
             let mut s = lock(&self.state);
-            s.alive = false;
             s.calls.clear();
             s.turn.take()
         };
@@ -380,85 +479,86 @@ impl Agent {
                 );
             }
         }
-        let mut child = lock(&self.child);
-        let _ = child.try_wait();
+        let _ = lock(&self.child).try_wait();
     }
 
-    /// Starts a prompt; its events and `done` go to `sink`.
+    /// Sends the prompt of a turn that claimed this agent; its events and `done` go to `sink`.
+    /// Returns the prompt's id.
     fn prompt(
-        self: &Arc<Self>,
+        &self,
         text: &str,
         thinking: bool,
-        sink: Sink,
-        cancelled: Arc<AtomicBool>,
-    ) -> Result<(), String> {
+        sink: &Sink,
+        cancelled: &Arc<AtomicBool>,
+    ) -> Result<u64, PromptError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let session = lock(&self.acp_session).clone();
-        {
-            let mut s = lock(&self.state);
-            if !s.alive {
-                return Err("the ACP agent has stopped".into());
-            }
-            s.turn = Some(ActiveTurn {
-                sink: sink.clone(),
-                proto: TurnState::new(thinking),
-                prompt_id: id,
-                cancelled,
-                approvals: HashMap::new(),
-                next_approval: 0,
-            });
+        let mut s = lock(&self.state);
+        s.reserved = false;
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(PromptError::Dead);
         }
-        if let Err(e) = self.write(&protocol::request(
+        // Queued under the state lock, as a cancel's lines are: a cancel that can see this
+        // turn is queued after its prompt.
+        self.send(protocol::request(
             id,
             "session/prompt",
             protocol::prompt_params(&session, text),
-        )) {
-            lock(&self.state).turn = None;
-            return Err(e);
-        }
-        // After the prompt is out, so a cancel that follows this event reaches the agent after
-        // the prompt it cancels.
-        sink.emit_kind(EventKind::StepStart {
-            step_index: 0,
-            description: None,
+        ))
+        .map_err(|_| PromptError::Dead)?;
+        s.turn = Some(ActiveTurn {
+            sink: sink.clone(),
+            proto: TurnState::new(thinking),
+            prompt_id: id,
+            cancelled: cancelled.clone(),
+            approvals: HashMap::new(),
+            next_approval: 0,
         });
-        Ok(())
+        Ok(id)
     }
 
-    fn resolve(&self, request_id: &str, decision: &Decision) -> Result<(), String> {
-        let (agent_id, p) = {
+    fn resolve(&self, prompt_id: u64, request_id: &str, decision: &Decision) -> Result<(), String> {
+        let (agent_id, outcome) = {
             let mut s = lock(&self.state);
-            let t = s.turn.as_mut().ok_or("the turn has ended")?;
+            let t = s
+                .turn
+                .as_mut()
+                .filter(|t| t.prompt_id == prompt_id)
+                .ok_or("the turn has ended")?;
             let (_, p) = t
                 .approvals
                 .get(request_id)
                 .ok_or_else(|| format!("no pending request {request_id}"))?;
             // Checked before the request is taken, so a refused decision can be retried.
-            protocol::permission_outcome(p, &decision.decision)?;
-            t.approvals
+            let outcome = protocol::permission_outcome(p, &decision.decision)?;
+            let (agent_id, _) = t
+                .approvals
                 .remove(request_id)
-                .ok_or_else(|| format!("no pending request {request_id}"))?
+                .ok_or_else(|| format!("no pending request {request_id}"))?;
+            (agent_id, outcome)
         };
-        let outcome = protocol::permission_outcome(&p, &decision.decision)?;
-        self.write(&protocol::response(&agent_id, outcome))
+        self.send(protocol::response(&agent_id, outcome))
     }
 
-    fn cancel(self: &Arc<Self>) {
-        let pending: Vec<Value> = {
+    /// Cancels the turn with `prompt_id`, if it is still the one running.
+    fn cancel(self: &Arc<Self>, prompt_id: u64) {
+        {
             let mut s = lock(&self.state);
-            let Some(t) = s.turn.as_mut() else { return };
+            let Some(t) = s.turn.as_mut().filter(|t| t.prompt_id == prompt_id) else {
+                return;
+            };
             t.cancelled.store(true, Ordering::SeqCst);
-            t.approvals.drain().map(|(_, (id, _))| id).collect()
-        };
-        // ACP: the client answers open permission requests of a cancelled turn `cancelled`.
-        for id in pending {
-            let _ = self.write(&protocol::response(&id, protocol::cancelled_outcome()));
+            // ACP: the client answers open permission requests of a cancelled turn
+            // `cancelled`.
+            for (_, (id, _)) in t.approvals.drain() {
+                let _ = self.send(protocol::response(&id, protocol::cancelled_outcome()));
+            }
+            let session = lock(&self.acp_session).clone();
+            let _ = self.send(protocol::notification(
+                "session/cancel",
+                json!({ "sessionId": session }),
+            ));
         }
-        let session = lock(&self.acp_session).clone();
-        let _ = self.write(&protocol::notification(
-            "session/cancel",
-            json!({ "sessionId": session }),
-        ));
         // An agent that ignores the cancel is stopped; the turn then ends `cancelled`.
         let me = Arc::downgrade(self);
         let _ = std::thread::Builder::new()
@@ -466,18 +566,23 @@ impl Agent {
             .spawn(move || {
                 std::thread::sleep(CANCEL_GRACE);
                 if let Some(a) = me.upgrade() {
-                    if lock(&a.state).turn.is_some() {
+                    let still = lock(&a.state)
+                        .turn
+                        .as_ref()
+                        .is_some_and(|t| t.prompt_id == prompt_id);
+                    if still {
                         a.stop();
                     }
                 }
             });
     }
 
-    /// Stops the process (the reader then ends any turn).
+    /// Stops the process (the reader then ends any turn). Takes no lock a writer or the reader
+    /// could hold for long.
     pub fn stop(&self) {
-        lock(&self.state).alive = false;
-        *lock(&self.input) = None;
+        self.alive.store(false, Ordering::SeqCst);
         lock(&self.child).kill();
+        *lock(&self.input) = None;
     }
 }
 
@@ -492,24 +597,52 @@ fn finish(sink: &Sink, done: Done) {
     sink.emit_kind(EventKind::Done(done));
 }
 
+fn failed(sink: &Sink, message: String, cancelled: bool) {
+    if cancelled {
+        finish(
+            sink,
+            Done {
+                status: TurnStatus::Cancelled,
+                ..Done::default()
+            },
+        );
+        return;
+    }
+    sink.emit_kind(EventKind::Error(ErrorInfo {
+        code: "harness_unavailable".into(),
+        message,
+        provider: None,
+    }));
+    finish(
+        sink,
+        Done {
+            status: TurnStatus::Failed,
+            ..Done::default()
+        },
+    );
+}
+
 /// The handle the host holds on a turn.
-pub struct AcpTurn {
-    agent: Mutex<Option<Arc<Agent>>>,
+struct AcpTurn {
+    /// The agent and the prompt's id, once the prompt is out.
+    running: Mutex<Option<(Arc<Agent>, u64)>>,
     cancelled: Arc<AtomicBool>,
 }
 
-impl Turn for AcpTurn {
+struct TurnRef(Arc<AcpTurn>);
+
+impl Turn for TurnRef {
     fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
-        let agent = lock(&self.agent)
+        let (agent, id) = lock(&self.0.running)
             .clone()
             .ok_or("the turn has not started")?;
-        agent.resolve(request_id, &decision)
+        agent.resolve(id, request_id, &decision)
     }
 
     fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        if let Some(agent) = lock(&self.agent).clone() {
-            agent.cancel();
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        if let Some((agent, id)) = lock(&self.0.running).clone() {
+            agent.cancel(id);
         }
     }
 }
@@ -522,50 +655,79 @@ pub fn start(
     req: TurnRequest,
     sink: Sink,
 ) -> Box<dyn Turn> {
-    let cancelled = Arc::new(AtomicBool::new(false));
     let turn = Arc::new(AcpTurn {
-        agent: Mutex::new(None),
-        cancelled: cancelled.clone(),
+        running: Mutex::new(None),
+        cancelled: Arc::new(AtomicBool::new(false)),
     });
     let handle = turn.clone();
-    let fail = |sink: &Sink, message: String| {
-        sink.emit_kind(EventKind::Error(ErrorInfo {
-            code: "harness_unavailable".into(),
-            message,
-            provider: None,
-        }));
-        finish(
-            sink,
-            Done {
-                status: TurnStatus::Failed,
-                ..Done::default()
-            },
-        );
-    };
     let thread_sink = sink.clone();
     let spawned = std::thread::Builder::new()
         .name("acp-turn".into())
         .spawn(move || {
-            if let Err(message) = run(&agents, launch, &req, &thread_sink, &turn, cancelled) {
-                fail(&thread_sink, message);
+            if let Err(message) = run(&agents, launch, &req, &thread_sink, &turn) {
+                failed(&thread_sink, message, turn.cancelled.load(Ordering::SeqCst));
             }
         });
     if let Err(e) = spawned {
-        fail(&sink, format!("cannot start a thread for the turn: {e}"));
+        failed(
+            &sink,
+            format!("cannot start a thread for the turn: {e}"),
+            false,
+        );
     }
     Box::new(TurnRef(handle))
 }
 
-struct TurnRef(Arc<AcpTurn>);
-
-impl Turn for TurnRef {
-    fn resolve_input(&self, request_id: &str, decision: Decision) -> Result<(), String> {
-        self.0.resolve_input(request_id, decision)
+/// A new agent for the session, with its ACP session opened (or loaded, to continue the
+/// conversation, when the agent offers it and the session had one).
+fn fresh_agent(
+    agents: &crate::Agents,
+    launch: &Result<Launch, String>,
+    req: &TurnRequest,
+    cancelled: &AtomicBool,
+) -> Result<Arc<Agent>, String> {
+    let launch = launch.as_ref().map_err(Clone::clone)?;
+    let agent = Agent::spawn(launch, req, cancelled)?;
+    let resumed = match (
+        &req.harness_session_id,
+        agent.offers_load.load(Ordering::SeqCst),
+    ) {
+        (Some(id), true) => agent
+            .call(
+                "session/load",
+                protocol::session_params(&req.workspace_dir, Some(id)),
+                cancelled,
+            )
+            .map(|_| id.clone())
+            .ok(),
+        _ => None,
+    };
+    let session = match resumed {
+        Some(id) => id,
+        None => {
+            let r = agent
+                .call(
+                    "session/new",
+                    protocol::session_params(&req.workspace_dir, None),
+                    cancelled,
+                )
+                .inspect_err(|_| agent.stop())?;
+            match r["sessionId"].as_str() {
+                Some(s) => s.to_string(),
+                None => {
+                    agent.stop();
+                    return Err("session/new returned no sessionId".into());
+                }
+            }
+        }
+    };
+    *lock(&agent.acp_session) = session;
+    if let Some(old) = lock(agents).insert(req.session_id.clone(), agent.clone()) {
+        if !Arc::ptr_eq(&old, &agent) {
+            old.stop();
+        }
     }
-
-    fn cancel(&self) {
-        self.0.cancel();
-    }
+    Ok(agent)
 }
 
 fn run(
@@ -574,69 +736,39 @@ fn run(
     req: &TurnRequest,
     sink: &Sink,
     turn: &Arc<AcpTurn>,
-    cancelled: Arc<AtomicBool>,
 ) -> Result<(), String> {
+    let cancelled = &turn.cancelled;
     let warm = lock(agents).get(&req.session_id).cloned();
-    let agent = match warm.filter(|a| a.claim()) {
+    let mut agent = match warm.filter(|a| a.claim()) {
         Some(a) => a,
-        None => {
-            let launch = launch?;
-            let agent = Agent::spawn(&launch, req)?;
-            // A new process: continue the conversation when the agent can, else start one.
-            let resumed = match (
-                &req.harness_session_id,
-                agent.offers_load.load(Ordering::SeqCst),
-            ) {
-                (Some(id), true) => agent
-                    .call(
-                        "session/load",
-                        protocol::session_params(&req.workspace_dir, Some(id)),
-                    )
-                    .map(|_| id.clone())
-                    .ok(),
-                _ => None,
-            };
-            let session = match resumed {
-                Some(id) => id,
-                None => {
-                    let r = agent.call(
-                        "session/new",
-                        protocol::session_params(&req.workspace_dir, None),
-                    )?;
-                    r["sessionId"]
-                        .as_str()
-                        .ok_or("session/new returned no sessionId")?
-                        .to_string()
-                }
-            };
-            *lock(&agent.acp_session) = session;
-            if let Some(old) = lock(agents).insert(req.session_id.clone(), agent.clone()) {
-                if !Arc::ptr_eq(&old, &agent) {
-                    old.stop();
-                }
-            }
-            agent
-        }
+        None => fresh_agent(agents, &launch, req, cancelled)?,
     };
-    *lock(&turn.agent) = Some(agent.clone());
-    let session = lock(&agent.acp_session).clone();
     sink.emit_kind(EventKind::HarnessSession {
-        harness_session_id: session,
+        harness_session_id: lock(&agent.acp_session).clone(),
     });
     if cancelled.load(Ordering::SeqCst) {
-        finish(
-            sink,
-            Done {
-                status: TurnStatus::Cancelled,
-                ..Done::default()
-            },
-        );
+        lock(&agent.state).reserved = false;
+        failed(sink, String::new(), true);
         return Ok(());
     }
-    agent.prompt(&req.text, req.thinking, sink.clone(), cancelled.clone())?;
+    sink.emit_kind(EventKind::StepStart {
+        step_index: 0,
+        description: None,
+    });
+    let id = match agent.prompt(&req.text, req.thinking, sink, cancelled) {
+        Ok(id) => id,
+        // The warm agent died since it was claimed: once more on a new one.
+        Err(PromptError::Dead) => {
+            agent = fresh_agent(agents, &launch, req, cancelled)?;
+            agent
+                .prompt(&req.text, req.thinking, sink, cancelled)
+                .map_err(|_| format!("the ACP agent stopped before the prompt{}", agent.stderr()))?
+        }
+    };
+    *lock(&turn.running) = Some((agent.clone(), id));
     // A cancel that came while the prompt was being sent.
     if cancelled.load(Ordering::SeqCst) {
-        agent.cancel();
+        agent.cancel(id);
     }
     Ok(())
 }

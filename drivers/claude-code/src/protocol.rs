@@ -81,7 +81,7 @@ impl TurnState {
         let for_session = match &decision.decision {
             DecisionKind::ApproveOnce | DecisionKind::Deny => false,
             DecisionKind::ApproveSession => true,
-            DecisionKind::Other(d) => return Err(format!("this driver does not offer `{d}`")),
+            other => return Err(format!("this driver does not offer `{other}`")),
         };
         let (tool, input) = self
             .pending

@@ -536,7 +536,7 @@ impl Turn for OpenCodeTurn {
             DecisionKind::ApproveOnce => "once",
             DecisionKind::ApproveSession => "always",
             DecisionKind::Deny => "reject",
-            DecisionKind::Other(d) => return Err(format!("this driver does not offer `{d}`")),
+            other => return Err(format!("this driver does not offer `{other}`")),
         };
         {
             let mut s = lock(&self.server.state);

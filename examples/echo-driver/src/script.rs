@@ -162,7 +162,7 @@ mod tests {
                     ToolStatus::Running => "tool:running",
                     ToolStatus::Completed => "tool:completed",
                     ToolStatus::Error => "tool:error",
-                    ToolStatus::Other(_) => "tool:other",
+                    _ => "tool:other",
                 },
                 Step::Emit(EventKind::HarnessSession { .. }) => "session",
                 Step::Emit(EventKind::StepStart { .. }) => "step_start",

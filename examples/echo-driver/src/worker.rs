@@ -315,8 +315,8 @@ impl Job {
             stop_reason: Some(
                 match &status {
                     TurnStatus::Completed => "end_turn",
-                    TurnStatus::Failed | TurnStatus::Other(_) => "error",
                     TurnStatus::Cancelled => "cancelled",
+                    _ => "error",
                 }
                 .into(),
             ),

@@ -27,12 +27,18 @@ pub struct ResponseMeta {
     pub metadata: Value,
 }
 
-/// The translation of one turn.
+/// The translation of one turn. Output items open when their first content arrives: a
+/// `reasoning` item (only when the caller asked for reasoning, and only before the answer's
+/// text starts), then the `message` item with one `output_text` part.
 #[derive(Debug)]
 pub struct ResponseTurn {
     meta: ResponseMeta,
     seq: u64,
     text: String,
+    /// The reasoning item's text and whether it is closed, once it opened.
+    reasoning: Option<(String, bool)>,
+    /// Whether the message item has opened.
+    message_open: bool,
     usage: Option<Usage>,
     error: Option<(String, String)>,
     status: &'static str,
@@ -48,6 +54,8 @@ impl ResponseTurn {
             meta,
             seq: 0,
             text: String::new(),
+            reasoning: None,
+            message_open: false,
             usage: None,
             error: None,
             status: "in_progress",
@@ -56,6 +64,15 @@ impl ResponseTurn {
 
     fn item_id(&self) -> String {
         format!("msg_{}_0", self.meta.id.trim_start_matches("resp_"))
+    }
+
+    fn reasoning_id(&self) -> String {
+        format!("rs_{}_0", self.meta.id.trim_start_matches("resp_"))
+    }
+
+    /// The message item's place in `output`.
+    fn message_index(&self) -> usize {
+        usize::from(self.reasoning.is_some())
     }
 
     fn part(&self) -> Value {
@@ -70,6 +87,15 @@ impl ResponseTurn {
             "status": status,
             "content": content,
         })
+    }
+
+    fn reasoning_item(&self, text: &str) -> Value {
+        let summary = if text.is_empty() {
+            json!([])
+        } else {
+            json!([{"type": "summary_text", "text": text}])
+        };
+        json!({"id": self.reasoning_id(), "type": "reasoning", "summary": summary})
     }
 
     fn usage_json(&self) -> Value {
@@ -90,12 +116,17 @@ impl ResponseTurn {
 
     /// The response object as it stands.
     pub fn response(&self) -> Value {
-        let output = match self.status {
-            "in_progress" => vec![],
-            "completed" => vec![self.item("completed", vec![self.part()])],
-            _ if self.text.is_empty() => vec![],
-            _ => vec![self.item("incomplete", vec![self.part()])],
-        };
+        let mut output: Vec<Value> = Vec::new();
+        if self.status != "in_progress" {
+            if let Some((text, _)) = &self.reasoning {
+                output.push(self.reasoning_item(text));
+            }
+            match self.status {
+                "completed" => output.push(self.item("completed", vec![self.part()])),
+                _ if self.text.is_empty() => {}
+                _ => output.push(self.item("incomplete", vec![self.part()])),
+            }
+        }
         let error = match &self.error {
             Some((code, message)) => {
                 json!({"code": "server_error", "message": message, "karta_code": code})
@@ -132,43 +163,100 @@ impl ResponseTurn {
         (kind, data)
     }
 
-    /// The opening frames: the response, then its message item and text part.
+    /// The opening frames: the response, created and in progress.
     pub fn start(&mut self) -> Vec<Frame> {
         let r = self.response();
-        let item = self.item("in_progress", vec![]);
-        let id = self.item_id();
         vec![
             self.frame("response.created", json!({"response": r})),
             self.frame("response.in_progress", json!({"response": r})),
-            self.frame(
-                "response.output_item.added",
-                json!({"output_index": 0, "item": item}),
-            ),
-            self.frame(
-                "response.content_part.added",
-                json!({"item_id": id, "output_index": 0, "content_index": 0,
-                       "part": {"type": "output_text", "text": "", "annotations": []}}),
-            ),
         ]
+    }
+
+    /// Opens the message item and its text part (once).
+    fn open_message(&mut self, out: &mut Vec<Frame>) {
+        if self.message_open {
+            return;
+        }
+        self.close_reasoning(out);
+        self.message_open = true;
+        let (index, id, item) = (
+            self.message_index(),
+            self.item_id(),
+            self.item("in_progress", vec![]),
+        );
+        out.push(self.frame(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        out.push(self.frame(
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": index, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ));
+    }
+
+    /// Closes the reasoning item, if one is open.
+    fn close_reasoning(&mut self, out: &mut Vec<Frame>) {
+        let Some((text, false)) = self.reasoning.clone() else {
+            return;
+        };
+        self.reasoning = Some((text.clone(), true));
+        let id = self.reasoning_id();
+        let part = json!({"type": "summary_text", "text": text});
+        let item = self.reasoning_item(&text);
+        out.push(self.frame(
+            "response.reasoning_summary_text.done",
+            json!({"item_id": id, "output_index": 0, "summary_index": 0, "text": text}),
+        ));
+        out.push(self.frame(
+            "response.reasoning_summary_part.done",
+            json!({"item_id": id, "output_index": 0, "summary_index": 0, "part": part}),
+        ));
+        out.push(self.frame(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": item}),
+        ));
     }
 
     /// The frames an event makes.
     pub fn on(&mut self, ev: &TurnEvent<'_>) -> Vec<Frame> {
+        let mut out = Vec::new();
         match ev {
-            TurnEvent::Text(t) => {
-                self.text.push_str(t);
-                let id = self.item_id();
-                vec![self.frame(
-                    "response.output_text.delta",
-                    json!({"item_id": id, "output_index": 0, "content_index": 0,
-                           "delta": t, "logprobs": []}),
-                )]
-            }
-            TurnEvent::Error { code, message, .. } => {
-                if self.error.is_none() {
-                    self.error = Some((code.to_string(), message.to_string()));
+            TurnEvent::Reasoning(t) if !self.message_open => {
+                let id = self.reasoning_id();
+                if self.reasoning.is_none() {
+                    self.reasoning = Some((String::new(), false));
+                    let item = self.reasoning_item("");
+                    out.push(self.frame(
+                        "response.output_item.added",
+                        json!({"output_index": 0, "item": item}),
+                    ));
+                    out.push(self.frame(
+                        "response.reasoning_summary_part.added",
+                        json!({"item_id": id, "output_index": 0, "summary_index": 0,
+                               "part": {"type": "summary_text", "text": ""}}),
+                    ));
                 }
-                Vec::new()
+                if let Some((text, _)) = &mut self.reasoning {
+                    text.push_str(t);
+                }
+                out.push(self.frame(
+                    "response.reasoning_summary_text.delta",
+                    json!({"item_id": id, "output_index": 0, "summary_index": 0, "delta": t}),
+                ));
+            }
+            TurnEvent::Text(t) => {
+                self.open_message(&mut out);
+                self.text.push_str(t);
+                let (id, index) = (self.item_id(), self.message_index());
+                out.push(self.frame(
+                    "response.output_text.delta",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "delta": t, "logprobs": []}),
+                ));
+            }
+            TurnEvent::Error { code, message, .. } if self.error.is_none() => {
+                self.error = Some((code.to_string(), message.to_string()));
             }
             TurnEvent::Done { usage, failed, .. } => {
                 self.usage = Some(*usage);
@@ -181,32 +269,35 @@ impl ResponseTurn {
                 if self.error.is_some() {
                     self.status = "failed";
                     let r = self.response();
-                    return vec![self.frame("response.failed", json!({"response": r}))];
+                    out.push(self.frame("response.failed", json!({"response": r})));
+                    return out;
                 }
+                self.open_message(&mut out);
                 self.status = "completed";
-                let id = self.item_id();
+                let (id, index) = (self.item_id(), self.message_index());
                 let (text, part) = (self.text.clone(), self.part());
                 let item = self.item("completed", vec![part.clone()]);
                 let r = self.response();
-                vec![
-                    self.frame(
-                        "response.output_text.done",
-                        json!({"item_id": id, "output_index": 0, "content_index": 0,
-                               "text": text, "logprobs": []}),
-                    ),
-                    self.frame(
-                        "response.content_part.done",
-                        json!({"item_id": id, "output_index": 0, "content_index": 0, "part": part}),
-                    ),
-                    self.frame(
-                        "response.output_item.done",
-                        json!({"output_index": 0, "item": item}),
-                    ),
-                    self.frame("response.completed", json!({"response": r})),
-                ]
+                out.push(self.frame(
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "text": text, "logprobs": []}),
+                ));
+                out.push(self.frame(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+                ));
+                out.push(self.frame(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+                out.push(self.frame("response.completed", json!({"response": r})));
             }
-            _ => Vec::new(),
+            // Reasoning after the answer began has no item to go in; tools, steps and the
+            // rest are not shown (spec 03 §4.6).
+            _ => {}
         }
+        out
     }
 
     /// Karta's code and message, if the turn failed.
@@ -320,6 +411,60 @@ mod tests {
         assert_eq!(data["response"]["error"]["karta_code"], "byok_key_rejected");
         assert_eq!(data["response"]["output"][0]["content"][0]["text"], "par");
         assert_eq!(t.failure().unwrap().0, "byok_key_rejected");
+    }
+
+    #[test]
+    fn reasoning_before_the_answer_is_a_reasoning_item_ahead_of_the_message() {
+        let mut t = ResponseTurn::new(meta());
+        let frames = run(
+            &mut t,
+            &[
+                (
+                    "reasoning",
+                    json!({"part": {"type": "reasoning", "text": "Check "}}),
+                ),
+                (
+                    "reasoning",
+                    json!({"part": {"type": "reasoning", "text": "the order."}}),
+                ),
+                ("text", json!({"part": {"type": "text", "text": "Monday."}})),
+                (
+                    "done",
+                    json!({"status": "completed", "usage": {"output_tokens": 5, "reasoning_tokens": 3}}),
+                ),
+            ],
+        );
+        let kinds: Vec<&str> = frames.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        assert_eq!(frames[2].1["item"]["type"], "reasoning");
+        assert_eq!(frames[6].1["text"], "Check the order.");
+        assert_eq!(frames[9].1["output_index"], 1);
+        assert_eq!(frames[11].1["output_index"], 1);
+        let done = &frames[15].1["response"];
+        assert_eq!(done["output"][0]["type"], "reasoning");
+        assert_eq!(done["output"][0]["summary"][0]["text"], "Check the order.");
+        assert_eq!(done["output"][1]["content"][0]["text"], "Monday.");
+        assert_eq!(done, &t.response());
     }
 
     #[test]

@@ -331,6 +331,13 @@ impl DriverRegistry {
             .filter_map(|(i, d)| d.name.clone().map(|n| (n, i)))
             .filter(|(n, _)| !linked.contains(n.as_str()))
             .collect();
+        // Any path-less entry of a name, linked-in names included: a trusted library that
+        // calls itself `acp` takes that entry's settings.
+        let by_name = |name: &str| {
+            cfg.drivers
+                .iter()
+                .position(|d| d.path.is_none() && d.name.as_deref() == Some(name))
+        };
         let mut found: BTreeSet<String> = BTreeSet::new();
         for dir in cfg.plugin_dirs() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -362,14 +369,17 @@ impl DriverRegistry {
                 {
                     continue;
                 }
+                if let Some((n, _)) = named {
+                    // Named and present: a failure below is reported as itself, not as
+                    // "no such driver".
+                    found.insert(n.clone());
+                }
                 let Some((path, factory, info)) = describe(&lib, &mut errors) else {
                     continue;
                 };
                 // Settings come from the entry that names the driver (by its own name when
                 // the folder is trusted).
-                let entry = named
-                    .map(|(_, i)| *i)
-                    .or_else(|| wanted.get(&info.name).copied());
+                let entry = named.map(|(_, i)| *i).or_else(|| by_name(&info.name));
                 if let Some(i) = entry {
                     found.insert(cfg.drivers[i].name.clone().unwrap_or_default());
                 }
@@ -499,12 +509,28 @@ impl DriverRegistry {
     }
 
     /// Registers what the configuration asks for. Failures are logged and returned; the host
-    /// keeps serving without them. Safe to call again on reload: a driver whose settings (or
-    /// library) are unchanged is kept; one whose settings changed is rebuilt from the same
-    /// library, and turns already running finish on the old object (they hold it).
+    /// keeps serving without them. Safe to call again on reload: a driver whose settings are
+    /// unchanged is kept; one whose settings changed is rebuilt from the library already loaded
+    /// (a library is opened once per process), and turns already running finish on the old
+    /// object (they hold it); a plugin the configuration no longer allows is unregistered (its
+    /// running turns finish, new turns of its sessions fail).
     pub fn load_from_config(&self, cfg: &PlatformConfig) -> Vec<DriverLoadError> {
         let ctx = host_context(cfg);
         let (candidates, mut errors) = self.resolve(cfg);
+        let allowed: BTreeSet<String> = candidates.iter().map(|c| c.info.name.clone()).collect();
+        {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = inner
+                .drivers
+                .iter()
+                .filter(|(name, d)| d.factory.is_some() && !allowed.contains(*name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                inner.drivers.remove(&name);
+                tracing::info!(driver = %name, "driver unregistered: the configuration no longer allows it");
+            }
+        }
         for c in candidates {
             let name = c.info.name.clone();
             if let Some(problem) = settings::check(&c.info.settings_schema, &c.settings)

@@ -230,10 +230,12 @@ impl Runtime {
             _ => (Default::default(), karta_driver_api::TurnStatus::Failed),
         };
         let settings = self.settings();
-        let status = serde_json::to_value(status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "failed".into());
+        // A status this host does not know is recorded as `completed` (an error would have
+        // made the turn `failed` already); clients got it as the driver sent it.
+        let status = match status {
+            karta_driver_api::TurnStatus::Other(_) => "completed".to_string(),
+            known => known.as_str().to_string(),
+        };
         let turn = super::meter::Turn {
             org_id: &ctx.session.org_id,
             project_id: &ctx.session.project_id,

@@ -134,7 +134,20 @@ pub async fn create(
         .unwrap_or(false);
 
     let session = new_session(&app, &access, "openai.chat_completions", None).await?;
-    let sub = match start_turn(&app, &access, &session, text, b.user, as_stream, true).await {
+    let sub = match start_turn(
+        &app,
+        &access,
+        &session,
+        text,
+        b.user,
+        super::TurnMode {
+            stream: as_stream,
+            prompts_hidden: true,
+            thinking: false,
+        },
+    )
+    .await
+    {
         Ok(sub) => sub,
         Err(e) => {
             // Nothing ran: the session is not kept.

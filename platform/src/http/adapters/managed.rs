@@ -247,7 +247,15 @@ pub(super) async fn apply(
                 return Err(ApiError::Busy);
             }
             let held = log.hold(sid).await;
-            let sub = start_turn(app, access, sid, text.clone(), None, false, false).await?;
+            let sub = start_turn(
+                app,
+                access,
+                sid,
+                text.clone(),
+                None,
+                super::TurnMode::default(),
+            )
+            .await?;
             log.append_held(&org, &held, |_| {
                 vec![managed::user_message(&text), managed::running()]
             })

@@ -119,16 +119,25 @@ async fn new_session(
     Ok(session.id)
 }
 
-/// Runs a turn. With `prompts_hidden` nobody can answer its approval prompts (the app's
-/// hidden-prompt policy does).
+/// How a turn is asked for.
+#[derive(Clone, Copy, Default)]
+struct TurnMode {
+    /// Answer as a stream.
+    stream: bool,
+    /// Nobody can answer its approval prompts (the app's hidden-prompt policy does).
+    prompts_hidden: bool,
+    /// The caller asked for reasoning.
+    thinking: bool,
+}
+
+/// Runs a turn.
 async fn start_turn(
     app: &App,
     access: &Access,
     session_id: &str,
     text: String,
     user: Option<String>,
-    stream: bool,
-    prompts_hidden: bool,
+    mode: TurnMode,
 ) -> Result<Subscription, ApiError> {
     Ok(app
         .runtime
@@ -141,9 +150,9 @@ async fn start_turn(
                 agent: None,
                 participant_name: user,
                 participant_type: None,
-                thinking: false,
-                stream,
-                prompts_hidden,
+                thinking: mode.thinking,
+                stream: mode.stream,
+                prompts_hidden: mode.prompts_hidden,
                 api_key_id: access.key_id().map(str::to_string),
             },
         )

@@ -53,6 +53,11 @@ pub struct ResponsesBody {
     /// The end user, recorded as the turn's participant.
     #[serde(default)]
     user: Option<String>,
+    /// Any non-null value (`{"summary": "auto"}`, say) asks for the harness's reasoning, which
+    /// comes back as a `reasoning` item ahead of the message.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    reasoning: Option<Value>,
     /// Unsupported: background mode.
     #[serde(default)]
     background: Option<bool>,
@@ -233,7 +238,21 @@ pub async fn create(
         ),
     };
     let as_stream = b.stream.unwrap_or(false);
-    let sub = match start_turn(&app, &access, &session, text, b.user, as_stream, true).await {
+    let sub = match start_turn(
+        &app,
+        &access,
+        &session,
+        text,
+        b.user,
+        super::TurnMode {
+            stream: as_stream,
+            prompts_hidden: true,
+            // Any `reasoning` object asks for the harness's reasoning (spec 03 §4.3).
+            thinking: b.reasoning.as_ref().is_some_and(|r| !r.is_null()),
+        },
+    )
+    .await
+    {
         Ok(sub) => sub,
         Err(e) => {
             if fresh {

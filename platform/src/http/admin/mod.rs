@@ -81,6 +81,16 @@ fn redact(v: &serde_json::Value) -> serde_json::Value {
                 .map(|(k, x)| {
                     let shown = if secret_name(k) && !x.is_object() && !x.is_null() {
                         json!("[redacted]")
+                    } else if k == "env" && x.is_object() {
+                        // An environment table (an ACP agent's, say) holds credentials under
+                        // any name: only its names are shown.
+                        serde_json::Value::Object(
+                            x.as_object()
+                                .into_iter()
+                                .flatten()
+                                .map(|(n, _)| (n.clone(), json!("[redacted]")))
+                                .collect(),
+                        )
                     } else {
                         redact(x)
                     };
