@@ -1032,6 +1032,11 @@ fn the_openapi_document_covers_every_public_route() {
         "GET /v1/projects/{project_ref}/managed-agents/sessions/{session_id}",
         "POST /v1/projects/{project_ref}/managed-agents/sessions/{session_id}/events",
         "GET /v1/projects/{project_ref}/managed-agents/sessions/{session_id}/events/stream",
+        "POST /v1/projects/{project_ref}/managed-agents/v1/sessions",
+        "GET /v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}",
+        "POST /v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}/events",
+        "GET /v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}/events",
+        "GET /v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}/events/stream",
     ] {
         expected.push(op.into());
     }

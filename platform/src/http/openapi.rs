@@ -67,6 +67,11 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         super::adapters::managed::post_event,
         super::adapters::managed::state,
         super::adapters::managed::stream,
+        super::adapters::managed_upstream::create,
+        super::adapters::managed_upstream::state,
+        super::adapters::managed_upstream::send,
+        super::adapters::managed_upstream::list,
+        super::adapters::managed_upstream::stream,
     ),
     components(schemas(
         SessionView,
@@ -120,6 +125,16 @@ impl Modify for Bearer {
                     .description(Some("An org API key (`kt_live_...`)"))
                     .build(),
             ),
+        );
+        // The Anthropic SDK's header, accepted wherever a bearer key is.
+        components.add_security_scheme(
+            "x-api-key",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "x-api-key",
+                    "An org API key (`kt_live_...`), as the Anthropic SDK sends it",
+                ),
+            )),
         );
     }
 }

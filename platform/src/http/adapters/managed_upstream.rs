@@ -5,8 +5,7 @@
 //! `agent.tool_use` entry by its `id` (`tool_use_id`). The session and its log are the same as
 //! the Karta-shaped routes' (`super::managed`).
 
-use actix_web::web;
-use actix_web::HttpResponse;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -15,7 +14,7 @@ use super::managed::{self as karta, apply, bad, session_of, store_err, SessionPa
 use crate::app::App;
 use crate::config::Adapter;
 use crate::http::auth::Access;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::platform::keys::Scope;
 
 /// Registers the routes under `base` (`/v1/projects/{project_ref}/managed-agents`).
@@ -23,7 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, base: &str) {
     cfg.route(&format!("{base}/v1/sessions"), web::post().to(create))
         .route(
             &format!("{base}/v1/sessions/{{session_id}}"),
-            web::get().to(karta::state),
+            web::get().to(state),
         )
         .route(
             &format!("{base}/v1/sessions/{{session_id}}/events"),
@@ -35,13 +34,71 @@ pub fn configure(cfg: &mut web::ServiceConfig, base: &str) {
         )
         .route(
             &format!("{base}/v1/sessions/{{session_id}}/events/stream"),
-            web::get().to(karta::stream),
+            web::get().to(stream),
         );
+}
+
+/// The session's state and its log so far (as the Karta-shaped route).
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}",
+    tag = "adapters",
+    params(("project_ref" = String, Path, description = "Project slug or id"), ("session_id" = String, Path, description = "`sess_...`")),
+    responses(
+        (status = 200, description = "The session (Anthropic SDK path)", body = Object),
+        (status = 401, description = "Missing or wrong credential", body = ErrorBody),
+        (status = 404, description = "No such session in the project", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x-api-key" = []))
+)]
+pub async fn state(
+    app: web::Data<App>,
+    access: Access,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    karta::state(app, access, path).await
+}
+
+/// Streams the session's log from `after` on (as the Karta-shaped route).
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}/events/stream",
+    tag = "adapters",
+    params(("project_ref" = String, Path, description = "Project slug or id"), ("session_id" = String, Path, description = "`sess_...`"), karta::StreamQuery),
+    responses(
+        (status = 200, description = "Entries as server-sent events, then live ones (Anthropic SDK path)", content_type = "text/event-stream"),
+        (status = 401, description = "Missing or wrong credential", body = ErrorBody),
+        (status = 404, description = "No such session in the project", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x-api-key" = []))
+)]
+pub async fn stream(
+    app: web::Data<App>,
+    access: Access,
+    req: HttpRequest,
+    path: web::Path<SessionPath>,
+    query: web::Query<karta::StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    karta::stream(app, access, req, path, query).await
 }
 
 /// `POST .../v1/sessions`: `agent` and `environment_id` are accepted and ignored (the project's
 /// app is the agent); `metadata` tags the session.
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{project_ref}/managed-agents/v1/sessions",
+    tag = "adapters",
+    params(("project_ref" = String, Path, description = "Project slug or id")),
+    request_body(content = Option<Object>, description = "`{\"agent\", \"environment_id\", \"title\", \"metadata\"}` (Anthropic SDK shape)"),
+    responses(
+        (status = 200, description = "`{\"id\", \"type\": \"session\", \"status\": \"idle\", ...}`", body = Object),
+        (status = 400, description = "The body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credential", body = ErrorBody),
+        (status = 404, description = "No such project, or the adapter is not enabled", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x-api-key" = []))
+)]
+pub async fn create(
     app: web::Data<App>,
     access: Access,
     bytes: web::Bytes,
@@ -91,7 +148,22 @@ fn text_of(content: &Value) -> Option<String> {
 }
 
 /// `POST .../v1/sessions/{id}/events`: a batch of user events, carried out in order.
-async fn send(
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}/events",
+    tag = "adapters",
+    params(("project_ref" = String, Path, description = "Project slug or id"), ("session_id" = String, Path, description = "`sess_...`")),
+    request_body(content = Object, description = "`{\"events\": [...]}`: `user.message`, `user.tool_confirmation`, `user.interrupt`"),
+    responses(
+        (status = 200, description = "`{\"data\": [...]}`: the events as received", body = Object),
+        (status = 400, description = "A field is missing or invalid, or the type is unknown", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credential", body = ErrorBody),
+        (status = 404, description = "No such session in the project", body = ErrorBody),
+        (status = 409, description = "A turn runs, or nothing waits for this confirmation", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x-api-key" = []))
+)]
+pub async fn send(
     app: web::Data<App>,
     access: Access,
     path: web::Path<SessionPath>,
@@ -188,7 +260,19 @@ async fn request_of(
 }
 
 /// `GET .../v1/sessions/{id}/events`: the log, oldest first (one page of up to 1000).
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{project_ref}/managed-agents/v1/sessions/{session_id}/events",
+    tag = "adapters",
+    params(("project_ref" = String, Path, description = "Project slug or id"), ("session_id" = String, Path, description = "`sess_...`")),
+    responses(
+        (status = 200, description = "`{\"data\": [...], \"next_page\": null}`", body = Object),
+        (status = 401, description = "Missing or wrong credential", body = ErrorBody),
+        (status = 404, description = "No such session in the project", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x-api-key" = []))
+)]
+pub async fn list(
     app: web::Data<App>,
     access: Access,
     path: web::Path<SessionPath>,
