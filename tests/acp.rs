@@ -7,19 +7,26 @@ use serde_json::json;
 
 const KEY_ENV: &str = "KARTA_TEST_OPENAI_KEY";
 
-/// A project served by the `acp` driver with `settings` (TOML inline table), on `app`.
+/// The OpenAI provider pointing at the fake model, with its key from [`KEY_ENV`].
+fn openai_head(mock: &MockModel) -> String {
+    format!(
+        "[providers.openai]\napi_key = {{ env = \"{KEY_ENV}\" }}\nbase_url = \"{}/v1\"\n",
+        mock.url
+    )
+}
+
+/// A project served by the `acp` driver with `settings` (TOML inline table), on `app`, after
+/// `head` (providers, sandbox), with `vars` in the server's environment.
 fn env_for(
     dir: tempfile::TempDir,
     mock: MockModel,
     app: &std::path::Path,
     settings: &str,
+    head: &str,
+    vars: &[(&str, &str)],
 ) -> HarnessEnv {
     let toml = format!(
-        r#"
-[providers.openai]
-api_key = {{ env = "{KEY_ENV}" }}
-base_url = "{url}/v1"
-
+        r#"{head}
 [[drivers]]
 name = "acp"
 settings = {settings}
@@ -34,10 +41,28 @@ slug = "agent"
 path = "{app}"
 harness = "acp"
 "#,
-        url = mock.url,
         app = app.display(),
     );
-    HarnessEnv::start(dir, mock, &toml, &[(KEY_ENV, "sk-openai-fake")])
+    HarnessEnv::start(dir, mock, &toml, vars)
+}
+
+/// Asks for a file, approves the tool once, and checks the turn: the tool ran, the answer came.
+fn approve_a_tool_call(e: &HarnessEnv) {
+    let sid = e.session();
+    let mut s = e.stream(&sid, "create a file");
+    let ask = s.until("input_required").pop().expect("an approval");
+    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
+    let cont = e.decide(&sid, &rid, "approve_once");
+    let frames = s.rest();
+    let tool_done = cont["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(frames.iter().map(|f| &f.data))
+        .any(|ev| ev["type"] == "tool_use" && ev["data"]["status"] == "completed");
+    assert!(tool_done, "{cont}\n{frames:?}");
+    assert_eq!(done(&frames)["status"], "completed", "{frames:?}");
+    assert!(text_of(&frames).contains("Finished."), "{frames:?}");
 }
 
 #[test]
@@ -46,7 +71,15 @@ fn the_example_acp_agent_serves_turns_approvals_files_and_resumes_after_a_restar
     let mock = MockModel::start(dir.path(), "[]");
     let app = app_copy(dir.path(), "agent-app", "hello-echo", None);
     let settings = format!(r#"{{ command = "{}" }}"#, acp_agent().display());
-    let mut e = env_for(dir, mock, &app, &settings);
+    let head = openai_head(&mock);
+    let mut e = env_for(
+        dir,
+        mock,
+        &app,
+        &settings,
+        &head,
+        &[(KEY_ENV, "sk-openai-fake")],
+    );
     let sid = e.session();
 
     // Text, a plan (a kind Karta does not define: a `custom` event), usage from the agent.
@@ -112,7 +145,8 @@ fn a_project_without_an_agent_command_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockModel::start(dir.path(), "[]");
     let app = app_copy(dir.path(), "agent-app", "hello-echo", None);
-    let e = env_for(dir, mock, &app, "{}");
+    let head = openai_head(&mock);
+    let e = env_for(dir, mock, &app, "{}", &head, &[(KEY_ENV, "sk-openai-fake")]);
     let sid = e.session();
     let frames = e.stream(&sid, "hi").rest();
     let err = frames
@@ -172,22 +206,9 @@ fn opencode_acp_runs_a_turn_with_a_tool_approval() {
         "opencode-app",
         Some(&karta_jsonc.to_string()),
     );
-    let e = env_for(dir, mock, &app, "{}");
-    let sid = e.session();
-    let mut s = e.stream(&sid, "create a file");
-    let ask = s.until("input_required").pop().expect("an approval");
-    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
-    let cont = e.decide(&sid, &rid, "approve_once");
-    let mut frames: Vec<SseFrame> = Vec::new();
-    frames.extend(s.rest());
-    let events = cont["events"].as_array().unwrap().clone();
-    let tool_done = events
-        .iter()
-        .chain(frames.iter().map(|f| &f.data))
-        .any(|ev| ev["type"] == "tool_use" && ev["data"]["status"] == "completed");
-    assert!(tool_done, "{cont}\n{frames:?}");
-    assert_eq!(done(&frames)["status"], "completed", "{frames:?}");
-    assert!(text_of(&frames).contains("Finished."), "{frames:?}");
+    let head = openai_head(&mock);
+    let e = env_for(dir, mock, &app, "{}", &head, &[(KEY_ENV, "sk-openai-fake")]);
+    approve_a_tool_call(&e);
     // The model was reached through the gateway, with the platform's key.
     let calls: Vec<_> = e
         .mock
@@ -238,52 +259,22 @@ fn the_claude_code_acp_adapter_runs_a_turn_with_a_tool_approval() {
         &format!(r#"[{CLAUDE_TOUCH}, {{"text": "Finished."}}]"#),
     );
     let app = app_copy(dir.path(), "bot", "support-bot", None);
-    let toml = format!(
-        r#"
-[sandbox]
-backend = "none"
-
-[providers.anthropic]
-api_key = {{ env = "KARTA_TEST_ANTHROPIC_KEY" }}
-base_url = "{url}"
-
-[[drivers]]
-name = "acp"
-settings = {{ command = "{adapter}", env = {{ CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", DISABLE_AUTOUPDATER = "1", DISABLE_TELEMETRY = "1" }} }}
-
-[[tenants]]
-slug = "acme"
-name = "Acme"
-
-[[projects]]
-tenant = "acme"
-slug = "agent"
-path = "{app}"
-harness = "acp"
-"#,
-        url = mock.url,
-        adapter = adapter.display(),
-        app = app.display(),
+    let head = format!(
+        "[sandbox]\nbackend = \"none\"\n\n[providers.anthropic]\n\
+         api_key = {{ env = \"KARTA_TEST_ANTHROPIC_KEY\" }}\nbase_url = \"{}\"\n",
+        mock.url
     );
-    let e = HarnessEnv::start(
+    let settings = format!(
+        r#"{{ command = "{}", env = {{ CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", DISABLE_AUTOUPDATER = "1", DISABLE_TELEMETRY = "1" }} }}"#,
+        adapter.display()
+    );
+    let e = env_for(
         dir,
         mock,
-        &toml,
+        &app,
+        &settings,
+        &head,
         &[("KARTA_TEST_ANTHROPIC_KEY", "sk-test-fake")],
     );
-    let sid = e.session();
-    let mut s = e.stream(&sid, "create a file");
-    let ask = s.until("input_required").pop().expect("an approval");
-    let rid = ask.data["data"]["request_id"].as_str().unwrap().to_string();
-    let cont = e.decide(&sid, &rid, "approve_once");
-    let frames = s.rest();
-    let tool_done = cont["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(frames.iter().map(|f| &f.data))
-        .any(|ev| ev["type"] == "tool_use" && ev["data"]["status"] == "completed");
-    assert!(tool_done, "{cont}\n{frames:?}");
-    assert_eq!(done(&frames)["status"], "completed", "{frames:?}");
-    assert!(text_of(&frames).contains("Finished."), "{frames:?}");
+    approve_a_tool_call(&e);
 }
