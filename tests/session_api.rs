@@ -1992,12 +1992,17 @@ fn api_keys_are_created_listed_and_revoked_by_an_admin_key_on(db: Option<&str>) 
     assert_eq!(status, 200);
     assert_eq!(page["data"][0]["action"], "api_key.revoked");
     assert_eq!(page["data"][0]["actor_type"], "api_key");
-    assert_eq!(page["data"][0]["remote_addr"], "127.0.0.1");
+    assert_eq!(page["data"][0]["remote_ip"], "127.0.0.1");
+    assert_eq!(page["data"][0]["resource_type"], "api_key");
+    assert!(page["data"][0]["org_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("org_"));
     assert!(page["data"][0]["request_id"]
         .as_str()
         .unwrap()
         .starts_with("req_"));
-    assert_eq!(page["data"][0]["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(page["data"][0]["after_digest"].as_str().unwrap().len(), 64);
     let cursor = page["next_cursor"].as_str().unwrap().to_string();
     let (_, next) = detail(call(
         &admin,
@@ -2015,6 +2020,44 @@ fn api_keys_are_created_listed_and_revoked_by_an_admin_key_on(db: Option<&str>) 
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&id) && text.contains("ci-runner"), "{text}");
     assert!(!text.contains(&secret));
+
+    // A key revoked by the CLI is refused by the running server within the cache lifetime.
+    let (_, made) = detail(call(
+        &admin,
+        reqwest::Method::POST,
+        "/v1/api_keys",
+        Some(json!({"name": "short-lived", "scopes": ["read"]})),
+    ));
+    let short = made["secret"].as_str().unwrap().to_string();
+    // `kt_live_` and six characters: the lookup prefix spec 05 §3.2 shows.
+    assert_eq!(made["api_key"]["prefix"].as_str().unwrap().len(), 14);
+    assert_eq!(
+        call(&short, reqwest::Method::GET, "/v1/sessions", None).status(),
+        200
+    );
+    // Used once: `last_used_at` is set (and not rewritten on every request).
+    let listed: Value = call(&admin, reqwest::Method::GET, "/v1/api_keys", None)
+        .json()
+        .unwrap();
+    let used = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "short-lived")
+        .unwrap()["last_used_at"]
+        .clone();
+    assert!(used.is_string(), "{listed}");
+    let short_id = made["api_key"]["id"].as_str().unwrap();
+    let out = e.k.cli(&["keys", "revoke", "--tenant", "acme", short_id]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while call(&short, reqwest::Method::GET, "/v1/sessions", None).status() != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked key still works"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 #[test]
@@ -2217,17 +2260,65 @@ fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_e
             .unwrap();
     assert_eq!(r.status(), 404);
 
-    // The audit export: JSON lines, the config apply that created the tenant among them.
+    // A policy and a renamed tenant show in the plan as well; the reload that applies them is
+    // audited under the operator and the request id the caller chose.
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "name = \"Tenant acme\"",
+        "name = \"Acme Corp\"",
+        1,
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[[policies]]\nname = \"short\"\ntenant = \"acme\"\nmax_message_length = 500\n"
+        ),
+    )
+    .unwrap();
+    let plan = get("/config/plan");
+    assert!(plan.contains("acme/short"), "{plan}");
+    let r =
+        e.c.post(format!("{}/admin/v1/config/reload", e.k.admin))
+            .bearer_auth(&e.k.admin_token)
+            .header("x-request-id", "deploy-42")
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "deploy-42");
+
+    // The audit export: JSON lines, newest first, the export itself recorded before it runs.
     let lines = get("/audit");
     let rows: Vec<Value> = lines
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(!rows.is_empty());
-    assert!(rows.iter().any(|r| r["resource_id"]
-        .as_str()
-        .is_some_and(|t| t.contains("acme"))
-        || r["metadata"].to_string().contains("acme")));
+    assert_eq!(rows[0]["action"], "audit.exported", "{lines}");
+    assert_eq!(rows[0]["actor_type"], "operator");
+    let find = |action: &str| {
+        rows.iter()
+            .find(|r| r["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} in {lines}"))
+    };
+    let policy = find("config.policy.create");
+    assert_eq!(policy["resource_type"], "policy");
+    assert_eq!(policy["resource_id"], "acme/short");
+    assert_eq!(policy["actor_type"], "operator");
+    assert_eq!(policy["request_id"], "deploy-42");
+    assert_eq!(policy["remote_ip"], "127.0.0.1");
+    assert!(policy["org_id"].as_str().unwrap().starts_with("org_"));
+    let renamed = find("config.tenant.update");
+    assert_eq!(renamed["resource_type"], "tenant");
+    assert_eq!(renamed["request_id"], "deploy-42");
+    assert_eq!(renamed["before_digest"].as_str().unwrap().len(), 64);
+    assert_ne!(renamed["before_digest"], renamed["after_digest"]);
+    // The apply at start is the system's.
+    let created = rows
+        .iter()
+        .find(|r| r["action"] == "config.tenant.create" && r["resource_id"] == "acme")
+        .unwrap_or_else(|| panic!("{lines}"));
+    assert_eq!(
+        (created["actor_type"].as_str(), created["actor_id"].as_str()),
+        (Some("system"), Some("config"))
+    );
 }
 
 #[test]

@@ -440,14 +440,17 @@ impl App {
                     .port(),
             );
         }
-        let plan = reconcile::apply(&store, &cfg, "config")?;
+        let actor = crate::store::audit::Actor::system("config");
+        let plan = reconcile::apply(&store, &cfg, &actor)?;
         log_plan(&plan);
         let webhooks = Arc::new(crate::platform::webhooks::Webhooks::new(
             store.clone(),
             model_keys.clone(),
             &cfg,
         ));
-        webhooks.apply_config(&cfg).map_err(AppError::Webhooks)?;
+        webhooks
+            .apply_config(&cfg, &actor)
+            .map_err(AppError::Webhooks)?;
         let scoped = scoped_limits(&cfg, &store);
         drivers.load_from_config(&cfg);
         let runtime = Arc::new(
@@ -570,10 +573,14 @@ impl App {
 
     /// Re-reads every layer; on success applies it and swaps it in, on failure keeps the running
     /// configuration untouched.
-    pub async fn reload(self: &Arc<Self>) -> Result<Plan, AppError> {
+    /// `actor` is who asked (the operator's request, or the system on a signal), for the audit log.
+    pub async fn reload(
+        self: &Arc<Self>,
+        actor: crate::store::audit::Actor,
+    ) -> Result<Plan, AppError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let app = self.clone();
-        let r = tokio::task::spawn_blocking(move || app.reload_blocking())
+        let r = tokio::task::spawn_blocking(move || app.reload_blocking(&actor))
             .await
             .map_err(|e| AppError::Store(StoreError::Task(e.to_string())))
             .and_then(|r| r);
@@ -586,7 +593,7 @@ impl App {
         r
     }
 
-    fn reload_blocking(&self) -> Result<Plan, AppError> {
+    fn reload_blocking(&self, actor: &crate::store::audit::Actor) -> Result<Plan, AppError> {
         let started = std::time::Instant::now();
         let cfg = config::load(&self.load_options)?;
         let loaded = started.elapsed();
@@ -623,9 +630,12 @@ impl App {
                  change after a restart (network and limits apply to new harnesses now)"
             );
         }
-        let plan = reconcile::apply(&self.store, &cfg, "config")?;
+        let mut plan = reconcile::apply(&self.store, &cfg, actor)?;
+        let policies = reconcile::policy_changes(&old.policies, &cfg.policies);
+        reconcile::record_policy_changes(&self.store, &policies, actor)?;
+        plan.changes.extend(policies);
         self.webhooks
-            .apply_config(&cfg)
+            .apply_config(&cfg, actor)
             .map_err(AppError::Webhooks)?;
         let applied = started.elapsed();
         log_plan(&plan);

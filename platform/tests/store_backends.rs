@@ -9,7 +9,7 @@ use karta::config::{PlatformConfig, ProjectConfig, TenantConfig};
 use karta::reconcile::{self, Action};
 use karta::store::testkit::{temp_pg_database, TempPgDatabase};
 use karta::store::{
-    self, events, models, orgs, projects, sessions, AnyConnection, Store, StoreError,
+    self, audit::Actor, events, models, orgs, projects, sessions, AnyConnection, Store, StoreError,
 };
 
 struct Backend {
@@ -187,8 +187,8 @@ fn reconcile_creates_then_is_idempotent_then_updates_and_deletes() {
             b.label
         );
 
-        reconcile::apply(s, &cfg, "test").unwrap();
-        let again = reconcile::apply(s, &cfg, "test").unwrap();
+        reconcile::apply(s, &cfg, &Actor::system("test")).unwrap();
+        let again = reconcile::apply(s, &cfg, &Actor::system("test")).unwrap();
         assert!(
             again.is_empty(),
             "{}: second apply must be a no-op: {again}",
@@ -196,7 +196,7 @@ fn reconcile_creates_then_is_idempotent_then_updates_and_deletes() {
         );
 
         let cfg2 = config(&[("acme", "Acme Corp")], &[("acme", "bot")]);
-        let plan = reconcile::apply(s, &cfg2, "test").unwrap();
+        let plan = reconcile::apply(s, &cfg2, &Actor::system("test")).unwrap();
         assert_eq!(
             actions(&plan),
             vec![
@@ -247,7 +247,12 @@ fn session_row(org: &str, project: &str) -> models::Session {
 fn removed_project_with_sessions_is_disabled_not_deleted() {
     for b in backends() {
         let s = &b.store;
-        reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
+        reconcile::apply(
+            s,
+            &config(&[("acme", "Acme")], &[("acme", "bot")]),
+            &Actor::system("test"),
+        )
+        .unwrap();
         let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
         let prj = s
             .read(|c| projects::get_enabled(c, &org.id, "bot"))
@@ -255,7 +260,7 @@ fn removed_project_with_sessions_is_disabled_not_deleted() {
         let row = session_row(&org.id, &prj.id);
         s.write(|c| sessions::insert(c, &row)).unwrap();
 
-        let plan = reconcile::apply(s, &config(&[], &[]), "test").unwrap();
+        let plan = reconcile::apply(s, &config(&[], &[]), &Actor::system("test")).unwrap();
         assert_eq!(
             actions(&plan),
             vec![
@@ -272,8 +277,12 @@ fn removed_project_with_sessions_is_disabled_not_deleted() {
         // The session and its project row survive.
         assert!(s.read(|c| sessions::get(c, &org.id, &row.id)).is_ok());
         // Declaring them again re-enables them.
-        let plan =
-            reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
+        let plan = reconcile::apply(
+            s,
+            &config(&[("acme", "Acme")], &[("acme", "bot")]),
+            &Actor::system("test"),
+        )
+        .unwrap();
         assert!(
             plan.changes.iter().all(|c| c.action == Action::Update),
             "{}: {plan}",
@@ -303,16 +312,19 @@ fn api_managed_tenant_is_never_taken_over_by_config() {
             updated_at: now,
         };
         s.write(|c| orgs::insert(c, &org)).unwrap();
-        let err = reconcile::apply(s, &config(&[("acme", "Acme")], &[]), "test").unwrap_err();
+        let err = reconcile::apply(s, &config(&[("acme", "Acme")], &[]), &Actor::system("test"))
+            .unwrap_err();
         assert!(
             err.to_string().contains("managed through the API"),
             "{}: {err}",
             b.label
         );
         // Nothing changed, and an empty config does not delete it either.
-        assert!(reconcile::apply(s, &config(&[], &[]), "test")
-            .unwrap()
-            .is_empty());
+        assert!(
+            reconcile::apply(s, &config(&[], &[]), &Actor::system("test"))
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             s.read(|c| orgs::get_enabled_by_slug(c, "acme"))
                 .unwrap()
@@ -332,7 +344,7 @@ fn sessions_and_events_are_invisible_to_another_org() {
                 &[("acme", "Acme"), ("other", "Other")],
                 &[("acme", "bot"), ("other", "bot")],
             ),
-            "test",
+            &Actor::system("test"),
         )
         .unwrap();
         let acme = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
@@ -404,7 +416,7 @@ fn api_keys_verify_only_with_the_exact_key() {
         .unwrap();
     for b in backends() {
         let s = &b.store;
-        reconcile::apply(s, &config(&[("acme", "Acme")], &[]), "test").unwrap();
+        reconcile::apply(s, &config(&[("acme", "Acme")], &[]), &Actor::system("test")).unwrap();
         let (key, _) = karta::platform::keys::create(
             s,
             karta::platform::keys::OrgRef::Slug("acme"),
@@ -462,7 +474,7 @@ fn api_keys_verify_only_with_the_exact_key() {
         ));
         // Removing the tenant from the configuration disables it (it has a key): the key stops
         // working with it.
-        reconcile::apply(s, &config(&[], &[]), "test").unwrap();
+        reconcile::apply(s, &config(&[], &[]), &Actor::system("test")).unwrap();
         let fresh = std::sync::Arc::new(karta::platform::keys::KeyVerifier::new(s.clone()));
         assert!(
             rt.block_on(fresh.verify(&key.plaintext)).unwrap().is_none(),
@@ -477,7 +489,12 @@ fn session_patches_paging_and_input_lookups() {
     use karta::store::sessions::{SessionFilter, SessionPatch};
     for b in backends() {
         let s = &b.store;
-        reconcile::apply(s, &config(&[("acme", "Acme")], &[("acme", "bot")]), "test").unwrap();
+        reconcile::apply(
+            s,
+            &config(&[("acme", "Acme")], &[("acme", "bot")]),
+            &Actor::system("test"),
+        )
+        .unwrap();
         let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
         let prj = s
             .read(|c| projects::get_enabled(c, &org.id, "bot"))

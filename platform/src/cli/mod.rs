@@ -235,7 +235,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 ConfigAction::Apply => {
                     let store = Store::open(&cfg.database_url())?;
-                    let plan = reconcile::apply(&store, &cfg, "cli")?;
+                    let plan =
+                        reconcile::apply(&store, &cfg, &crate::store::audit::Actor::system("cli"))?;
                     print!("{plan}");
                     if !plan.is_empty() {
                         println!("Applied.");

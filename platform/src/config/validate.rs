@@ -373,15 +373,16 @@ fn check_api_keys(c: &PlatformConfig, out: &mut Vec<Problem>) {
                 ));
             }
         }
-        let prefix_ok = k.prefix.len() == 16
+        // 14 characters; 16 (the length before 14 was adopted) still works, its first 14 used.
+        let prefix_ok = (k.prefix.len() == 14 || k.prefix.len() == 16)
             && k.prefix.starts_with("kt_live_")
             && k.prefix[8..].bytes().all(|b| b.is_ascii_alphanumeric());
         if !prefix_ok {
             out.push((
                 at("prefix"),
-                "must be the key's first 16 characters (`kt_live_` and 8 letters or digits)".into(),
+                "must be the key's first 14 characters (`kt_live_` and 6 letters or digits)".into(),
             ));
-        } else if !prefixes.insert(k.prefix.as_str()) {
+        } else if !prefixes.insert(crate::platform::keys::lookup_prefix(&k.prefix)) {
             out.push((at("prefix"), "two keys share this prefix".into()));
         }
         let hash_ok = match k.hash.strip_prefix("sha256:") {

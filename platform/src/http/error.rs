@@ -179,9 +179,10 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(m) => res
                 .insert_header(("Retry-After", "5"))
                 .json(json!({"detail": m})),
+            // The same `detail` as a rate limit, with which limit it was in `message`.
             ApiError::TooMany(m) => res
                 .insert_header(("Retry-After", "1"))
-                .json(json!({"detail": m})),
+                .json(json!({"detail": "Too Many Requests", "message": m})),
             ApiError::TurnFailed {
                 code,
                 message,

@@ -299,7 +299,10 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading configuration");
-            match reloader.reload().await {
+            match reloader
+                .reload(crate::store::audit::Actor::system("sighup"))
+                .await
+            {
                 Ok(_) => tracing::info!("configuration reloaded"),
                 Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
             }

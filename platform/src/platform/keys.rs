@@ -14,8 +14,28 @@ use crate::store::{self, keys, models::ApiKey, orgs, Store, StoreError};
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "kt_live_";
 const RANDOM_LEN: usize = 32;
-/// Characters of the key kept in clear for lookup (`kt_live_` + 8).
-const LOOKUP_LEN: usize = KEY_PREFIX.len() + 8;
+/// Characters of the key kept in clear for lookup: `kt_live_` and the first 6 of the random
+/// body, 14 in all (spec 05 §3.2). The column is unique: a new key whose prefix is taken is drawn
+/// again.
+pub const LOOKUP_LEN: usize = KEY_PREFIX.len() + 6;
+
+/// The lookup prefix of a key, or of a longer prefix declared before it was 14 characters.
+pub fn lookup_prefix(key_or_prefix: &str) -> &str {
+    key_or_prefix.get(..LOOKUP_LEN).unwrap_or(key_or_prefix)
+}
+
+/// A new random key whose lookup prefix no key uses yet.
+fn fresh_key(store: &Store) -> Result<String, StoreError> {
+    let mut key = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
+    // 62^6 prefixes: a second draw is already rare, a fourth never needed in practice.
+    for _ in 0..3 {
+        if !store.read(|c| keys::prefix_taken(c, lookup_prefix(&key)))? {
+            break;
+        }
+        key = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
+    }
+    Ok(key)
+}
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// What a key may do.
@@ -134,7 +154,7 @@ pub fn create(
     if name.len() > MAX_NAME {
         return Err(KeyError::BadName("Name is longer than 200 characters"));
     }
-    let plaintext = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
+    let plaintext = fresh_key(store)?;
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     let hash = hasher()
         .hash_password(plaintext.as_bytes(), &salt)
@@ -213,7 +233,7 @@ pub fn create(
 }
 
 /// A new key for `[[api_keys]]`: the key (shown once), its prefix and its SHA-256, written
-/// nowhere.
+/// nowhere (minted away from any store: a prefix taken already is refused when applied).
 pub fn mint() -> (String, String, String) {
     let key = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
     let prefix = key[..LOOKUP_LEN].to_string();
@@ -466,7 +486,11 @@ impl KeyVerifier {
                     return Ok(None);
                 }
             }
-            store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
+            // At most one write a minute per key: verification stays read-mostly.
+            let stale = store::now() - chrono::Duration::seconds(60);
+            if row.last_used_at.is_none_or(|t| t < stale) {
+                store.write(|c| keys::touch(c, &row.org_id, &row.id))?;
+            }
             Ok(Some(Principal {
                 org_id: row.org_id,
                 key_id: row.id,

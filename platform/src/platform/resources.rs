@@ -147,14 +147,16 @@ pub fn update_tenant(
         None => org.disabled_at,
     };
     let id = org.id.clone();
+    let before = serde_json::json!({"name": org.name, "disabled": org.disabled_at.is_some()});
     store.write(|c| {
         orgs::update(c, &id, &name, disabled_at)?;
-        audit::record_by(
+        audit::record_change(
             c,
             Some(&id),
             actor,
             "tenant.updated",
             &id,
+            Some(&before),
             &serde_json::json!({"name": name, "disabled": disabled_at.is_some()}),
         )
     })?;
@@ -349,6 +351,11 @@ pub fn update_project(
         Some(false) => None,
         None => p.disabled_at,
     };
+    let view = |p: &Project| {
+        serde_json::json!({"path": p.source_path, "harness": p.harness,
+            "multitask": p.multitask, "disabled": p.disabled_at.is_some()})
+    };
+    let before = view(&p);
     let row = Project {
         source_path,
         harness,
@@ -356,6 +363,7 @@ pub fn update_project(
         disabled_at,
         ..p
     };
+    let after = view(&row);
     let r = row.clone();
     store.write(move |c| {
         projects::update(
@@ -366,14 +374,14 @@ pub fn update_project(
             &r.multitask,
             r.disabled_at,
         )?;
-        audit::record_by(
+        audit::record_change(
             c,
             Some(&r.org_id),
             &actor,
             "project.updated",
             &r.id,
-            &serde_json::json!({"path": r.source_path, "harness": r.harness,
-                "multitask": r.multitask, "disabled": r.disabled_at.is_some()}),
+            Some(&before),
+            &after,
         )
     })?;
     Ok(row)

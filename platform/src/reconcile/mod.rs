@@ -11,7 +11,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{ApiKeyConfig, PlatformConfig, ProjectConfig, TenantConfig};
+use crate::config::{ApiKeyConfig, PlatformConfig, PolicyConfig, ProjectConfig, TenantConfig};
 use crate::store::models::{ApiKey, Org, Project};
 use crate::store::{self, orgs, projects, Conn, Store, StoreError};
 
@@ -157,11 +157,12 @@ fn plan_keys(
                         Some(scopes.clone()),
                     ));
                 }
-                if row.lookup_prefix != k.prefix {
+                let prefix = crate::platform::keys::lookup_prefix(&k.prefix);
+                if row.lookup_prefix != prefix {
                     fields.push((
                         "prefix".into(),
                         Some(row.lookup_prefix.clone()),
-                        Some(k.prefix.clone()),
+                        Some(prefix.to_string()),
                     ));
                 }
                 if row.key_hash != k.hash {
@@ -217,7 +218,7 @@ fn apply_key(
                     id: store::new_id("key"),
                     org_id: org_id.clone(),
                     name: k.name.clone(),
-                    lookup_prefix: k.prefix.clone(),
+                    lookup_prefix: crate::platform::keys::lookup_prefix(&k.prefix).to_string(),
                     key_hash: k.hash.clone(),
                     scopes: k.scopes.join(","),
                     created_at: now,
@@ -238,7 +239,8 @@ fn apply_key(
                 .keys
                 .get(&key)
                 .ok_or_else(|| changed_under_us("api key", &ch.name))?;
-            store::keys::update_declared(c, &row.id, &k.scopes.join(","), &k.hash, &k.prefix)?;
+            let prefix = crate::platform::keys::lookup_prefix(&k.prefix);
+            store::keys::update_declared(c, &row.id, &k.scopes.join(","), &k.hash, prefix)?;
             Ok(Some(row.org_id.clone()))
         }
         _ => {
@@ -442,7 +444,11 @@ pub fn plan(store: &Store, cfg: &PlatformConfig) -> Result<Plan, ReconcileError>
 /// changes, else in transactions of that many, so the write lock is never held for long. Every
 /// change is idempotent against the plan, so a failure part-way leaves a consistent prefix and
 /// the next apply completes the rest. Returns what was applied.
-pub fn apply(store: &Store, cfg: &PlatformConfig, actor: &str) -> Result<Plan, ReconcileError> {
+pub fn apply(
+    store: &Store,
+    cfg: &PlatformConfig,
+    actor: &store::audit::Actor,
+) -> Result<Plan, ReconcileError> {
     let (plan, mut current) = {
         let mut conn = store.conn()?;
         compute_state(&mut conn, cfg)?
@@ -500,7 +506,7 @@ fn apply_batch(
     batch: &[&Change],
     desired: &Desired<'_>,
     current: &mut Current,
-    actor: &str,
+    actor: &store::audit::Actor,
 ) -> Result<(), StoreError> {
     let now = store::now();
     let mut new_projects: Vec<Project> = Vec::new();
@@ -519,16 +525,96 @@ fn apply_batch(
             apply_project(c, desired, current, ch, now)?
         };
         let details = json!({ "resource": ch.resource, "fields": ch.fields });
-        audit.push(store::audit::entry(
+        let mut e = store::audit::entry_by(
             org_id.as_deref(),
             actor,
             &format!("config.{}.{}", ch.resource, action_name(ch.action)),
             &ch.name,
             &details,
-        ));
+        );
+        e.before_digest = before_state(ch).map(|b| store::audit::digest(&b));
+        audit.push(e);
     }
     projects::insert_many(c, &new_projects)?;
     store::audit::record_many(c, &audit)
+}
+
+/// What changes between two sets of `[[policies]]` (by tenant and name). Policies live in the
+/// configuration only, not the store, so the running configuration is the "before".
+pub fn policy_changes(before: &[PolicyConfig], after: &[PolicyConfig]) -> Vec<Change> {
+    let key = |p: &PolicyConfig| format!("{}/{}", p.tenant, p.name);
+    let text = |p: &PolicyConfig| serde_json::to_string(p).unwrap_or_default();
+    let old: HashMap<String, &PolicyConfig> = before.iter().map(|p| (key(p), p)).collect();
+    let new: HashMap<String, &PolicyConfig> = after.iter().map(|p| (key(p), p)).collect();
+    let mut out = Vec::new();
+    for p in after {
+        let name = key(p);
+        match old.get(&name) {
+            None => out.push(Change {
+                action: Action::Create,
+                resource: "policy",
+                name,
+                fields: vec![],
+            }),
+            Some(o) if text(o) != text(p) => out.push(Change {
+                action: Action::Update,
+                resource: "policy",
+                name,
+                fields: vec![("policy".into(), Some(text(o)), Some(text(p)))],
+            }),
+            Some(_) => {}
+        }
+    }
+    for p in before {
+        if !new.contains_key(&key(p)) {
+            out.push(Change {
+                action: Action::Delete,
+                resource: "policy",
+                name: key(p),
+                fields: vec![],
+            });
+        }
+    }
+    out
+}
+
+/// Records policy changes in the audit log (one transaction), each under its tenant's org.
+pub fn record_policy_changes(
+    store: &Store,
+    changes: &[Change],
+    actor: &store::audit::Actor,
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    store.write(|c| {
+        let mut rows = Vec::with_capacity(changes.len());
+        for ch in changes {
+            let (tenant, _) = split_name(&ch.name);
+            let org = store::orgs::find_by_slug(c, tenant)?.map(|o| o.id);
+            let mut e = store::audit::entry_by(
+                org.as_deref(),
+                actor,
+                &format!("config.policy.{}", action_name(ch.action)),
+                &ch.name,
+                &json!({ "resource": ch.resource, "fields": ch.fields }),
+            );
+            e.before_digest = before_state(ch).map(|b| store::audit::digest(&b));
+            rows.push(e);
+        }
+        store::audit::record_many(c, &rows)
+    })
+}
+
+/// The changed fields' values before an update, for the audit row's `before_digest`.
+fn before_state(ch: &Change) -> Option<serde_json::Value> {
+    (ch.action == Action::Update).then(|| {
+        ch.fields
+            .iter()
+            .map(|(field, before, _)| (field.clone(), json!(before)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    })
 }
 
 fn action_name(a: Action) -> &'static str {

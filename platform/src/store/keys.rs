@@ -14,6 +14,14 @@ pub fn insert(c: &mut Conn, key: &ApiKey) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether any key (revoked ones too: the column is unique) has this lookup prefix.
+pub fn prefix_taken(c: &mut Conn, prefix: &str) -> Result<bool, StoreError> {
+    Ok(diesel::select(diesel::dsl::exists(
+        api_keys::table.filter(api_keys::lookup_prefix.eq(prefix)),
+    ))
+    .get_result(c)?)
+}
+
 /// The unrevoked key with this lookup prefix. Not org-scoped: the credential itself names the org.
 pub fn find_active_by_prefix(c: &mut Conn, prefix: &str) -> Result<Option<ApiKey>, StoreError> {
     // A disabled org's keys stop working with it.

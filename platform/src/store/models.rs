@@ -113,8 +113,12 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
     /// Where it came from.
     pub remote_addr: Option<String>,
-    /// SHA-256 of the details (what the row says changed).
+    /// SHA-256 of the details (the state after the change).
     pub digest: Option<String>,
+    /// What kind of thing `target` is (`api_key`, `tenant`, `project`, ...).
+    pub resource_type: Option<String>,
+    /// SHA-256 of the state before the change (updates only).
+    pub before_digest: Option<String>,
 }
 
 /// One call a harness made to a model provider through the gateway.

@@ -169,6 +169,8 @@ diesel::table! {
         request_id -> Nullable<Text>,
         remote_addr -> Nullable<Text>,
         digest -> Nullable<Text>,
+        resource_type -> Nullable<Text>,
+        before_digest -> Nullable<Text>,
     }
 }
 

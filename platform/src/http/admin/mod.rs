@@ -30,8 +30,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// `POST /admin/v1/config/reload`: 200 with the applied plan, 422 with every problem (the running
 /// configuration stays).
-async fn reload(app: web::Data<App>, _op: Operator) -> Result<HttpResponse, ApiError> {
-    let result = app.into_inner().reload().await;
+async fn reload(
+    app: web::Data<App>,
+    _op: Operator,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let actor = crate::http::audit_actor(&req, "operator", "operator");
+    let result = app.into_inner().reload(actor).await;
     if let Err(e) = &result {
         tracing::warn!(error = %e, "reload refused, the running configuration stays");
     }
@@ -173,9 +178,15 @@ async fn config_view(app: web::Data<App>, _op: Operator) -> Result<HttpResponse,
 async fn config_plan(app: web::Data<App>, _op: Operator) -> Result<HttpResponse, ApiError> {
     let opts = app.load_options().clone();
     let store = app.store.clone();
+    let running = app.config();
     let planned = tokio::task::spawn_blocking(move || {
         let cfg = crate::config::load(&opts).map_err(AppError::Config)?;
-        crate::reconcile::plan(&store, &cfg).map_err(AppError::Reconcile)
+        let mut plan = crate::reconcile::plan(&store, &cfg).map_err(AppError::Reconcile)?;
+        plan.changes.extend(crate::reconcile::policy_changes(
+            &running.policies,
+            &cfg.policies,
+        ));
+        Ok::<_, AppError>(plan)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -217,6 +228,7 @@ async fn audit_export(
     app: web::Data<App>,
     _op: Operator,
     q: web::Query<ExportQuery>,
+    req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let time = crate::http::org::audit::time;
     let filter = crate::store::audit::AuditFilter {
@@ -225,6 +237,23 @@ async fn audit_export(
         until: time("until", &q.until)?,
         ..Default::default()
     };
+    // The export itself is audited (spec 05 §5.1 `audit.exported`), before anything is sent.
+    let actor = crate::http::audit_actor(&req, "operator", "operator");
+    let details = json!({"org": q.org, "since": q.since, "until": q.until});
+    let org = q.org.clone();
+    app.store
+        .write_async(move |c| {
+            crate::store::audit::record_by(
+                c,
+                org.as_deref(),
+                &actor,
+                "audit.exported",
+                org.as_deref().unwrap_or("*"),
+                &details,
+            )
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let store = app.store.clone();
     let pages = futures_util::stream::unfold(Some(filter), move |state| {
         let store = store.clone();
@@ -238,25 +267,17 @@ async fn audit_export(
                 Ok(rows) if rows.is_empty() => None,
                 Ok(rows) => {
                     let mut out = String::new();
-                    for r in &rows {
-                        let line = json!({
-                            "id": r.id, "org_id": r.org_id, "actor_id": r.actor,
-                            "actor_type": r.actor_type, "request_id": r.request_id,
-                            "remote_addr": r.remote_addr, "digest": r.digest,
-                            "action": r.action, "resource_id": r.target,
-                            "metadata": serde_json::from_str::<serde_json::Value>(&r.details)
-                                .unwrap_or(serde_json::Value::Null),
-                            "created_at": r.created_at.and_utc().to_rfc3339(),
-                        });
-                        out.push_str(&line.to_string());
-                        out.push('\n');
-                    }
                     let next = (rows.len() as i64 == EXPORT_PAGE).then(|| {
                         crate::store::audit::AuditFilter {
                             before_id: rows.last().map(|r| r.id.clone()),
                             ..filter
                         }
                     });
+                    for r in rows {
+                        let event = crate::http::org::audit::AuditEvent::from(r);
+                        out.push_str(&serde_json::to_string(&event).unwrap_or_default());
+                        out.push('\n');
+                    }
                     Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), next))
                 }
                 Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),

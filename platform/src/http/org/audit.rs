@@ -30,31 +30,41 @@ pub struct AuditQuery {
     actor_id: Option<String>,
     /// The affected resource's id.
     resource_id: Option<String>,
+    /// The affected resource's kind, e.g. `api_key`, `tenant`, `project`, `policy`.
+    resource_type: Option<String>,
     /// 1 to 100, default 50.
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// One audit event.
+/// One audit event (spec 05 §5.2).
 #[derive(Serialize, ToSchema)]
 pub struct AuditEvent {
     /// `aud_...`, sortable by time.
     id: String,
+    /// The org it belongs to (`null` for platform-wide changes).
+    org_id: Option<String>,
     /// What happened, e.g. `api_key.revoked`.
     action: String,
-    /// `api_key`, `operator` or `system`.
+    /// `api_key`, `user` (a session token's subject), `operator` or `system`.
     actor_type: String,
-    /// Who did it.
+    /// Who did it: `api_key:key_...`, `user:<subject>`, `operator`, `config`, `cli`, ...
     actor_id: String,
+    /// The end user behind a session token, when a user made the change.
+    user_id: Option<String>,
     /// The request that did it.
     request_id: Option<String>,
     /// The client's address.
-    remote_addr: Option<String>,
-    /// SHA-256 of `metadata`.
-    digest: Option<String>,
+    remote_ip: Option<String>,
+    /// The affected resource's kind.
+    resource_type: String,
     /// The affected resource.
     resource_id: String,
+    /// SHA-256 of the state before the change (updates only).
+    before_digest: Option<String>,
+    /// SHA-256 of `metadata` (the state after the change).
+    after_digest: Option<String>,
     /// Non-secret details.
     #[schema(value_type = Object)]
     metadata: serde_json::Value,
@@ -73,19 +83,28 @@ pub struct AuditPage {
 
 impl From<AuditEntry> for AuditEvent {
     fn from(e: AuditEntry) -> Self {
+        let user_id = (e.actor_type == "user")
+            .then(|| e.actor.strip_prefix("user:").map(str::to_string))
+            .flatten();
         AuditEvent {
             metadata: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
             created_at: e
                 .created_at
                 .and_utc()
                 .to_rfc3339_opts(SecondsFormat::Micros, true),
+            resource_type: e
+                .resource_type
+                .unwrap_or_else(|| crate::store::audit::resource_type(&e.action).to_string()),
             id: e.id,
+            org_id: e.org_id,
             action: e.action,
             actor_type: e.actor_type,
             actor_id: e.actor,
+            user_id,
             request_id: e.request_id,
-            remote_addr: e.remote_addr,
-            digest: e.digest,
+            remote_ip: e.remote_addr,
+            before_digest: e.before_digest,
+            after_digest: e.digest,
             resource_id: e.target,
         }
     }
@@ -140,6 +159,7 @@ pub async fn list(
         action: q.action,
         actor: q.actor_id,
         target: q.resource_id,
+        resource_type: q.resource_type,
         before_id: q.cursor,
     };
     let mut rows = app

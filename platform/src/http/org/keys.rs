@@ -95,7 +95,12 @@ pub(crate) fn actor(access: &Access, req: &HttpRequest) -> crate::store::audit::
         Credential::Key(p) => {
             crate::http::audit_actor(req, "api_key", &format!("api_key:{}", p.key_id))
         }
-        Credential::Token(_) => crate::http::audit_actor(req, "session_token", "session_token"),
+        // A session token acts for its end user (spec 05 §5.2 `user_id`).
+        Credential::Token(c) => crate::http::audit_actor(
+            req,
+            "user",
+            &format!("user:{}", c.sub.as_deref().unwrap_or("anonymous")),
+        ),
     }
 }
 

@@ -28,6 +28,11 @@ use crate::store::org_events::{self, OrgEvent};
 use crate::store::webhooks::{self as wh, Attempt, Delivery, Endpoint};
 use crate::store::{self, Store, StoreError};
 
+/// What the audit log keeps of an endpoint (never its secret).
+fn endpoint_view(e: &Endpoint) -> Value {
+    json!({"name": e.name, "url": e.url, "events": e.event_types, "enabled": e.enabled})
+}
+
 /// Event types an endpoint can subscribe to.
 pub const EVENT_TYPES: [&str; 12] = [
     "session.created",
@@ -179,7 +184,8 @@ impl Webhooks {
 
     /// Makes the declared endpoints (`[[webhooks]]`) the config-owned rows: new ones created,
     /// changed ones updated, removed ones deleted. Run at start and on reload (blocking).
-    pub fn apply_config(&self, cfg: &PlatformConfig) -> Result<(), String> {
+    /// Each change is audited as `actor`, in the transaction that makes it.
+    pub fn apply_config(&self, cfg: &PlatformConfig, actor: &audit::Actor) -> Result<(), String> {
         *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg.webhook_delivery.clone();
         let dev = cfg.webhook_delivery.development;
         let mut declared = Vec::new();
@@ -225,7 +231,17 @@ impl Webhooks {
                         updated_at: now,
                     };
                     match wh::get_any(c, &id)? {
-                        None => wh::insert(c, &row)?,
+                        None => {
+                            wh::insert(c, &row)?;
+                            audit::record_by(
+                                c,
+                                Some(&org.id),
+                                actor,
+                                "config.webhook_endpoint.create",
+                                &id,
+                                &endpoint_view(&row),
+                            )?;
+                        }
                         // A reload also re-enables a declared endpoint Karta disabled.
                         Some(old)
                             if old.url != row.url
@@ -238,7 +254,16 @@ impl Webhooks {
                                     created_at: old.created_at,
                                     ..row.clone()
                                 },
-                            )?
+                            )?;
+                            audit::record_change(
+                                c,
+                                Some(&org.id),
+                                actor,
+                                "config.webhook_endpoint.update",
+                                &id,
+                                Some(&endpoint_view(&old)),
+                                &endpoint_view(&row),
+                            )?;
                         }
                         Some(_) => {}
                     }
@@ -248,6 +273,14 @@ impl Webhooks {
                 for old in wh::list_config(c)? {
                     if !keep.contains(&old.id) {
                         wh::delete(c, &old.id)?;
+                        audit::record_by(
+                            c,
+                            Some(&old.org_id),
+                            actor,
+                            "config.webhook_endpoint.delete",
+                            &old.id,
+                            &json!({"name": old.name}),
+                        )?;
                     }
                 }
                 Ok(ids)
@@ -351,8 +384,18 @@ impl Webhooks {
                 if e.managed_by == "config" {
                     return Ok(Err(WebhookError::ConfigOwned));
                 }
+                let before = endpoint_view(&e);
                 let after = apply(c, e)?;
-                audit::record_by(c, Some(&org), &actor, action, &id, &json!({}))?;
+                let after_view = after.as_ref().map(endpoint_view).unwrap_or(json!({}));
+                audit::record_change(
+                    c,
+                    Some(&org),
+                    &actor,
+                    action,
+                    &id,
+                    Some(&before),
+                    &after_view,
+                )?;
                 Ok(Ok(after))
             })
             .await
