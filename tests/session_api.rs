@@ -2013,6 +2013,19 @@ fn api_keys_are_created_listed_and_revoked_by_an_admin_key_on(db: Option<&str>) 
     assert_eq!(next["data"][0]["action"], "api_key.created");
     assert_eq!(next["data"][0]["metadata"]["scopes"], "write");
     assert!(next["next_cursor"].is_null());
+    // By kind: only key rows (the config's tenant and project rows are left out).
+    let (_, keys_only) = detail(call(
+        &admin,
+        reqwest::Method::GET,
+        "/v1/audit_events?resource_type=api_key&limit=100",
+        None,
+    ));
+    let rows = keys_only["data"].as_array().unwrap();
+    assert!(rows.len() >= 3, "{keys_only}");
+    assert!(
+        rows.iter().all(|r| r["resource_type"] == "api_key"),
+        "{keys_only}"
+    );
     assert!(!page.to_string().contains(&secret));
 
     // The CLI sees the same keys.

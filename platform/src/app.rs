@@ -631,12 +631,13 @@ impl App {
             );
         }
         let mut plan = reconcile::apply(&self.store, &cfg, actor)?;
-        let policies = reconcile::policy_changes(&old.policies, &cfg.policies);
-        reconcile::record_policy_changes(&self.store, &policies, actor)?;
-        plan.changes.extend(policies);
         self.webhooks
             .apply_config(&cfg, actor)
             .map_err(AppError::Webhooks)?;
+        // Policies live in the running config: recorded once nothing can refuse the reload.
+        let policies = reconcile::policy_changes(&old.policies, &cfg.policies);
+        reconcile::record_policy_changes(&self.store, &policies, actor)?;
+        plan.changes.extend(policies);
         let applied = started.elapsed();
         log_plan(&plan);
         self.drivers.load_from_config(&cfg);

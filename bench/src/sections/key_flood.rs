@@ -25,7 +25,7 @@ struct Counts {
     limited: AtomicU64,
 }
 
-/// A wrong key with the real key's lookup prefix (`kt_live_` + 8) and a fresh rest.
+/// A wrong key with the real key's lookup prefix (`kt_live_` + 6) and a fresh rest.
 fn wrong_key(real: &str, n: u64) -> String {
     let tail: String = format!("{n:024}").chars().rev().collect();
     format!("{}{}", &real[..16], &tail)

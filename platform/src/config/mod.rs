@@ -75,7 +75,7 @@ pub struct ApiKeyConfig {
     pub tenant: String,
     /// `read`, `write`, `admin`.
     pub scopes: Vec<String>,
-    /// The key's first 16 characters (`kt_live_` + 8; not secret).
+    /// The key's first 14 characters (`kt_live_` + 6; not secret).
     pub prefix: String,
     /// `sha256:<64 hex digits>` of the whole key, or an argon2id PHC string.
     pub hash: String,

@@ -18,6 +18,8 @@ const RANDOM_LEN: usize = 32;
 /// body, 14 in all (spec 05 §3.2). The column is unique: a new key whose prefix is taken is drawn
 /// again.
 pub const LOOKUP_LEN: usize = KEY_PREFIX.len() + 6;
+/// The lookup prefix length before 14 (kept by keys whose first 14 characters collide).
+const LEGACY_LOOKUP_LEN: usize = KEY_PREFIX.len() + 8;
 
 /// The lookup prefix of a key, or of a longer prefix declared before it was 14 characters.
 pub fn lookup_prefix(key_or_prefix: &str) -> &str {
@@ -26,15 +28,16 @@ pub fn lookup_prefix(key_or_prefix: &str) -> &str {
 
 /// A new random key whose lookup prefix no key uses yet.
 fn fresh_key(store: &Store) -> Result<String, StoreError> {
-    let mut key = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
     // 62^6 prefixes: a second draw is already rare, a fourth never needed in practice.
-    for _ in 0..3 {
+    for _ in 0..4 {
+        let key = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
         if !store.read(|c| keys::prefix_taken(c, lookup_prefix(&key)))? {
-            break;
+            return Ok(key);
         }
-        key = format!("{KEY_PREFIX}{}", store::random_base62(RANDOM_LEN));
     }
-    Ok(key)
+    Err(StoreError::Conflict(
+        "no free key prefix after four draws; try again".into(),
+    ))
 }
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -464,7 +467,16 @@ impl KeyVerifier {
         let store = self.store.clone();
         let key = presented.to_string();
         tokio::task::spawn_blocking(move || -> Result<Option<Principal>, StoreError> {
-            let row = store.read(|c| keys::find_active_by_prefix(c, &key[..LOOKUP_LEN]))?;
+            let row = store.read(|c| {
+                match keys::find_active_by_prefix(c, &key[..LOOKUP_LEN])? {
+                    // A key made when prefixes were 16 characters whose first 14 another key
+                    // shared kept its 16 (the migration to 14).
+                    None if key.len() >= LEGACY_LOOKUP_LEN => {
+                        keys::find_active_by_prefix(c, &key[..LEGACY_LOOKUP_LEN])
+                    }
+                    found => Ok(found),
+                }
+            })?;
             let Some(row) = row else { return Ok(None) };
             if let Some(hex) = row.key_hash.strip_prefix("sha256:") {
                 // A key declared in configuration by its SHA-256 (compared in constant time).

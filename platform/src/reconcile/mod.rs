@@ -212,6 +212,13 @@ fn apply_key(
                 .get(&key)
                 .ok_or_else(|| changed_under_us("api key", &ch.name))?;
             let org_id = current.org_ids.get(tenant).ok_or(StoreError::NotFound)?;
+            let prefix = crate::platform::keys::lookup_prefix(&k.prefix);
+            if store::keys::prefix_taken(c, prefix)? {
+                return Err(StoreError::Conflict(format!(
+                    "[[api_keys]] `{}`: another key already has the prefix `{prefix}`; mint a new key",
+                    ch.name
+                )));
+            }
             store::keys::insert(
                 c,
                 &ApiKey {

@@ -212,14 +212,21 @@ pub fn page(c: &mut Conn, f: &AuditFilter, limit: i64) -> Result<Vec<AuditEntry>
     }
     if let Some(t) = &f.resource_type {
         // Rows from before the column (the table is append-only, so never backfilled) match
-        // by their action's name.
+        // by their action's name; the type's own `_` must not be a wildcard there.
+        let t_like = t
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         q = q.filter(
             audit_log::resource_type
                 .eq(t.clone())
                 .or(audit_log::resource_type.is_null().and(
                     audit_log::action
-                        .like(format!("{t}.%"))
-                        .or(audit_log::action.like(format!("config.{t}.%"))),
+                        .like(format!("{t_like}.%"))
+                        .escape('\\')
+                        .or(audit_log::action
+                            .like(format!("config.{t_like}.%"))
+                            .escape('\\')),
                 )),
         );
     }

@@ -28,7 +28,7 @@ pub struct ApiKeyView {
     name: String,
     /// `read`, `write`, `admin` (nested: admin ⊇ write ⊇ read).
     scopes: Vec<String>,
-    /// The key's first characters (`kt_live_` + 8).
+    /// The key's first characters (`kt_live_` + 6), kept for lookup.
     prefix: String,
     /// Its last four characters.
     last4: String,
@@ -95,12 +95,12 @@ pub(crate) fn actor(access: &Access, req: &HttpRequest) -> crate::store::audit::
         Credential::Key(p) => {
             crate::http::audit_actor(req, "api_key", &format!("api_key:{}", p.key_id))
         }
-        // A session token acts for its end user (spec 05 §5.2 `user_id`).
-        Credential::Token(c) => crate::http::audit_actor(
-            req,
-            "user",
-            &format!("user:{}", c.sub.as_deref().unwrap_or("anonymous")),
-        ),
+        // A session token acts for its end user (spec 05 §5.2 `user_id`); one minted without
+        // a subject is `user` with no id.
+        Credential::Token(c) => match c.sub.as_deref() {
+            Some(sub) => crate::http::audit_actor(req, "user", &format!("user:{sub}")),
+            None => crate::http::audit_actor(req, "user", "user"),
+        },
     }
 }
 
