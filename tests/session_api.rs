@@ -151,7 +151,17 @@ fn detail(r: Response) -> (u16, Value) {
 
 #[test]
 fn project_routes_mirror_the_flat_ones_and_scope_sessions_to_their_project() {
-    let e = Env::start(|_, pf| {
+    project_routes_on(None);
+}
+
+#[test]
+fn project_routes_scope_sessions_on_postgres() {
+    let Some(db) = temp_pg_database() else { return };
+    project_routes_on(Some(&db.url));
+}
+
+fn project_routes_on(db: Option<&str>) {
+    let e = Env::start_on(db, |_, pf| {
         pf.project("hello", &hello_app(), None).project(
             "team",
             &workspace_root().join("examples/echo-team"),
@@ -189,6 +199,15 @@ fn project_routes_mirror_the_flat_ones_and_scope_sessions_to_their_project() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-should-retry"], "false");
+    // A turn sent through another project's route is refused, and leaves the session free.
+    let r = e
+        .post(
+            &format!("/v1/projects/hello/sessions/{sid}/messages"),
+            json!({"text": "hi"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
 
     let r = e
         .post(

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::models::SessionEvent;
 use crate::store::{events, Conn, Store, StoreError};
 
-/// A session update run inside the writer's transaction, after the events queued before it.
+/// A session update run inside the writer's transaction, after the events of its batch (so it
+/// may not read the event log or `last_seq`), in queue order with the other updates.
 /// `Fn`, not `FnOnce`: a batch whose transaction failed is run again with each update isolated.
 pub type SessionOp = Box<dyn Fn(&mut Conn) -> Result<(), StoreError> + Send>;
 
@@ -163,7 +164,7 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
     }
 }
 
-/// Writes a batch: events and updates in queue order, consecutive event runs together. With
+/// Writes a batch: all its events, then its updates in queue order. With
 /// `isolate`, every entry (a run of events with its update, or an update) goes in a savepoint
 /// of its own, so one that fails costs only itself.
 fn write_batch(
@@ -188,22 +189,24 @@ fn write_batch(
         }
         return Ok(());
     }
-    let mut run: Vec<&SessionEvent> = Vec::new();
+    // No update reads the log or `last_seq`, so the batch's events go first, all together (one
+    // `last_seq` update per session per batch, not per run), then the updates in queue order;
+    // everything commits at once.
+    let rows: Vec<&SessionEvent> = entries
+        .iter()
+        .flat_map(|e| match e {
+            Entry::Events { rows, .. } => rows.as_slice(),
+            Entry::Op(_) => &[],
+        })
+        .collect();
+    events::append_batch(c, &rows, keep)?;
     for e in entries {
-        let op = match e {
-            Entry::Events { rows, then, .. } => {
-                run.extend(rows.iter());
-                then.as_ref()
-            }
-            Entry::Op(op) => Some(op),
-        };
-        if let Some(op) = op {
-            events::append_batch(c, &run, keep)?;
-            run.clear();
-            op(c)?;
+        match e {
+            Entry::Events { then: Some(op), .. } | Entry::Op(op) => op(c)?,
+            Entry::Events { then: None, .. } => {}
         }
     }
-    events::append_batch(c, &run, keep)
+    Ok(())
 }
 
 fn count(e: &Entry) -> usize {

@@ -378,15 +378,6 @@ fn immediate_transaction<T>(
     }
 }
 
-/// Lets the current transaction commit without waiting for its WAL flush (PostgreSQL; a no-op
-/// on SQLite). For writes a crash may lose without harm.
-pub fn relax_commit(c: &mut Conn) -> Result<(), StoreError> {
-    if let AnyConnection::Postgresql(pg) = c {
-        pg.batch_execute("SET LOCAL synchronous_commit TO OFF")?;
-    }
-    Ok(())
-}
-
 fn sqlite_path(url: &str) -> Option<&str> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         None
