@@ -2351,6 +2351,26 @@ fn the_operator_sees_the_effective_config_a_dry_run_plan_drivers_and_the_audit_e
         (created["actor_type"].as_str(), created["actor_id"].as_str()),
         (Some("system"), Some("config"))
     );
+
+    // The tenant sees the operator's change to its org with the request id, not the
+    // operator's address.
+    let out = e.k.cli(&[
+        "keys", "create", "--tenant", "acme", "--name", "ops", "--scopes", "admin",
+    ]);
+    assert!(out.status.success());
+    let org_admin = String::from_utf8(out.stdout).unwrap();
+    let org_admin = org_admin.lines().last().unwrap().trim();
+    let page: Value =
+        e.c.get(e.url("/v1/audit_events?action=config.policy.create"))
+            .bearer_auth(org_admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+    let seen = &page["data"][0];
+    assert_eq!(seen["resource_id"], "acme/short", "{page}");
+    assert_eq!(seen["request_id"], "deploy-42");
+    assert!(seen["remote_ip"].is_null(), "{page}");
 }
 
 #[test]

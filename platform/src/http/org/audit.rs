@@ -55,7 +55,8 @@ pub struct AuditEvent {
     user_id: Option<String>,
     /// The request that did it.
     request_id: Option<String>,
-    /// The client's address.
+    /// The client's address (`null` in an org's view of the operator's and the system's
+    /// changes: the operator's network is not the tenant's to see).
     remote_ip: Option<String>,
     /// The affected resource's kind.
     resource_type: String,
@@ -107,6 +108,17 @@ impl From<AuditEntry> for AuditEvent {
             after_digest: e.digest,
             resource_id: e.target,
         }
+    }
+}
+
+impl AuditEvent {
+    /// The event as the org sees it: the operator's address stays with the operator (its
+    /// request id stays, for support to correlate).
+    fn for_org(mut self) -> Self {
+        if matches!(self.actor_type.as_str(), "operator" | "system") {
+            self.remote_ip = None;
+        }
+        self
     }
 }
 
@@ -175,7 +187,10 @@ pub async fn list(
         None
     };
     Ok(HttpResponse::Ok().json(AuditPage {
-        data: rows.into_iter().map(AuditEvent::from).collect(),
+        data: rows
+            .into_iter()
+            .map(|r| AuditEvent::from(r).for_org())
+            .collect(),
         next_cursor,
     }))
 }
