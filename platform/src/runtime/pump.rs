@@ -168,9 +168,13 @@ impl Runtime {
             .await;
     }
 
-    /// Queues the run for the log.
-    async fn flush(&self, run: &mut Vec<models::SessionEvent>) {
-        self.journal.append(std::mem::take(run)).await;
+    /// Queues the run for the log (with the turn's opening update, if not written yet).
+    async fn flush(&self, ctx: &TurnCtx, run: &mut Vec<models::SessionEvent>) {
+        let rows = std::mem::take(run);
+        match ctx.take_opening() {
+            Some(op) => self.journal.append_then(rows, op).await,
+            None => self.journal.append(rows).await,
+        }
     }
 
     /// Writes `done` (and everything before it) to the log and waits until it is committed, so
@@ -205,7 +209,11 @@ impl Runtime {
                 as super::journal::SessionOp
         });
         let usage = self.meter(ctx, seq, done, calls, calls_pending);
+        let opening = ctx.take_opening();
         let then: super::journal::SessionOp = Box::new(move |c| {
+            if let Some(o) = &opening {
+                o(c)?;
+            }
             if let Some(r) = &release {
                 r(c)?;
             }
@@ -303,7 +311,7 @@ impl Runtime {
         let mut renew = tokio::time::interval_at(Instant::now() + LEASE_RENEW, LEASE_RENEW);
         loop {
             if !run.is_empty() && (rx.is_empty() || run.len() >= MAX_RUN) {
-                self.flush(&mut run).await;
+                self.flush(ctx, &mut run).await;
             }
             let event = tokio::select! {
                 ev = rx.recv() => match ev {
@@ -358,7 +366,7 @@ impl Runtime {
                 }
                 EventKind::InputRequired(req) => {
                     // The log has everything before a pause.
-                    self.flush(&mut run).await;
+                    self.flush(ctx, &mut run).await;
                     match self.on_input_required(ctx, req, event.raw).await {
                         Some(ev) => {
                             if matches!(ev.kind, EventKind::InputRequired(_)) {
@@ -446,8 +454,13 @@ impl Runtime {
                             "request_id": req.request_id, "kind": req.kind,
                             "tool": req.tool, "message": req.message}),
                     );
-                    let op: super::journal::SessionOp =
-                        Box::new(move |c| crate::store::org_events::insert(c, &e).map(|_| ()));
+                    let opening = ctx.take_opening();
+                    let op: super::journal::SessionOp = Box::new(move |c| {
+                        if let Some(o) = &opening {
+                            o(c)?;
+                        }
+                        crate::store::org_events::insert(c, &e).map(|_| ())
+                    });
                     self.journal.append_then(std::mem::take(&mut run), op).await;
                 }
             }

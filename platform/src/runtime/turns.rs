@@ -90,6 +90,19 @@ pub(crate) struct TurnCtx {
     pub(crate) api_key_id: Option<String>,
     /// The org pays its model calls with its own key (the turn's model cost is not charged).
     pub(crate) byok: bool,
+    /// The turn's opening update (who sent it, a handoff), written with the turn's first
+    /// run of events rather than in a commit of its own.
+    pub(crate) opening: std::sync::Mutex<Option<super::journal::SessionOp>>,
+}
+
+impl TurnCtx {
+    /// The opening update, the first time it is asked for.
+    pub(crate) fn take_opening(&self) -> Option<super::journal::SessionOp> {
+        self.opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
 }
 
 impl Runtime {
@@ -229,6 +242,7 @@ impl Runtime {
                 .gateway
                 .org_has_own_key(&org_id_owned)
                 .await,
+            opening: std::sync::Mutex::new(None),
         };
         // The turn outlives the request; its log lines keep the request's id.
         let span = tracing::Span::current();
@@ -616,7 +630,7 @@ impl Runtime {
     ) {
         let started_at = std::time::Instant::now();
         tracing::info!(project = %ctx.session.project_id, session = %ctx.session.id, driver = %driver.name, agent = %ctx.agent, "turn started");
-        self.begin_turn(&ctx, &who).await;
+        self.begin_turn(&ctx, &who);
         // Bounded: a driver faster than the pump (and the journal) waits in its own thread.
         let (ev_tx, ev_rx) = mpsc::channel::<Result<Event, String>>(queue);
         let starter = ev_tx.clone();
@@ -687,8 +701,9 @@ impl Runtime {
     }
 
     /// Records who sent the turn (participants join on their first message) and a handoff.
-    /// Queued beside the turn's events: committed with them, before its `done`.
-    async fn begin_turn(&self, ctx: &TurnCtx, who: &Participant) {
+    /// Written with the turn's first run of events (see [`TurnCtx::opening`]), before its
+    /// `done`: one commit fewer per turn.
+    fn begin_turn(&self, ctx: &TurnCtx, who: &Participant) {
         let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
         let (who, agent) = (who.clone(), ctx.agent.clone());
         let handoff = agent != ctx.session.current_agent;
@@ -700,28 +715,27 @@ impl Runtime {
             );
             tracing::info!(session = %id, from = %ctx.session.current_agent, to = %agent, "agent handoff");
         }
-        self.journal
-            .update(Box::new(move |c| {
-                let participants = sessions::participants_for_update(c, &org, &id)?;
-                let mut list: Vec<Value> = serde_json::from_str(&participants).unwrap_or_default();
-                let idx = match list.iter().position(|p| p["name"] == who.name.as_str()) {
-                    Some(i) => i,
-                    None => {
-                        list.push(participant(&who.name, &who.kind, None));
-                        list.len() - 1
-                    }
-                };
-                let turns = list[idx]["turns"].as_u64().unwrap_or(0) + 1;
-                list[idx]["turns"] = json!(turns);
-                list[idx]["last_turn_at"] = json!(iso(store::now()));
-                let patch = SessionPatch {
-                    participants: Some(Value::Array(list).to_string()),
-                    current_agent: handoff.then(|| agent.clone()),
-                    ..Default::default()
-                };
-                sessions::update(c, &org, &id, patch)
-            }))
-            .await
+        let op: super::journal::SessionOp = Box::new(move |c| {
+            let participants = sessions::participants_for_update(c, &org, &id)?;
+            let mut list: Vec<Value> = serde_json::from_str(&participants).unwrap_or_default();
+            let idx = match list.iter().position(|p| p["name"] == who.name.as_str()) {
+                Some(i) => i,
+                None => {
+                    list.push(participant(&who.name, &who.kind, None));
+                    list.len() - 1
+                }
+            };
+            let turns = list[idx]["turns"].as_u64().unwrap_or(0) + 1;
+            list[idx]["turns"] = json!(turns);
+            list[idx]["last_turn_at"] = json!(iso(store::now()));
+            let patch = SessionPatch {
+                participants: Some(Value::Array(list).to_string()),
+                current_agent: handoff.then(|| agent.clone()),
+                ..Default::default()
+            };
+            sessions::update(c, &org, &id, patch)
+        });
+        *ctx.opening.lock().unwrap_or_else(|p| p.into_inner()) = Some(op);
     }
 }
 
