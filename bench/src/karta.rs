@@ -74,12 +74,18 @@ impl PgDatabase {
                 .arg(&name),
             "createdb",
         )?;
-        let (base, _) = admin_url
-            .split('?')
-            .next()
-            .and_then(|u| u.rsplit_once('/'))
+        // Connection options (`?sslmode=disable`, a socket `host=`) carry over to the new database.
+        let (path, query) = match admin_url.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (admin_url.as_str(), None),
+        };
+        let (base, _) = path
+            .rsplit_once('/')
             .with_context(|| format!("KARTA_BENCH_PG_URL `{admin_url}` has no database part"))?;
-        let url = format!("{base}/{name}");
+        let url = match query {
+            Some(q) => format!("{base}/{name}?{q}"),
+            None => format!("{base}/{name}"),
+        };
         Ok(PgDatabase {
             admin_url,
             name,

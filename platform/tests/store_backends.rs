@@ -719,3 +719,51 @@ fn webhook_claims_are_exclusive_only_the_holder_records_and_old_rows_are_pruned(
         assert_eq!(left, (1, 1), "{}", b.label);
     }
 }
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Text)]
+    v: String,
+}
+
+fn synchronous_commit(c: &mut AnyConnection) -> Result<String, StoreError> {
+    Ok(
+        diesel::sql_query("SELECT current_setting('synchronous_commit') AS v")
+            .get_result::<Setting>(c)?
+            .v,
+    )
+}
+
+/// Only a turn's claim skips PostgreSQL's WAL flush; every other write waits for it. The claim
+/// connection still claims (SQLite has no such connection and runs the claim plainly).
+#[test]
+fn only_turn_claims_skip_the_wal_flush() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for b in backends() {
+        let store = b.store.clone();
+        if b.label == "postgres" {
+            let relaxed = rt
+                .block_on(store.claim_async(synchronous_commit))
+                .expect("claim setting");
+            assert_eq!(relaxed, "off", "claims");
+            let durable = store.write(synchronous_commit).expect("write");
+            assert_eq!(durable, "on", "writes");
+            let read = store.read(synchronous_commit).expect("read");
+            assert_eq!(read, "on", "reads");
+        }
+        let missing = rt
+            .block_on(store.claim_async(|c| {
+                let now = store::now();
+                sessions::acquire_turn(c, "org_missing", "sess_missing", "me", now, now)
+            }))
+            .expect("claim");
+        assert!(
+            !missing,
+            "{}: a session that does not exist is not claimed",
+            b.label
+        );
+    }
+}

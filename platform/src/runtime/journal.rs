@@ -1,7 +1,8 @@
 //! The replay log's writer: one thread per instance that group-commits events.
 //!
 //! The live path never waits for the database: the pump broadcasts frames to subscribers first
-//! and then queues them here, a run at a time (everything the driver had ready). The writer
+//! and then queues them here, a run at a time (what the driver sent within a few
+//! milliseconds; a quick turn's whole run goes with its `done`). The writer
 //! takes everything queued (up to a batch of events) and writes it in one transaction: the
 //! events, each session's new `last_seq`, pruning past the retention, and the small session
 //! updates a turn queues beside its events (who sent it, a handoff). The queue is bounded, so a

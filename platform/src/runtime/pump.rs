@@ -109,9 +109,17 @@ fn log_row(session: &models::Session, f: &Frame) -> models::SessionEvent {
 const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Events published but not yet queued for the log: the pump hands the journal a run at a time
-/// (whatever the driver had ready), so a fast driver costs one queue slot and one writer wake-up
-/// per run rather than per event. The turn's live buffer covers them meanwhile.
+/// (at most this many, or what gathered within [`RUN_LINGER`]), so a fast driver costs one queue
+/// slot and one writer wake-up per run rather than per event. The turn's live buffer covers
+/// them meanwhile.
 const MAX_RUN: usize = 64;
+
+/// How long published events may wait for more before they are queued for the log. A quick
+/// turn's events then reach the log in the commit that stores its `done` (one commit, and on
+/// PostgreSQL one WAL flush, per turn instead of one per run); a slow harness's events are
+/// still logged within this of being sent. Subscribers are not delayed: they get every frame
+/// when it is published, and replay reads the turn's live buffer meanwhile.
+const RUN_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// `done` with the gateway's count as its usage, when the harness reported no tokens at all but
 /// the gateway saw the turn's model calls (an ACP agent that does not report usage, say).
@@ -309,9 +317,16 @@ impl Runtime {
         let mut paused_at: Option<Instant> = None;
         let mut expired = false;
         let mut renew = tokio::time::interval_at(Instant::now() + LEASE_RENEW, LEASE_RENEW);
+        // When the oldest unqueued event must go to the log (see [`RUN_LINGER`]).
+        let mut flush_at: Option<Instant> = None;
         loop {
-            if !run.is_empty() && (rx.is_empty() || run.len() >= MAX_RUN) {
+            if run.len() >= MAX_RUN {
                 self.flush(ctx, &mut run).await;
+            }
+            if run.is_empty() {
+                flush_at = None;
+            } else if flush_at.is_none() {
+                flush_at = Some(Instant::now() + RUN_LINGER);
             }
             let event = tokio::select! {
                 ev = rx.recv() => match ev {
@@ -327,6 +342,10 @@ impl Runtime {
                     }
                 },
                 Some(Control::Publish(ev)) = control.recv() => ev,
+                _ = tokio::time::sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
+                    self.flush(ctx, &mut run).await;
+                    continue;
+                }
                 _ = renew.tick(), if ctx.lease.is_some() => {
                     self.renew_lease(ctx).await;
                     continue;

@@ -532,9 +532,10 @@ impl Runtime {
         let owner = self.instance_id.clone();
         // No transaction: the claim is one statement that also answers the session, and the
         // project is read after it (two round trips instead of six with BEGIN, SET and COMMIT).
+        // Its commit skips the WAL flush (see `Store::claim_async` for what a crash can lose).
         let claimed = self
             .store
-            .read_async(move |c| {
+            .claim_async(move |c| {
                 let now = store::now();
                 match sessions::acquire_turn_returning(c, &org, &id, &owner, now, now + LEASE)? {
                     Some(s) => {

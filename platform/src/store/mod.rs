@@ -97,6 +97,9 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 enum Target {
     Postgres(String),
+    /// PostgreSQL connections whose commits do not wait for the WAL flush (see
+    /// [`Store::claim_async`]).
+    PostgresRelaxed(String),
     Sqlite(String),
 }
 
@@ -111,6 +114,10 @@ pub struct Manager(Target);
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
      PRAGMA journal_size_limit = 67108864;";
+
+/// PostgreSQL connections kept for turn claims (see [`Store::claim_async`]): a claim is one
+/// short statement, so a few serve many concurrent turns.
+const CLAIM_CONNECTIONS: u32 = 4;
 
 /// How often the background thread checkpoints an SQLite WAL.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -145,6 +152,12 @@ impl ManageConnection for Manager {
             Target::Postgres(url) => PgConnection::establish(url)
                 .map(AnyConnection::Postgresql)
                 .map_err(r2d2::Error::ConnectionError),
+            Target::PostgresRelaxed(url) => {
+                let mut c = PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
+                c.batch_execute("SET synchronous_commit = off")
+                    .map_err(r2d2::Error::QueryError)?;
+                Ok(AnyConnection::Postgresql(c))
+            }
             Target::Sqlite(path) => {
                 let mut c =
                     SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
@@ -169,6 +182,8 @@ impl ManageConnection for Manager {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool<Manager>,
+    /// PostgreSQL only: a few connections whose commits skip the WAL flush, for turn claims.
+    claims: Option<Pool<Manager>>,
     backend: Backend,
     // SQLite allows one writer; serialising our own write transactions avoids SQLITE_BUSY on
     // lock upgrades inside this process (other processes wait on busy_timeout).
@@ -249,6 +264,17 @@ impl Store {
         } else {
             (Target::Postgres(url.to_string()), Backend::Postgres, 8)
         };
+        let claims = match &target {
+            Target::Postgres(url) => Some(
+                Pool::builder()
+                    .max_size(CLAIM_CONNECTIONS)
+                    .min_idle(Some(0))
+                    .test_on_check_out(false)
+                    .connection_timeout(Duration::from_secs(10))
+                    .build_unchecked(Manager(Target::PostgresRelaxed(url.clone()))),
+            ),
+            _ => None,
+        };
         let pool = Pool::builder()
             .max_size(size)
             // A broken connection shows up as a query error; testing each checkout with a
@@ -263,6 +289,7 @@ impl Store {
         }
         Ok(Self {
             pool,
+            claims,
             backend,
             write_lock: Arc::new(parking_lot::FairMutex::new(())),
             _alive: alive,
@@ -324,6 +351,28 @@ impl Store {
         tokio::task::spawn_blocking(move || store.write(f))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` (its statements commit one by one) on a connection whose commits do not wait
+    /// for PostgreSQL's WAL flush, on the blocking pool. For a turn's claim on its session
+    /// only: what a database crash can lose is a claim made in the last moments before it
+    /// (PostgreSQL flushes within `wal_writer_delay`), which leaves that session unclaimed
+    /// while its turn runs: a second instance could start a turn on it in that window. That
+    /// narrow case is the price of not waiting for a flush on the way to every turn. Elsewhere
+    /// (and on SQLite) it is [`Store::read_async`].
+    pub async fn claim_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let Some(claims) = self.claims.clone() else {
+            return self.read_async(f).await;
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut conn = claims.get().map_err(|e| StoreError::Pool(e.to_string()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Runs a read on the blocking pool, off the async workers.
