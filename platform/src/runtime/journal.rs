@@ -27,8 +27,8 @@ enum Entry {
     /// Events of one turn, in sequence order, and who wants to know when they are committed.
     Events {
         rows: Vec<SessionEvent>,
-        /// Run in the same transaction right after the rows (a turn's lease release with its
-        /// `done`).
+        /// Run in the same transaction after the batch's rows, in queue order with the other
+        /// updates (a turn's lease release with its `done`).
         then: Option<SessionOp>,
         ack: Option<oneshot::Sender<()>>,
     },

@@ -323,7 +323,9 @@ impl Runtime {
             if run.len() >= MAX_RUN {
                 self.flush(ctx, &mut run).await;
             }
-            if run.is_empty() {
+            // The opening update (who sent the turn) waits no longer than events do, even for a
+            // harness that is slow to say anything.
+            if run.is_empty() && !ctx.opening_pending() {
                 flush_at = None;
             } else if flush_at.is_none() {
                 flush_at = Some(Instant::now() + RUN_LINGER);
@@ -473,13 +475,9 @@ impl Runtime {
                             "request_id": req.request_id, "kind": req.kind,
                             "tool": req.tool, "message": req.message}),
                     );
-                    let opening = ctx.take_opening();
-                    let op: super::journal::SessionOp = Box::new(move |c| {
-                        if let Some(o) = &opening {
-                            o(c)?;
-                        }
-                        crate::store::org_events::insert(c, &e).map(|_| ())
-                    });
+                    // (The pause's flush above already took the opening update.)
+                    let op: super::journal::SessionOp =
+                        Box::new(move |c| crate::store::org_events::insert(c, &e).map(|_| ()));
                     self.journal.append_then(std::mem::take(&mut run), op).await;
                 }
             }

@@ -96,6 +96,14 @@ pub(crate) struct TurnCtx {
 }
 
 impl TurnCtx {
+    /// Whether the opening update still waits to be written.
+    pub(crate) fn opening_pending(&self) -> bool {
+        self.opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     /// The opening update, the first time it is asked for.
     pub(crate) fn take_opening(&self) -> Option<super::journal::SessionOp> {
         self.opening
@@ -508,8 +516,8 @@ impl Runtime {
     }
 
     /// Reads the session and its project under this instance's claim on the session's turn. On
-    /// PostgreSQL (where several instances may share the database) the claim is taken in the
-    /// same transaction as the read, and another instance's live claim makes the session busy
+    /// PostgreSQL (where several instances may share the database) the claim is one statement
+    /// that also reads the session, and another instance's live claim makes the session busy
     /// here; SQLite (one instance per file) needs no claim.
     async fn lease_and_load(
         &self,
@@ -548,8 +556,12 @@ impl Runtime {
                         match project {
                             Ok(p) => Ok(Some((s, p))),
                             Err(e) => {
-                                // Without a transaction to roll back, the claim is given back.
-                                sessions::release_turn(c, &org, &id, &owner)?;
+                                // Without a transaction to roll back, the claim is given back
+                                // (if that fails too, it frees itself after LEASE); the caller
+                                // learns what went wrong first.
+                                if let Err(r) = sessions::release_turn(c, &org, &id, &owner) {
+                                    tracing::warn!(session = %id, error = %r, "claim not given back");
+                                }
                                 Err(e)
                             }
                         }

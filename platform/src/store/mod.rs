@@ -355,17 +355,17 @@ impl Store {
 
     /// Runs `f` (its statements commit one by one) on a connection whose commits do not wait
     /// for PostgreSQL's WAL flush, on the blocking pool. For a turn's claim on its session
-    /// only: what a database crash can lose is a claim made in the last moments before it
-    /// (PostgreSQL flushes within `wal_writer_delay`), which leaves that session unclaimed
-    /// while its turn runs: a second instance could start a turn on it in that window. That
-    /// narrow case is the price of not waiting for a flush on the way to every turn. Elsewhere
-    /// (and on SQLite) it is [`Store::read_async`].
+    /// only: what a database crash (or a failover) can lose is a claim made in the last moments
+    /// before it (PostgreSQL flushes within three times `wal_writer_delay`), which leaves that
+    /// session unclaimed while its turn runs: a second instance could start a turn on it in
+    /// that window. That narrow case is the price of not waiting for a flush on the way to every
+    /// turn. On SQLite it is [`Store::write_async`].
     pub async fn claim_async<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let Some(claims) = self.claims.clone() else {
-            return self.read_async(f).await;
+            return self.write_async(f).await;
         };
         tokio::task::spawn_blocking(move || {
             let mut conn = claims.get().map_err(|e| StoreError::Pool(e.to_string()))?;

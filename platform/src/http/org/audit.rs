@@ -112,10 +112,11 @@ impl From<AuditEntry> for AuditEvent {
 }
 
 impl AuditEvent {
-    /// The event as the org sees it: the operator's address stays with the operator (its
-    /// request id stays, for support to correlate).
+    /// The event as the org sees it: only its own callers' addresses (API keys, session
+    /// tokens' users); the operator's and the system's stay with them (the request id stays,
+    /// for support to correlate).
     fn for_org(mut self) -> Self {
-        if matches!(self.actor_type.as_str(), "operator" | "system") {
+        if !matches!(self.actor_type.as_str(), "api_key" | "user") {
             self.remote_ip = None;
         }
         self
