@@ -177,9 +177,13 @@ impl Runtime {
     }
 
     /// Queues the run for the log (with the turn's opening update, if not written yet).
-    async fn flush(&self, ctx: &TurnCtx, run: &mut Vec<models::SessionEvent>) {
+    async fn flush(
+        &self,
+        run: &mut Vec<models::SessionEvent>,
+        opening: &mut Option<super::journal::SessionOp>,
+    ) {
         let rows = std::mem::take(run);
-        match ctx.take_opening() {
+        match opening.take() {
             Some(op) => self.journal.append_then(rows, op).await,
             None => self.journal.append(rows).await,
         }
@@ -191,6 +195,7 @@ impl Runtime {
         &self,
         ctx: &TurnCtx,
         mut run: Vec<models::SessionEvent>,
+        opening: Option<super::journal::SessionOp>,
         seq: i64,
         done: &Event,
     ) -> Arc<Frame> {
@@ -217,7 +222,6 @@ impl Runtime {
                 as super::journal::SessionOp
         });
         let usage = self.meter(ctx, seq, done, calls, calls_pending);
-        let opening = ctx.take_opening();
         let then: super::journal::SessionOp = Box::new(move |c| {
             if let Some(o) = &opening {
                 o(c)?;
@@ -305,6 +309,8 @@ impl Runtime {
         ctx: &TurnCtx,
         mut rx: mpsc::Receiver<Result<Event, String>>,
         mut control: mpsc::Receiver<Control>,
+        // The turn's opening update, written with its first journal write (see `begin_turn`).
+        mut opening: Option<super::journal::SessionOp>,
     ) -> Arc<Frame> {
         let mut seq = ctx.running.start_seq;
         let mut text = FinalText::default();
@@ -321,11 +327,11 @@ impl Runtime {
         let mut flush_at: Option<Instant> = None;
         loop {
             if run.len() >= MAX_RUN {
-                self.flush(ctx, &mut run).await;
+                self.flush(&mut run, &mut opening).await;
             }
             // The opening update (who sent the turn) waits no longer than events do, even for a
             // harness that is slow to say anything.
-            if run.is_empty() && !ctx.opening_pending() {
+            if run.is_empty() && opening.is_none() {
                 flush_at = None;
             } else if flush_at.is_none() {
                 flush_at = Some(Instant::now() + RUN_LINGER);
@@ -340,12 +346,12 @@ impl Runtime {
                         let err = error_event("harness_ended", "the harness ended the turn without finishing it");
                         tracing::warn!(project = %ctx.session.project_id, session = %ctx.session.id, "harness ended the turn without `done`");
                         self.publish(ctx, &mut run, seq, &err);
-                        return self.finish(ctx, run, seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
+                        return self.finish(ctx, run, opening.take(), seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
                     }
                 },
                 Some(Control::Publish(ev)) = control.recv() => ev,
                 _ = tokio::time::sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
-                    self.flush(ctx, &mut run).await;
+                    self.flush(&mut run, &mut opening).await;
                     continue;
                 }
                 _ = renew.tick(), if ctx.lease.is_some() => {
@@ -365,7 +371,7 @@ impl Runtime {
                     self.end_harness(&ctx.driver, &ctx.session.id).await;
                     seq += 1;
                     self.publish(ctx, &mut run, seq, &timeout_error(ctx));
-                    return self.finish(ctx, run, seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
+                    return self.finish(ctx, run, opening.take(), seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
                 }
             };
             if let Some(at) = paused_at.take() {
@@ -387,7 +393,7 @@ impl Runtime {
                 }
                 EventKind::InputRequired(req) => {
                     // The log has everything before a pause.
-                    self.flush(ctx, &mut run).await;
+                    self.flush(&mut run, &mut opening).await;
                     match self.on_input_required(ctx, req, event.raw).await {
                         Some(ev) => {
                             if matches!(ev.kind, EventKind::InputRequired(_)) {
@@ -422,7 +428,7 @@ impl Runtime {
                         kind: EventKind::Done(d),
                         ..event
                     };
-                    return self.finish(ctx, run, seq + 1, &done).await;
+                    return self.finish(ctx, run, opening.take(), seq + 1, &done).await;
                 }
                 // A model error because a call was refused says why (the org's own key was
                 // rejected, a budget ran out).

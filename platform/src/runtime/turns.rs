@@ -90,27 +90,6 @@ pub(crate) struct TurnCtx {
     pub(crate) api_key_id: Option<String>,
     /// The org pays its model calls with its own key (the turn's model cost is not charged).
     pub(crate) byok: bool,
-    /// The turn's opening update (who sent it, a handoff), written with the turn's first
-    /// run of events rather than in a commit of its own.
-    pub(crate) opening: std::sync::Mutex<Option<super::journal::SessionOp>>,
-}
-
-impl TurnCtx {
-    /// Whether the opening update still waits to be written.
-    pub(crate) fn opening_pending(&self) -> bool {
-        self.opening
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
-    /// The opening update, the first time it is asked for.
-    pub(crate) fn take_opening(&self) -> Option<super::journal::SessionOp> {
-        self.opening
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
 }
 
 impl Runtime {
@@ -250,7 +229,6 @@ impl Runtime {
                 .gateway
                 .org_has_own_key(&org_id_owned)
                 .await,
-            opening: std::sync::Mutex::new(None),
         };
         // The turn outlives the request; its log lines keep the request's id.
         let span = tracing::Span::current();
@@ -643,7 +621,7 @@ impl Runtime {
     ) {
         let started_at = std::time::Instant::now();
         tracing::info!(project = %ctx.session.project_id, session = %ctx.session.id, driver = %driver.name, agent = %ctx.agent, "turn started");
-        self.begin_turn(&ctx, &who);
+        let opening = self.begin_turn(&ctx, &who);
         // Bounded: a driver faster than the pump (and the journal) waits in its own thread.
         let (ev_tx, ev_rx) = mpsc::channel::<Result<Event, String>>(queue);
         let starter = ev_tx.clone();
@@ -670,7 +648,7 @@ impl Runtime {
                 }
             }
         });
-        let done = self.pump(&ctx, ev_rx, control_rx).await;
+        let done = self.pump(&ctx, ev_rx, control_rx, Some(opening)).await;
         // Free the session before anyone sees `done`, so a client that sends again at once is
         // not refused as busy.
         let had_pending = ctx.running.pending().take().is_some();
@@ -714,9 +692,9 @@ impl Runtime {
     }
 
     /// Records who sent the turn (participants join on their first message) and a handoff.
-    /// Written with the turn's first run of events (see [`TurnCtx::opening`]), before its
-    /// `done`: one commit fewer per turn.
-    fn begin_turn(&self, ctx: &TurnCtx, who: &Participant) {
+    /// The update it returns is written by the pump with the turn's first run of events,
+    /// before its `done`: one commit fewer per turn.
+    fn begin_turn(&self, ctx: &TurnCtx, who: &Participant) -> super::journal::SessionOp {
         let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
         let (who, agent) = (who.clone(), ctx.agent.clone());
         let handoff = agent != ctx.session.current_agent;
@@ -728,7 +706,7 @@ impl Runtime {
             );
             tracing::info!(session = %id, from = %ctx.session.current_agent, to = %agent, "agent handoff");
         }
-        let op: super::journal::SessionOp = Box::new(move |c| {
+        Box::new(move |c| {
             let participants = sessions::participants_for_update(c, &org, &id)?;
             let mut list: Vec<Value> = serde_json::from_str(&participants).unwrap_or_default();
             let idx = match list.iter().position(|p| p["name"] == who.name.as_str()) {
@@ -747,8 +725,7 @@ impl Runtime {
                 ..Default::default()
             };
             sessions::update(c, &org, &id, patch)
-        });
-        *ctx.opening.lock().unwrap_or_else(|p| p.into_inner()) = Some(op);
+        })
     }
 }
 
