@@ -9,7 +9,8 @@ use karta::config::{PlatformConfig, ProjectConfig, TenantConfig};
 use karta::reconcile::{self, Action};
 use karta::store::testkit::{temp_pg_database, TempPgDatabase};
 use karta::store::{
-    self, audit::Actor, events, models, orgs, projects, sessions, AnyConnection, Store, StoreError,
+    self, audit::Actor, events, models, orgs, projects, sessions, usage, AnyConnection, Store,
+    StoreError,
 };
 
 struct Backend {
@@ -247,17 +248,8 @@ fn session_row(org: &str, project: &str) -> models::Session {
 fn removed_project_with_sessions_is_disabled_not_deleted() {
     for b in backends() {
         let s = &b.store;
-        reconcile::apply(
-            s,
-            &config(&[("acme", "Acme")], &[("acme", "bot")]),
-            &Actor::system("test"),
-        )
-        .unwrap();
-        let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
-        let prj = s
-            .read(|c| projects::get_enabled(c, &org.id, "bot"))
-            .unwrap();
-        let row = session_row(&org.id, &prj.id);
+        let (org, prj) = acme_bot(s);
+        let row = session_row(&org, &prj);
         s.write(|c| sessions::insert(c, &row)).unwrap();
 
         let plan = reconcile::apply(s, &config(&[], &[]), &Actor::system("test")).unwrap();
@@ -271,11 +263,11 @@ fn removed_project_with_sessions_is_disabled_not_deleted() {
             b.label
         );
         assert!(s
-            .read(|c| projects::list_enabled(c, &org.id))
+            .read(|c| projects::list_enabled(c, &org))
             .unwrap()
             .is_empty());
         // The session and its project row survive.
-        assert!(s.read(|c| sessions::get(c, &org.id, &row.id)).is_ok());
+        assert!(s.read(|c| sessions::get(c, &org, &row.id)).is_ok());
         // Declaring them again re-enables them.
         let plan = reconcile::apply(
             s,
@@ -289,9 +281,7 @@ fn removed_project_with_sessions_is_disabled_not_deleted() {
             b.label
         );
         assert_eq!(
-            s.read(|c| projects::list_enabled(c, &org.id))
-                .unwrap()
-                .len(),
+            s.read(|c| projects::list_enabled(c, &org)).unwrap().len(),
             1
         );
     }
@@ -489,19 +479,10 @@ fn session_patches_paging_and_input_lookups() {
     use karta::store::sessions::{SessionFilter, SessionPatch};
     for b in backends() {
         let s = &b.store;
-        reconcile::apply(
-            s,
-            &config(&[("acme", "Acme")], &[("acme", "bot")]),
-            &Actor::system("test"),
-        )
-        .unwrap();
-        let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
-        let prj = s
-            .read(|c| projects::get_enabled(c, &org.id, "bot"))
-            .unwrap();
+        let (org, prj) = acme_bot(s);
         let mut ids = Vec::new();
         for _ in 0..5 {
-            let row = session_row(&org.id, &prj.id);
+            let row = session_row(&org, &prj);
             s.write(|c| sessions::insert(c, &row)).unwrap();
             ids.push(row.id);
         }
@@ -509,7 +490,7 @@ fn session_patches_paging_and_input_lookups() {
         let mut seen = Vec::new();
         let mut f = SessionFilter::default();
         loop {
-            let page = s.read(|c| sessions::list(c, &org.id, &f, 2)).unwrap();
+            let page = s.read(|c| sessions::list(c, &org, &f, 2)).unwrap();
             if page.is_empty() {
                 break;
             }
@@ -528,9 +509,8 @@ fn session_patches_paging_and_input_lookups() {
             pending_input: Some(Some("{\"request_id\":\"req_1\"}".into())),
             ..Default::default()
         };
-        s.write(|c| sessions::update(c, &org.id, &id, patch))
-            .unwrap();
-        let row = s.read(|c| sessions::get(c, &org.id, &id)).unwrap();
+        s.write(|c| sessions::update(c, &org, &id, patch)).unwrap();
+        let row = s.read(|c| sessions::get(c, &org, &id)).unwrap();
         assert_eq!(row.status, "closed");
         assert!(row.pending_input.is_some());
         // Some(None) clears; None leaves alone.
@@ -538,9 +518,8 @@ fn session_patches_paging_and_input_lookups() {
             pending_input: Some(None),
             ..Default::default()
         };
-        s.write(|c| sessions::update(c, &org.id, &id, clear))
-            .unwrap();
-        let row = s.read(|c| sessions::get(c, &org.id, &id)).unwrap();
+        s.write(|c| sessions::update(c, &org, &id, clear)).unwrap();
+        let row = s.read(|c| sessions::get(c, &org, &id)).unwrap();
         assert_eq!(
             (row.status.as_str(), row.pending_input),
             ("closed", None),
@@ -563,7 +542,7 @@ fn session_patches_paging_and_input_lookups() {
 
         let ev = models::SessionEvent {
             session_id: id.clone(),
-            org_id: org.id.clone(),
+            org_id: org.clone(),
             seq: 1,
             event_type: "input_required".into(),
             payload: r#"{"type":"input_required","data":{"request_id":"req_abc"}}"#.into(),
@@ -571,10 +550,10 @@ fn session_patches_paging_and_input_lookups() {
         };
         s.write(|c| events::append(c, &ev, 100)).unwrap();
         assert!(s
-            .read(|c| sessions::input_was_requested(c, &org.id, &id, "req_abc"))
+            .read(|c| sessions::input_was_requested(c, &org, &id, "req_abc"))
             .unwrap());
         assert!(!s
-            .read(|c| sessions::input_was_requested(c, &org.id, &id, "req_abd"))
+            .read(|c| sessions::input_was_requested(c, &org, &id, "req_abd"))
             .unwrap());
         assert!(!s
             .read(|c| sessions::input_was_requested(c, "org_other", &id, "req_abc"))
@@ -764,6 +743,203 @@ fn only_turn_claims_skip_the_wal_flush() {
             !missing,
             "{}: a session that does not exist is not claimed",
             b.label
+        );
+    }
+}
+
+/// Applies the org `acme` with its project `bot`; their ids.
+fn acme_bot(s: &Store) -> (String, String) {
+    reconcile::apply(
+        s,
+        &config(&[("acme", "Acme")], &[("acme", "bot")]),
+        &Actor::system("test"),
+    )
+    .unwrap();
+    let org = s.read(|c| orgs::get_enabled_by_slug(c, "acme")).unwrap();
+    let prj = s
+        .read(|c| projects::get_enabled(c, &org.id, "bot"))
+        .unwrap();
+    (org.id, prj.id)
+}
+
+/// `acme`/`bot` and two of its sessions.
+fn two_sessions(s: &Store) -> (String, String, models::Session, models::Session) {
+    let (org, prj) = acme_bot(s);
+    let (a, b) = (session_row(&org, &prj), session_row(&org, &prj));
+    s.write(|c| sessions::insert(c, &a)).unwrap();
+    s.write(|c| sessions::insert(c, &b)).unwrap();
+    (org, prj, a, b)
+}
+
+#[test]
+fn a_batch_of_session_writes_changes_only_what_it_names() {
+    for bk in backends() {
+        let (s, label) = (&bk.store, bk.label);
+        let (org, _, a, b) = two_sessions(s);
+        let now = store::now();
+        let until = now + chrono::Duration::seconds(60);
+        assert!(s
+            .write(|c| sessions::acquire_turn(c, &org, &a.id, "inst-1", now, until))
+            .unwrap());
+        let later = now + chrono::Duration::seconds(5);
+        let key = |id: &str| (org.clone(), id.to_string());
+        let mut writes = BTreeMap::new();
+        writes.insert(
+            key(&a.id),
+            sessions::TurnWrite {
+                last_seq: Some(5),
+                participants: Some(r#"[{"name":"ann"}]"#.into()),
+                // Another owner's claim is not given back.
+                release: Some("inst-2".into()),
+                ..Default::default()
+            },
+        );
+        writes.insert(
+            key(&b.id),
+            sessions::TurnWrite {
+                last_seq: Some(3),
+                current_agent: Some("helper".into()),
+                ..Default::default()
+            },
+        );
+        s.write(|c| sessions::write_turns(c, &writes, later))
+            .unwrap();
+        let got_a = s.read(|c| sessions::get(c, &org, &a.id)).unwrap();
+        let got_b = s.read(|c| sessions::get(c, &org, &b.id)).unwrap();
+        assert_eq!(
+            (got_a.last_seq, got_a.participants.as_str()),
+            (5, r#"[{"name":"ann"}]"#),
+            "{label}"
+        );
+        assert_eq!(got_a.current_agent, "default", "{label}");
+        assert_eq!(
+            (
+                got_b.last_seq,
+                got_b.current_agent.as_str(),
+                got_b.participants.as_str()
+            ),
+            (3, "helper", "[]"),
+            "{label}"
+        );
+        assert_eq!(
+            (got_a.updated_at, got_b.updated_at),
+            (later, later),
+            "{label}"
+        );
+        // Still inst-1's: nobody else can take the session.
+        assert!(!s
+            .write(|c| sessions::acquire_turn(c, &org, &a.id, "inst-3", now, until))
+            .unwrap());
+
+        // `last_seq` never moves down; the owner's release frees the session; a write that
+        // names no participants or agent leaves `updated_at` alone.
+        let mut writes = BTreeMap::new();
+        writes.insert(
+            key(&a.id),
+            sessions::TurnWrite {
+                last_seq: Some(2),
+                release: Some("inst-1".into()),
+                ..Default::default()
+            },
+        );
+        let much_later = later + chrono::Duration::seconds(5);
+        s.write(|c| sessions::write_turns(c, &writes, much_later))
+            .unwrap();
+        let got_a = s.read(|c| sessions::get(c, &org, &a.id)).unwrap();
+        assert_eq!(
+            (
+                got_a.last_seq,
+                got_a.participants.as_str(),
+                got_a.updated_at
+            ),
+            (5, r#"[{"name":"ann"}]"#, later),
+            "{label}"
+        );
+        assert!(s
+            .write(|c| sessions::acquire_turn(c, &org, &a.id, "inst-3", now, until))
+            .unwrap());
+
+        // Participants read under lock: only the org's own sessions.
+        let lists = s
+            .write(|c| {
+                sessions::participants_for_update_many(
+                    c,
+                    &[(org.as_str(), a.id.as_str()), ("org_other", b.id.as_str())],
+                )
+            })
+            .unwrap();
+        assert_eq!(lists.len(), 1, "{label}");
+        assert_eq!(lists[&key(&a.id)], r#"[{"name":"ann"}]"#, "{label}");
+    }
+}
+
+fn usage_row(org: &str, prj: &str, event: &str, model: &str, input: i64) -> usage::UsageRecord {
+    usage::UsageRecord {
+        id: store::new_id("use"),
+        org_id: org.into(),
+        client_event_id: event.into(),
+        project_id: prj.into(),
+        session_id: "sess_x".into(),
+        turn_seq: 1,
+        api_key_id: None,
+        driver: "echo".into(),
+        provider: None,
+        model: Some(model.into()),
+        byok: false,
+        status: "completed".into(),
+        source: "harness".into(),
+        input_tokens: input,
+        output_tokens: 1,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        cost_micro_cents: 10,
+        created_at: store::now(),
+        billed: true,
+        price_input: None,
+        price_output: None,
+        price_cache_read: None,
+        price_cache_write: None,
+    }
+}
+
+#[test]
+fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
+    for bk in backends() {
+        let (s, label) = (&bk.store, bk.label);
+        let (org, prj, _, _) = two_sessions(s);
+        let r1 = usage_row(&org, &prj, "t:1", "m1", 10);
+        let r2 = usage_row(&org, &prj, "t:2", "m1", 20);
+        let r3 = usage_row(&org, &prj, "t:3", "m2", 40);
+        let new = s.write(|c| usage::insert_new(c, &[&r1, &r2])).unwrap();
+        assert_eq!(new, vec![true, true], "{label}");
+        // A repeat (same client_event_id, new row id) is not stored again.
+        let again = usage::UsageRecord {
+            id: store::new_id("use"),
+            ..r1.clone()
+        };
+        let new = s.write(|c| usage::insert_new(c, &[&again, &r3])).unwrap();
+        assert_eq!(new, vec![false, true], "{label}");
+        s.write(|c| usage::add_daily(c, &[&r1, &r2, &r3])).unwrap();
+        s.write(|c| usage::add_daily(c, &[&r2])).unwrap();
+        let day = r1.created_at.date().format("%Y-%m-%d").to_string();
+        let rows = s.read(|c| usage::daily(c, &org, None, &day, &day)).unwrap();
+        let got: Vec<(&str, i64, i64, i64)> = rows
+            .iter()
+            .map(|d| {
+                (
+                    d.model.as_str(),
+                    d.turns,
+                    d.input_tokens,
+                    d.cost_micro_cents,
+                )
+            })
+            .collect();
+        assert_eq!(got, vec![("m1", 3, 50, 30), ("m2", 1, 40, 10)], "{label}");
+        assert_eq!(
+            s.read(|c| usage::records(c, &org, None, 10)).unwrap().len(),
+            3,
+            "{label}"
         );
     }
 }

@@ -3,37 +3,79 @@
 //! The live path never waits for the database: the pump broadcasts frames to subscribers first
 //! and then queues them here, a run at a time (what the driver sent within a few
 //! milliseconds; a quick turn's whole run goes with its `done`). The writer
-//! takes everything queued (up to a batch of events) and writes it in one transaction: the
-//! events, each session's new `last_seq`, pruning past the retention, and the small session
-//! updates a turn queues beside its events (who sent it, a handoff). The queue is bounded, so a
-//! database slower than the drivers pushes back on the pumps (and the pumps on the drivers).
+//! takes everything queued (up to a batch of events) and writes it in one transaction, in a
+//! fixed number of statements however many turns the batch holds: the events (pruning past the
+//! retention), one write per session (its new `last_seq`, who sent a turn, a handoff, the claim a
+//! finished turn gives back), the finished turns' usage records and roll-ups, then any other
+//! update. The queue is bounded, so a database slower than the drivers pushes back on the pumps
+//! (and the pumps on the drivers).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use chrono::NaiveDateTime;
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::meter::TurnUsage;
 use crate::store::models::SessionEvent;
+use crate::store::sessions::{self, TurnWrite};
 use crate::store::{events, Conn, Store, StoreError};
 
-/// A session update run inside the writer's transaction, after the events of its batch (so it
-/// may not read the event log or `last_seq`), in queue order with the other updates.
-/// `Fn`, not `FnOnce`: a batch whose transaction failed is run again with each update isolated.
-pub type SessionOp = Box<dyn Fn(&mut Conn) -> Result<(), StoreError> + Send>;
-
-/// What one queue slot carries.
-enum Entry {
-    /// Events of one turn, in sequence order, and who wants to know when they are committed.
-    Events {
-        rows: Vec<SessionEvent>,
-        /// Run in the same transaction after the batch's rows, in queue order with the other
-        /// updates (a turn's lease release with its `done`).
-        then: Option<SessionOp>,
-        ack: Option<oneshot::Sender<()>>,
+/// What a turn asks the writer to store beside its events. The common updates are data, so the
+/// writer can merge a batch's session writes (its `last_seq`, participants, handoff, the claim
+/// given back) into one statement per batch on PostgreSQL (one per session on SQLite) and its
+/// usage into a few statements however many turns it holds.
+pub(crate) enum SessionOp {
+    /// A turn's opening: who sent it and, on a handoff, the agent it switched to.
+    Opening(Opening),
+    /// Gives a finished turn's claim on its session back, if it still is `owner`'s.
+    Release {
+        /// The session's org.
+        org_id: String,
+        /// The session.
+        session_id: String,
+        /// The claim's owner.
+        owner: String,
     },
-    /// A session update.
-    Op(SessionOp),
+    /// A finished turn's usage records, budget thresholds and webhook event.
+    Usage(Box<TurnUsage>),
+    /// Any other update, run after the merged ones in queue order. It may not read the event log
+    /// or `last_seq`. `Fn`, not `FnOnce`: a batch whose transaction failed is run again with each
+    /// entry isolated.
+    Other(UpdateFn),
+}
+
+/// An update that is not one of the merged kinds (see [`SessionOp::Other`]).
+pub(crate) type UpdateFn = Box<dyn Fn(&mut Conn) -> Result<(), StoreError> + Send>;
+
+/// A turn's opening update (see [`SessionOp::Opening`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Opening {
+    /// The session's org.
+    pub org_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Who sent the turn: a participant's name ...
+    pub name: String,
+    /// ... and kind (`user`, `agent`, ...), for one that joins with this message.
+    pub kind: String,
+    /// The agent the turn hands off to, when it is not the session's current one.
+    pub agent: Option<String>,
+    /// When the turn started.
+    pub at: NaiveDateTime,
+}
+
+/// What one queue slot carries: a run of events of one turn (possibly none) and the updates
+/// written in the same transaction after the batch's events.
+struct Entry {
+    /// Events in sequence order.
+    rows: Vec<SessionEvent>,
+    ops: Vec<SessionOp>,
+    /// Who wants to know when it is committed.
+    ack: Option<oneshot::Sender<()>>,
 }
 
 /// Queue sizes and retention of the writer.
@@ -82,33 +124,31 @@ impl Journal {
     /// Queues a run of events; waits only while the queue is full.
     pub async fn append(&self, rows: Vec<SessionEvent>) {
         if !rows.is_empty() {
-            self.send(Entry::Events {
-                rows,
-                then: None,
-                ack: None,
-            })
-            .await;
+            self.append_then(rows, Vec::new()).await;
         }
     }
 
-    /// Queues a run of events and `then`, run in the same transaction after them; waits only
+    /// Queues a run of events and `ops`, written in the same transaction after them; waits only
     /// while the queue is full.
-    pub async fn append_then(&self, rows: Vec<SessionEvent>, then: SessionOp) {
-        self.send(Entry::Events {
+    pub(crate) async fn append_then(&self, rows: Vec<SessionEvent>, ops: Vec<SessionOp>) {
+        if rows.is_empty() && ops.is_empty() {
+            return;
+        }
+        self.send(Entry {
             rows,
-            then: Some(then),
+            ops,
             ack: None,
         })
         .await;
     }
 
-    /// Queues a run of events (and `then`, run in the same transaction after them) and waits
+    /// Queues a run of events (and `ops`, written in the same transaction after them) and waits
     /// until it and everything queued before it is committed.
-    pub async fn append_durable(&self, rows: Vec<SessionEvent>, then: Option<SessionOp>) {
+    pub(crate) async fn append_durable(&self, rows: Vec<SessionEvent>, ops: Vec<SessionOp>) {
         let (ack, done) = oneshot::channel();
-        let entry = Entry::Events {
+        let entry = Entry {
             rows,
-            then,
+            ops,
             ack: Some(ack),
         };
         if self.send(entry).await {
@@ -117,9 +157,9 @@ impl Journal {
         }
     }
 
-    /// Queues a session update; it is committed with the next batch, in queue order.
-    pub async fn update(&self, op: SessionOp) {
-        self.send(Entry::Op(op)).await;
+    /// Queues a session update; it is committed with the next batch.
+    pub(crate) async fn update(&self, op: SessionOp) {
+        self.append_then(Vec::new(), vec![op]).await;
     }
 }
 
@@ -158,16 +198,15 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
             }
         }
         for e in entries.drain(..) {
-            if let Entry::Events { ack: Some(ack), .. } = e {
+            if let Some(ack) = e.ack {
                 let _ = ack.send(());
             }
         }
     }
 }
 
-/// Writes a batch: all its events, then its updates in queue order. With
-/// `isolate`, every entry (a run of events with its update, or an update) goes in a savepoint
-/// of its own, so one that fails costs only itself.
+/// Writes a batch. With `isolate`, every entry (a run of events with its updates) goes in a
+/// savepoint of its own, so one that fails costs only itself.
 fn write_batch(
     c: &mut Conn,
     entries: &[Entry],
@@ -176,43 +215,92 @@ fn write_batch(
 ) -> Result<(), StoreError> {
     if isolate {
         for e in entries {
-            let r = c.transaction(|c| match e {
-                Entry::Events { rows, then, .. } => {
-                    let rows: Vec<&SessionEvent> = rows.iter().collect();
-                    events::append_batch(c, &rows, keep)?;
-                    then.as_ref().map_or(Ok(()), |op| op(c))
-                }
-                Entry::Op(op) => op(c),
-            });
-            if let Err(e) = r {
+            if let Err(e) = c.transaction(|c| write_entries(c, std::slice::from_ref(e), keep)) {
                 tracing::error!(error = %e, "an event run or session update was not saved");
             }
         }
         return Ok(());
     }
-    // No update reads the log or `last_seq`, so the batch's events go first, all together (one
-    // `last_seq` update per session per batch, not per run), then the updates in queue order;
-    // everything commits at once.
-    let rows: Vec<&SessionEvent> = entries
-        .iter()
-        .flat_map(|e| match e {
-            Entry::Events { rows, .. } => rows.as_slice(),
-            Entry::Op(_) => &[],
+    write_entries(c, entries, keep)
+}
+
+/// Writes entries in a fixed number of statements however many turns they hold: all their
+/// events; one write per session (`last_seq`, participants, handoff, claim given back; the
+/// participants read under lock first); the usage of their finished turns; then any other
+/// updates in queue order. No update reads the log or `last_seq`.
+fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), StoreError> {
+    let rows: Vec<&SessionEvent> = entries.iter().flat_map(|e| e.rows.iter()).collect();
+    let mut writes: BTreeMap<(String, String), TurnWrite> = events::insert_batch(c, &rows, keep)?
+        .into_iter()
+        .map(|(k, high)| {
+            let w = TurnWrite {
+                last_seq: Some(high),
+                ..Default::default()
+            };
+            (k, w)
         })
         .collect();
-    events::append_batch(c, &rows, keep)?;
-    for e in entries {
-        match e {
-            Entry::Events { then: Some(op), .. } | Entry::Op(op) => op(c)?,
-            Entry::Events { then: None, .. } => {}
+    let ops = || entries.iter().flat_map(|e| e.ops.iter());
+    let openings: Vec<&Opening> = ops()
+        .filter_map(|op| match op {
+            SessionOp::Opening(o) => Some(o),
+            _ => None,
+        })
+        .collect();
+    if !openings.is_empty() {
+        let mut keys: Vec<(&str, &str)> = openings
+            .iter()
+            .map(|o| (o.org_id.as_str(), o.session_id.as_str()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut lists = sessions::participants_for_update_many(c, &keys)?;
+        // In queue order: two turns of one session in a batch count twice.
+        for o in openings {
+            let key = (o.org_id.clone(), o.session_id.clone());
+            let Some(list) = lists.get_mut(&key) else {
+                tracing::warn!(session = %o.session_id, "a turn's session is gone; its opening is not saved");
+                continue;
+            };
+            *list = super::sessions::count_participant_turn(list, &o.name, &o.kind, o.at);
+            let w = writes.entry(key).or_default();
+            w.participants = Some(list.clone());
+            if let Some(agent) = &o.agent {
+                w.current_agent = Some(agent.clone());
+            }
+        }
+    }
+    for op in ops() {
+        if let SessionOp::Release {
+            org_id,
+            session_id,
+            owner,
+        } = op
+        {
+            let w = writes
+                .entry((org_id.clone(), session_id.clone()))
+                .or_default();
+            w.release = Some(owner.clone());
+        }
+    }
+    sessions::write_turns(c, &writes, crate::store::now())?;
+    let usage: Vec<&TurnUsage> = ops()
+        .filter_map(|op| match op {
+            SessionOp::Usage(u) => Some(&**u),
+            _ => None,
+        })
+        .collect();
+    if !usage.is_empty() {
+        super::meter::store_batch(c, &usage)?;
+    }
+    for op in ops() {
+        if let SessionOp::Other(f) = op {
+            f(c)?;
         }
     }
     Ok(())
 }
 
 fn count(e: &Entry) -> usize {
-    match e {
-        Entry::Events { rows, .. } => rows.len(),
-        Entry::Op(_) => 0,
-    }
+    e.rows.len()
 }

@@ -5,7 +5,7 @@
 //! price, from the harness's report otherwise; BYOK turns cost nothing. The records go into the
 //! transaction that stores the turn's `done`, with the budget thresholds they cross.
 //!
-//! Everything here but [`op`] is pure.
+//! Everything here but [`store_batch`] is pure.
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
 use karta_driver_api::Usage;
@@ -334,31 +334,63 @@ pub(crate) fn threshold_events(
     out
 }
 
-/// Stores the records (each once), the thresholds the billed one made its scopes cross this
-/// month, and the turn's webhook event. Run in the transaction that stores `done`.
-pub(crate) fn op(
+/// What a finished turn stores beside its `done`: its usage records, the budgeted scopes the
+/// billed one counts against, and its webhook event. Data, so the event writer can store a
+/// batch's turns together (see [`store_batch`]).
+pub(crate) struct TurnUsage {
     records: Vec<UsageRecord>,
     scopes: Vec<Scope>,
     event: Option<OrgEvent>,
-) -> super::journal::SessionOp {
+}
+
+/// The turn's usage to store; logs a disagreement between its two records.
+pub(crate) fn turn_usage(
+    records: Vec<UsageRecord>,
+    scopes: Vec<Scope>,
+    event: Option<OrgEvent>,
+) -> TurnUsage {
     if let [h, g] = records.as_slice() {
         if let Some(why) = disagreement(h, g) {
             tracing::warn!(session = %h.session_id, turn = h.turn_seq, "usage disagreement: {why}");
             crate::metrics::get().usage_disagreements.inc();
         }
     }
-    Box::new(move |c: &mut Conn| -> Result<(), StoreError> {
-        for r in &records {
-            let inserted = crate::store::usage::record(c, r)?;
-            if inserted && r.billed && !scopes.is_empty() {
-                thresholds(c, r, &scopes)?;
+    TurnUsage {
+        records,
+        scopes,
+        event,
+    }
+}
+
+/// Stores turns' usage in the transaction that stores their `done`: every record (each once),
+/// the roll-up rows of the billed ones that were new (summed per row, so a batch of turns costs
+/// one roll-up write per row), the thresholds those crossed, and the turns' webhook events.
+pub(crate) fn store_batch(c: &mut Conn, turns: &[&TurnUsage]) -> Result<(), StoreError> {
+    let records: Vec<&UsageRecord> = turns.iter().flat_map(|t| t.records.iter()).collect();
+    let inserted = crate::store::usage::insert_new(c, &records)?;
+    let mut new = inserted.iter().copied();
+    // (record, its turn's scopes) for the billed records just stored.
+    let mut billed: Vec<(&UsageRecord, &[Scope])> = Vec::new();
+    for t in turns {
+        for r in &t.records {
+            if new.next().unwrap_or(false) && r.billed {
+                billed.push((r, &t.scopes));
             }
         }
-        if let Some(e) = &event {
+    }
+    let rows: Vec<&UsageRecord> = billed.iter().map(|(r, _)| *r).collect();
+    crate::store::usage::add_daily(c, &rows)?;
+    for (r, scopes) in billed {
+        if !scopes.is_empty() {
+            thresholds(c, r, scopes)?;
+        }
+    }
+    for t in turns {
+        if let Some(e) = &t.event {
             crate::store::org_events::insert(c, e)?;
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 fn thresholds(c: &mut Conn, r: &UsageRecord, scopes: &[Scope]) -> Result<(), StoreError> {

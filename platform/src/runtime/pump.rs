@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::events::{frame, Frame};
+use super::journal::SessionOp;
 use super::running::Control;
 use super::turns::TurnCtx;
 use super::Runtime;
@@ -166,27 +167,22 @@ impl Runtime {
         };
         let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
         self.journal
-            .update(Box::new(move |c| {
+            .update(SessionOp::Other(Box::new(move |c| {
                 let until = store::now() + super::turns::LEASE;
                 if !sessions::renew_turn(c, &org, &id, &owner, until)? {
                     tracing::error!(session = %id, "the turn's lease on the session was lost");
                 }
                 Ok(())
-            }))
+            })))
             .await;
     }
 
     /// Queues the run for the log (with the turn's opening update, if not written yet).
-    async fn flush(
-        &self,
-        run: &mut Vec<models::SessionEvent>,
-        opening: &mut Option<super::journal::SessionOp>,
-    ) {
+    async fn flush(&self, run: &mut Vec<models::SessionEvent>, opening: &mut Option<SessionOp>) {
         let rows = std::mem::take(run);
-        match opening.take() {
-            Some(op) => self.journal.append_then(rows, op).await,
-            None => self.journal.append(rows).await,
-        }
+        self.journal
+            .append_then(rows, opening.take().into_iter().collect())
+            .await;
     }
 
     /// Writes `done` (and everything before it) to the log and waits until it is committed, so
@@ -195,7 +191,7 @@ impl Runtime {
         &self,
         ctx: &TurnCtx,
         mut run: Vec<models::SessionEvent>,
-        opening: Option<super::journal::SessionOp>,
+        opening: Option<SessionOp>,
         seq: i64,
         done: &Event,
     ) -> Arc<Frame> {
@@ -212,26 +208,14 @@ impl Runtime {
         run.push(log_row(&ctx.session, &f));
         // The lease goes in the commit that stores `done`: another instance that takes the
         // session next reads this turn's last sequence number.
-        let release = ctx.lease.as_ref().map(|owner| {
-            let (org, id, owner) = (
-                ctx.session.org_id.clone(),
-                ctx.session.id.clone(),
-                owner.clone(),
-            );
-            Box::new(move |c: &mut crate::store::Conn| sessions::release_turn(c, &org, &id, &owner))
-                as super::journal::SessionOp
+        let release = ctx.lease.as_ref().map(|owner| SessionOp::Release {
+            org_id: ctx.session.org_id.clone(),
+            session_id: ctx.session.id.clone(),
+            owner: owner.clone(),
         });
         let usage = self.meter(ctx, seq, done, calls, calls_pending);
-        let then: super::journal::SessionOp = Box::new(move |c| {
-            if let Some(o) = &opening {
-                o(c)?;
-            }
-            if let Some(r) = &release {
-                r(c)?;
-            }
-            usage(c)
-        });
-        self.journal.append_durable(run, Some(then)).await;
+        let ops = opening.into_iter().chain(release).chain([usage]).collect();
+        self.journal.append_durable(run, ops).await;
         f
     }
 
@@ -244,7 +228,7 @@ impl Runtime {
         done: &Event,
         calls: Vec<crate::gateway::tally::CountedCall>,
         calls_pending: bool,
-    ) -> super::journal::SessionOp {
+    ) -> SessionOp {
         let (usage, status) = match &done.kind {
             EventKind::Done(d) => (d.usage, d.status.clone()),
             _ => (Default::default(), karta_driver_api::TurnStatus::Failed),
@@ -300,7 +284,7 @@ impl Runtime {
                     "usage": usage}),
             )
         });
-        super::meter::op(records, scopes, event)
+        SessionOp::Usage(Box::new(super::meter::turn_usage(records, scopes, event)))
     }
 
     /// Consumes the driver's events until `done`; returns the logged (not yet broadcast) `done`.
@@ -310,7 +294,7 @@ impl Runtime {
         mut rx: mpsc::Receiver<Result<Event, String>>,
         mut control: mpsc::Receiver<Control>,
         // The turn's opening update, written with its first journal write (see `begin_turn`).
-        mut opening: Option<super::journal::SessionOp>,
+        mut opening: Option<SessionOp>,
     ) -> Arc<Frame> {
         let mut seq = ctx.running.start_seq;
         let mut text = FinalText::default();
@@ -381,13 +365,13 @@ impl Runtime {
                 EventKind::HarnessSession { harness_session_id } => {
                     let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
                     self.journal
-                        .update(Box::new(move |c| {
+                        .update(SessionOp::Other(Box::new(move |c| {
                             let patch = SessionPatch {
                                 harness_session_id: Some(Some(harness_session_id.clone())),
                                 ..Default::default()
                             };
                             sessions::update(c, &org, &id, patch)
-                        }))
+                        })))
                         .await;
                     continue;
                 }
@@ -482,9 +466,12 @@ impl Runtime {
                             "tool": req.tool, "message": req.message}),
                     );
                     // (The pause's flush above already took the opening update.)
-                    let op: super::journal::SessionOp =
-                        Box::new(move |c| crate::store::org_events::insert(c, &e).map(|_| ()));
-                    self.journal.append_then(std::mem::take(&mut run), op).await;
+                    let op = SessionOp::Other(Box::new(move |c| {
+                        crate::store::org_events::insert(c, &e).map(|_| ())
+                    }));
+                    self.journal
+                        .append_then(std::mem::take(&mut run), vec![op])
+                        .await;
                 }
             }
         }

@@ -828,3 +828,61 @@ pub(crate) fn participant(name: &str, kind: &str, display_name: Option<String>) 
         "last_turn_at": null,
     })
 }
+
+/// The session's participants list (JSON) after a turn sent by `name` at `at`: its entry
+/// (added, as of `at`, if it is new) counts one more turn. An unreadable list starts over.
+pub(crate) fn count_participant_turn(
+    list: &str,
+    name: &str,
+    kind: &str,
+    at: NaiveDateTime,
+) -> String {
+    let mut list: Vec<Value> = serde_json::from_str(list).unwrap_or_default();
+    let idx = match list.iter().position(|p| p["name"] == name) {
+        Some(i) => i,
+        None => {
+            let mut p = participant(name, kind, None);
+            p["joined_at"] = json!(iso(at));
+            list.push(p);
+            list.len() - 1
+        }
+    };
+    let turns = list[idx]["turns"].as_u64().unwrap_or(0) + 1;
+    list[idx]["turns"] = json!(turns);
+    list[idx]["last_turn_at"] = json!(iso(at));
+    Value::Array(list).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+
+    #[test]
+    fn a_turn_counts_for_its_sender_who_joins_on_the_first() {
+        let once = count_participant_turn("[]", "ann", "human", at("2026-12-07 10:00:00"));
+        let list: Vec<Value> = serde_json::from_str(&once).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["name"], "ann");
+        assert_eq!(list[0]["type"], "human");
+        assert_eq!(list[0]["turns"], 1);
+        assert_eq!(list[0]["joined_at"], list[0]["last_turn_at"]);
+
+        let bob = count_participant_turn(&once, "bob", "ai", at("2026-12-07 10:01:00"));
+        let twice = count_participant_turn(&bob, "ann", "human", at("2026-12-07 10:02:00"));
+        let list: Vec<Value> = serde_json::from_str(&twice).unwrap();
+        let names: Vec<(&str, u64)> = list
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["turns"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(names, vec![("ann", 2), ("bob", 1)]);
+        // Joined at the first turn; the last one moved on.
+        assert_ne!(list[0]["joined_at"], list[0]["last_turn_at"]);
+        // A list that does not parse starts over rather than failing the turn's commit.
+        let fresh = count_participant_turn("not json", "ann", "human", at("2026-12-07 10:03:00"));
+        assert_eq!(serde_json::from_str::<Vec<Value>>(&fresh).unwrap().len(), 1);
+    }
+}

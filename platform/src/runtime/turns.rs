@@ -13,14 +13,13 @@ use tokio::sync::{mpsc, OwnedMutexGuard};
 use super::app_settings::AppSettings;
 use super::pump::error_event;
 use super::running::{Control, Running};
-use super::sessions::{invalid, iso, load, participant};
+use super::sessions::{invalid, load};
 use super::slot::Slot;
 use super::subscription::Subscription;
 use super::warm::try_idle;
 use super::{app_problem, Runtime, RuntimeError, TurnLimits};
 use crate::config::Multitask;
 use crate::drivers::LoadedDriver;
-use crate::store::sessions::SessionPatch;
 use crate::store::{self, models, sessions, StoreError};
 
 /// `POST /v1/sessions/{id}/messages` input.
@@ -695,36 +694,23 @@ impl Runtime {
     /// The update it returns is written by the pump with the turn's first run of events,
     /// before its `done`: one commit fewer per turn.
     fn begin_turn(&self, ctx: &TurnCtx, who: &Participant) -> super::journal::SessionOp {
-        let (org, id) = (ctx.session.org_id.clone(), ctx.session.id.clone());
-        let (who, agent) = (who.clone(), ctx.agent.clone());
-        let handoff = agent != ctx.session.current_agent;
+        let agent = &ctx.agent;
+        let handoff = *agent != ctx.session.current_agent;
         if handoff {
             self.fire_hooks(
                 "agent.handoff",
                 &ctx.session,
                 json!({"from": ctx.session.current_agent, "to": agent}),
             );
-            tracing::info!(session = %id, from = %ctx.session.current_agent, to = %agent, "agent handoff");
+            tracing::info!(session = %ctx.session.id, from = %ctx.session.current_agent, to = %agent, "agent handoff");
         }
-        Box::new(move |c| {
-            let participants = sessions::participants_for_update(c, &org, &id)?;
-            let mut list: Vec<Value> = serde_json::from_str(&participants).unwrap_or_default();
-            let idx = match list.iter().position(|p| p["name"] == who.name.as_str()) {
-                Some(i) => i,
-                None => {
-                    list.push(participant(&who.name, &who.kind, None));
-                    list.len() - 1
-                }
-            };
-            let turns = list[idx]["turns"].as_u64().unwrap_or(0) + 1;
-            list[idx]["turns"] = json!(turns);
-            list[idx]["last_turn_at"] = json!(iso(store::now()));
-            let patch = SessionPatch {
-                participants: Some(Value::Array(list).to_string()),
-                current_agent: handoff.then(|| agent.clone()),
-                ..Default::default()
-            };
-            sessions::update(c, &org, &id, patch)
+        super::journal::SessionOp::Opening(super::journal::Opening {
+            org_id: ctx.session.org_id.clone(),
+            session_id: ctx.session.id.clone(),
+            name: who.name.clone(),
+            kind: who.kind.clone(),
+            agent: handoff.then(|| agent.clone()),
+            at: store::now(),
         })
     }
 }

@@ -5,19 +5,42 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 
 use super::models::SessionEvent;
-use super::schema::{session_events, sessions};
+use super::schema::session_events;
 use super::{AnyConnection, Conn, StoreError};
 
 /// Appends events (any sessions, each session's in sequence order) and advances each session's
-/// `last_seq`; prunes a session's log beyond `retention` events whenever its sequence crosses a
-/// multiple of 100 (pruning every time would cost a delete per event).
+/// `last_seq`; prunes a session's log beyond `retention` events (see [`insert_batch`]).
 pub fn append_batch(
     c: &mut Conn,
     rows: &[&SessionEvent],
     retention: u64,
 ) -> Result<(), StoreError> {
+    let highs = insert_batch(c, rows, retention)?;
+    let writes = highs
+        .into_iter()
+        .map(|(k, high)| {
+            let w = super::sessions::TurnWrite {
+                last_seq: Some(high),
+                ..Default::default()
+            };
+            (k, w)
+        })
+        .collect();
+    super::sessions::write_turns(c, &writes, super::now())
+}
+
+/// Inserts events (any sessions, each session's in sequence order) and answers each session's
+/// highest sequence number in the batch, for the caller to store as its `last_seq` (with the
+/// session's other writes, see [`super::sessions::write_turns`]). Prunes a session's log beyond
+/// `retention` events whenever its sequence crosses a multiple of 100 (pruning every time would
+/// cost a delete per event).
+pub fn insert_batch(
+    c: &mut Conn,
+    rows: &[&SessionEvent],
+    retention: u64,
+) -> Result<BTreeMap<(String, String), i64>, StoreError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(BTreeMap::new());
     }
     // (org, session) -> (lowest seq, highest seq) in this batch.
     let mut spans: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
@@ -47,60 +70,22 @@ pub fn append_batch(
         span.0 = span.0.min(r.seq);
         span.1 = span.1.max(r.seq);
     }
-    advance_last_seq(c, &spans)?;
-    for ((org, session), (low, high)) in spans {
+    for ((org, session), (low, high)) in &spans {
         let keep_from = high - retention as i64;
         if keep_from > 0 && high / 100 != (low - 1) / 100 {
             diesel::delete(
                 session_events::table
-                    .filter(session_events::org_id.eq(org))
-                    .filter(session_events::session_id.eq(session))
+                    .filter(session_events::org_id.eq(*org))
+                    .filter(session_events::session_id.eq(*session))
                     .filter(session_events::seq.le(keep_from)),
             )
             .execute(c)?;
         }
     }
-    Ok(())
-}
-
-/// Moves each session's `last_seq` up to the highest sequence of its span: one statement for
-/// the whole batch on PostgreSQL (a round trip saved per session), one cached statement per
-/// session on SQLite.
-fn advance_last_seq(
-    c: &mut Conn,
-    spans: &BTreeMap<(&str, &str), (i64, i64)>,
-) -> Result<(), StoreError> {
-    match c {
-        AnyConnection::Postgresql(pg) if spans.len() > 1 => {
-            use diesel::sql_types::{Array, BigInt, Text};
-            let orgs: Vec<&str> = spans.keys().map(|k| k.0).collect();
-            let ids: Vec<&str> = spans.keys().map(|k| k.1).collect();
-            let highs: Vec<i64> = spans.values().map(|v| v.1).collect();
-            diesel::sql_query(
-                "UPDATE sessions SET last_seq = v.high \
-                 FROM unnest($1::text[], $2::text[], $3::int8[]) AS v(org_id, id, high) \
-                 WHERE sessions.org_id = v.org_id AND sessions.id = v.id \
-                 AND sessions.last_seq < v.high",
-            )
-            .bind::<Array<Text>, _>(orgs)
-            .bind::<Array<Text>, _>(ids)
-            .bind::<Array<BigInt>, _>(highs)
-            .execute(pg)?;
-        }
-        _ => {
-            for ((org, session), (_, high)) in spans {
-                diesel::update(
-                    sessions::table
-                        .filter(sessions::org_id.eq(*org))
-                        .filter(sessions::id.eq(*session))
-                        .filter(sessions::last_seq.lt(*high)),
-                )
-                .set(sessions::last_seq.eq(*high))
-                .execute(c)?;
-            }
-        }
-    }
-    Ok(())
+    Ok(spans
+        .into_iter()
+        .map(|((org, id), (_, high))| ((org.to_string(), id.to_string()), high))
+        .collect())
 }
 
 /// Appends one event (see [`append_batch`]).

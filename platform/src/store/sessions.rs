@@ -261,3 +261,123 @@ pub fn participants_for_update(c: &mut Conn, org_id: &str, id: &str) -> Result<S
         super::AnyConnection::Sqlite(_) => q.first::<String>(c).found(),
     }
 }
+
+/// One session's share of an event-log batch. `None` leaves a column alone.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TurnWrite {
+    /// The highest sequence number logged (`last_seq` only moves up).
+    pub last_seq: Option<i64>,
+    /// The participants list a turn's opening computed (bumps `updated_at`).
+    pub participants: Option<String>,
+    /// The agent a turn handed off to (bumps `updated_at`).
+    pub current_agent: Option<String>,
+    /// The owner whose claim is given back, if it still is that owner's.
+    pub release: Option<String>,
+}
+
+/// Applies a batch's session writes, keyed by (org, session): one statement for the whole batch
+/// on PostgreSQL (a round trip per session saved), one per session on SQLite.
+pub fn write_turns(
+    c: &mut Conn,
+    writes: &std::collections::BTreeMap<(String, String), TurnWrite>,
+    now: NaiveDateTime,
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
+    if writes.is_empty() {
+        return Ok(());
+    }
+    // Every SET expression reads the row as it was, so the claim's two columns agree.
+    match c {
+        super::AnyConnection::Postgresql(pg) => {
+            let col = |f: fn(&TurnWrite) -> Option<String>| -> Vec<Option<String>> {
+                writes.values().map(f).collect()
+            };
+            diesel::sql_query(
+                "UPDATE sessions SET \
+                 last_seq = GREATEST(sessions.last_seq, COALESCE(v.high, sessions.last_seq)), \
+                 participants = COALESCE(v.participants, sessions.participants), \
+                 current_agent = COALESCE(v.agent, sessions.current_agent), \
+                 updated_at = CASE WHEN v.participants IS NULL AND v.agent IS NULL \
+                   THEN sessions.updated_at ELSE $7 END, \
+                 turn_owner = CASE WHEN sessions.turn_owner = v.release \
+                   THEN NULL ELSE sessions.turn_owner END, \
+                 turn_lease_until = CASE WHEN sessions.turn_owner = v.release \
+                   THEN NULL ELSE sessions.turn_lease_until END \
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[]) \
+                   AS v(org_id, id, high, participants, agent, release) \
+                 WHERE sessions.org_id = v.org_id AND sessions.id = v.id",
+            )
+            .bind::<Array<Text>, _>(writes.keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(writes.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Nullable<BigInt>>, _>(
+                writes.values().map(|w| w.last_seq).collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Text>>, _>(col(|w| w.participants.clone()))
+            .bind::<Array<Nullable<Text>>, _>(col(|w| w.current_agent.clone()))
+            .bind::<Array<Nullable<Text>>, _>(col(|w| w.release.clone()))
+            .bind::<Timestamp, _>(now)
+            .execute(pg)?;
+        }
+        super::AnyConnection::Sqlite(lite) => {
+            for ((org, id), w) in writes {
+                diesel::sql_query(
+                    "UPDATE sessions SET \
+                     last_seq = max(last_seq, coalesce(?1, last_seq)), \
+                     participants = coalesce(?2, participants), \
+                     current_agent = coalesce(?3, current_agent), \
+                     updated_at = CASE WHEN ?2 IS NULL AND ?3 IS NULL THEN updated_at ELSE ?4 END, \
+                     turn_owner = CASE WHEN turn_owner = ?5 THEN NULL ELSE turn_owner END, \
+                     turn_lease_until = CASE WHEN turn_owner = ?5 THEN NULL ELSE turn_lease_until END \
+                     WHERE org_id = ?6 AND id = ?7",
+                )
+                .bind::<Nullable<BigInt>, _>(w.last_seq)
+                .bind::<Nullable<Text>, _>(w.participants.as_deref())
+                .bind::<Nullable<Text>, _>(w.current_agent.as_deref())
+                .bind::<Timestamp, _>(now)
+                .bind::<Nullable<Text>, _>(w.release.as_deref())
+                .bind::<Text, _>(org.as_str())
+                .bind::<Text, _>(id.as_str())
+                .execute(lite)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The participants of these (org, session) pairs, locked until the transaction ends (see
+/// [`participants_for_update`]); a session that is gone is left out.
+pub fn participants_for_update_many(
+    c: &mut Conn,
+    keys: &[(&str, &str)],
+) -> Result<std::collections::HashMap<(String, String), String>, StoreError> {
+    let mut out = std::collections::HashMap::new();
+    match c {
+        super::AnyConnection::Postgresql(pg) => {
+            let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+            // One round trip; rows locked in id order, as every multi-row lock here is.
+            let rows: Vec<(String, String, String)> = sessions::table
+                .filter(sessions::id.eq_any(ids))
+                .order(sessions::id)
+                .select((sessions::org_id, sessions::id, sessions::participants))
+                .for_update()
+                .load(pg)?;
+            for (org, id, p) in rows {
+                if keys.iter().any(|k| k.0 == org && k.1 == id) {
+                    out.insert((org, id), p);
+                }
+            }
+        }
+        super::AnyConnection::Sqlite(_) => {
+            for (org, id) in keys {
+                match participants_for_update(c, org, id) {
+                    Ok(p) => {
+                        out.insert((org.to_string(), id.to_string()), p);
+                    }
+                    Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(out)
+}

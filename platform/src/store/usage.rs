@@ -6,8 +6,10 @@ use super::schema::{usage_daily as ud, usage_records as ur};
 use super::{Conn, StoreError};
 
 /// One usage record.
+// `None` is bound as NULL (every optional column defaults to NULL anyway), so the SQLite insert
+// has one SQL text and its prepared statement is cached.
 #[derive(Debug, Clone, Queryable, Insertable, PartialEq)]
-#[diesel(table_name = ur)]
+#[diesel(table_name = ur, treat_none_as_default_value = false)]
 pub struct UsageRecord {
     /// `use_...`
     pub id: String,
@@ -94,59 +96,113 @@ pub struct DailyUsage {
 /// Stores a record unless its `client_event_id` is already stored for the org, and adds an
 /// inserted billed one to its day's roll-up. Whether it was inserted. Run in a write transaction.
 pub fn record(c: &mut Conn, r: &UsageRecord) -> Result<bool, StoreError> {
-    // `UNIQUE (org_id, client_event_id)` makes a repeated record a no-op.
-    let inserted = super::execute_on_backend!(
-        c,
-        diesel::insert_into(ur::table)
-            .values(r)
-            .on_conflict((ur::org_id, ur::client_event_id))
-            .do_nothing()
-    )?;
-    if inserted == 0 {
-        return Ok(false);
+    let inserted = insert_new(c, &[r])?.first().copied().unwrap_or(false);
+    if inserted && r.billed {
+        add_daily(c, &[r])?;
     }
-    if !r.billed {
-        return Ok(true);
+    Ok(inserted)
+}
+
+/// Stores the records whose `client_event_id` is not stored yet for their org (`UNIQUE (org_id,
+/// client_event_id)` makes a repeat a no-op); whether each was inserted, in order. One statement
+/// on PostgreSQL, one cached statement per record on SQLite.
+pub fn insert_new(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, StoreError> {
+    match c {
+        super::AnyConnection::Postgresql(pg) => {
+            let mut out = Vec::with_capacity(records.len());
+            for chunk in records.chunks(200) {
+                let stored: std::collections::HashSet<(String, String)> =
+                    diesel::insert_into(ur::table)
+                        .values(chunk.to_vec())
+                        .on_conflict((ur::org_id, ur::client_event_id))
+                        .do_nothing()
+                        .returning((ur::org_id, ur::client_event_id))
+                        .load::<(String, String)>(pg)?
+                        .into_iter()
+                        .collect();
+                out.extend(
+                    chunk
+                        .iter()
+                        .map(|r| stored.contains(&(r.org_id.clone(), r.client_event_id.clone()))),
+                );
+            }
+            Ok(out)
+        }
+        super::AnyConnection::Sqlite(lite) => records
+            .iter()
+            .map(|r| {
+                let n = diesel::insert_into(ur::table)
+                    .values(*r)
+                    .on_conflict((ur::org_id, ur::client_event_id))
+                    .do_nothing()
+                    .execute(lite)?;
+                Ok(n > 0)
+            })
+            .collect(),
     }
-    let key = r.api_key_id.clone().unwrap_or_default();
-    let model = r.model.clone().unwrap_or_default();
-    let day = r.created_at.date().format("%Y-%m-%d").to_string();
-    let row = ud::table
-        .filter(ud::org_id.eq(&r.org_id))
-        .filter(ud::project_id.eq(&r.project_id))
-        .filter(ud::api_key_id.eq(&key))
-        .filter(ud::model.eq(&model))
-        .filter(ud::day.eq(&day));
-    let updated = diesel::update(row)
-        .set((
-            ud::turns.eq(ud::turns + 1),
-            ud::input_tokens.eq(ud::input_tokens + r.input_tokens),
-            ud::output_tokens.eq(ud::output_tokens + r.output_tokens),
-            ud::cache_read_tokens.eq(ud::cache_read_tokens + r.cache_read_tokens),
-            ud::cache_write_tokens.eq(ud::cache_write_tokens + r.cache_write_tokens),
-            ud::reasoning_tokens.eq(ud::reasoning_tokens + r.reasoning_tokens),
-            ud::cost_micro_cents.eq(ud::cost_micro_cents + r.cost_micro_cents),
-        ))
-        .execute(c)?;
-    if updated == 0 {
-        diesel::insert_into(ud::table)
-            .values((
-                ud::org_id.eq(&r.org_id),
-                ud::project_id.eq(&r.project_id),
-                ud::api_key_id.eq(&key),
-                ud::model.eq(&model),
-                ud::day.eq(&day),
-                ud::turns.eq(1i64),
-                ud::input_tokens.eq(r.input_tokens),
-                ud::output_tokens.eq(r.output_tokens),
-                ud::cache_read_tokens.eq(r.cache_read_tokens),
-                ud::cache_write_tokens.eq(r.cache_write_tokens),
-                ud::reasoning_tokens.eq(r.reasoning_tokens),
-                ud::cost_micro_cents.eq(r.cost_micro_cents),
+}
+
+/// Adds the records to their days' roll-up rows, summed per row first: one update (or insert)
+/// per row touched, however many records it sums. Only call it with billed records that were
+/// just inserted.
+pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreError> {
+    let mut rows: std::collections::BTreeMap<(String, String, String, String, String), DailyUsage> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        let key = (
+            r.org_id.clone(),
+            r.project_id.clone(),
+            r.api_key_id.clone().unwrap_or_default(),
+            r.model.clone().unwrap_or_default(),
+            r.created_at.date().format("%Y-%m-%d").to_string(),
+        );
+        let d = rows.entry(key).or_default();
+        d.turns += 1;
+        d.input_tokens += r.input_tokens;
+        d.output_tokens += r.output_tokens;
+        d.cache_read_tokens += r.cache_read_tokens;
+        d.cache_write_tokens += r.cache_write_tokens;
+        d.reasoning_tokens += r.reasoning_tokens;
+        d.cost_micro_cents += r.cost_micro_cents;
+    }
+    for ((org, project, key, model, day), d) in rows {
+        let row = ud::table
+            .filter(ud::org_id.eq(&org))
+            .filter(ud::project_id.eq(&project))
+            .filter(ud::api_key_id.eq(&key))
+            .filter(ud::model.eq(&model))
+            .filter(ud::day.eq(&day));
+        let updated = diesel::update(row)
+            .set((
+                ud::turns.eq(ud::turns + d.turns),
+                ud::input_tokens.eq(ud::input_tokens + d.input_tokens),
+                ud::output_tokens.eq(ud::output_tokens + d.output_tokens),
+                ud::cache_read_tokens.eq(ud::cache_read_tokens + d.cache_read_tokens),
+                ud::cache_write_tokens.eq(ud::cache_write_tokens + d.cache_write_tokens),
+                ud::reasoning_tokens.eq(ud::reasoning_tokens + d.reasoning_tokens),
+                ud::cost_micro_cents.eq(ud::cost_micro_cents + d.cost_micro_cents),
             ))
             .execute(c)?;
+        if updated == 0 {
+            diesel::insert_into(ud::table)
+                .values((
+                    ud::org_id.eq(&org),
+                    ud::project_id.eq(&project),
+                    ud::api_key_id.eq(&key),
+                    ud::model.eq(&model),
+                    ud::day.eq(&day),
+                    ud::turns.eq(d.turns),
+                    ud::input_tokens.eq(d.input_tokens),
+                    ud::output_tokens.eq(d.output_tokens),
+                    ud::cache_read_tokens.eq(d.cache_read_tokens),
+                    ud::cache_write_tokens.eq(d.cache_write_tokens),
+                    ud::reasoning_tokens.eq(d.reasoning_tokens),
+                    ud::cost_micro_cents.eq(d.cost_micro_cents),
+                ))
+                .execute(c)?;
+        }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The org's roll-up rows from `from` to `to` (days, inclusive), optionally of one project.
