@@ -943,3 +943,81 @@ fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
         );
     }
 }
+
+#[test]
+fn the_sqlite_log_starts_over_under_a_steady_stream_of_commits() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("karta.db");
+    let s = Store::open(&format!("sqlite://{}", path.display())).expect("open sqlite");
+    let (org, prj) = acme_bot(&s);
+    let row = session_row(&org, &prj);
+    s.write(|c| sessions::insert(c, &row)).unwrap();
+    let (stop, seq) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicI64::new(0)),
+    );
+    let mut threads = Vec::new();
+    // Readers that keep coming back, as turns' session loads and replays do.
+    for _ in 0..2 {
+        let (s, stop, org, id) = (s.clone(), stop.clone(), org.clone(), row.id.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                s.read(|c| events::list_after(c, &org, &id, 0, 50)).unwrap();
+            }
+        }));
+    }
+    // Writers committing back to back, as the event writer and API calls do.
+    for _ in 0..3 {
+        let (s, stop, seq, org, id) = (
+            s.clone(),
+            stop.clone(),
+            seq.clone(),
+            org.clone(),
+            row.id.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let payload = "x".repeat(512);
+            while !stop.load(Ordering::Relaxed) {
+                s.write(|c| {
+                    let ev = models::SessionEvent {
+                        session_id: id.clone(),
+                        org_id: org.clone(),
+                        seq: seq.fetch_add(1, Ordering::Relaxed) + 1,
+                        event_type: "text".into(),
+                        payload: payload.clone(),
+                        created_at: store::now(),
+                    };
+                    events::append(c, &ev, 1000)
+                })
+                .unwrap();
+            }
+        }));
+    }
+    // Three seconds: six checkpoint rounds. SQLite changes the salt in the log's header each time
+    // it starts the log over; without that the log grows as long as the commits keep coming.
+    let wal = dir.path().join("karta.db-wal");
+    let mut salts = std::collections::BTreeSet::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Some(salt) = std::fs::read(&wal)
+            .ok()
+            .and_then(|h| h.get(16..20).map(<[u8]>::to_vec))
+        {
+            salts.insert(salt);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        salts.len() >= 2,
+        "the log started over {} times in {} commits over 3 s; it is {size} bytes",
+        salts.len().saturating_sub(1),
+        seq.load(Ordering::Relaxed)
+    );
+}
