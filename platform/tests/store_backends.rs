@@ -920,6 +920,14 @@ fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
         };
         let new = s.write(|c| usage::insert_new(c, &[&again, &r3])).unwrap();
         assert_eq!(new, vec![false, true], "{label}");
+        // Twice in one call: only the first is new.
+        let r4 = usage_row(&org, &prj, "t:4", "m2", 1);
+        let twin = usage::UsageRecord {
+            id: store::new_id("use"),
+            ..r4.clone()
+        };
+        let new = s.write(|c| usage::insert_new(c, &[&r4, &twin])).unwrap();
+        assert_eq!(new, vec![true, false], "{label}");
         s.write(|c| usage::add_daily(c, &[&r1, &r2, &r3])).unwrap();
         s.write(|c| usage::add_daily(c, &[&r2])).unwrap();
         let day = r1.created_at.date().format("%Y-%m-%d").to_string();
@@ -938,7 +946,7 @@ fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
         assert_eq!(got, vec![("m1", 3, 50, 30), ("m2", 1, 40, 10)], "{label}");
         assert_eq!(
             s.read(|c| usage::records(c, &org, None, 10)).unwrap().len(),
-            3,
+            4,
             "{label}"
         );
     }

@@ -42,7 +42,7 @@ pub(crate) enum SessionOp {
     },
     /// A finished turn's usage records, budget thresholds and webhook event.
     Usage(Box<TurnUsage>),
-    /// Any other update, run after the merged ones in queue order. It may not read the event log
+    /// Any other update, run before the merged ones, in queue order. It may not read the event log
     /// or `last_seq`. `Fn`, not `FnOnce`: a batch whose transaction failed is run again with each
     /// entry isolated.
     Other(UpdateFn),
@@ -224,12 +224,20 @@ fn write_batch(
     write_entries(c, entries, keep)
 }
 
-/// Writes entries in a fixed number of statements however many turns they hold: all their
-/// events; one write per session (`last_seq`, participants, handoff, claim given back; the
-/// participants read under lock first); the usage of their finished turns; then any other
-/// updates in queue order. No update reads the log or `last_seq`.
+/// Writes entries in a fixed number of statements however many turns they hold (besides the
+/// rare other updates): the other updates in queue order; all the events; one write per session
+/// (`last_seq`, participants, handoff, claim given back; the participants read under lock
+/// first); the usage of their finished turns. No update reads the log or `last_seq`.
 fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), StoreError> {
     let rows: Vec<&SessionEvent> = entries.iter().flat_map(|e| e.rows.iter()).collect();
+    let ops = || entries.iter().flat_map(|e| e.ops.iter());
+    // The others first, in queue order: a lease renewal queued before its turn's `done` must
+    // not find the claim already given back.
+    for op in ops() {
+        if let SessionOp::Other(f) = op {
+            f(c)?;
+        }
+    }
     let mut writes: BTreeMap<(String, String), TurnWrite> = events::insert_batch(c, &rows, keep)?
         .into_iter()
         .map(|(k, high)| {
@@ -240,7 +248,6 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
             (k, w)
         })
         .collect();
-    let ops = || entries.iter().flat_map(|e| e.ops.iter());
     let openings: Vec<&Opening> = ops()
         .filter_map(|op| match op {
             SessionOp::Opening(o) => Some(o),
@@ -292,11 +299,6 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
         .collect();
     if !usage.is_empty() {
         super::meter::store_batch(c, &usage)?;
-    }
-    for op in ops() {
-        if let SessionOp::Other(f) = op {
-            f(c)?;
-        }
     }
     Ok(())
 }

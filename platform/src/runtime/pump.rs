@@ -320,19 +320,10 @@ impl Runtime {
             } else if flush_at.is_none() {
                 flush_at = Some(Instant::now() + RUN_LINGER);
             }
+            // Biased: what the host queued (an expired prompt's notice) goes out before the
+            // driver's reaction to it, and the timers fire however fast the driver floods.
             let event = tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(Ok(ev)) => ev,
-                    Some(Err(message)) => error_event("driver_protocol_error", message),
-                    None => {
-                        // The driver let go of the sink without `done` (it ended or crashed).
-                        seq += 1;
-                        let err = error_event("harness_ended", "the harness ended the turn without finishing it");
-                        tracing::warn!(project = %ctx.session.project_id, session = %ctx.session.id, "harness ended the turn without `done`");
-                        self.publish(ctx, &mut run, seq, &err);
-                        return self.finish(ctx, run, opening.take(), seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
-                    }
-                },
+                biased;
                 Some(Control::Publish(ev)) = control.recv() => ev,
                 _ = tokio::time::sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
                     self.flush(&mut run, &mut opening).await;
@@ -357,6 +348,18 @@ impl Runtime {
                     self.publish(ctx, &mut run, seq, &timeout_error(ctx));
                     return self.finish(ctx, run, opening.take(), seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
                 }
+                ev = rx.recv() => match ev {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(message)) => error_event("driver_protocol_error", message),
+                    None => {
+                        // The driver let go of the sink without `done` (it ended or crashed).
+                        seq += 1;
+                        let err = error_event("harness_ended", "the harness ended the turn without finishing it");
+                        tracing::warn!(project = %ctx.session.project_id, session = %ctx.session.id, "harness ended the turn without `done`");
+                        self.publish(ctx, &mut run, seq, &err);
+                        return self.finish(ctx, run, opening.take(), seq + 1, &failed_done(text.as_str(), &ctx.agent)).await;
+                    }
+                },
             };
             if let Some(at) = paused_at.take() {
                 deadline += at.elapsed();

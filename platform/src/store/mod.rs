@@ -127,7 +127,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const CHECKPOINT_READER_WAIT_MS: u32 = 20;
 
 /// WAL frames (pages) left after a lock-free pass that the final pass may copy while writers wait.
-const CHECKPOINT_LOCKED_FRAMES: i64 = 2048;
+const CHECKPOINT_LOCKED_FRAMES: i64 = 512;
 
 /// What `PRAGMA wal_checkpoint` answers.
 #[derive(diesel::QueryableByName)]
@@ -150,8 +150,10 @@ fn checkpoint(conn: &mut SqliteConnection, mode: &str) -> Result<CheckpointResul
 /// steady stream of commits they never reach the log's end, and SQLite starts a log over only
 /// after a checkpoint copied all of it: the log grew without bound (2 GB in a minute of the
 /// bench) and every commit extended the file. So once a pass leaves little behind (at most
-/// [`CHECKPOINT_LOCKED_FRAMES`]), a final pass (RESTART) copies the rest with Karta's writers held
-/// off by `write_lock` (a few milliseconds), and the next commit writes the log from its start.
+/// [`CHECKPOINT_LOCKED_FRAMES`], 2 MiB of 4 KiB pages), a final pass (RESTART) copies the rest
+/// with Karta's writers held off by `write_lock` (its copy, two fsyncs under `synchronous =
+/// NORMAL`, and at most [`CHECKPOINT_READER_WAIT_MS`] for a reader), and the next commit writes
+/// the log from its start.
 fn checkpoint_in_background(
     path: &str,
     alive: std::sync::Weak<()>,
@@ -171,12 +173,18 @@ fn checkpoint_in_background(
             }
             for _ in 0..3 {
                 let left = match checkpoint(&mut conn, "PASSIVE") {
+                    // Another process is checkpointing: its turn.
+                    Ok(r) if r.busy != 0 || r.log < 0 => break,
                     Ok(r) => i64::from(r.log) - i64::from(r.checkpointed),
                     Err(e) => {
                         tracing::warn!(error = %e, "WAL checkpoint failed");
                         break;
                     }
                 };
+                // All copied: the next commit starts the log over by itself.
+                if left == 0 {
+                    break;
+                }
                 if left > CHECKPOINT_LOCKED_FRAMES {
                     continue;
                 }

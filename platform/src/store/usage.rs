@@ -111,7 +111,7 @@ pub fn insert_new(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, S
         super::AnyConnection::Postgresql(pg) => {
             let mut out = Vec::with_capacity(records.len());
             for chunk in records.chunks(200) {
-                let stored: std::collections::HashSet<(String, String)> =
+                let mut stored: std::collections::HashSet<(String, String)> =
                     diesel::insert_into(ur::table)
                         .values(chunk.to_vec())
                         .on_conflict((ur::org_id, ur::client_event_id))
@@ -120,10 +120,11 @@ pub fn insert_new(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, S
                         .load::<(String, String)>(pg)?
                         .into_iter()
                         .collect();
+                // Taken out when matched: of two records with one key, only the first is new.
                 out.extend(
                     chunk
                         .iter()
-                        .map(|r| stored.contains(&(r.org_id.clone(), r.client_event_id.clone()))),
+                        .map(|r| stored.remove(&(r.org_id.clone(), r.client_event_id.clone()))),
                 );
             }
             Ok(out)
