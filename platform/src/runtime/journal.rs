@@ -230,29 +230,24 @@ fn write_batch(
 /// first); the usage of their finished turns. No update reads the log or `last_seq`.
 fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), StoreError> {
     let rows: Vec<&SessionEvent> = entries.iter().flat_map(|e| e.rows.iter()).collect();
-    let ops = || entries.iter().flat_map(|e| e.ops.iter());
-    // The others first, in queue order: a lease renewal queued before its turn's `done` must
-    // not find the claim already given back.
-    for op in ops() {
-        if let SessionOp::Other(f) = op {
-            f(c)?;
+    let (mut openings, mut releases, mut usage) = (Vec::new(), Vec::new(), Vec::new());
+    for op in entries.iter().flat_map(|e| e.ops.iter()) {
+        match op {
+            // The others first, in queue order: a lease renewal queued before its turn's `done`
+            // must not find the claim already given back.
+            SessionOp::Other(f) => f(c)?,
+            SessionOp::Opening(o) => openings.push(o),
+            SessionOp::Release {
+                org_id,
+                session_id,
+                owner,
+            } => releases.push(((org_id.clone(), session_id.clone()), owner)),
+            SessionOp::Usage(u) => usage.push(&**u),
         }
     }
     let mut writes: BTreeMap<(String, String), TurnWrite> = events::insert_batch(c, &rows, keep)?
         .into_iter()
-        .map(|(k, high)| {
-            let w = TurnWrite {
-                last_seq: Some(high),
-                ..Default::default()
-            };
-            (k, w)
-        })
-        .collect();
-    let openings: Vec<&Opening> = ops()
-        .filter_map(|op| match op {
-            SessionOp::Opening(o) => Some(o),
-            _ => None,
-        })
+        .map(|(k, high)| (k, TurnWrite::logged_to(high)))
         .collect();
     if !openings.is_empty() {
         let mut keys: Vec<(&str, &str)> = openings
@@ -277,26 +272,10 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
             }
         }
     }
-    for op in ops() {
-        if let SessionOp::Release {
-            org_id,
-            session_id,
-            owner,
-        } = op
-        {
-            let w = writes
-                .entry((org_id.clone(), session_id.clone()))
-                .or_default();
-            w.release = Some(owner.clone());
-        }
+    for (key, owner) in releases {
+        writes.entry(key).or_default().release = Some(owner.clone());
     }
     sessions::write_turns(c, &writes, crate::store::now())?;
-    let usage: Vec<&TurnUsage> = ops()
-        .filter_map(|op| match op {
-            SessionOp::Usage(u) => Some(&**u),
-            _ => None,
-        })
-        .collect();
     if !usage.is_empty() {
         super::meter::store_batch(c, &usage)?;
     }

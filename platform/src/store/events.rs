@@ -18,13 +18,7 @@ pub fn append_batch(
     let highs = insert_batch(c, rows, retention)?;
     let writes = highs
         .into_iter()
-        .map(|(k, high)| {
-            let w = super::sessions::TurnWrite {
-                last_seq: Some(high),
-                ..Default::default()
-            };
-            (k, w)
-        })
+        .map(|(k, high)| (k, super::sessions::TurnWrite::logged_to(high)))
         .collect();
     super::sessions::write_turns(c, &writes, super::now())
 }

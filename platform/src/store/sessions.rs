@@ -275,6 +275,16 @@ pub struct TurnWrite {
     pub release: Option<String>,
 }
 
+impl TurnWrite {
+    /// Only `last_seq`, moved up to `seq` (the session's events are logged up to it).
+    pub fn logged_to(seq: i64) -> Self {
+        Self {
+            last_seq: Some(seq),
+            ..Default::default()
+        }
+    }
+}
+
 /// Applies a batch's session writes, keyed by (org, session): one statement for the whole batch
 /// on PostgreSQL (a round trip per session saved), one per session on SQLite.
 pub fn write_turns(

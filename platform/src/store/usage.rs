@@ -147,6 +147,7 @@ pub fn insert_new(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, S
 /// per row touched, however many records it sums. Only call it with billed records that were
 /// just inserted.
 pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreError> {
+    // Keyed like the table; each value carries its key too, for the insert.
     let mut rows: std::collections::BTreeMap<(String, String, String, String, String), DailyUsage> =
         std::collections::BTreeMap::new();
     for r in records {
@@ -157,7 +158,14 @@ pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreErro
             r.model.clone().unwrap_or_default(),
             r.created_at.date().format("%Y-%m-%d").to_string(),
         );
-        let d = rows.entry(key).or_default();
+        let d = rows.entry(key.clone()).or_insert_with(|| DailyUsage {
+            org_id: key.0,
+            project_id: key.1,
+            api_key_id: key.2,
+            model: key.3,
+            day: key.4,
+            ..Default::default()
+        });
         d.turns += 1;
         d.input_tokens += r.input_tokens;
         d.output_tokens += r.output_tokens;
@@ -166,13 +174,13 @@ pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreErro
         d.reasoning_tokens += r.reasoning_tokens;
         d.cost_micro_cents += r.cost_micro_cents;
     }
-    for ((org, project, key, model, day), d) in rows {
+    for d in rows.into_values() {
         let row = ud::table
-            .filter(ud::org_id.eq(&org))
-            .filter(ud::project_id.eq(&project))
-            .filter(ud::api_key_id.eq(&key))
-            .filter(ud::model.eq(&model))
-            .filter(ud::day.eq(&day));
+            .filter(ud::org_id.eq(&d.org_id))
+            .filter(ud::project_id.eq(&d.project_id))
+            .filter(ud::api_key_id.eq(&d.api_key_id))
+            .filter(ud::model.eq(&d.model))
+            .filter(ud::day.eq(&d.day));
         let updated = diesel::update(row)
             .set((
                 ud::turns.eq(ud::turns + d.turns),
@@ -187,11 +195,11 @@ pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreErro
         if updated == 0 {
             diesel::insert_into(ud::table)
                 .values((
-                    ud::org_id.eq(&org),
-                    ud::project_id.eq(&project),
-                    ud::api_key_id.eq(&key),
-                    ud::model.eq(&model),
-                    ud::day.eq(&day),
+                    ud::org_id.eq(&d.org_id),
+                    ud::project_id.eq(&d.project_id),
+                    ud::api_key_id.eq(&d.api_key_id),
+                    ud::model.eq(&d.model),
+                    ud::day.eq(&d.day),
                     ud::turns.eq(d.turns),
                     ud::input_tokens.eq(d.input_tokens),
                     ud::output_tokens.eq(d.output_tokens),
