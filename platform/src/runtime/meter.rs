@@ -113,7 +113,7 @@ pub(crate) fn records(t: &Turn<'_>, prices: &PriceTable, now: NaiveDateTime) -> 
         (c, _) => (MicroCents(c), None),
     };
     let base = |source: &str, billed: bool| UsageRecord {
-        id: store::new_id("use"),
+        id: store::new_sorted_id("use"),
         org_id: t.org_id.to_string(),
         client_event_id: format!("{}:{}:{source}", t.session_id, t.seq),
         project_id: t.project_id.to_string(),

@@ -147,14 +147,19 @@ impl Runtime {
         let org_id_owned = org_id.to_string();
         // The tenant's sandbox uid (given out on its first turn ever: a store write).
         let sandbox = self.confinement.sandbox.clone();
-        let (store, org) = (self.store.clone(), org_id.to_string());
-        let uid = tokio::task::spawn_blocking(move || sandbox.tenant_uid(&store, &org))
-            .await
-            .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))?
-            .map_err(|e| {
-                tracing::error!(error = %e, "no sandbox for the tenant");
-                RuntimeError::Unavailable("the session's sandbox cannot be prepared".into())
-            })?;
+        let uid = match sandbox.known_tenant_uid(org_id) {
+            Some(uid) => uid,
+            None => {
+                let (store, org) = (self.store.clone(), org_id.to_string());
+                tokio::task::spawn_blocking(move || sandbox.tenant_uid(&store, &org))
+                    .await
+                    .map_err(|e| RuntimeError::Store(StoreError::Task(e.to_string())))?
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "no sandbox for the tenant");
+                        RuntimeError::Unavailable("the session's sandbox cannot be prepared".into())
+                    })?
+            }
+        };
         let slot = self.slot(session_id);
         let started = self
             .claim_session(org_id, scope, session_id, &slot, &msg)

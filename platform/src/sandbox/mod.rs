@@ -229,19 +229,25 @@ impl SandboxHost {
         self.gateway_port
     }
 
-    /// The tenant's host uid (also its gid), when Karta runs as root with a sandbox: given out
-    /// once per org and kept (blocking: may write the store).
-    pub fn tenant_uid(&self, store: &Store, org_id: &str) -> Result<Option<u32>, SandboxError> {
+    /// The tenant's uid when it is known without the store: `Some(None)` when tenants get no
+    /// uid of their own, `Some(Some(uid))` once given out, `None` when [`Self::tenant_uid`] must
+    /// ask the store (its first turn here). Lets the turn path skip a hop to the blocking pool.
+    pub fn known_tenant_uid(&self, org_id: &str) -> Option<Option<u32>> {
         if !self.as_root || self.backend == SandboxBackend::None {
-            return Ok(None);
+            return Some(None);
         }
-        if let Some(uid) = self
-            .uids
+        self.uids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(org_id)
-        {
-            return Ok(Some(*uid));
+            .map(|uid| Some(*uid))
+    }
+
+    /// The tenant's host uid (also its gid), when Karta runs as root with a sandbox: given out
+    /// once per org and kept (blocking: may write the store).
+    pub fn tenant_uid(&self, store: &Store, org_id: &str) -> Result<Option<u32>, SandboxError> {
+        if let Some(known) = self.known_tenant_uid(org_id) {
+            return Ok(known);
         }
         let org = org_id.to_string();
         let slot = store.write(move |c| crate::store::orgs::sandbox_slot(c, &org))?;
