@@ -82,6 +82,8 @@ use crate::runtime::{ProjectRef, SessionPage, SessionView};
         sessions::InputBody,
         sessions::ParticipantBody,
         sessions::TurnAnswer,
+        sessions::TurnMessage,
+        sessions::TextPart,
         sessions::InputAnswer,
         ErrorBody,
         ValidationErrorBody,

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -71,8 +72,9 @@ impl Drop for StreamPermit {
 /// A turn folded into one result (the unary answer, or an input's continuation).
 #[derive(Clone, Debug, Default)]
 pub struct TurnOutcome {
-    /// Every envelope, in order.
-    pub events: Vec<Value>,
+    /// Every envelope, in order, as the JSON text subscribers were sent (an answer copies it
+    /// instead of parsing and printing it again).
+    pub events: Vec<Box<RawValue>>,
     /// The assistant's final message (the last step's text).
     pub text: String,
     /// The `done` payload, when the turn ended.
@@ -225,8 +227,12 @@ impl Subscription {
             {
                 continue;
             }
-            out.events
-                .push(serde_json::from_str(&f.json).unwrap_or(Value::Null));
+            // Envelopes are printed by the pump, so this only fails on a bug; the answer stays
+            // valid JSON without the frame.
+            match RawValue::from_string(f.json.clone()) {
+                Ok(raw) => out.events.push(raw),
+                Err(e) => tracing::error!(seq = f.seq, error = %e, "a frame is not JSON"),
+            }
             match f.event_type.as_str() {
                 "step_start" => text.step_start(),
                 "text" => text.push(f.data["part"]["text"].as_str().unwrap_or_default()),

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use karta_driver_api::DecisionKind;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
@@ -360,7 +361,14 @@ pub async fn send(
         }
         (Ok(Sent::Answer(body)), claim) => {
             if let Some(c) = claim {
-                c.answer(&app, 200, &body).await;
+                match serde_json::to_value(&body) {
+                    Ok(v) => c.answer(&app, 200, &v).await,
+                    // Not stored: a retry with the key runs the turn again.
+                    Err(e) => {
+                        tracing::error!(error = %e, "a turn's answer is not JSON");
+                        c.release(&app).await;
+                    }
+                }
             }
             Ok(HttpResponse::Ok().json(body))
         }
@@ -378,7 +386,7 @@ const STREAM_AFTER: &str = "__karta_stream_after";
 /// A started turn: its stream, or (unary) its collected answer.
 enum Sent {
     Stream(Box<crate::runtime::Subscription>),
-    Answer(Value),
+    Answer(Box<TurnAnswer>),
 }
 
 async fn send_turn(
@@ -413,26 +421,27 @@ async fn send_turn(
         return Ok(Sent::Stream(Box::new(sub)));
     }
     let out = sub.collect(&app.runtime).await;
-    Ok(Sent::Answer(unary_answer(session_id, &text, out)))
+    Ok(Sent::Answer(Box::new(unary_answer(session_id, &text, out))))
 }
 
-/// The unary answer of a turn (documentation of the JSON built by `unary_answer`).
-#[derive(ToSchema)]
-#[allow(dead_code)]
+/// The unary answer of a turn.
+#[derive(Serialize, ToSchema)]
 pub struct TurnAnswer {
     /// The assistant's text.
     text: String,
     /// The session.
     session_id: String,
     /// The agent that answered.
-    agent: String,
+    #[schema(value_type = Option<String>)]
+    agent: Value,
     /// `completed`, `failed`, `cancelled`, or `pending_input` when the turn paused.
-    status: String,
+    #[schema(value_type = String)]
+    status: Value,
     /// Why the model stopped.
-    stop_reason: Option<String>,
+    #[schema(value_type = Option<String>)]
+    stop_reason: Value,
     /// This turn's user and assistant messages.
-    #[schema(value_type = Vec<Object>)]
-    messages: Vec<Value>,
+    messages: [TurnMessage; 2],
     /// Tokens and cost of the turn.
     #[schema(value_type = Object)]
     usage: Value,
@@ -441,7 +450,48 @@ pub struct TurnAnswer {
     pending_input: Option<Value>,
     /// Every event of the turn (the SSE `data:` envelopes).
     #[schema(value_type = Vec<Object>)]
-    events: Vec<Value>,
+    events: Vec<Box<RawValue>>,
+    /// The turn's `error` payloads, when there were any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    errors: Vec<Value>,
+}
+
+/// A message of a turn's answer.
+#[derive(Serialize, ToSchema)]
+pub struct TurnMessage {
+    /// `msg_...`
+    id: String,
+    /// `user` or `assistant`.
+    role: &'static str,
+    /// The message's text.
+    text: String,
+    /// Its parts (one `text` part).
+    parts: [TextPart; 1],
+}
+
+/// A text part of a message.
+#[derive(Serialize, ToSchema)]
+pub struct TextPart {
+    /// Always `text`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The text.
+    text: String,
+}
+
+impl TurnMessage {
+    fn new(role: &'static str, text: &str) -> Self {
+        Self {
+            id: store::new_id("msg"),
+            role,
+            text: text.to_string(),
+            parts: [TextPart {
+                kind: "text",
+                text: text.to_string(),
+            }],
+        }
+    }
 }
 
 /// The answer to an input: the turn's continuation and the session.
@@ -455,7 +505,7 @@ pub struct InputAnswer {
     session: SessionView,
 }
 
-fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> Value {
+fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> TurnAnswer {
     let done = out.done.clone().unwrap_or(Value::Null);
     let status = match (&out.done, &out.pending_input) {
         (Some(d), _) => d["status"].clone(),
@@ -479,26 +529,21 @@ fn unary_answer(session_id: &str, text: &str, out: TurnOutcome) -> Value {
         (Value::Null, Some(_)) => json!("input_required"),
         (r, _) => r.clone(),
     };
-    let mut answer = json!({
-        "text": out.text,
-        "session_id": session_id,
-        "agent": agent,
-        "status": status,
-        "stop_reason": stop_reason,
-        "messages": [
-            {"id": store::new_id("msg"), "role": "user", "text": text,
-             "parts": [{"type": "text", "text": text}]},
-            {"id": store::new_id("msg"), "role": "assistant", "text": out.text,
-             "parts": [{"type": "text", "text": out.text}]},
+    TurnAnswer {
+        messages: [
+            TurnMessage::new("user", text),
+            TurnMessage::new("assistant", &out.text),
         ],
-        "usage": usage,
-        "pending_input": out.pending_input,
-        "events": out.events,
-    });
-    if !out.errors.is_empty() {
-        answer["errors"] = Value::Array(out.errors);
+        text: out.text,
+        session_id: session_id.to_string(),
+        agent,
+        status,
+        stop_reason,
+        usage,
+        pending_input: out.pending_input,
+        events: out.events,
+        errors: out.errors,
     }
-    answer
 }
 
 /// Attach to a session's events (SSE): the log after `after` (or `Last-Event-ID`), then the
