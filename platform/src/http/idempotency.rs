@@ -93,7 +93,11 @@ pub async fn begin(
 impl Claim {
     /// Keeps the answer for replays.
     pub async fn answer(self, app: &App, status: u16, body: &Value) {
-        let text = body.to_string();
+        self.answer_text(app, status, body.to_string()).await;
+    }
+
+    /// Keeps an answer already printed as JSON (the bytes the client was sent) for replays.
+    pub async fn answer_text(self, app: &App, status: u16, text: String) {
         let r = app
             .store
             .write_async(move |c| {

@@ -146,15 +146,16 @@ fn checkpoint(conn: &mut SqliteConnection, mode: &str) -> Result<CheckpointResul
 }
 
 /// Checkpoints an SQLite WAL every [`CHECKPOINT_EVERY`], until the last clone of the store is
-/// gone. Lock-free (PASSIVE) passes copy what the log holds without blocking anyone. Under a
-/// steady stream of commits they rarely reach the log's end, and SQLite starts a log over only
-/// after a checkpoint copied all of it and no reader still reads it: the log grew without bound
-/// (1–2 GB in a minute of the bench) and every commit extended the file. So once a pass leaves
-/// little behind (none, or at most
-/// [`CHECKPOINT_LOCKED_FRAMES`], 2 MiB of 4 KiB pages), a final pass (RESTART) copies the rest
-/// with Karta's writers held off by `write_lock` (its copy, two fsyncs under `synchronous =
-/// NORMAL`, and at most [`CHECKPOINT_READER_WAIT_MS`] for a reader), and the next commit writes
-/// the log from its start.
+/// gone. Lock-free (PASSIVE) passes copy what the log holds without blocking anyone. SQLite
+/// starts a log over only when a commit begins after a checkpoint copied all of it and no reader
+/// still reads it; under a steady stream of commits and reads that rarely happens by itself, and
+/// the log grew without bound (1–2 GB in a minute of the bench) with every commit extending the
+/// file. So once a pass leaves little behind (none, or at most [`CHECKPOINT_LOCKED_FRAMES`],
+/// 2 MiB of 4 KiB pages, as of the pass's start), a final pass (RESTART) copies the rest with
+/// Karta's writers held off by `write_lock`, and the next commit writes the log from its start.
+/// The writers wait for that copy, two fsyncs under `synchronous = NORMAL`, and the final pass's
+/// waits for readers still in the log (each up to [`CHECKPOINT_READER_WAIT_MS`]; a few tens of
+/// milliseconds at worst, then the restart is left to the next round).
 fn checkpoint_in_background(
     path: &str,
     alive: std::sync::Weak<()>,
@@ -187,10 +188,11 @@ fn checkpoint_in_background(
                 if left > CHECKPOINT_LOCKED_FRAMES {
                     continue;
                 }
-                // Even a log copied to its end (`left == 0`) does not start over by itself while
-                // reads keep coming: the next commit restarts it only if no reader holds a
-                // snapshot in it, and at a steady read rate one nearly always does (the log grew
-                // to 1 GB in the bench that way). RESTART waits for those readers.
+                // Even `left == 0` does not mean the next commit starts the log over: the counts
+                // are the log as the pass began (commits made meanwhile are not in them), and a
+                // commit restarts the log only if it began after everything was copied and no
+                // reader holds a snapshot in it. Taking that for granted let the log grow to
+                // 1 GB in the bench. The final pass copies the rest and waits for the readers.
                 let _writers_wait = write_lock.lock();
                 match checkpoint(&mut conn, "RESTART") {
                     // A reader on an older snapshot: the log starts over another time.
@@ -526,7 +528,7 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", random_base62(22))
 }
 
-/// A new id that sorts by creation time (to the millisecond, like a ULID): `prefix_`, 8 base62
+/// A new id that sorts byte-wise by creation time (to the millisecond, like a ULID): `prefix_`, 8 base62
 /// characters of the Unix time in milliseconds, 14 random ones (about 83 bits). For rows written
 /// at a high rate: their primary-key index grows at its end instead of at a random page per row
 /// (on SQLite every such page is one more page in the commit's log).

@@ -360,17 +360,19 @@ pub async fn send(
             Ok(stream(&app, *sub))
         }
         (Ok(Sent::Answer(body)), claim) => {
-            if let Some(c) = claim {
-                match serde_json::to_value(&body) {
-                    Ok(v) => c.answer(&app, 200, &v).await,
-                    // Not stored: a retry with the key runs the turn again.
-                    Err(e) => {
-                        tracing::error!(error = %e, "a turn's answer is not JSON");
-                        c.release(&app).await;
-                    }
+            // Printed once: the client gets these bytes and a keyed retry gets them again.
+            match (json_text(&*body), claim) {
+                (Ok(text), Some(c)) => {
+                    c.answer_text(&app, 200, text.clone()).await;
+                    Ok(json_response(text))
                 }
+                (Ok(text), None) => Ok(json_response(text)),
+                (Err(e), Some(c)) => {
+                    c.release(&app).await;
+                    Err(e)
+                }
+                (Err(e), None) => Err(e),
             }
-            Ok(HttpResponse::Ok().json(body))
         }
         (Err(e), Some(c)) => {
             c.release(&app).await;
@@ -378,6 +380,21 @@ pub async fn send(
         }
         (Err(e), None) => Err(e),
     }
+}
+
+/// An answer printed as JSON (raw events are copied as they are, not parsed again).
+fn json_text<T: Serialize>(body: &T) -> Result<String, ApiError> {
+    serde_json::to_string(body).map_err(|e| {
+        tracing::error!(error = %e, "an answer is not JSON");
+        ApiError::Internal("the answer could not be printed".into())
+    })
+}
+
+/// A 200 carrying JSON text.
+fn json_response(text: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(text)
 }
 
 /// The key a streamed send's stored answer keeps the turn's start in.
@@ -432,13 +449,14 @@ pub struct TurnAnswer {
     /// The session.
     session_id: String,
     /// The agent that answered.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String)]
     agent: Value,
-    /// `completed`, `failed`, `cancelled`, or `pending_input` when the turn paused.
+    /// How the turn ended, as its `done` says (`completed`, `failed`, `cancelled`, ...), or
+    /// `pending_input` when it paused.
     #[schema(value_type = String)]
     status: Value,
-    /// Why the model stopped.
-    #[schema(value_type = Option<String>)]
+    /// Why the model stopped (`input_required` when the turn paused).
+    #[schema(value_type = Option<String>, required = true)]
     stop_reason: Value,
     /// This turn's user and assistant messages.
     messages: [TurnMessage; 2],
@@ -446,14 +464,14 @@ pub struct TurnAnswer {
     #[schema(value_type = Object)]
     usage: Value,
     /// The approval the turn waits for, when it paused.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Object>, required = true)]
     pending_input: Option<Value>,
     /// Every event of the turn (the SSE `data:` envelopes).
     #[schema(value_type = Vec<Object>)]
     events: Vec<Box<RawValue>>,
     /// The turn's `error` payloads, when there were any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Vec<Object>)]
     errors: Vec<Value>,
 }
 
@@ -495,12 +513,11 @@ impl TurnMessage {
 }
 
 /// The answer to an input: the turn's continuation and the session.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 pub struct InputAnswer {
     /// Events after the decision, up to `done` or the next `input_required`.
     #[schema(value_type = Vec<Object>)]
-    events: Vec<Value>,
+    events: Vec<Box<RawValue>>,
     /// The session, `pending_input` cleared (or the next request).
     session: SessionView,
 }
@@ -633,7 +650,11 @@ pub async fn resolve_input(
         .runtime
         .get_session(access.org(), access.scope(), &path.session_id)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "events": out.events, "session": session })))
+    let answer = InputAnswer {
+        events: out.events,
+        session,
+    };
+    Ok(json_response(json_text(&answer)?))
 }
 
 /// `POST .../participants` body.
