@@ -528,16 +528,18 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", random_base62(22))
 }
 
+/// The base62 digits in ascending byte order (so fixed-width base62 numbers sort as numbers).
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
 /// A new id that sorts byte-wise by creation time (to the millisecond, like a ULID): `prefix_`, 8 base62
 /// characters of the Unix time in milliseconds, 14 random ones (about 83 bits). For rows written
 /// at a high rate: their primary-key index grows at its end instead of at a random page per row
 /// (on SQLite every such page is one more page in the commit's log).
 pub fn new_sorted_id(prefix: &str) -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
     let mut time = [b'0'; 8];
     for c in time.iter_mut().rev() {
-        *c = ALPHABET[(ms % 62) as usize];
+        *c = BASE62[(ms % 62) as usize];
         ms /= 62;
     }
     let time = std::str::from_utf8(&time).unwrap_or("00000000");
@@ -547,10 +549,9 @@ pub fn new_sorted_id(prefix: &str) -> String {
 /// Random base62 text from the OS-seeded CSPRNG.
 pub fn random_base62(len: usize) -> String {
     use rand::Rng;
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::thread_rng();
     (0..len)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
         .collect()
 }
 

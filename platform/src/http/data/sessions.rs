@@ -361,18 +361,13 @@ pub async fn send(
         }
         (Ok(Sent::Answer(body)), claim) => {
             // Printed once: the client gets these bytes and a keyed retry gets them again.
-            match (json_text(&*body), claim) {
-                (Ok(text), Some(c)) => {
-                    c.answer_text(&app, 200, text.clone()).await;
-                    Ok(json_response(text))
-                }
-                (Ok(text), None) => Ok(json_response(text)),
-                (Err(e), Some(c)) => {
-                    c.release(&app).await;
-                    Err(e)
-                }
-                (Err(e), None) => Err(e),
+            let printed = json_text(&*body);
+            match (&printed, claim) {
+                (Ok(text), Some(c)) => c.answer_text(&app, 200, text.clone()).await,
+                (Err(_), Some(c)) => c.release(&app).await,
+                (_, None) => {}
             }
+            printed.map(json_response)
         }
         (Err(e), Some(c)) => {
             c.release(&app).await;
