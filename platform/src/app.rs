@@ -461,6 +461,7 @@ impl App {
                 JournalLimits {
                     queue: cfg.runtime.journal_queue,
                     batch: cfg.runtime.journal_batch,
+                    cache_kib: cfg.runtime.journal_cache_kib,
                 },
                 crate::runtime::Confinement {
                     sandbox: sandbox.clone(),

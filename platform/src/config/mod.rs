@@ -611,6 +611,8 @@ pub struct RuntimeConfig {
     pub journal_queue: usize,
     /// Events the writer commits in one transaction at most.
     pub journal_batch: usize,
+    /// The writer's SQLite page cache, in KiB (read at start).
+    pub journal_cache_kib: u64,
     /// Events read from the replay log per query when a stream replays.
     pub replay_page_size: i64,
     /// How long a turn may run before it is cancelled (time paused for an approval not
@@ -639,6 +641,7 @@ impl Default for RuntimeConfig {
             turn_event_queue: 256,
             journal_queue: 4096,
             journal_batch: 512,
+            journal_cache_kib: 16_384,
             replay_page_size: 500,
             turn_timeout_seconds: 1800,
             cancel_grace_seconds: 10,

@@ -86,6 +86,8 @@ pub struct JournalLimits {
     pub queue: usize,
     /// Events written per transaction at most (`runtime.journal_batch`).
     pub batch: usize,
+    /// The writer's SQLite page cache in KiB (`runtime.journal_cache_kib`).
+    pub cache_kib: u64,
 }
 
 /// Handle on the writer thread; cheap to clone.
@@ -102,9 +104,10 @@ impl Journal {
         let retention = Arc::new(AtomicU64::new(retention.max(1)));
         let r = retention.clone();
         let batch = limits.batch.max(1);
+        let cache_kib = limits.cache_kib;
         std::thread::Builder::new()
             .name("karta-journal".into())
-            .spawn(move || writer(store, rx, batch, r))?;
+            .spawn(move || writer(store, rx, batch, cache_kib, r))?;
         Ok(Self { tx, retention })
     }
 
@@ -163,7 +166,49 @@ impl Journal {
     }
 }
 
-fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: Arc<AtomicU64>) {
+/// The writer's connection: its own, so its page cache stays warm (see
+/// [`Store::own_connection`]); opened again after a failed batch, the pool's meanwhile.
+struct WriterConn {
+    store: Store,
+    cache_kib: u64,
+    own: Option<Conn>,
+}
+
+impl WriterConn {
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut Conn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.own.is_none() {
+            match self.store.own_connection(self.cache_kib) {
+                Ok(c) => self.own = c,
+                Err(e) => tracing::warn!(error = %e, "the event writer uses pooled connections"),
+            }
+        }
+        let result = match &mut self.own {
+            Some(c) => self.store.write_on(c, f),
+            None => self.store.write(f),
+        };
+        if result.is_err() {
+            // It may be the connection that broke.
+            self.own = None;
+        }
+        result
+    }
+}
+
+fn writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Entry>,
+    batch: usize,
+    cache_kib: u64,
+    retention: Arc<AtomicU64>,
+) {
+    let mut conn = WriterConn {
+        store,
+        cache_kib,
+        own: None,
+    };
     let mut entries: Vec<Entry> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut events = count(&first);
@@ -181,11 +226,11 @@ fn writer(store: Store, mut rx: mpsc::Receiver<Entry>, batch: usize, retention: 
         // Entries run plainly (a savepoint each costs PostgreSQL two round trips); if the batch
         // fails, it runs again with each entry in a savepoint, so one bad entry cannot cost the
         // others.
-        let result = store
+        let result = conn
             .write(|c| write_batch(c, &entries, keep, false))
             .or_else(|e| {
                 tracing::warn!(error = %e, "event batch failed; retrying with each update isolated");
-                store.write(|c| write_batch(c, &entries, keep, true))
+                conn.write(|c| write_batch(c, &entries, keep, true))
             });
         match result {
             Ok(()) => {

@@ -515,7 +515,7 @@ impl Runtime {
         if self.store.backend() != crate::store::Backend::Postgres {
             let (s, p) = self
                 .store
-                .read_async(move |c| load(c, &org, &id, sc.as_deref()))
+                .read_quick(move |c| load(c, &org, &id, sc.as_deref()))
                 .await?;
             return Ok((None, s, p));
         }

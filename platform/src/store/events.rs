@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 
+use super::cached::{bind_list, Cached, Fixed};
 use super::models::SessionEvent;
 use super::schema::session_events;
 use super::{AnyConnection, Conn, StoreError};
@@ -51,9 +52,7 @@ pub fn insert_batch(
         // multi-row statement for every batch size.
         AnyConnection::Sqlite(lite) => {
             for row in rows {
-                diesel::insert_into(session_events::table)
-                    .values(*row)
-                    .execute(lite)?;
+                Cached(InsertEvent(row)).execute(lite)?;
             }
         }
     }
@@ -103,4 +102,23 @@ pub fn list_after(
         .limit(limit)
         .select(SessionEvent::as_select())
         .load(c)?)
+}
+
+/// `INSERT` of one event on SQLite (see [`super::cached`]).
+struct InsertEvent<'a>(&'a SessionEvent);
+
+impl Fixed for InsertEvent<'_> {
+    type Key = InsertEvent<'static>;
+    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b>) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Text, Timestamp};
+        let r = self.0;
+        out.push_sql(
+            "INSERT INTO session_events \
+             (session_id, org_id, seq, event_type, payload, created_at) VALUES (",
+        );
+        bind_list!(out; Text => &r.session_id, Text => &r.org_id, BigInt => &r.seq,
+            Text => &r.event_type, Text => &r.payload, Timestamp => &r.created_at);
+        out.push_sql(")");
+        Ok(())
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod budgets;
+mod cached;
 pub mod events;
 pub mod idempotency;
 pub mod jobs;
@@ -256,6 +257,9 @@ pub struct Store {
     write_lock: Arc<parking_lot::FairMutex<()>>,
     // Keeps the SQLite checkpoint thread going while any clone of the store lives.
     _alive: Arc<()>,
+    /// Where a connection of its own opens (see [`Store::own_connection`]); none for an
+    /// in-memory database, where every connection is a database of its own.
+    target: Option<Arc<Target>>,
 }
 
 /// A pooled connection.
@@ -345,19 +349,24 @@ impl Store {
             // `SELECT 1` cost a round trip per query.
             .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(10))
-            .build(Manager(target))
+            .build(Manager(target.clone()))
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         let alive = Arc::new(());
         let write_lock = Arc::new(parking_lot::FairMutex::new(()));
         if let Some(path) = sqlite_path(url).filter(|p| *p != ":memory:") {
             checkpoint_in_background(path, Arc::downgrade(&alive), write_lock.clone())?;
         }
+        let own = match &target {
+            Target::Sqlite(p) if p == ":memory:" => None,
+            t => Some(Arc::new(t.clone())),
+        };
         Ok(Self {
             pool,
             claims,
             backend,
             write_lock,
             _alive: alive,
+            target: own,
         })
     }
 
@@ -392,6 +401,37 @@ impl Store {
         let _guard = self.write_guard();
         let mut conn = self.conn()?;
         let c: &mut Conn = &mut conn;
+        match c {
+            AnyConnection::Sqlite(_) => immediate_transaction(c, f),
+            AnyConnection::Postgresql(_) => c.transaction(f),
+        }
+    }
+
+    /// A connection outside the pool for a writer that keeps it for the life of the process
+    /// (the replay log's). On SQLite it gets a page cache of `cache_kib` KiB that stays warm:
+    /// SQLite empties a connection's cache whenever another connection wrote since its last
+    /// transaction, so a writer taking pooled connections in turn read every page it needed
+    /// from the file again. `None` for an in-memory database (one connection only).
+    pub fn own_connection(&self, cache_kib: u64) -> Result<Option<Conn>, StoreError> {
+        let Some(target) = &self.target else {
+            return Ok(None);
+        };
+        let mut c = Manager((**target).clone())
+            .connect()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        if let AnyConnection::Sqlite(lite) = &mut c {
+            lite.batch_execute(&format!("PRAGMA cache_size = -{}", cache_kib.max(1)))?;
+        }
+        Ok(Some(c))
+    }
+
+    /// [`Store::write`] on a connection of the caller's (see [`Store::own_connection`]).
+    pub fn write_on<T>(
+        &self,
+        c: &mut Conn,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _guard = self.write_guard();
         match c {
             AnyConnection::Sqlite(_) => immediate_transaction(c, f),
             AnyConnection::Postgresql(_) => c.transaction(f),
@@ -438,6 +478,22 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs a read that takes microseconds (a row or two by key). On SQLite, when a pooled
+    /// connection is free at once, it runs on the caller's thread: handing it to the blocking
+    /// pool and back cost two thread wake-ups, more than the read itself. Otherwise (and on
+    /// PostgreSQL, where a read waits for the network) it runs on the blocking pool.
+    pub async fn read_quick<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.backend == Backend::Sqlite {
+            if let Some(mut conn) = self.pool.try_get() {
+                return f(&mut conn);
+            }
+        }
+        self.read_async(f).await
     }
 
     /// Runs a read on the blocking pool, off the async workers.

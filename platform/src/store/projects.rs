@@ -39,12 +39,14 @@ pub fn get_enabled(c: &mut Conn, org_id: &str, reference: &str) -> Result<Projec
 /// A project of the org by id, enabled or not (sessions keep working on what they were pinned to
 /// only while it is enabled; callers check).
 pub fn get(c: &mut Conn, org_id: &str, id: &str) -> Result<Project, StoreError> {
-    projects::table
+    let q = projects::table
         .filter(projects::org_id.eq(org_id))
-        .filter(projects::id.eq(id))
-        .select(Project::as_select())
-        .first(c)
-        .found()
+        .filter(projects::id.eq(id));
+    match c {
+        super::AnyConnection::Postgresql(pg) => q.select(Project::as_select()).first(pg).found(),
+        // See `sessions::get`.
+        super::AnyConnection::Sqlite(lite) => q.select(Project::as_select()).first(lite).found(),
+    }
 }
 
 /// Inserts a project.

@@ -29,12 +29,15 @@ pub fn insert(c: &mut Conn, s: &Session) -> Result<(), StoreError> {
 
 /// A session of the org; another org's session is `NotFound`.
 pub fn get(c: &mut Conn, org_id: &str, id: &str) -> Result<Session, StoreError> {
-    sessions::table
+    let q = sessions::table
         .filter(sessions::org_id.eq(org_id))
-        .filter(sessions::id.eq(id))
-        .select(Session::as_select())
-        .first(c)
-        .found()
+        .filter(sessions::id.eq(id));
+    match c {
+        super::AnyConnection::Postgresql(pg) => q.select(Session::as_select()).first(pg).found(),
+        // Straight on the SQLite connection: its query type alone finds the prepared statement
+        // (through the multi-backend one, the SQL is built again on every run).
+        super::AnyConnection::Sqlite(lite) => q.select(Session::as_select()).first(lite).found(),
+    }
 }
 
 /// Applies a patch (and bumps `updated_at`).
@@ -258,7 +261,9 @@ pub fn participants_for_update(c: &mut Conn, org_id: &str, id: &str) -> Result<S
         .select(sessions::participants);
     match c {
         super::AnyConnection::Postgresql(pg) => q.for_update().first::<String>(pg).found(),
-        super::AnyConnection::Sqlite(_) => q.first::<String>(c).found(),
+        // Straight on the SQLite connection: through the multi-backend one, the SQL is built
+        // again on every run (see `super::cached`).
+        super::AnyConnection::Sqlite(lite) => q.first::<String>(lite).found(),
     }
 }
 
@@ -330,28 +335,55 @@ pub fn write_turns(
         }
         super::AnyConnection::Sqlite(lite) => {
             for ((org, id), w) in writes {
-                diesel::sql_query(
-                    "UPDATE sessions SET \
-                     last_seq = max(last_seq, coalesce(?1, last_seq)), \
-                     participants = coalesce(?2, participants), \
-                     current_agent = coalesce(?3, current_agent), \
-                     updated_at = CASE WHEN ?2 IS NULL AND ?3 IS NULL THEN updated_at ELSE ?4 END, \
-                     turn_owner = CASE WHEN turn_owner = ?5 THEN NULL ELSE turn_owner END, \
-                     turn_lease_until = CASE WHEN turn_owner = ?5 THEN NULL ELSE turn_lease_until END \
-                     WHERE org_id = ?6 AND id = ?7",
-                )
-                .bind::<Nullable<BigInt>, _>(w.last_seq)
-                .bind::<Nullable<Text>, _>(w.participants.as_deref())
-                .bind::<Nullable<Text>, _>(w.current_agent.as_deref())
-                .bind::<Timestamp, _>(now)
-                .bind::<Nullable<Text>, _>(w.release.as_deref())
-                .bind::<Text, _>(org.as_str())
-                .bind::<Text, _>(id.as_str())
+                super::cached::Cached(WriteTurn {
+                    org,
+                    id,
+                    w,
+                    now: &now,
+                })
                 .execute(lite)?;
             }
         }
     }
     Ok(())
+}
+
+/// One session's [`TurnWrite`] on SQLite (see [`super::cached`]). Every SET expression reads
+/// the row as it was, so the claim's two columns agree.
+struct WriteTurn<'a> {
+    org: &'a str,
+    id: &'a str,
+    w: &'a TurnWrite,
+    now: &'a NaiveDateTime,
+}
+
+impl super::cached::Fixed for WriteTurn<'_> {
+    type Key = WriteTurn<'static>;
+    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b>) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+        let w = self.w;
+        out.push_sql("UPDATE sessions SET last_seq = max(last_seq, coalesce(");
+        out.push_bind_param::<Nullable<BigInt>, _>(&w.last_seq)?;
+        out.push_sql(", last_seq)), participants = coalesce(");
+        out.push_bind_param::<Nullable<Text>, _>(&w.participants)?;
+        out.push_sql(", participants), current_agent = coalesce(");
+        out.push_bind_param::<Nullable<Text>, _>(&w.current_agent)?;
+        out.push_sql(", current_agent), updated_at = CASE WHEN ");
+        out.push_bind_param::<Nullable<Text>, _>(&w.participants)?;
+        out.push_sql(" IS NULL AND ");
+        out.push_bind_param::<Nullable<Text>, _>(&w.current_agent)?;
+        out.push_sql(" IS NULL THEN updated_at ELSE ");
+        out.push_bind_param::<Timestamp, _>(self.now)?;
+        out.push_sql(" END, turn_owner = CASE WHEN turn_owner = ");
+        out.push_bind_param::<Nullable<Text>, _>(&w.release)?;
+        out.push_sql(" THEN NULL ELSE turn_owner END, turn_lease_until = CASE WHEN turn_owner = ");
+        out.push_bind_param::<Nullable<Text>, _>(&w.release)?;
+        out.push_sql(" THEN NULL ELSE turn_lease_until END WHERE org_id = ");
+        out.push_bind_param::<Text, _>(&self.org)?;
+        out.push_sql(" AND id = ");
+        out.push_bind_param::<Text, _>(&self.id)?;
+        Ok(())
+    }
 }
 
 /// The participants of these (org, session) pairs, locked until the transaction ends (see

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use super::cached::{bind_list, Cached, Fixed};
 use super::schema::{usage_daily as ud, usage_records as ur};
 use super::{Conn, StoreError};
 
@@ -132,11 +133,7 @@ pub fn insert_new(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, S
         super::AnyConnection::Sqlite(lite) => records
             .iter()
             .map(|r| {
-                let n = diesel::insert_into(ur::table)
-                    .values(*r)
-                    .on_conflict((ur::org_id, ur::client_event_id))
-                    .do_nothing()
-                    .execute(lite)?;
+                let n = Cached(InsertRecord(r)).execute(lite)?;
                 Ok(n > 0)
             })
             .collect(),
@@ -173,6 +170,12 @@ pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreErro
         d.cache_write_tokens += r.cache_write_tokens;
         d.reasoning_tokens += r.reasoning_tokens;
         d.cost_micro_cents += r.cost_micro_cents;
+    }
+    if let super::AnyConnection::Sqlite(lite) = c {
+        for d in rows.values() {
+            Cached(AddDaily(d)).execute(lite)?;
+        }
+        return Ok(());
     }
     for d in rows.into_values() {
         let row = ud::table
@@ -296,4 +299,68 @@ pub fn totals_since(
         }
     }
     Ok(t)
+}
+
+/// `INSERT` of one usage record on SQLite unless its key is stored (see [`super::cached`]).
+struct InsertRecord<'a>(&'a UsageRecord);
+
+impl Fixed for InsertRecord<'_> {
+    type Key = InsertRecord<'static>;
+    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b>) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+        let r = self.0;
+        out.push_sql(
+            "INSERT INTO usage_records (id, org_id, client_event_id, project_id, session_id, \
+             turn_seq, api_key_id, driver, provider, model, byok, status, source, input_tokens, \
+             output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, \
+             cost_micro_cents, created_at, billed, price_input, price_output, price_cache_read, \
+             price_cache_write) VALUES (",
+        );
+        bind_list!(out;
+            Text => &r.id, Text => &r.org_id, Text => &r.client_event_id,
+            Text => &r.project_id, Text => &r.session_id, BigInt => &r.turn_seq,
+            Nullable<Text> => &r.api_key_id, Text => &r.driver, Nullable<Text> => &r.provider,
+            Nullable<Text> => &r.model, Bool => &r.byok, Text => &r.status, Text => &r.source,
+            BigInt => &r.input_tokens, BigInt => &r.output_tokens,
+            BigInt => &r.cache_read_tokens, BigInt => &r.cache_write_tokens,
+            BigInt => &r.reasoning_tokens, BigInt => &r.cost_micro_cents,
+            Timestamp => &r.created_at, Bool => &r.billed, Nullable<BigInt> => &r.price_input,
+            Nullable<BigInt> => &r.price_output, Nullable<BigInt> => &r.price_cache_read,
+            Nullable<BigInt> => &r.price_cache_write);
+        out.push_sql(") ON CONFLICT (org_id, client_event_id) DO NOTHING");
+        Ok(())
+    }
+}
+
+/// Adds to one roll-up row on SQLite, creating it if needed (see [`super::cached`]).
+struct AddDaily<'a>(&'a DailyUsage);
+
+impl Fixed for AddDaily<'_> {
+    type Key = AddDaily<'static>;
+    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b>) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Text};
+        let d = self.0;
+        out.push_sql(
+            "INSERT INTO usage_daily (org_id, project_id, api_key_id, model, day, turns, \
+             input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
+             reasoning_tokens, cost_micro_cents) VALUES (",
+        );
+        bind_list!(out;
+            Text => &d.org_id, Text => &d.project_id, Text => &d.api_key_id, Text => &d.model,
+            Text => &d.day, BigInt => &d.turns, BigInt => &d.input_tokens,
+            BigInt => &d.output_tokens, BigInt => &d.cache_read_tokens,
+            BigInt => &d.cache_write_tokens, BigInt => &d.reasoning_tokens,
+            BigInt => &d.cost_micro_cents);
+        out.push_sql(
+            ") ON CONFLICT (org_id, project_id, api_key_id, model, day) DO UPDATE SET \
+             turns = turns + excluded.turns, \
+             input_tokens = input_tokens + excluded.input_tokens, \
+             output_tokens = output_tokens + excluded.output_tokens, \
+             cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, \
+             cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, \
+             reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
+             cost_micro_cents = cost_micro_cents + excluded.cost_micro_cents",
+        );
+        Ok(())
+    }
 }
