@@ -399,12 +399,7 @@ impl Store {
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _guard = self.write_guard();
-        let mut conn = self.conn()?;
-        let c: &mut Conn = &mut conn;
-        match c {
-            AnyConnection::Sqlite(_) => immediate_transaction(c, f),
-            AnyConnection::Postgresql(_) => c.transaction(f),
-        }
+        write_transaction(&mut *self.conn()?, f)
     }
 
     /// A connection outside the pool for a writer that keeps it for the life of the process
@@ -432,10 +427,7 @@ impl Store {
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _guard = self.write_guard();
-        match c {
-            AnyConnection::Sqlite(_) => immediate_transaction(c, f),
-            AnyConnection::Postgresql(_) => c.transaction(f),
-        }
+        write_transaction(c, f)
     }
 
     /// Runs a read `f` (blocking).
@@ -505,6 +497,17 @@ impl Store {
         tokio::task::spawn_blocking(move || store.read(f))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// `f` in one write transaction on `c` (the caller holds the store's write lock).
+fn write_transaction<T>(
+    c: &mut Conn,
+    f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match c {
+        AnyConnection::Sqlite(_) => immediate_transaction(c, f),
+        AnyConnection::Postgresql(_) => c.transaction(f),
     }
 }
 
