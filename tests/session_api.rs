@@ -1863,6 +1863,46 @@ fn a_slow_reader_of_a_flood_still_gets_every_event_in_order() {
 }
 
 #[test]
+fn a_turn_played_inside_start_turn_arrives_whole_through_a_one_slot_queue() {
+    // With no delay the echo driver plays a short turn inside `start_turn`, on the thread
+    // that also drains the turn's queue: the host holds those events instead of waiting.
+    let e = Env::start(|_, mut pf| {
+        pf.delay_ms = 0;
+        pf.extra = "[runtime]\nturn_event_queue = 1\n".into();
+        pf.project("hello", &hello_app(), None)
+    });
+    let sid = e.session(json!({}));
+    for turn in 0..3 {
+        let answer = e.unary(&sid, json!({"text": format!("hello {turn}")}));
+        assert_eq!(answer["status"], "completed", "{answer}");
+        assert_eq!(answer["text"], format!("echo: hello {turn}"));
+        let seqs: Vec<i64> = answer["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ev| ev["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (seqs[0]..seqs[0] + seqs.len() as i64).collect::<Vec<_>>()
+        );
+    }
+    let failed = e.unary(&sid, json!({"text": "boom [fail]"}));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    // Every event of the three turns is in the log, in order, for a late reader.
+    let r = e
+        .get(&format!("/v1/sessions/{sid}/events?after=0"))
+        .send()
+        .unwrap();
+    let ids: Vec<i64> = SseReader::new(r)
+        .rest()
+        .iter()
+        .map(|f| f.id.unwrap())
+        .collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_session_token_cannot_loosen_the_apps_approval_policy() {
     let e = Env::start(|_, pf| pf.project("hello", &hello_app(), None));
     let token = e

@@ -13,7 +13,7 @@ use serde_json::Value;
 #[serde(default)]
 #[non_exhaustive]
 pub struct HostInfo {
-    /// The ABI version the host was built against (`1.0.0`).
+    /// The ABI version the host was built against (`1.1.0`).
     pub abi_version: String,
     /// The Karta version.
     pub host_version: String,
@@ -130,6 +130,11 @@ pub struct Capabilities {
     pub agents: bool,
     /// It discovers the app's skills.
     pub skills: bool,
+    /// Its `start_turn` never waits (no process to start, no file or network I/O): the host
+    /// calls it on the request's own thread instead of handing it to a blocking-pool thread.
+    /// Events it emits from inside `start_turn` are held and delivered in order, up to a bound
+    /// (256, or the host's turn event queue if larger); beyond it the turn fails.
+    pub quick_start: bool,
 }
 
 impl Capabilities {
@@ -142,6 +147,7 @@ impl Capabilities {
             resume: true,
             agents: true,
             skills: true,
+            quick_start: true,
         }
     }
 
@@ -159,6 +165,7 @@ impl Capabilities {
             ("resume", self.resume),
             ("agents", self.agents),
             ("skills", self.skills),
+            ("quick_start", self.quick_start),
         ]
         .into_iter()
         .filter_map(|(n, on)| on.then_some(n))

@@ -13,7 +13,7 @@
 //!   binary surface rarely changes.
 //! * [`Driver`], [`Sink`] and the payload types: ordinary typed Rust on both sides.
 //!
-//! The crate's version is the ABI's version (`1.0.0`): a plugin built against any `1.x` loads on
+//! The crate's version is the ABI's version (`1.1.0`): a plugin built against any `1.x` loads on
 //! a host built against any other `1.y`. `COMPATIBILITY.md` says what may change within a major
 //! version and how; `docs/write-a-driver.md` goes from `cargo new` to a running turn.
 #![deny(missing_docs)]

@@ -75,6 +75,8 @@ impl Driver for EchoDriver {
         caps.approvals = true;
         caps.cancel = true;
         caps.agents = true;
+        // `start_turn` only builds the script and hands it over (or plays a short one at once).
+        caps.quick_start = true;
         DriverInfo::new("echo")
             .with_capabilities(caps)
             .with_settings_schema(json!({

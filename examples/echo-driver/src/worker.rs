@@ -41,7 +41,13 @@ impl Worker {
         }
     }
 
-    /// Plays `steps` to `sink`; the handle answers approvals and cancels.
+    /// Steps a turn may have to be played inside `start_turn` (see [`Worker::start`]).
+    const INLINE_STEPS: usize = 64;
+
+    /// Plays `steps` to `sink`; the handle answers approvals and cancels. Without a delay, a
+    /// short turn that cannot wait (no approval, no hang, no crash) is played at once, inside
+    /// the call: the host holds what it emits until `start_turn` returns (the driver claims
+    /// `quick_start`), and no thread has to be woken for it.
     pub fn start(
         &self,
         session_id: &str,
@@ -51,7 +57,15 @@ impl Worker {
     ) -> Result<Box<dyn Turn>, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let pending = Arc::new(Mutex::new(None));
-        let job = Box::new(Job {
+        let inline = self.delay.is_zero()
+            && steps.len() <= Self::INLINE_STEPS
+            && steps.iter().all(|s| {
+                matches!(
+                    s,
+                    Step::Emit(_) | Step::Raw(_) | Step::Text(_) | Step::Pause | Step::Fail(_)
+                )
+            });
+        let mut job = Box::new(Job {
             session_id: session_id.to_string(),
             hung: false,
             sink,
@@ -64,6 +78,10 @@ impl Worker {
             output_tokens: 0,
             pending: pending.clone(),
         });
+        if inline {
+            job.play(Duration::ZERO, &HashSet::new());
+            return Ok(Box::new(Played));
+        }
         let mut tx = self.tx.lock().map_err(|_| "echo worker poisoned")?;
         let mut msg = Msg::Start(id, job);
         if let Some(t) = tx.as_ref() {
@@ -103,6 +121,17 @@ fn handle(id: u64, pending: Arc<Mutex<Option<String>>>, tx: Sender<Msg>) -> Box<
         tx: Mutex::new(tx),
     })
 }
+/// The handle of a turn played inside `start_turn`: over before the host has it.
+struct Played;
+
+impl Turn for Played {
+    fn resolve_input(&self, request_id: &str, _decision: Decision) -> Result<(), String> {
+        Err(format!("no pending request {request_id}"))
+    }
+
+    fn cancel(&self) {}
+}
+
 /// One turn being played.
 struct Job {
     session_id: String,

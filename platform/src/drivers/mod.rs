@@ -52,6 +52,12 @@ pub struct LoadedDriver {
     factory: Option<DriverFactory>,
 }
 
+impl AsRef<HostDriver> for LoadedDriver {
+    fn as_ref(&self) -> &HostDriver {
+        &self.driver
+    }
+}
+
 impl LoadedDriver {
     /// The settings it was built with.
     pub fn settings(&self) -> &Value {

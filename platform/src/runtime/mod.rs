@@ -24,6 +24,7 @@ mod running;
 mod sessions;
 mod settings_cache;
 mod slot;
+mod start;
 mod subscription;
 mod turns;
 pub mod warm;

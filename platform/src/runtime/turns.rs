@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedMutexGuard};
 
 use super::app_settings::AppSettings;
-use super::pump::error_event;
 use super::running::{Control, Running};
 use super::sessions::{invalid, load};
 use super::slot::Slot;
@@ -628,31 +627,11 @@ impl Runtime {
         let opening = self.begin_turn(&ctx, &who);
         // Bounded: a driver faster than the pump (and the journal) waits in its own thread.
         let (ev_tx, ev_rx) = mpsc::channel::<Result<Event, String>>(queue);
-        let starter = ev_tx.clone();
-        let running = ctx.running.clone();
         // The driver starts while the pump already runs, so a driver that emits from inside
         // `start_turn` cannot fill the queue and wait forever.
-        tokio::task::spawn_blocking(move || {
-            let started = driver.driver.start_turn(&request, move |ev| {
-                // Fast path without blocking; a full queue makes the driver's thread wait. The
-                // receiver is gone only when the pump has finished; nothing to do then.
-                if let Err(mpsc::error::TrySendError::Full(ev)) = ev_tx.try_send(ev) {
-                    let _ = ev_tx.blocking_send(ev);
-                }
-            });
-            match started {
-                Ok(handle) => {
-                    *running.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-                    if running.is_cancelled() {
-                        running.cancel();
-                    }
-                }
-                Err(message) => {
-                    let _ = starter.blocking_send(Ok(error_event("harness_start_failed", message)));
-                }
-            }
-        });
-        let done = self.pump(&ctx, ev_rx, control_rx, Some(opening)).await;
+        let quick = driver.info.capabilities.quick_start;
+        let start = super::start::start(driver, quick, request, ev_tx, ctx.running.clone());
+        let ((), done) = tokio::join!(start, self.pump(&ctx, ev_rx, control_rx, Some(opening)));
         // Free the session before anyone sees `done`, so a client that sends again at once is
         // not refused as busy.
         let had_pending = ctx.running.pending().take().is_some();
