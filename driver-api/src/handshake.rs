@@ -132,8 +132,9 @@ pub struct Capabilities {
     pub skills: bool,
     /// Its `start_turn` never waits (no process to start, no file or network I/O): the host
     /// calls it on the request's own thread instead of handing it to a blocking-pool thread.
-    /// Events it emits from inside `start_turn` are held and delivered in order, up to a bound
-    /// (256, or the host's turn event queue if larger); beyond it the turn fails.
+    /// Events it emits on the calling thread before `start_turn` returns are held and delivered
+    /// in order, up to a bound (256, or the host's turn event queue if larger); beyond it the
+    /// turn fails. Its own threads may emit meanwhile (they wait for room, in order).
     pub quick_start: bool,
 }
 

@@ -140,11 +140,10 @@ pub(crate) fn load(
     id: &str,
     project_id: Option<&str>,
 ) -> Result<(models::Session, models::Project), StoreError> {
-    let s = sessions::get(c, org_id, id)?;
+    let (s, p) = sessions::get_with_project(c, org_id, id)?;
     if project_id.is_some_and(|p| p != s.project_id) {
         return Err(StoreError::NotFound);
     }
-    let p = projects::get(c, org_id, &s.project_id)?;
     Ok((s, p))
 }
 

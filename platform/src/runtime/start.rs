@@ -2,11 +2,12 @@
 //!
 //! A driver that claims `quick_start` is called on the request's own thread: no hand-off to the
 //! blocking pool and back (two thread switches a turn). That thread also runs the pump, so the
-//! sink must never wait there: events emitted from inside `start_turn` are held in order (up to
-//! a bound) and queued once it returns; any other driver is called on a blocking-pool thread,
-//! where its sink may wait for room as before.
+//! sink must never wait there: events emitted on it inside `start_turn` are held in order (up to
+//! a bound) and queued once it returns, while the driver's own threads wait their turn behind
+//! them; any other driver is called on a blocking-pool thread, where its sink may wait for room
+//! as before.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use karta_driver_api::{Event, HostDriver, HostTurn, TurnRequest};
 use tokio::sync::mpsc;
@@ -63,12 +64,76 @@ fn keep_handle(running: &Running, handle: HostTurn) {
     }
 }
 
-/// Events held while a quick-start driver's `start_turn` runs (and until they are queued):
-/// `None` once everything held has gone to the queue and events go there directly.
+/// Events held while a quick-start driver's `start_turn` runs (and until they are queued).
 struct Held {
+    /// `None` once everything held has gone to the queue and events go there directly.
     events: Option<Vec<Item>>,
+    /// `start_turn` has not returned yet: what it emits on the calling thread past the bound
+    /// is dropped (that thread also drains the queue, so it cannot wait).
+    inside: bool,
+    /// The thread that calls `start_turn`.
+    caller: std::thread::ThreadId,
     /// How many were dropped past the bound.
     dropped: usize,
+}
+
+/// The held events and the driver threads waiting for room in them.
+struct Gate {
+    held: Mutex<Held>,
+    room: Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands an event to the held list; gives it back when events go to the queue directly.
+    /// A driver's own thread waits while the list is full.
+    fn hold(&self, ev: Item, bound: usize) -> Option<Item> {
+        let mut h = self.lock();
+        loop {
+            let inside = h.inside && std::thread::current().id() == h.caller;
+            match h.events.as_mut() {
+                None => return Some(ev),
+                Some(list) if list.len() < bound => {
+                    list.push(ev);
+                    return None;
+                }
+                Some(_) if inside => {
+                    h.dropped += 1;
+                    return None;
+                }
+                Some(_) => h = self.room.wait(h).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+
+    /// Takes what is held (and how many were dropped), or, when nothing is, opens the gate.
+    fn take(&self) -> Option<(Vec<Item>, usize)> {
+        let mut h = self.lock();
+        let dropped = std::mem::take(&mut h.dropped);
+        let taken = match h.events.as_mut() {
+            Some(list) if !list.is_empty() || dropped > 0 => Some((std::mem::take(list), dropped)),
+            _ => {
+                h.events = None;
+                None
+            }
+        };
+        self.room.notify_all();
+        taken
+    }
+}
+
+/// Opens the gate however the flush ends (a closed queue included), so no driver thread
+/// waits on it for ever.
+struct Open<'a>(&'a Gate);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.lock().events = None;
+        self.0.room.notify_all();
+    }
 }
 
 async fn start_inline(
@@ -78,54 +143,38 @@ async fn start_inline(
     running: &Running,
 ) {
     let bound = HELD_EVENTS.max(tx.max_capacity());
-    let held = Arc::new(Mutex::new(Held {
-        events: Some(Vec::new()),
-        dropped: 0,
-    }));
-    let (sink_held, sink_tx) = (held.clone(), tx.clone());
+    let gate = Arc::new(Gate {
+        held: Mutex::new(Held {
+            events: Some(Vec::new()),
+            inside: true,
+            caller: std::thread::current().id(),
+            dropped: 0,
+        }),
+        room: Condvar::new(),
+    });
+    let (sink_gate, sink_tx) = (gate.clone(), tx.clone());
     let started = driver.start_turn(request, move |ev| {
-        {
-            let mut h = sink_held.lock().unwrap_or_else(|p| p.into_inner());
-            let Held { events, dropped } = &mut *h;
-            if let Some(events) = events {
-                if events.len() < bound {
-                    events.push(ev);
-                } else {
-                    *dropped += 1;
-                }
-                return;
+        if let Some(ev) = sink_gate.hold(ev, bound) {
+            // The gate is open: on the driver's own thread, which may wait for room.
+            if let Err(mpsc::error::TrySendError::Full(ev)) = sink_tx.try_send(ev) {
+                let _ = sink_tx.blocking_send(ev);
             }
-        }
-        // After `start_turn` returned and what it held is queued: on the driver's own thread.
-        if let Err(mpsc::error::TrySendError::Full(ev)) = sink_tx.try_send(ev) {
-            let _ = sink_tx.blocking_send(ev);
         }
     });
-    match started {
-        Ok(handle) => keep_handle(running, handle),
-        Err(message) => {
-            let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(events) = &mut h.events {
-                events.push(Ok(error_event("harness_start_failed", message)));
-            }
+    {
+        let mut h = gate.lock();
+        h.inside = false;
+        if let (Err(message), Some(list)) = (&started, h.events.as_mut()) {
+            list.push(Ok(error_event("harness_start_failed", message.clone())));
         }
+    }
+    if let Ok(handle) = started {
+        keep_handle(running, handle);
     }
     // Queue what was held, then let the driver's threads queue directly. Whatever they emit
     // meanwhile is held too and goes with the next round, so the order stays the driver's.
-    loop {
-        let (events, dropped) = {
-            let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
-            let Held { events, dropped } = &mut *h;
-            match events {
-                Some(list) if !list.is_empty() || *dropped > 0 => {
-                    (std::mem::take(list), std::mem::take(dropped))
-                }
-                _ => {
-                    *events = None;
-                    return;
-                }
-            }
-        };
+    let _open = Open(&gate);
+    while let Some((events, dropped)) = gate.take() {
         for ev in events {
             if tx.send(ev).await.is_err() {
                 return;
@@ -287,8 +336,14 @@ mod tests {
 
     #[test]
     fn events_from_the_drivers_thread_keep_their_place_after_the_held_ones() {
-        let (texts, errors, _) = run(serde_json::json!({"inside": 30, "after": 2000}), true, 4);
-        assert_eq!(texts, (0..2030).collect::<Vec<_>>());
+        // Queued one at a time, what was held takes a while to go; the driver's thread, far
+        // ahead (also while `start_turn` still runs), waits for room rather than losing events.
+        let (texts, errors, _) = run(
+            serde_json::json!({"inside": HELD_EVENTS - 10, "after": 5000}),
+            true,
+            1,
+        );
+        assert_eq!(texts, (0..HELD_EVENTS + 4990).collect::<Vec<_>>());
         assert!(errors.is_empty());
     }
 

@@ -3,8 +3,8 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::models::Session;
-use super::schema::{session_events, sessions};
+use super::models::{Project, Session};
+use super::schema::{projects, session_events, sessions};
 use super::{Conn, OptionalRow, StoreError};
 
 /// A partial update of a session; `None` fields are left alone, `Some(None)` clears a column.
@@ -37,6 +37,33 @@ pub fn get(c: &mut Conn, org_id: &str, id: &str) -> Result<Session, StoreError> 
         // Straight on the SQLite connection: its query type alone finds the prepared statement
         // (through the multi-backend one, the SQL is built again on every run).
         super::AnyConnection::Sqlite(lite) => q.select(Session::as_select()).first(lite).found(),
+    }
+}
+
+/// A session of the org with its project, in one statement (a turn reads both).
+pub fn get_with_project(
+    c: &mut Conn,
+    org_id: &str,
+    id: &str,
+) -> Result<(Session, Project), StoreError> {
+    let q = sessions::table
+        .inner_join(
+            projects::table.on(projects::id
+                .eq(sessions::project_id)
+                .and(projects::org_id.eq(sessions::org_id))),
+        )
+        .filter(sessions::org_id.eq(org_id))
+        .filter(sessions::id.eq(id));
+    match c {
+        super::AnyConnection::Postgresql(pg) => q
+            .select((Session::as_select(), Project::as_select()))
+            .first(pg)
+            .found(),
+        // See `get`.
+        super::AnyConnection::Sqlite(lite) => q
+            .select((Session::as_select(), Project::as_select()))
+            .first(lite)
+            .found(),
     }
 }
 
