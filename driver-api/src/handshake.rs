@@ -134,12 +134,14 @@ pub struct Capabilities {
     /// calls it on the request's own thread instead of handing it to a blocking-pool thread.
     /// Events it emits on the calling thread before `start_turn` returns are held and delivered
     /// in order, up to a bound (256, or the host's turn event queue if larger); beyond it the
-    /// turn fails. Its own threads may emit meanwhile (they wait for room, in order).
+    /// host ends the turn as failed. Its own threads may emit meanwhile (they wait for room, in
+    /// order). Not part of [`Capabilities::all`].
     pub quick_start: bool,
 }
 
 impl Capabilities {
-    /// Every capability.
+    /// Every capability a turn can offer (not `quick_start`, a promise about threading that a
+    /// driver must make on purpose).
     pub fn all() -> Self {
         Self {
             approvals: true,
@@ -148,7 +150,8 @@ impl Capabilities {
             resume: true,
             agents: true,
             skills: true,
-            quick_start: true,
+            // A promise about threading, not a feature: a driver makes it on purpose.
+            quick_start: false,
         }
     }
 
@@ -190,5 +193,15 @@ mod tests {
         let host: HostInfo = serde_json::from_str(r#"{"abi_version":"1.3.0"}"#).unwrap();
         assert!(host.understands("text") && !host.understands("plan"));
         assert!(HostInfo::current("0.1.0").understands("custom"));
+    }
+
+    #[test]
+    fn every_capability_leaves_the_threading_promise_off() {
+        // Drivers built with `all()` start processes in `start_turn`: a rebuild on 1.1 must not
+        // move them onto the host's request thread.
+        let all = Capabilities::all();
+        assert!(all.approvals && all.skills && !all.quick_start);
+        let old: Capabilities = serde_json::from_str(r#"{"approvals":true}"#).unwrap();
+        assert!(!old.quick_start);
     }
 }

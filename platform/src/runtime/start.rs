@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use karta_driver_api::{Event, HostDriver, HostTurn, TurnRequest};
+use karta_driver_api::{Done, Event, EventKind, HostDriver, HostTurn, TurnRequest, TurnStatus};
 use tokio::sync::mpsc;
 
 use super::pump::error_event;
@@ -49,7 +49,7 @@ pub(crate) async fn start<D>(
             }
         });
         match started {
-            Ok(handle) => keep_handle(&running, handle),
+            Ok(handle) => keep_handle(&running, handle, false),
             Err(message) => {
                 let _ = starter.blocking_send(Ok(error_event("harness_start_failed", message)));
             }
@@ -57,10 +57,16 @@ pub(crate) async fn start<D>(
     });
 }
 
-fn keep_handle(running: &Running, handle: HostTurn) {
+/// Keeps the driver's handle; a cancel that came first goes to it now (from a runtime thread,
+/// on the blocking pool: a driver's cancel may wait, or emit).
+fn keep_handle(running: &Arc<Running>, handle: HostTurn, on_runtime: bool) {
     *running.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     if running.is_cancelled() {
-        running.cancel();
+        if on_runtime {
+            running.cancel_soon();
+        } else {
+            running.cancel();
+        }
     }
 }
 
@@ -68,11 +74,11 @@ fn keep_handle(running: &Running, handle: HostTurn) {
 struct Held {
     /// `None` once everything held has gone to the queue and events go there directly.
     events: Option<Vec<Item>>,
-    /// `start_turn` has not returned yet: what it emits on the calling thread past the bound
-    /// is dropped (that thread also drains the queue, so it cannot wait).
-    inside: bool,
-    /// The thread that calls `start_turn`.
+    /// The thread that calls `start_turn`: it also drains the queue, so it never waits; what
+    /// it emits past the bound is dropped.
     caller: std::thread::ThreadId,
+    /// How many of the held events the calling thread emitted.
+    from_caller: usize,
     /// How many were dropped past the bound.
     dropped: usize,
 }
@@ -89,19 +95,31 @@ impl Gate {
     }
 
     /// Hands an event to the held list; gives it back when events go to the queue directly.
-    /// A driver's own thread waits while the list is full.
+    /// The calling thread's events count against the bound on their own (the driver's threads
+    /// cannot use it up); a driver's own thread waits while the list is full.
     fn hold(&self, ev: Item, bound: usize) -> Option<Item> {
         let mut h = self.lock();
+        let on_caller = std::thread::current().id() == h.caller;
         loop {
-            let inside = h.inside && std::thread::current().id() == h.caller;
-            match h.events.as_mut() {
+            let Held {
+                events,
+                from_caller,
+                dropped,
+                ..
+            } = &mut *h;
+            match events {
                 None => return Some(ev),
-                Some(list) if list.len() < bound => {
-                    list.push(ev);
+                Some(list) if on_caller => {
+                    if *from_caller < bound {
+                        *from_caller += 1;
+                        list.push(ev);
+                    } else {
+                        *dropped += 1;
+                    }
                     return None;
                 }
-                Some(_) if inside => {
-                    h.dropped += 1;
+                Some(list) if list.len() < bound => {
+                    list.push(ev);
                     return None;
                 }
                 Some(_) => h = self.room.wait(h).unwrap_or_else(|p| p.into_inner()),
@@ -140,14 +158,14 @@ async fn start_inline(
     driver: &HostDriver,
     request: &TurnRequest,
     tx: mpsc::Sender<Item>,
-    running: &Running,
+    running: &Arc<Running>,
 ) {
     let bound = HELD_EVENTS.max(tx.max_capacity());
     let gate = Arc::new(Gate {
         held: Mutex::new(Held {
             events: Some(Vec::new()),
-            inside: true,
             caller: std::thread::current().id(),
+            from_caller: 0,
             dropped: 0,
         }),
         room: Condvar::new(),
@@ -161,15 +179,13 @@ async fn start_inline(
             }
         }
     });
-    {
-        let mut h = gate.lock();
-        h.inside = false;
-        if let (Err(message), Some(list)) = (&started, h.events.as_mut()) {
-            list.push(Ok(error_event("harness_start_failed", message.clone())));
+    match started {
+        Ok(handle) => keep_handle(running, handle, true),
+        Err(message) => {
+            if let Some(list) = gate.lock().events.as_mut() {
+                list.push(Ok(error_event("harness_start_failed", message)));
+            }
         }
-    }
-    if let Ok(handle) = started {
-        keep_handle(running, handle);
     }
     // Queue what was held, then let the driver's threads queue directly. Whatever they emit
     // meanwhile is held too and goes with the next round, so the order stays the driver's.
@@ -190,7 +206,16 @@ async fn start_inline(
                 "the driver emitted more than {bound} events before start_turn returned; {dropped} were dropped"
             );
             let _ = tx.send(Ok(error_event("driver_protocol", message))).await;
-            running.cancel();
+            // Its `done` may be among the dropped: the turn ends here, failed, and the driver
+            // is told to stop (what it sends later finds the pump gone).
+            let done = Event::new(EventKind::Done(Done {
+                status: TurnStatus::Failed,
+                stop_reason: Some("error".into()),
+                ..Default::default()
+            }));
+            let _ = tx.send(Ok(done)).await;
+            running.cancel_soon();
+            return;
         }
     }
 }
@@ -209,10 +234,12 @@ mod tests {
 
     /// Emits `inside` text events from inside `start_turn`, then `after` more and `done` from a
     /// thread of its own (or `done` inside too when `after` is 0). `fail` refuses to start.
+    /// With `lead`, the thread starts first and `start_turn` emits only after `lead` ms.
     struct Burst {
         inside: usize,
         after: usize,
         fail: bool,
+        lead: u64,
     }
 
     struct Over;
@@ -248,6 +275,7 @@ mod tests {
                 inside: n("inside"),
                 after: n("after"),
                 fail: s["fail"].as_bool().unwrap_or(false),
+                lead: s["lead"].as_u64().unwrap_or(0),
             })
         }
         fn name(&self) -> String {
@@ -263,15 +291,23 @@ mod tests {
             if self.fail {
                 return Err("no harness here".into());
             }
+            let (from, to) = (self.inside, self.inside + self.after);
+            let own = sink.clone();
+            let play = move || {
+                (from..to).for_each(|i| text(&own, i));
+                done(&own);
+            };
+            if self.lead > 0 {
+                std::thread::spawn(play);
+                std::thread::sleep(std::time::Duration::from_millis(self.lead));
+                (0..self.inside).for_each(|i| text(&sink, i));
+                return Ok(Box::new(Over));
+            }
             (0..self.inside).for_each(|i| text(&sink, i));
             if self.after == 0 {
                 done(&sink);
             } else {
-                let (from, to) = (self.inside, self.inside + self.after);
-                std::thread::spawn(move || {
-                    (from..to).for_each(|i| text(&sink, i));
-                    done(&sink);
-                });
+                std::thread::spawn(play);
             }
             Ok(Box::new(Over))
         }
@@ -351,10 +387,25 @@ mod tests {
     fn too_many_events_inside_a_quick_start_fail_the_turn_instead_of_growing() {
         let (texts, errors, cancelled) =
             run(serde_json::json!({"inside": HELD_EVENTS + 10}), true, 1);
-        // The held ones arrive; `done` was past the bound, so the drain ends with the channel.
+        // The held ones arrive, then the error, and the host ends the turn (its `done` was
+        // among the dropped).
         assert_eq!(texts, (0..HELD_EVENTS).collect::<Vec<_>>());
         assert_eq!(errors, ["driver_protocol"]);
         assert!(cancelled);
+    }
+
+    #[test]
+    fn the_drivers_threads_cannot_use_up_what_start_turn_may_hold() {
+        // The driver's thread fills the held list (and waits) before `start_turn` emits; what
+        // `start_turn` emits still has its own room.
+        let (mut texts, errors, cancelled) = run(
+            serde_json::json!({"inside": 10, "after": HELD_EVENTS * 2, "lead": 50}),
+            true,
+            1,
+        );
+        assert!(errors.is_empty() && !cancelled, "{errors:?}");
+        texts.sort_unstable();
+        assert_eq!(texts, (0..10 + HELD_EVENTS * 2).collect::<Vec<_>>());
     }
 
     #[test]
