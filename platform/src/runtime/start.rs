@@ -20,7 +20,7 @@ type Item = Result<Event, String>;
 
 /// Events a quick-start driver may emit from inside `start_turn` at least (the turn's queue
 /// size when larger): they cannot wait for room on the thread that also drains them.
-pub(crate) const HELD_EVENTS: usize = 256;
+const HELD_EVENTS: usize = 256;
 
 /// Starts the turn on `driver` (`quick`: it claims `quick_start`); its events go to `tx` in the
 /// order it emits them. A driver that cannot start sends one `harness_start_failed` error
