@@ -399,6 +399,134 @@ fn sessions_and_events_are_invisible_to_another_org() {
 }
 
 #[test]
+fn the_log_stores_runs_of_events_and_reads_any_page_of_them_whole() {
+    for b in backends() {
+        let s = &b.store;
+        let (org, prj) = acme_bot(s);
+        let (one, two) = (session_row(&org, &prj), session_row(&org, &prj));
+        s.write(|c| sessions::insert(c, &one)).unwrap();
+        s.write(|c| sessions::insert(c, &two)).unwrap();
+        let ev = |id: &str, seq: i64, kind: &str| models::SessionEvent {
+            session_id: id.to_string(),
+            org_id: org.clone(),
+            seq,
+            event_type: kind.into(),
+            payload: format!(
+                r#"{{"type":"{kind}","seq":{seq},"data":{{"request_id":"req_{seq}"}}}}"#
+            ),
+            created_at: store::now(),
+        };
+        // One batch: 150 events of one session (three rows: 64, 64, 22) interleaved with another
+        // session's 3, then a gap (an unlogged batch) and five more.
+        let mut batch = Vec::new();
+        for seq in 1..=150 {
+            let kind = if seq == 70 { "input_required" } else { "text" };
+            batch.push(ev(&one.id, seq, kind));
+            if seq <= 3 {
+                batch.push(ev(&two.id, seq, "text"));
+            }
+        }
+        let refs: Vec<&models::SessionEvent> = batch.iter().collect();
+        s.write(|c| events::append_batch(c, &refs, 10_000)).unwrap();
+        let later: Vec<models::SessionEvent> =
+            (156..=160).map(|q| ev(&one.id, q, "done")).collect();
+        let refs: Vec<&models::SessionEvent> = later.iter().collect();
+        s.write(|c| events::append_batch(c, &refs, 10_000)).unwrap();
+
+        let seqs = |after: i64, limit: i64| -> Vec<i64> {
+            s.read(|c| events::list_after(c, &org, &one.id, after, limit))
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        let all: Vec<i64> = (1..=150).chain(156..=160).collect();
+        assert_eq!(seqs(0, 1000), all, "{}", b.label);
+        // Pages that start and end inside rows, at their edges and across the gap.
+        for (after, limit) in [
+            (0, 1),
+            (5, 10),
+            (63, 2),
+            (64, 1),
+            (100, 64),
+            (127, 30),
+            (149, 3),
+            (150, 2),
+            (160, 5),
+        ] {
+            let want: Vec<i64> = all
+                .iter()
+                .copied()
+                .filter(|q| *q > after)
+                .take(limit as usize)
+                .collect();
+            assert_eq!(
+                seqs(after, limit),
+                want,
+                "{} after {after} limit {limit}",
+                b.label
+            );
+        }
+        // Paging through one event at a time meets every event once.
+        let (mut after, mut met) = (0, Vec::new());
+        loop {
+            let page = seqs(after, 7);
+            let Some(last) = page.last() else { break };
+            after = *last;
+            met.extend(page);
+        }
+        assert_eq!(met, all, "{}", b.label);
+        // Each event comes back as it went in, with its type.
+        let got = s
+            .read(|c| events::list_after(c, &org, &one.id, 69, 1))
+            .unwrap();
+        assert_eq!(
+            got[0].payload,
+            batch
+                .iter()
+                .find(|e| e.seq == 70 && e.session_id == one.id)
+                .unwrap()
+                .payload
+        );
+        assert_eq!(got[0].event_type, "input_required", "{}", b.label);
+        let theirs = s
+            .read(|c| events::list_after(c, &org, &two.id, 0, 100))
+            .unwrap();
+        assert_eq!(theirs.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            s.read(|c| sessions::get(c, &org, &one.id))
+                .unwrap()
+                .last_seq,
+            160
+        );
+        // An approval answer matches only the event that asked, not its neighbours in the row.
+        assert!(s
+            .read(|c| sessions::input_was_requested(c, &org, &one.id, "req_70"))
+            .unwrap());
+        assert!(!s
+            .read(|c| sessions::input_was_requested(c, &org, &one.id, "req_71"))
+            .unwrap());
+        assert!(!s
+            .read(|c| sessions::input_was_requested(c, &org, &two.id, "req_70"))
+            .unwrap());
+
+        // Retention 100: crossing 200 prunes the rows wholly at or below 100; the row that holds
+        // 101 stays whole, so at least the last 100 events remain.
+        let more: Vec<models::SessionEvent> = (161..=200).map(|q| ev(&one.id, q, "text")).collect();
+        let refs: Vec<&models::SessionEvent> = more.iter().collect();
+        s.write(|c| events::append_batch(c, &refs, 100)).unwrap();
+        let kept = seqs(0, 1000);
+        assert!(
+            kept.first().is_some_and(|f| *f <= 101 && *f > 1),
+            "{} kept from {:?}",
+            b.label,
+            kept.first()
+        );
+        assert_eq!(kept.last(), Some(&200));
+    }
+}
+
+#[test]
 fn api_keys_verify_only_with_the_exact_key() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -112,10 +112,13 @@ pub(crate) fn records(t: &Turn<'_>, prices: &PriceTable, now: NaiveDateTime) -> 
         (0, Some(p)) => (p.cost(&harness_tokens), Some(p)),
         (c, _) => (MicroCents(c), None),
     };
+    // The time in front keeps the `(org_id, client_event_id)` index growing at its end: keyed
+    // by session first, every busy session would insert at a page of its own in every commit.
+    let at = store::sortable_millis(now);
     let base = |source: &str, billed: bool| UsageRecord {
         id: store::new_sorted_id("use"),
         org_id: t.org_id.to_string(),
-        client_event_id: format!("{}:{}:{source}", t.session_id, t.seq),
+        client_event_id: format!("{at}:{}:{}:{source}", t.session_id, t.seq),
         project_id: t.project_id.to_string(),
         session_id: t.session_id.to_string(),
         turn_seq: t.seq,
@@ -492,7 +495,11 @@ mod tests {
         // `small` has no price: the harness's cost stands for the turn.
         assert_eq!(gr.cost_micro_cents, 999);
         assert_eq!(gr.price_input, None);
-        assert_eq!(gr.client_event_id, "sess_1:7:gateway");
+        let at = store::sortable_millis(now());
+        assert_eq!(gr.client_event_id, format!("{at}:sess_1:7:gateway"));
+        assert!(
+            hr.client_event_id < store::sortable_millis(now() + chrono::Duration::milliseconds(1))
+        );
         assert_eq!(disagreement(hr, gr), None);
 
         let calls = [call("big", 150, 30)];

@@ -309,6 +309,13 @@ impl Runtime {
         let mut renew = tokio::time::interval_at(Instant::now() + LEASE_RENEW, LEASE_RENEW);
         // When the oldest unqueued event must go to the log (see [`RUN_LINGER`]).
         let mut flush_at: Option<Instant> = None;
+        // The two timers live across events and are reset only when their instant changes: a
+        // timer made afresh for every event registers with the runtime's clock (and wakes its
+        // driver) every time.
+        let flush_timer = tokio::time::sleep_until(deadline);
+        let deadline_timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(flush_timer, deadline_timer);
+        let (mut flush_armed, mut deadline_armed) = (None, deadline);
         loop {
             if run.len() >= MAX_RUN {
                 self.flush(&mut run, &mut opening).await;
@@ -320,12 +327,20 @@ impl Runtime {
             } else if flush_at.is_none() {
                 flush_at = Some(Instant::now() + RUN_LINGER);
             }
+            if flush_at.is_some() && flush_armed != flush_at {
+                flush_armed = flush_at;
+                flush_timer.as_mut().reset(flush_at.unwrap_or(deadline));
+            }
+            if deadline_armed != deadline {
+                deadline_armed = deadline;
+                deadline_timer.as_mut().reset(deadline);
+            }
             // Biased: what the host queued (an expired prompt's notice) goes out before the
             // driver's reaction to it, and the timers fire however fast the driver floods.
             let event = tokio::select! {
                 biased;
                 Some(Control::Publish(ev)) = control.recv() => ev,
-                _ = tokio::time::sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
+                _ = &mut flush_timer, if flush_at.is_some() => {
                     self.flush(&mut run, &mut opening).await;
                     continue;
                 }
@@ -333,7 +348,7 @@ impl Runtime {
                     self.renew_lease(ctx).await;
                     continue;
                 }
-                _ = tokio::time::sleep_until(deadline), if paused_at.is_none() => {
+                _ = &mut deadline_timer, if paused_at.is_none() => {
                     if !expired {
                         expired = true;
                         tracing::warn!(project = %ctx.session.project_id, session = %ctx.session.id, timeout_s = ctx.limits.timeout.as_secs(), "turn deadline passed; cancelling the turn");

@@ -595,14 +595,23 @@ const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrst
 /// at a high rate: their primary-key index grows at its end instead of at a random page per row
 /// (on SQLite every such page is one more page in the commit's log).
 pub fn new_sorted_id(prefix: &str) -> String {
-    let mut ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+    format!(
+        "{prefix}_{}{}",
+        sortable_millis(Utc::now().naive_utc()),
+        random_base62(14)
+    )
+}
+
+/// `at` to the millisecond as 8 base62 characters that sort byte-wise by time (the front of
+/// [`new_sorted_id`]).
+pub fn sortable_millis(at: NaiveDateTime) -> String {
+    let mut ms = u64::try_from(at.and_utc().timestamp_millis()).unwrap_or(0);
     let mut time = [b'0'; 8];
     for c in time.iter_mut().rev() {
         *c = BASE62[(ms % 62) as usize];
         ms /= 62;
     }
-    let time = std::str::from_utf8(&time).unwrap_or("00000000");
-    format!("{prefix}_{time}{}", random_base62(14))
+    String::from_utf8_lossy(&time).into_owned()
 }
 
 /// Random base62 text from the OS-seeded CSPRNG.

@@ -82,9 +82,8 @@ pub struct Session {
     pub updated_at: NaiveDateTime,
 }
 
-/// One logged event of a session.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
-#[diesel(table_name = session_events)]
+/// One logged event of a session (stored in runs, see [`LogRun`]).
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionEvent {
     pub session_id: String,
     pub org_id: String,
@@ -92,6 +91,23 @@ pub struct SessionEvent {
     pub event_type: String,
     /// The full public envelope, JSON.
     pub payload: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// A run of a session's consecutive events as the replay log stores it: one row, so the log's
+/// index holds one entry per run rather than one per event.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
+#[diesel(table_name = session_log)]
+pub struct LogRun {
+    pub session_id: String,
+    /// The first event's sequence number.
+    pub seq: i64,
+    /// The last event's; the run holds every number between.
+    pub last_seq: i64,
+    pub org_id: String,
+    /// The events' envelopes, one line of JSON each, in sequence order.
+    pub payload: String,
+    /// When the first event was logged.
     pub created_at: NaiveDateTime,
 }
 

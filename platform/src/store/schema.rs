@@ -99,11 +99,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    session_events (session_id, seq) {
+    session_log (session_id, seq) {
         session_id -> Text,
-        org_id -> Text,
         seq -> BigInt,
-        event_type -> Text,
+        last_seq -> BigInt,
+        org_id -> Text,
         payload -> Text,
         created_at -> Timestamp,
     }
@@ -315,7 +315,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     projects,
     api_keys,
     sessions,
-    session_events,
+    session_log,
     audit_log,
     model_calls,
     idempotency_keys,

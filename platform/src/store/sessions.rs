@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::models::{Project, Session};
-use super::schema::{projects, session_events, sessions};
+use super::schema::{projects, sessions};
 use super::{Conn, OptionalRow, StoreError};
 
 /// A partial update of a session; `None` fields are left alone, `Some(None)` clears a column.
@@ -141,14 +141,10 @@ pub fn input_was_requested(
         .replace('%', "\\%")
         .replace('_', "\\_");
     let needle = format!("%\"request_id\":\"{escaped}\"%");
-    let n: i64 = session_events::table
-        .filter(session_events::org_id.eq(org_id))
-        .filter(session_events::session_id.eq(session_id))
-        .filter(session_events::event_type.eq("input_required"))
-        .filter(session_events::payload.like(needle).escape('\\'))
-        .count()
-        .get_result(c)?;
-    Ok(n > 0)
+    let exact = format!("\"request_id\":\"{request_id}\"");
+    Ok(super::events::events_like(c, org_id, session_id, &needle)?
+        .iter()
+        .any(|e| e.event_type == "input_required" && e.payload.contains(&exact)))
 }
 
 /// Which of `ids` are sessions that are not closed (any org: used by the workspace sweep).

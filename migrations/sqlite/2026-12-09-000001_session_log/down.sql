@@ -1,0 +1,25 @@
+CREATE TABLE session_events (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    org_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+
+-- Each run's lines back into one row per event.
+WITH RECURSIVE split (session_id, org_id, seq, line, rest, created_at) AS (
+    SELECT session_id, org_id, seq - 1, NULL, payload || char(10), created_at FROM session_log
+    UNION ALL
+    SELECT session_id, org_id, seq + 1,
+           substr(rest, 1, instr(rest, char(10)) - 1),
+           substr(rest, instr(rest, char(10)) + 1),
+           created_at
+    FROM split WHERE rest <> ''
+)
+INSERT INTO session_events (session_id, org_id, seq, event_type, payload, created_at)
+SELECT session_id, org_id, seq, coalesce(json_extract(line, '$.type'), ''), line, created_at
+FROM split WHERE line IS NOT NULL;
+
+DROP TABLE session_log;
