@@ -510,6 +510,36 @@ fn the_log_stores_runs_of_events_and_reads_any_page_of_them_whole() {
             .read(|c| sessions::input_was_requested(c, &org, &two.id, "req_70"))
             .unwrap());
 
+        // A number already logged is refused, whether it starts a stored run or sits inside one
+        // (a turn that lost its claim cannot log over the next one's events), and nothing of
+        // the refused batch is stored.
+        for (first, n) in [(1, 1), (100, 3), (148, 5), (158, 1)] {
+            let dup: Vec<models::SessionEvent> =
+                (first..first + n).map(|q| ev(&one.id, q, "text")).collect();
+            let refs: Vec<&models::SessionEvent> = dup.iter().collect();
+            let err = s.write(|c| events::append_batch(c, &refs, 10_000));
+            assert!(
+                matches!(err, Err(StoreError::Conflict(_))),
+                "{} {first}+{n}: {err:?}",
+                b.label
+            );
+        }
+        let backwards = [ev(&two.id, 9, "text"), ev(&two.id, 8, "text")];
+        let refs: Vec<&models::SessionEvent> = backwards.iter().collect();
+        assert!(matches!(
+            s.write(|c| events::append_batch(c, &refs, 10_000)),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(seqs(0, 1000), all, "{}", b.label);
+        // A far gap is stepped over without ending a page early.
+        let far = [ev(&one.id, 10_000, "text"), ev(&one.id, 10_001, "text")];
+        let refs: Vec<&models::SessionEvent> = far.iter().collect();
+        s.write(|c| events::append_batch(c, &refs, 1_000_000))
+            .unwrap();
+        assert_eq!(seqs(158, 4), [159, 160, 10_000, 10_001], "{}", b.label);
+        assert_eq!(seqs(160, 1), [10_000], "{}", b.label);
+        assert!(seqs(10_001, 5).is_empty());
+
         // Retention 100: crossing 200 prunes the rows wholly at or below 100; the row that holds
         // 101 stays whole, so at least the last 100 events remain.
         let more: Vec<models::SessionEvent> = (161..=200).map(|q| ev(&one.id, q, "text")).collect();
@@ -522,7 +552,8 @@ fn the_log_stores_runs_of_events_and_reads_any_page_of_them_whole() {
             b.label,
             kept.first()
         );
-        assert_eq!(kept.last(), Some(&200));
+        assert_eq!(kept.last(), Some(&10_001));
+        assert!(kept.contains(&200) && kept.contains(&101));
     }
 }
 

@@ -15,4 +15,5 @@ CREATE TABLE session_log (
 INSERT INTO session_log (session_id, seq, last_seq, org_id, payload, created_at)
 SELECT session_id, seq, seq, org_id, payload, created_at FROM session_events;
 
+-- Instances of an older version must be stopped first: they write to the table dropped here.
 DROP TABLE session_events;

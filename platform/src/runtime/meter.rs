@@ -497,9 +497,12 @@ mod tests {
         assert_eq!(gr.price_input, None);
         let at = store::sortable_millis(now());
         assert_eq!(gr.client_event_id, format!("{at}:sess_1:7:gateway"));
-        assert!(
-            hr.client_event_id < store::sortable_millis(now() + chrono::Duration::milliseconds(1))
-        );
+        // Keys sort by when the turn ended whatever the session: the index grows at its end.
+        let mut later = turn(h, &calls);
+        later.session_id = "sess_0";
+        let next = records(&later, &prices(), now() + chrono::Duration::milliseconds(1));
+        assert!(next[0].client_event_id > hr.client_event_id);
+        assert!(next[0].client_event_id.ends_with(":sess_0:7:harness"));
         assert_eq!(disagreement(hr, gr), None);
 
         let calls = [call("big", 150, 30)];

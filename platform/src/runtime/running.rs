@@ -180,12 +180,7 @@ mod tests {
     use super::*;
 
     fn frame(seq: i64) -> Arc<Frame> {
-        Arc::new(Frame {
-            seq,
-            event_type: "text".into(),
-            json: "{}".into(),
-            data: serde_json::Value::Null,
-        })
+        Arc::new(Frame::new(seq, "text".into(), "{}".into()))
     }
 
     #[test]

@@ -223,7 +223,7 @@ impl Subscription {
         while let Some(f) = self.next(runtime).await {
             if f.event_type == "input_required"
                 && self.answered.is_some()
-                && f.data["request_id"].as_str() == self.answered.as_deref()
+                && f.data()["request_id"].as_str() == self.answered.as_deref()
             {
                 continue;
             }
@@ -235,17 +235,17 @@ impl Subscription {
             }
             match f.event_type.as_str() {
                 "step_start" => text.step_start(),
-                "text" => text.push(f.data["part"]["text"].as_str().unwrap_or_default()),
+                "text" => text.push(f.data()["part"]["text"].as_str().unwrap_or_default()),
                 _ => {}
             }
             match f.event_type.as_str() {
-                "error" => out.errors.push(f.data.clone()),
+                "error" => out.errors.push(f.data().clone()),
                 "input_required" => {
-                    out.pending_input = Some(f.data.clone());
+                    out.pending_input = Some(f.data().clone());
                     break;
                 }
                 "done" => {
-                    out.done = Some(f.data.clone());
+                    out.done = Some(f.data().clone());
                     break;
                 }
                 _ => {}
@@ -377,18 +377,7 @@ impl Runtime {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|r| {
-                let data = serde_json::from_str::<Value>(&r.payload)
-                    .ok()
-                    .and_then(|mut v| v.get_mut("data").map(Value::take))
-                    .unwrap_or(Value::Null);
-                Arc::new(Frame {
-                    seq: r.seq,
-                    event_type: r.event_type,
-                    json: r.payload,
-                    data,
-                })
-            })
+            .map(|r| Arc::new(Frame::new(r.seq, r.event_type, r.payload)))
             .collect())
     }
 }

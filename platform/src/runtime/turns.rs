@@ -643,7 +643,7 @@ impl Runtime {
         m.turns
             .get_or_create(&crate::metrics::TurnLabels {
                 driver: ctx.session.driver.clone(),
-                status: done.data["status"]
+                status: done.data()["status"]
                     .as_str()
                     .unwrap_or("unknown")
                     .to_string(),
@@ -657,7 +657,7 @@ impl Runtime {
         tracing::info!(
             project = %ctx.session.project_id,
             session = %ctx.session.id,
-            status = %done.data["status"].as_str().unwrap_or("unknown"),
+            status = %done.data()["status"].as_str().unwrap_or("unknown"),
             events = done.seq - ctx.running.start_seq,
             ms = started_at.elapsed().as_millis() as u64,
             "turn ended"
@@ -665,8 +665,8 @@ impl Runtime {
         self.fire_hooks(
             "message.completed",
             &ctx.session,
-            json!({"status": done.data["status"], "seq": done.seq,
-                "message": done.data["message"], "usage": done.data["usage"]}),
+            json!({"status": done.data()["status"], "seq": done.seq,
+                "message": done.data()["message"], "usage": done.data()["usage"]}),
         );
         slot.set_running(None);
         drop(guard);

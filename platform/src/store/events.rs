@@ -16,8 +16,9 @@ use super::models::{LogRun, SessionEvent};
 use super::schema::session_log;
 use super::{AnyConnection, Conn, StoreError};
 
-/// The most events one row of the log holds. Reads rely on it to find the row that holds a
-/// sequence number from the index alone.
+/// The most events one row of the log holds. Reads and the overlap check rely on it to find the
+/// row that holds a sequence number from the index alone, so it may grow but never shrink (rows
+/// longer than a smaller cap would be missed).
 pub const MAX_RUN_EVENTS: i64 = 64;
 
 /// Appends events (any sessions, each session's in sequence order) and advances each session's
@@ -35,7 +36,8 @@ pub fn append_batch(
     super::sessions::write_turns(c, &writes, super::now())
 }
 
-/// Inserts events (any sessions, each session's in sequence order) and answers each session's
+/// Inserts events (any sessions, each session's in increasing sequence order; a number already
+/// logged is a [`StoreError::Conflict`]) and answers each session's
 /// highest sequence number in the batch, for the caller to store as its `last_seq` (with the
 /// session's other writes, see [`super::sessions::write_turns`]). A session's consecutive
 /// events go in runs of up to [`MAX_RUN_EVENTS`] a row. Prunes a session's log beyond
@@ -56,23 +58,41 @@ pub fn insert_batch(
             .or_default()
             .push(r);
     }
-    let runs: Vec<LogRun> = by_session.values().flat_map(|evs| runs(evs)).collect();
-    match c {
-        // One multi-row INSERT per chunk saves PostgreSQL a round trip per row.
+    let mut all: Vec<LogRun> = Vec::new();
+    for ((_, session), evs) in &by_session {
+        if evs.windows(2).any(|w| w[1].seq <= w[0].seq) {
+            return Err(StoreError::Conflict(format!(
+                "session {session}: events to log are not in increasing sequence order"
+            )));
+        }
+        all.extend(runs(evs));
+    }
+    // A run is stored only if no stored run holds any of its numbers (the primary key sees only
+    // first numbers): a turn that lost its claim to another instance cannot log under numbers
+    // the other turn used. Its batch fails, and the retry isolates its entries.
+    let inserted = match c {
+        // One statement per chunk saves PostgreSQL a round trip per row.
         AnyConnection::Postgresql(pg) => {
-            for chunk in runs.chunks(200) {
-                diesel::insert_into(session_log::table)
-                    .values(chunk)
-                    .execute(pg)?;
+            let mut n = 0;
+            for chunk in all.chunks(200) {
+                n += insert_runs_pg(pg, chunk)?;
             }
+            n
         }
         // SQLite has no round trips: one cached prepared statement per row beats parsing a new
         // multi-row statement for every batch size.
         AnyConnection::Sqlite(lite) => {
-            for run in &runs {
-                Cached(InsertRun(run)).execute(lite)?;
+            let mut n = 0;
+            for run in &all {
+                n += Cached(InsertRun(run)).execute(lite)?;
             }
+            n
         }
+    };
+    if inserted != all.len() {
+        return Err(StoreError::Conflict(
+            "an event's sequence number is already in the log".into(),
+        ));
     }
     let mut highs = BTreeMap::new();
     for ((org, session), evs) in &by_session {
@@ -134,7 +154,8 @@ pub fn append(c: &mut Conn, ev: &SessionEvent, retention: u64) -> Result<(), Sto
     append_batch(c, &[ev], retention)
 }
 
-/// Up to `limit` events of the org's session with `seq > after`, in order.
+/// Up to `limit` events of the org's session with `seq > after`, in order. Fewer only at the
+/// log's end: a gap in the numbers (a batch that was not logged) is stepped over.
 pub fn list_after(
     c: &mut Conn,
     org_id: &str,
@@ -143,30 +164,70 @@ pub fn list_after(
     limit: i64,
 ) -> Result<Vec<SessionEvent>, StoreError> {
     let limit = limit.max(0);
-    // The row holding `after + 1` starts at most MAX_RUN_EVENTS - 1 before it.
-    let rows: Vec<LogRun> = session_log::table
-        .filter(session_log::org_id.eq(org_id))
-        .filter(session_log::session_id.eq(session_id))
-        .filter(session_log::seq.gt(after.saturating_sub(MAX_RUN_EVENTS)))
-        .filter(session_log::last_seq.gt(after))
-        .order(session_log::seq.asc())
-        .limit(limit)
-        .select(LogRun::as_select())
-        .load(c)?;
     let mut out = Vec::new();
-    for row in rows {
-        for e in events_of(row) {
-            if e.seq > after && (out.len() as i64) < limit {
-                out.push(e);
-            }
+    let mut from = after;
+    while (out.len() as i64) < limit {
+        // Without gaps the next `need` events are those numbered up to `from + need`: the rows
+        // that hold them start at most MAX_RUN_EVENTS - 1 before `from + 1`.
+        let need = limit - out.len() as i64;
+        let to = from.saturating_add(need);
+        let rows: Vec<LogRun> = session_log::table
+            .filter(session_log::org_id.eq(org_id))
+            .filter(session_log::session_id.eq(session_id))
+            .filter(session_log::seq.gt(from.saturating_sub(MAX_RUN_EVENTS)))
+            .filter(session_log::seq.le(to))
+            .filter(session_log::last_seq.gt(from))
+            .order(session_log::seq.asc())
+            .select(LogRun::as_select())
+            .load(c)?;
+        for row in &rows {
+            out.extend(events_in(row, from, limit - out.len() as i64));
+        }
+        if out.len() as i64 >= limit {
+            break;
+        }
+        // Every event numbered up to `to` is read: go on from the next stored run (past a gap),
+        // if there is one.
+        let next: Option<i64> = session_log::table
+            .filter(session_log::org_id.eq(org_id))
+            .filter(session_log::session_id.eq(session_id))
+            .filter(session_log::seq.gt(to))
+            .select(diesel::dsl::min(session_log::seq))
+            .first(c)?;
+        match next {
+            Some(n) => from = n - 1,
+            None => break,
         }
     }
     Ok(out)
 }
 
-/// The events a row holds. A row whose lines do not match its numbers (it was not written
-/// here) is skipped with a warning: replay reports the hole as a gap.
+/// Up to `max` events of `row` numbered after `after` (the type read only for those).
+fn events_in(row: &LogRun, after: i64, max: i64) -> Vec<SessionEvent> {
+    let Some(lines) = lines_of(row) else {
+        return Vec::new();
+    };
+    lines
+        .into_iter()
+        .zip(row.seq..)
+        .filter(|(_, seq)| *seq > after)
+        .take(max.max(0) as usize)
+        .map(|(line, seq)| event(row, seq, line))
+        .collect()
+}
+
+/// The events a row holds.
 pub(crate) fn events_of(row: LogRun) -> Vec<SessionEvent> {
+    events_in(
+        &row,
+        i64::MIN,
+        MAX_RUN_EVENTS.max(row.last_seq - row.seq + 1),
+    )
+}
+
+/// A row's envelopes, one per number. A row whose lines do not match its numbers (it was not
+/// written here) is skipped with a warning; replay steps over the hole.
+fn lines_of(row: &LogRun) -> Option<Vec<&str>> {
     let lines: Vec<&str> = if row.seq == row.last_seq {
         vec![row.payload.as_str()]
     } else {
@@ -175,20 +236,20 @@ pub(crate) fn events_of(row: LogRun) -> Vec<SessionEvent> {
     if lines.len() as i64 != row.last_seq - row.seq + 1 {
         tracing::warn!(session = %row.session_id, seq = row.seq, last_seq = row.last_seq,
             lines = lines.len(), "a log row's events do not match its sequence numbers; skipped");
-        return Vec::new();
+        return None;
     }
-    lines
-        .into_iter()
-        .zip(row.seq..)
-        .map(|(line, seq)| SessionEvent {
-            session_id: row.session_id.clone(),
-            org_id: row.org_id.clone(),
-            seq,
-            event_type: type_of(line),
-            payload: line.to_string(),
-            created_at: row.created_at,
-        })
-        .collect()
+    Some(lines)
+}
+
+fn event(row: &LogRun, seq: i64, line: &str) -> SessionEvent {
+    SessionEvent {
+        session_id: row.session_id.clone(),
+        org_id: row.org_id.clone(),
+        seq,
+        event_type: type_of(line),
+        payload: line.to_string(),
+        created_at: row.created_at,
+    }
 }
 
 /// An envelope's `type` (empty if it has none).
@@ -221,7 +282,8 @@ pub(crate) fn events_like(
     Ok(rows.into_iter().flat_map(events_of).collect())
 }
 
-/// `INSERT` of one run on SQLite (see [`super::cached`]).
+/// `INSERT` of one run on SQLite unless a stored run holds one of its numbers (see
+/// [`super::cached`]); answers 1 or 0 rows.
 struct InsertRun<'a>(&'a LogRun);
 
 impl Fixed for InsertRun<'_> {
@@ -231,13 +293,42 @@ impl Fixed for InsertRun<'_> {
         let r = self.0;
         out.push_sql(
             "INSERT INTO session_log \
-             (session_id, seq, last_seq, org_id, payload, created_at) VALUES (",
+             (session_id, seq, last_seq, org_id, payload, created_at) SELECT ",
         );
         bind_list!(out; Text => &r.session_id, BigInt => &r.seq, BigInt => &r.last_seq,
             Text => &r.org_id, Text => &r.payload, Timestamp => &r.created_at);
+        out.push_sql(" WHERE NOT EXISTS (SELECT 1 FROM session_log WHERE session_id = ");
+        out.push_bind_param::<Text, _>(&r.session_id)?;
+        out.push_sql(" AND seq > ");
+        out.push_bind_param::<BigInt, _>(&r.seq)?;
+        out.push_sql(&format!(" - {MAX_RUN_EVENTS} AND seq <= "));
+        out.push_bind_param::<BigInt, _>(&r.last_seq)?;
+        out.push_sql(" AND last_seq >= ");
+        out.push_bind_param::<BigInt, _>(&r.seq)?;
         out.push_sql(")");
         Ok(())
     }
+}
+
+/// The PostgreSQL form of [`InsertRun`] for many runs in one statement; answers the rows stored.
+fn insert_runs_pg(pg: &mut diesel::PgConnection, runs: &[LogRun]) -> Result<usize, StoreError> {
+    use diesel::sql_types::{Array, BigInt, Text, Timestamp};
+    let col = |f: fn(&LogRun) -> &str| runs.iter().map(f).collect::<Vec<_>>();
+    Ok(diesel::sql_query(format!(
+        "INSERT INTO session_log (session_id, seq, last_seq, org_id, payload, created_at) \
+         SELECT v.session_id, v.seq, v.last_seq, v.org_id, v.payload, v.created_at \
+         FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
+                     $6::timestamp[]) AS v(session_id, seq, last_seq, org_id, payload, created_at) \
+         WHERE NOT EXISTS (SELECT 1 FROM session_log l WHERE l.session_id = v.session_id \
+           AND l.seq > v.seq - {MAX_RUN_EVENTS} AND l.seq <= v.last_seq AND l.last_seq >= v.seq)"
+    ))
+    .bind::<Array<Text>, _>(col(|r| &r.session_id))
+    .bind::<Array<BigInt>, _>(runs.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(runs.iter().map(|r| r.last_seq).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(col(|r| &r.org_id))
+    .bind::<Array<Text>, _>(col(|r| &r.payload))
+    .bind::<Array<Timestamp>, _>(runs.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(pg)?)
 }
 
 #[cfg(test)]

@@ -82,7 +82,8 @@ pub struct Session {
     pub updated_at: NaiveDateTime,
 }
 
-/// One logged event of a session (stored in runs, see [`LogRun`]).
+/// One logged event of a session (stored in runs, see [`LogRun`]). Written, its `event_type` is
+/// not stored (the envelope has it); read back, it is the envelope's `type`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionEvent {
     pub session_id: String,
@@ -99,11 +100,13 @@ pub struct SessionEvent {
 #[derive(Clone, Debug, Queryable, Selectable, Insertable, PartialEq)]
 #[diesel(table_name = session_log)]
 pub struct LogRun {
+    /// The session.
     pub session_id: String,
     /// The first event's sequence number.
     pub seq: i64,
     /// The last event's; the run holds every number between.
     pub last_seq: i64,
+    /// The session's org.
     pub org_id: String,
     /// The events' envelopes, one line of JSON each, in sequence order.
     pub payload: String,

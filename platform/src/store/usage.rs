@@ -16,7 +16,8 @@ pub struct UsageRecord {
     pub id: String,
     /// Owner.
     pub org_id: String,
-    /// Idempotency key, unique per org (`<session>:<seq of done>:<source>`).
+    /// Idempotency key, unique per org; a turn's is `<time>:<session>:<seq of done>:<source>`
+    /// (`<time>`: 8 base62 characters of the millisecond the turn ended, so keys sort by time).
     pub client_event_id: String,
     /// The project.
     pub project_id: String,

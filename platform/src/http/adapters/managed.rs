@@ -148,7 +148,7 @@ async fn follow(
 ) {
     let mut mapper = Mapper::default();
     while let Some(f) = sub.next(&runtime).await {
-        let ev = TurnEvent::from_parts(&f.event_type, &f.data);
+        let ev = TurnEvent::from_parts(&f.event_type, f.data());
         if ev != TurnEvent::Other {
             let r = log
                 .append(&org, &session, |next| mapper.on(&session, &ev, next))

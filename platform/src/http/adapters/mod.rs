@@ -183,7 +183,7 @@ pub(crate) trait Translate: 'static {
 async fn drain<T: Translate>(mut sub: Subscription, runtime: &Runtime, t: &mut T) {
     t.start();
     while let Some(f) = sub.next(runtime).await {
-        t.on(&TurnEvent::from_parts(&f.event_type, &f.data));
+        t.on(&TurnEvent::from_parts(&f.event_type, f.data()));
         if f.event_type == "done" {
             t.finish().await;
             break;
@@ -229,7 +229,7 @@ fn stream<T: Translate>(app: &App, sub: Subscription, mut t: T) -> HttpResponse 
                         st.ended = true;
                         continue;
                     };
-                    let frames = st.t.on(&TurnEvent::from_parts(&f.event_type, &f.data));
+                    let frames = st.t.on(&TurnEvent::from_parts(&f.event_type, f.data()));
                     if f.event_type == "done" {
                         st.t.finish().await;
                         st.ended = true;

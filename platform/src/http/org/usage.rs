@@ -38,7 +38,8 @@ pub struct RecordsQuery {
 pub struct UsageRecordDto {
     /// `use_...`
     id: String,
-    /// `<session>:<seq of done>:<source>`, unique per org.
+    /// `<time>:<session>:<seq of done>:<source>`, unique per org (`<time>`: 8 characters that
+    /// sort by the millisecond the turn ended).
     client_event_id: String,
     /// The project.
     project_id: String,
