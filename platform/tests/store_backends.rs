@@ -558,6 +558,62 @@ fn the_log_stores_runs_of_events_and_reads_any_page_of_them_whole() {
 }
 
 #[test]
+fn two_writers_logging_the_same_numbers_at_once_store_them_once() {
+    // As two instances' writers would after one lost its claim: the second waits for the first
+    // one's lock on the session, then finds the numbers taken.
+    for b in backends() {
+        let s = b.store.clone();
+        let (org, prj) = acme_bot(&s);
+        let row = session_row(&org, &prj);
+        s.write(|c| sessions::insert(c, &row)).unwrap();
+        let batch = |from: i64, to: i64| -> Vec<models::SessionEvent> {
+            (from..=to)
+                .map(|seq| models::SessionEvent {
+                    session_id: row.id.clone(),
+                    org_id: org.clone(),
+                    seq,
+                    event_type: "text".into(),
+                    payload: format!(r#"{{"type":"text","seq":{seq},"from":{from}}}"#),
+                    created_at: store::now(),
+                })
+                .collect()
+        };
+        let write = |s: Store, evs: Vec<models::SessionEvent>, hold: u64| {
+            let (org, id) = (org.clone(), row.id.clone());
+            std::thread::spawn(move || {
+                s.write(|c| {
+                    sessions::lock_for_log(c, &[(org.as_str(), id.as_str())], &[])?;
+                    let refs: Vec<&models::SessionEvent> = evs.iter().collect();
+                    events::insert_batch(c, &refs, 10_000)?;
+                    std::thread::sleep(std::time::Duration::from_millis(hold));
+                    Ok(())
+                })
+            })
+        };
+        let first = write(s.clone(), batch(1, 20), 400);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let second = write(s.clone(), batch(11, 30), 0);
+        let (a, b2) = (first.join().unwrap(), second.join().unwrap());
+        assert!(a.is_ok(), "{}: {a:?}", b.label);
+        assert!(
+            matches!(b2, Err(StoreError::Conflict(_))),
+            "{}: {b2:?}",
+            b.label
+        );
+        let logged = s
+            .read(|c| events::list_after(c, &org, &row.id, 0, 100))
+            .unwrap();
+        assert_eq!(
+            logged.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>(),
+            "{}",
+            b.label
+        );
+        assert!(logged.iter().all(|e| e.payload.ends_with(r#""from":1}"#)));
+    }
+}
+
+#[test]
 fn api_keys_verify_only_with_the_exact_key() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -290,31 +290,38 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
             SessionOp::Usage(u) => usage.push(&**u),
         }
     }
+    // Sessions are locked (and openings' participants read) before the events go in: see
+    // `sessions::lock_for_log`.
+    let logged = sorted_keys(
+        rows.iter()
+            .map(|r| (r.org_id.as_str(), r.session_id.as_str())),
+    );
+    let keys = sorted_keys(
+        openings
+            .iter()
+            .map(|o| (o.org_id.as_str(), o.session_id.as_str())),
+    );
+    let mut lists = if logged.is_empty() && keys.is_empty() {
+        Default::default()
+    } else {
+        sessions::lock_for_log(c, &logged, &keys)?
+    };
     let mut writes: BTreeMap<(String, String), TurnWrite> = events::insert_batch(c, &rows, keep)?
         .into_iter()
         .map(|(k, high)| (k, TurnWrite::logged_to(high)))
         .collect();
-    if !openings.is_empty() {
-        let mut keys: Vec<(&str, &str)> = openings
-            .iter()
-            .map(|o| (o.org_id.as_str(), o.session_id.as_str()))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut lists = sessions::participants_for_update_many(c, &keys)?;
-        // In queue order: two turns of one session in a batch count twice.
-        for o in openings {
-            let key = (o.org_id.clone(), o.session_id.clone());
-            let Some(list) = lists.get_mut(&key) else {
-                tracing::warn!(session = %o.session_id, "a turn's session is gone; its opening is not saved");
-                continue;
-            };
-            *list = super::sessions::count_participant_turn(list, &o.name, &o.kind, o.at);
-            let w = writes.entry(key).or_default();
-            w.participants = Some(list.clone());
-            if let Some(agent) = &o.agent {
-                w.current_agent = Some(agent.clone());
-            }
+    // In queue order: two turns of one session in a batch count twice.
+    for o in openings {
+        let key = (o.org_id.clone(), o.session_id.clone());
+        let Some(list) = lists.get_mut(&key) else {
+            tracing::warn!(session = %o.session_id, "a turn's session is gone; its opening is not saved");
+            continue;
+        };
+        *list = super::sessions::count_participant_turn(list, &o.name, &o.kind, o.at);
+        let w = writes.entry(key).or_default();
+        w.participants = Some(list.clone());
+        if let Some(agent) = &o.agent {
+            w.current_agent = Some(agent.clone());
         }
     }
     for (key, owner) in releases {
@@ -325,6 +332,14 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
         super::meter::store_batch(c, &usage)?;
     }
     Ok(())
+}
+
+/// (org, session) pairs, sorted, each once.
+fn sorted_keys<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(&'a str, &'a str)> {
+    let mut keys: Vec<_> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 fn count(e: &Entry) -> usize {

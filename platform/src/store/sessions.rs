@@ -409,6 +409,30 @@ impl super::cached::Fixed for WriteTurn<'_> {
     }
 }
 
+/// Locks the sessions a replay-log batch writes and answers the participants of those in
+/// `openings` (see [`participants_for_update_many`]). On PostgreSQL every session the batch logs
+/// events for is locked too, before its events are inserted: another instance's writer then
+/// waits, so the check that a sequence number is not logged yet (`events::insert_batch`) sees
+/// its commit. SQLite's writer holds the database's write lock already.
+pub fn lock_for_log(
+    c: &mut Conn,
+    logged: &[(&str, &str)],
+    openings: &[(&str, &str)],
+) -> Result<std::collections::HashMap<(String, String), String>, StoreError> {
+    if matches!(c, super::AnyConnection::Sqlite(_)) {
+        return participants_for_update_many(c, openings);
+    }
+    let mut keys: Vec<(&str, &str)> = logged.iter().chain(openings).copied().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut lists = participants_for_update_many(c, &keys)?;
+    lists.retain(|(org, id), _| openings.iter().any(|k| k.0 == org && k.1 == id));
+    Ok(lists)
+}
+
 /// The participants of these (org, session) pairs, locked until the transaction ends (see
 /// [`participants_for_update`]); a session that is gone is left out.
 pub fn participants_for_update_many(

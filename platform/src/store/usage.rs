@@ -17,7 +17,8 @@ pub struct UsageRecord {
     /// Owner.
     pub org_id: String,
     /// Idempotency key, unique per org; a turn's is `<time>:<session>:<seq of done>:<source>`
-    /// (`<time>`: 8 base62 characters of the millisecond the turn ended, so keys sort by time).
+    /// (`<time>`: 8 base62 characters of the millisecond the turn ended, so keys sort
+    /// byte-wise by time).
     pub client_event_id: String,
     /// The project.
     pub project_id: String,

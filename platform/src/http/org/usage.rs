@@ -39,7 +39,7 @@ pub struct UsageRecordDto {
     /// `use_...`
     id: String,
     /// `<time>:<session>:<seq of done>:<source>`, unique per org (`<time>`: 8 characters that
-    /// sort by the millisecond the turn ended).
+    /// sort byte-wise by the millisecond the turn ended).
     client_event_id: String,
     /// The project.
     project_id: String,
