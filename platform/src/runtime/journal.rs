@@ -301,11 +301,7 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
             .iter()
             .map(|o| (o.org_id.as_str(), o.session_id.as_str())),
     );
-    let mut lists = if logged.is_empty() && keys.is_empty() {
-        Default::default()
-    } else {
-        sessions::lock_for_log(c, &logged, &keys)?
-    };
+    let mut lists = sessions::lock_for_log(c, &logged, &keys)?;
     let mut writes: BTreeMap<(String, String), TurnWrite> = events::insert_batch(c, &rows, keep)?
         .into_iter()
         .map(|(k, high)| (k, TurnWrite::logged_to(high)))

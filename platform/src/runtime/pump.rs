@@ -315,7 +315,6 @@ impl Runtime {
         let flush_timer = tokio::time::sleep_until(deadline);
         let deadline_timer = tokio::time::sleep_until(deadline);
         tokio::pin!(flush_timer, deadline_timer);
-        let (mut flush_armed, mut deadline_armed) = (None, deadline);
         loop {
             if run.len() >= MAX_RUN {
                 self.flush(&mut run, &mut opening).await;
@@ -327,12 +326,10 @@ impl Runtime {
             } else if flush_at.is_none() {
                 flush_at = Some(Instant::now() + RUN_LINGER);
             }
-            if flush_at.is_some() && flush_armed != flush_at {
-                flush_armed = flush_at;
-                flush_timer.as_mut().reset(flush_at.unwrap_or(deadline));
+            if let Some(at) = flush_at.filter(|at| *at != flush_timer.deadline()) {
+                flush_timer.as_mut().reset(at);
             }
-            if deadline_armed != deadline {
-                deadline_armed = deadline;
+            if deadline_timer.deadline() != deadline {
                 deadline_timer.as_mut().reset(deadline);
             }
             // Biased: what the host queued (an expired prompt's notice) goes out before the

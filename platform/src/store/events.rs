@@ -98,8 +98,11 @@ pub fn insert_batch(
     }
     let mut highs = BTreeMap::new();
     for ((org, session), evs) in &by_session {
-        let low = evs.iter().map(|e| e.seq).min().unwrap_or_default();
-        let high = evs.iter().map(|e| e.seq).max().unwrap_or_default();
+        // Increasing (checked above): the first is the lowest, the last the highest.
+        let (low, high) = match (evs.first(), evs.last()) {
+            (Some(first), Some(last)) => (first.seq, last.seq),
+            _ => continue,
+        };
         let keep_from = high - retention as i64;
         if keep_from > 0 && high / 100 != (low - 1) / 100 {
             diesel::delete(
