@@ -1109,7 +1109,10 @@ fn usage_row(org: &str, prj: &str, event: &str, model: &str, input: i64) -> usag
         cache_write_tokens: 0,
         reasoning_tokens: 0,
         cost_micro_cents: 10,
-        created_at: store::now(),
+        // A fixed time: a roll-up's day must not change under a test that runs at midnight.
+        created_at: chrono::NaiveDate::from_ymd_opt(2026, 12, 1)
+            .and_then(|d| d.and_hms_opt(12, 0, 0))
+            .expect("date"),
         billed: true,
         price_input: None,
         price_output: None,
@@ -1164,6 +1167,170 @@ fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
             4,
             "{label}"
         );
+    }
+}
+
+#[test]
+fn usage_stored_and_rolled_up_in_one_call_counts_each_new_billed_record_once() {
+    for bk in backends() {
+        let (s, label) = (&bk.store, bk.label);
+        let (org, prj, _, _) = two_sessions(s);
+        // Every column its own value, so a column bound in another's place shows.
+        let r1 = usage::UsageRecord {
+            session_id: "sess_one".into(),
+            turn_seq: 7,
+            driver: "claude-code".into(),
+            provider: Some("anthropic".into()),
+            byok: true,
+            status: "failed".into(),
+            source: "gateway".into(),
+            cache_read_tokens: 3,
+            cache_write_tokens: 4,
+            reasoning_tokens: 5,
+            price_input: Some(11),
+            price_output: Some(12),
+            price_cache_read: Some(13),
+            price_cache_write: Some(14),
+            ..usage_row(&org, &prj, "t:1", "m1", 10)
+        };
+        let r2 = usage_row(&org, &prj, "t:2", "m1", 20);
+        let twin = usage::UsageRecord {
+            id: store::new_id("use"),
+            input_tokens: 1000,
+            ..r1.clone()
+        };
+        // Not billed (the gateway's record counts instead): stored, not rolled up.
+        let unbilled = usage::UsageRecord {
+            billed: false,
+            ..usage_row(&org, &prj, "t:3", "m2", 40)
+        };
+        // No model, an API key: its own roll-up row, keyed '' and the key.
+        let keyed = usage::UsageRecord {
+            model: None,
+            api_key_id: Some("key_1".into()),
+            ..usage_row(&org, &prj, "t:4", "m1", 5)
+        };
+        let new = s
+            .write(|c| usage::insert_counted(c, &[&r1, &r2, &twin, &unbilled, &keyed]))
+            .unwrap();
+        assert_eq!(new, vec![true, true, false, true, true], "{label}");
+        let stored = s.read(|c| usage::records(c, &org, None, 100)).unwrap();
+        let one = stored
+            .iter()
+            .find(|r| r.client_event_id == "t:1")
+            .expect(label);
+        assert_eq!(one, &r1, "{label}");
+        // Enough calls for PostgreSQL to settle on a plan for the prepared statement; repeats
+        // of stored keys add nothing.
+        for i in 0..8 {
+            let r = usage_row(&org, &prj, &format!("t:more:{i}"), "m1", 1);
+            let again = usage::UsageRecord {
+                id: store::new_id("use"),
+                ..r2.clone()
+            };
+            let new = s
+                .write(|c| usage::insert_counted(c, &[&again, &r]))
+                .unwrap();
+            assert_eq!(new, vec![false, true], "{label} call {i}");
+        }
+        let day = r1.created_at.date().format("%Y-%m-%d").to_string();
+        let rows = s.read(|c| usage::daily(c, &org, None, &day, &day)).unwrap();
+        let got: Vec<(&str, &str, i64, i64, i64)> = rows
+            .iter()
+            .map(|d| {
+                (
+                    d.model.as_str(),
+                    d.api_key_id.as_str(),
+                    d.turns,
+                    d.input_tokens,
+                    d.cost_micro_cents,
+                )
+            })
+            .collect();
+        let mut want = vec![("", "key_1", 1, 5, 10), ("m1", "", 10, 38, 100)];
+        assert!(rows.iter().all(|d| d.project_id == prj), "{label}");
+        assert_eq!(
+            rows.iter()
+                .map(|d| d.cache_read_tokens + d.reasoning_tokens)
+                .sum::<i64>(),
+            8,
+            "{label}"
+        );
+        let mut got = got;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{label}");
+        assert_eq!(
+            s.read(|c| usage::records(c, &org, None, 100))
+                .unwrap()
+                .len(),
+            12,
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn a_claim_answers_the_session_and_its_project_and_refuses_a_second_owner() {
+    for bk in backends() {
+        let (s, label) = (&bk.store, bk.label);
+        let (org, prj, a, _) = two_sessions(s);
+        let now = store::now();
+        let until = now + chrono::Duration::seconds(60);
+        let claim = |owner: &'static str, id: String| {
+            let org = org.clone();
+            s.write(move |c| sessions::acquire_turn_with_project(c, &org, &id, owner, now, until))
+                .unwrap()
+        };
+        // Several times: PostgreSQL prepares the statement once per connection.
+        for _ in 0..7 {
+            let (got, project) = claim("inst-1", a.id.clone()).expect(label);
+            let stored = s.read(|c| sessions::get(c, &org, &a.id)).unwrap();
+            assert_eq!(got, stored, "{label}");
+            let project = project.expect(label);
+            assert_eq!(
+                (project.id.as_str(), project.org_id.as_str()),
+                (prj.as_str(), org.as_str()),
+                "{label}"
+            );
+        }
+        assert!(
+            claim("inst-2", a.id.clone()).is_none(),
+            "{label}: another owner's claim"
+        );
+        assert!(
+            claim("inst-1", "sess_missing".into()).is_none(),
+            "{label}: no such session"
+        );
+        let other_org = s
+            .write(|c| {
+                sessions::acquire_turn_with_project(c, "org_other", &a.id, "inst-1", now, until)
+            })
+            .unwrap();
+        assert!(other_org.is_none(), "{label}: another org's session");
+        if label == "postgres" {
+            // Prepared statements are planned on every run (see `PG_SESSION`), on every kind
+            // of connection.
+            let mode = |c: &mut AnyConnection| -> Result<String, StoreError> {
+                Ok(
+                    diesel::sql_query("SELECT current_setting('plan_cache_mode') AS v")
+                        .get_result::<Setting>(c)?
+                        .v,
+                )
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let claims = rt.block_on(s.claim_async(mode)).unwrap();
+            assert_eq!(
+                (s.read(mode).unwrap(), s.write(mode).unwrap(), claims),
+                (
+                    "force_custom_plan".into(),
+                    "force_custom_plan".into(),
+                    "force_custom_plan".into()
+                )
+            );
+        }
     }
 }
 

@@ -370,22 +370,15 @@ pub(crate) fn turn_usage(
 /// one roll-up write per row), the thresholds those crossed, and the turns' webhook events.
 pub(crate) fn store_batch(c: &mut Conn, turns: &[&TurnUsage]) -> Result<(), StoreError> {
     let records: Vec<&UsageRecord> = turns.iter().flat_map(|t| t.records.iter()).collect();
-    let inserted = crate::store::usage::insert_new(c, &records)?;
+    let inserted = crate::store::usage::insert_counted(c, &records)?;
     let mut new = inserted.iter().copied();
-    // (record, its turn's scopes) for the billed records just stored.
-    let mut billed: Vec<(&UsageRecord, &[Scope])> = Vec::new();
+    // The billed records just stored (and added to the roll-up) whose turn has budgeted
+    // scopes: their thresholds are checked against the new totals.
     for t in turns {
         for r in &t.records {
-            if new.next().unwrap_or(false) && r.billed {
-                billed.push((r, &t.scopes));
+            if new.next().unwrap_or(false) && r.billed && !t.scopes.is_empty() {
+                thresholds(c, r, &t.scopes)?;
             }
-        }
-    }
-    let rows: Vec<&UsageRecord> = billed.iter().map(|(r, _)| *r).collect();
-    crate::store::usage::add_daily(c, &rows)?;
-    for (r, scopes) in billed {
-        if !scopes.is_empty() {
-            thresholds(c, r, scopes)?;
         }
     }
     for t in turns {

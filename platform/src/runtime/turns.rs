@@ -519,20 +519,22 @@ impl Runtime {
             return Ok((None, s, p));
         }
         let owner = self.instance_id.clone();
-        // No transaction: the claim is one statement that also answers the session, and the
-        // project is read after it (two round trips instead of six with BEGIN, SET and COMMIT).
+        // No transaction: the claim is one statement that also answers the session and its
+        // project (one round trip instead of six with BEGIN, SET and COMMIT).
         // Its commit skips the WAL flush (see `Store::claim_async` for what a crash can lose).
         let claimed = self
             .store
             .claim_async(move |c| {
                 let now = store::now();
-                match sessions::acquire_turn_returning(c, &org, &id, &owner, now, now + LEASE)? {
-                    Some(s) => {
-                        let project = if sc.as_deref().is_some_and(|p| p != s.project_id) {
+                match sessions::acquire_turn_with_project(c, &org, &id, &owner, now, now + LEASE)? {
+                    Some((s, p)) => {
+                        let project = match p {
                             // Another project's session.
-                            Err(StoreError::NotFound)
-                        } else {
-                            store::projects::get(c, &org, &s.project_id)
+                            _ if sc.as_deref().is_some_and(|p| p != s.project_id) => {
+                                Err(StoreError::NotFound)
+                            }
+                            Some(p) => Ok(p),
+                            None => Err(StoreError::NotFound),
                         };
                         match project {
                             Ok(p) => Ok(Some((s, p))),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use serde::Deserialize;
 
-use super::cached::{bind_list, Cached, Fixed};
+use super::cached::{bind_list, cached, cached_pg, Fixed};
 use super::models::{LogRun, SessionEvent};
 use super::schema::session_log;
 use super::{AnyConnection, Conn, StoreError};
@@ -20,7 +20,10 @@ use super::{AnyConnection, Conn, StoreError};
 /// row that holds a sequence number from the index alone, so it may grow but never shrink (rows
 /// longer than a smaller cap would be missed).
 pub const MAX_RUN_EVENTS: i64 = 64;
-const _: () = assert!(MAX_RUN_EVENTS == 64, "InsertRun spells the cap out");
+const _: () = assert!(
+    MAX_RUN_EVENTS == 64,
+    "InsertRun and InsertRunsPg spell the cap out"
+);
 
 /// Appends events (any sessions, each session's in increasing sequence order; a number already
 /// logged is a [`StoreError::Conflict`]) and advances each session's `last_seq`; prunes a
@@ -86,7 +89,7 @@ pub fn insert_batch(
         AnyConnection::Sqlite(lite) => {
             let mut n = 0;
             for run in &all {
-                n += Cached(InsertRun(run)).execute(lite)?;
+                n += cached(InsertRun(run)).execute(lite)?;
             }
             n
         }
@@ -314,23 +317,47 @@ impl Fixed for InsertRun<'_> {
 
 /// The PostgreSQL form of [`InsertRun`] for many runs in one statement; answers the rows stored.
 fn insert_runs_pg(pg: &mut diesel::PgConnection, runs: &[LogRun]) -> Result<usize, StoreError> {
-    use diesel::sql_types::{Array, BigInt, Text, Timestamp};
     let col = |f: fn(&LogRun) -> &str| runs.iter().map(f).collect::<Vec<_>>();
-    Ok(diesel::sql_query(format!(
-        "INSERT INTO session_log (session_id, seq, last_seq, org_id, payload, created_at) \
-         SELECT v.session_id, v.seq, v.last_seq, v.org_id, v.payload, v.created_at \
-         FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
-                     $6::timestamp[]) AS v(session_id, seq, last_seq, org_id, payload, created_at) \
-         WHERE NOT EXISTS (SELECT 1 FROM session_log l WHERE l.session_id = v.session_id \
-           AND l.seq > v.seq - {MAX_RUN_EVENTS} AND l.seq <= v.last_seq AND l.last_seq >= v.seq)"
-    ))
-    .bind::<Array<Text>, _>(col(|r| &r.session_id))
-    .bind::<Array<BigInt>, _>(runs.iter().map(|r| r.seq).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(runs.iter().map(|r| r.last_seq).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(col(|r| &r.org_id))
-    .bind::<Array<Text>, _>(col(|r| &r.payload))
-    .bind::<Array<Timestamp>, _>(runs.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    Ok(cached_pg(InsertRunsPg {
+        session_ids: col(|r| &r.session_id),
+        seqs: runs.iter().map(|r| r.seq).collect(),
+        last_seqs: runs.iter().map(|r| r.last_seq).collect(),
+        org_ids: col(|r| &r.org_id),
+        payloads: col(|r| &r.payload),
+        created_at: runs.iter().map(|r| r.created_at).collect(),
+    })
     .execute(pg)?)
+}
+
+/// [`insert_runs_pg`]'s statement, one array per column.
+struct InsertRunsPg<'a> {
+    session_ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    last_seqs: Vec<i64>,
+    org_ids: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+    created_at: Vec<chrono::NaiveDateTime>,
+}
+
+impl Fixed<diesel::pg::Pg> for InsertRunsPg<'_> {
+    type Key = InsertRunsPg<'static>;
+    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Text, Timestamp};
+        out.push_sql(
+            "INSERT INTO session_log (session_id, seq, last_seq, org_id, payload, created_at) \
+             SELECT v.session_id, v.seq, v.last_seq, v.org_id, v.payload, v.created_at FROM unnest(",
+        );
+        bind_list!(out; Array<Text> => &self.session_ids, Array<BigInt> => &self.seqs,
+            Array<BigInt> => &self.last_seqs, Array<Text> => &self.org_ids,
+            Array<Text> => &self.payloads, Array<Timestamp> => &self.created_at);
+        // MAX_RUN_EVENTS, written out (see the assertion).
+        out.push_sql(
+            ") AS v(session_id, seq, last_seq, org_id, payload, created_at) \
+             WHERE NOT EXISTS (SELECT 1 FROM session_log l WHERE l.session_id = v.session_id \
+             AND l.seq > v.seq - 64 AND l.seq <= v.last_seq AND l.last_seq >= v.seq)",
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

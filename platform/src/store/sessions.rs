@@ -224,6 +224,107 @@ pub fn acquire_turn_returning(
         .optional()?)
 }
 
+/// [`acquire_turn`] that answers the claimed session and its project (`None` when the project
+/// is gone; the claim is made all the same). On PostgreSQL one statement, prepared once per
+/// connection: the claim and both reads in one round trip. `None` when the claim is not
+/// `owner`'s or the session does not exist.
+pub fn acquire_turn_with_project(
+    c: &mut Conn,
+    org_id: &str,
+    id: &str,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> Result<Option<(Session, Option<Project>)>, StoreError> {
+    let super::AnyConnection::Postgresql(pg) = c else {
+        return match acquire_turn_returning(c, org_id, id, owner, now, until)? {
+            Some(s) => match super::projects::get(c, org_id, &s.project_id) {
+                Ok(p) => Ok(Some((s, Some(p)))),
+                Err(StoreError::NotFound) => Ok(Some((s, None))),
+                Err(e) => Err(e),
+            },
+            None => Ok(None),
+        };
+    };
+    Ok(super::cached::cached_pg(ClaimPg {
+        org_id,
+        id,
+        owner,
+        now,
+        until,
+    })
+    .get_result::<(Session, Option<Project>)>(pg)
+    .optional()?)
+}
+
+/// [`acquire_turn_with_project`]'s statement on PostgreSQL.
+struct ClaimPg<'a> {
+    org_id: &'a str,
+    id: &'a str,
+    owner: &'a str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+}
+
+impl super::cached::Fixed<diesel::pg::Pg> for ClaimPg<'_> {
+    type Key = ClaimPg<'static>;
+    fn walk<'b>(
+        &'b self,
+        mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Text, Timestamp};
+        // The select lists, as diesel prints them (so their order is the models' own).
+        static COLUMNS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let columns = COLUMNS.get_or_init(|| {
+            use diesel::query_builder::{QueryBuilder, QueryFragment};
+            let mut qb = diesel::pg::PgQueryBuilder::default();
+            Session::as_select()
+                .to_sql(&mut qb, &diesel::pg::Pg)
+                .and_then(|()| {
+                    qb.push_sql(", ");
+                    Project::as_select().to_sql(&mut qb, &diesel::pg::Pg)
+                })
+                .ok()
+                .map(|()| qb.finish())
+        });
+        // Column lists hold no values to fail on.
+        let Some(columns) = columns else {
+            return Err(diesel::result::Error::QueryBuilderError(
+                "cannot print the session and project columns".into(),
+            ));
+        };
+        out.push_sql("WITH sessions AS (UPDATE sessions SET turn_owner = ");
+        out.push_bind_param::<Text, _>(&self.owner)?;
+        out.push_sql(", turn_lease_until = ");
+        out.push_bind_param::<Timestamp, _>(&self.until)?;
+        out.push_sql(" WHERE org_id = ");
+        out.push_bind_param::<Text, _>(&self.org_id)?;
+        out.push_sql(" AND id = ");
+        out.push_bind_param::<Text, _>(&self.id)?;
+        out.push_sql(" AND (turn_owner IS NULL OR turn_owner = ");
+        out.push_bind_param::<Text, _>(&self.owner)?;
+        out.push_sql(" OR turn_lease_until < ");
+        out.push_bind_param::<Timestamp, _>(&self.now)?;
+        out.push_sql(") RETURNING *) SELECT ");
+        out.push_sql(columns);
+        out.push_sql(
+            " FROM sessions LEFT JOIN projects ON projects.id = sessions.project_id \
+             AND projects.org_id = sessions.org_id",
+        );
+        Ok(())
+    }
+}
+
+type SelectType<T> =
+    <<T as Selectable<diesel::pg::Pg>>::SelectExpression as diesel::Expression>::SqlType;
+
+impl super::cached::FixedQuery<diesel::pg::Pg> for ClaimPg<'_> {
+    type SqlType = (
+        SelectType<Session>,
+        diesel::sql_types::Nullable<SelectType<Project>>,
+    );
+}
+
 /// Extends `owner`'s claim; false when it is no longer `owner`'s.
 pub fn renew_turn(
     c: &mut Conn,
@@ -320,45 +421,29 @@ pub fn write_turns(
     writes: &std::collections::BTreeMap<(String, String), TurnWrite>,
     now: NaiveDateTime,
 ) -> Result<(), StoreError> {
-    use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
     if writes.is_empty() {
         return Ok(());
     }
     // Every SET expression reads the row as it was, so the claim's two columns agree.
     match c {
         super::AnyConnection::Postgresql(pg) => {
-            let col = |f: fn(&TurnWrite) -> Option<String>| -> Vec<Option<String>> {
+            let col = |f: fn(&TurnWrite) -> Option<&str>| -> Vec<Option<&str>> {
                 writes.values().map(f).collect()
             };
-            diesel::sql_query(
-                "UPDATE sessions SET \
-                 last_seq = GREATEST(sessions.last_seq, COALESCE(v.high, sessions.last_seq)), \
-                 participants = COALESCE(v.participants, sessions.participants), \
-                 current_agent = COALESCE(v.agent, sessions.current_agent), \
-                 updated_at = CASE WHEN v.participants IS NULL AND v.agent IS NULL \
-                   THEN sessions.updated_at ELSE $7 END, \
-                 turn_owner = CASE WHEN sessions.turn_owner = v.release \
-                   THEN NULL ELSE sessions.turn_owner END, \
-                 turn_lease_until = CASE WHEN sessions.turn_owner = v.release \
-                   THEN NULL ELSE sessions.turn_lease_until END \
-                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[]) \
-                   AS v(org_id, id, high, participants, agent, release) \
-                 WHERE sessions.org_id = v.org_id AND sessions.id = v.id",
-            )
-            .bind::<Array<Text>, _>(writes.keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(writes.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
-            .bind::<Array<Nullable<BigInt>>, _>(
-                writes.values().map(|w| w.last_seq).collect::<Vec<_>>(),
-            )
-            .bind::<Array<Nullable<Text>>, _>(col(|w| w.participants.clone()))
-            .bind::<Array<Nullable<Text>>, _>(col(|w| w.current_agent.clone()))
-            .bind::<Array<Nullable<Text>>, _>(col(|w| w.release.clone()))
-            .bind::<Timestamp, _>(now)
+            super::cached::cached_pg(WriteTurnsPg {
+                org_ids: writes.keys().map(|k| k.0.as_str()).collect(),
+                ids: writes.keys().map(|k| k.1.as_str()).collect(),
+                highs: writes.values().map(|w| w.last_seq).collect(),
+                participants: col(|w| w.participants.as_deref()),
+                agents: col(|w| w.current_agent.as_deref()),
+                releases: col(|w| w.release.as_deref()),
+                now,
+            })
             .execute(pg)?;
         }
         super::AnyConnection::Sqlite(lite) => {
             for ((org, id), w) in writes {
-                super::cached::Cached(WriteTurn {
+                super::cached::cached(WriteTurn {
                     org,
                     id,
                     w,
@@ -369,6 +454,52 @@ pub fn write_turns(
         }
     }
     Ok(())
+}
+
+/// [`write_turns`] on PostgreSQL: every session in one statement, one array per column.
+struct WriteTurnsPg<'a> {
+    org_ids: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    highs: Vec<Option<i64>>,
+    participants: Vec<Option<&'a str>>,
+    agents: Vec<Option<&'a str>>,
+    releases: Vec<Option<&'a str>>,
+    now: NaiveDateTime,
+}
+
+impl super::cached::Fixed<diesel::pg::Pg> for WriteTurnsPg<'_> {
+    type Key = WriteTurnsPg<'static>;
+    fn walk<'b>(
+        &'b self,
+        mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
+        out.push_sql(
+            "UPDATE sessions SET \
+             last_seq = GREATEST(sessions.last_seq, COALESCE(v.high, sessions.last_seq)), \
+             participants = COALESCE(v.participants, sessions.participants), \
+             current_agent = COALESCE(v.agent, sessions.current_agent), \
+             updated_at = CASE WHEN v.participants IS NULL AND v.agent IS NULL \
+               THEN sessions.updated_at ELSE ",
+        );
+        out.push_bind_param::<Timestamp, _>(&self.now)?;
+        out.push_sql(
+            " END, \
+             turn_owner = CASE WHEN sessions.turn_owner = v.release \
+               THEN NULL ELSE sessions.turn_owner END, \
+             turn_lease_until = CASE WHEN sessions.turn_owner = v.release \
+               THEN NULL ELSE sessions.turn_lease_until END \
+             FROM unnest(",
+        );
+        super::cached::bind_list!(out; Array<Text> => &self.org_ids, Array<Text> => &self.ids,
+            Array<Nullable<BigInt>> => &self.highs, Array<Nullable<Text>> => &self.participants,
+            Array<Nullable<Text>> => &self.agents, Array<Nullable<Text>> => &self.releases);
+        out.push_sql(
+            ") AS v(org_id, id, high, participants, agent, release) \
+             WHERE sessions.org_id = v.org_id AND sessions.id = v.id",
+        );
+        Ok(())
+    }
 }
 
 /// One session's [`TurnWrite`] on SQLite (see [`super::cached`]). Every SET expression reads

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::cached::{bind_list, Cached, Fixed};
+use super::cached::{bind_list, cached, cached_pg, Fixed};
 use super::schema::{usage_daily as ud, usage_records as ur};
 use super::{Conn, StoreError};
 
@@ -99,11 +99,40 @@ pub struct DailyUsage {
 /// Stores a record unless its `client_event_id` is already stored for the org, and adds an
 /// inserted billed one to its day's roll-up. Whether it was inserted. Run in a write transaction.
 pub fn record(c: &mut Conn, r: &UsageRecord) -> Result<bool, StoreError> {
-    let inserted = insert_new(c, &[r])?.first().copied().unwrap_or(false);
-    if inserted && r.billed {
-        add_daily(c, &[r])?;
+    Ok(insert_counted(c, &[r])?.first().copied().unwrap_or(false))
+}
+
+/// [`insert_new`], then [`add_daily`] of the billed records it inserted: whether each was
+/// inserted, in order. On PostgreSQL both are one statement (one round trip, prepared once per
+/// connection).
+pub fn insert_counted(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, StoreError> {
+    let super::AnyConnection::Postgresql(pg) = c else {
+        let inserted = insert_new(c, records)?;
+        let billed: Vec<&UsageRecord> = records
+            .iter()
+            .zip(&inserted)
+            .filter(|(r, new)| **new && r.billed)
+            .map(|(r, _)| *r)
+            .collect();
+        add_daily(c, &billed)?;
+        return Ok(inserted);
+    };
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(200) {
+        let stored = cached_pg(InsertCountedPg::new(chunk)).load::<(String, String)>(pg)?;
+        out.extend(which_stored(chunk, stored));
     }
-    Ok(inserted)
+    Ok(out)
+}
+
+/// Whether each record is among the (org, key) pairs an insert answered, in order. A pair is
+/// taken out when matched: of two records with one key, only the first is new.
+fn which_stored(records: &[&UsageRecord], stored: Vec<(String, String)>) -> Vec<bool> {
+    let mut stored: std::collections::HashSet<(String, String)> = stored.into_iter().collect();
+    records
+        .iter()
+        .map(|r| stored.remove(&(r.org_id.clone(), r.client_event_id.clone())))
+        .collect()
 }
 
 /// Stores the records whose `client_event_id` is not stored yet for their org (`UNIQUE (org_id,
@@ -114,28 +143,20 @@ pub fn insert_new(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, S
         super::AnyConnection::Postgresql(pg) => {
             let mut out = Vec::with_capacity(records.len());
             for chunk in records.chunks(200) {
-                let mut stored: std::collections::HashSet<(String, String)> =
-                    diesel::insert_into(ur::table)
-                        .values(chunk.to_vec())
-                        .on_conflict((ur::org_id, ur::client_event_id))
-                        .do_nothing()
-                        .returning((ur::org_id, ur::client_event_id))
-                        .load::<(String, String)>(pg)?
-                        .into_iter()
-                        .collect();
-                // Taken out when matched: of two records with one key, only the first is new.
-                out.extend(
-                    chunk
-                        .iter()
-                        .map(|r| stored.remove(&(r.org_id.clone(), r.client_event_id.clone()))),
-                );
+                let stored = diesel::insert_into(ur::table)
+                    .values(chunk.to_vec())
+                    .on_conflict((ur::org_id, ur::client_event_id))
+                    .do_nothing()
+                    .returning((ur::org_id, ur::client_event_id))
+                    .load::<(String, String)>(pg)?;
+                out.extend(which_stored(chunk, stored));
             }
             Ok(out)
         }
         super::AnyConnection::Sqlite(lite) => records
             .iter()
             .map(|r| {
-                let n = Cached(InsertRecord(r)).execute(lite)?;
+                let n = cached(InsertRecord(r)).execute(lite)?;
                 Ok(n > 0)
             })
             .collect(),
@@ -175,7 +196,7 @@ pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreErro
     }
     if let super::AnyConnection::Sqlite(lite) = c {
         for d in rows.values() {
-            Cached(AddDaily(d)).execute(lite)?;
+            cached(AddDaily(d)).execute(lite)?;
         }
         return Ok(());
     }
@@ -365,4 +386,131 @@ impl Fixed for AddDaily<'_> {
         );
         Ok(())
     }
+}
+
+/// [`insert_counted`] on PostgreSQL: the records go in from one array per column; those
+/// inserted and billed are summed per roll-up row and added to it in the same statement; it
+/// answers the (org, key) of each record inserted.
+struct InsertCountedPg<'a> {
+    ids: Vec<&'a str>,
+    org_ids: Vec<&'a str>,
+    client_event_ids: Vec<&'a str>,
+    project_ids: Vec<&'a str>,
+    session_ids: Vec<&'a str>,
+    turn_seqs: Vec<i64>,
+    api_key_ids: Vec<Option<&'a str>>,
+    drivers: Vec<&'a str>,
+    providers: Vec<Option<&'a str>>,
+    models: Vec<Option<&'a str>>,
+    byoks: Vec<bool>,
+    statuses: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    tokens: [Vec<i64>; 6],
+    created_at: Vec<chrono::NaiveDateTime>,
+    billed: Vec<bool>,
+    prices: [Vec<Option<i64>>; 4],
+}
+
+impl<'a> InsertCountedPg<'a> {
+    fn new(records: &[&'a UsageRecord]) -> Self {
+        fn col<'a, T>(rs: &[&'a UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
+            rs.iter().map(|r| f(r)).collect()
+        }
+        let rs = records;
+        Self {
+            ids: col(rs, |r| r.id.as_str()),
+            org_ids: col(rs, |r| r.org_id.as_str()),
+            client_event_ids: col(rs, |r| r.client_event_id.as_str()),
+            project_ids: col(rs, |r| r.project_id.as_str()),
+            session_ids: col(rs, |r| r.session_id.as_str()),
+            turn_seqs: col(rs, |r| r.turn_seq),
+            api_key_ids: col(rs, |r| r.api_key_id.as_deref()),
+            drivers: col(rs, |r| r.driver.as_str()),
+            providers: col(rs, |r| r.provider.as_deref()),
+            models: col(rs, |r| r.model.as_deref()),
+            byoks: col(rs, |r| r.byok),
+            statuses: col(rs, |r| r.status.as_str()),
+            sources: col(rs, |r| r.source.as_str()),
+            tokens: [
+                col(rs, |r| r.input_tokens),
+                col(rs, |r| r.output_tokens),
+                col(rs, |r| r.cache_read_tokens),
+                col(rs, |r| r.cache_write_tokens),
+                col(rs, |r| r.reasoning_tokens),
+                col(rs, |r| r.cost_micro_cents),
+            ],
+            created_at: col(rs, |r| r.created_at),
+            billed: col(rs, |r| r.billed),
+            prices: [
+                col(rs, |r| r.price_input),
+                col(rs, |r| r.price_output),
+                col(rs, |r| r.price_cache_read),
+                col(rs, |r| r.price_cache_write),
+            ],
+        }
+    }
+}
+
+impl Fixed<diesel::pg::Pg> for InsertCountedPg<'_> {
+    type Key = InsertCountedPg<'static>;
+    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
+        const COLUMNS: &str = "id, org_id, client_event_id, project_id, session_id, turn_seq, \
+             api_key_id, driver, provider, model, byok, status, source, input_tokens, \
+             output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, \
+             cost_micro_cents, created_at, billed, price_input, price_output, price_cache_read, \
+             price_cache_write";
+        out.push_sql("WITH ins AS (INSERT INTO usage_records (");
+        out.push_sql(COLUMNS);
+        out.push_sql(") SELECT * FROM unnest(");
+        let [input, output, cache_read, cache_write, reasoning, cost] = &self.tokens;
+        let [p_in, p_out, p_read, p_write] = &self.prices;
+        bind_list!(out;
+            Array<Text> => &self.ids, Array<Text> => &self.org_ids,
+            Array<Text> => &self.client_event_ids, Array<Text> => &self.project_ids,
+            Array<Text> => &self.session_ids, Array<BigInt> => &self.turn_seqs,
+            Array<Nullable<Text>> => &self.api_key_ids, Array<Text> => &self.drivers,
+            Array<Nullable<Text>> => &self.providers, Array<Nullable<Text>> => &self.models,
+            Array<Bool> => &self.byoks, Array<Text> => &self.statuses,
+            Array<Text> => &self.sources, Array<BigInt> => input, Array<BigInt> => output,
+            Array<BigInt> => cache_read, Array<BigInt> => cache_write,
+            Array<BigInt> => reasoning, Array<BigInt> => cost,
+            Array<Timestamp> => &self.created_at, Array<Bool> => &self.billed,
+            Array<Nullable<BigInt>> => p_in, Array<Nullable<BigInt>> => p_out,
+            Array<Nullable<BigInt>> => p_read, Array<Nullable<BigInt>> => p_write);
+        out.push_sql(") AS v(");
+        out.push_sql(COLUMNS);
+        // The roll-up's key and day as `add_daily` makes them; one row per key, so no row is
+        // updated twice by the one statement; in key order, as `add_daily` takes them, so two
+        // writers lock shared rows in the same order.
+        out.push_sql(
+            ") ON CONFLICT (org_id, client_event_id) DO NOTHING \
+             RETURNING org_id, client_event_id, project_id, api_key_id, model, created_at, \
+               billed, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
+               reasoning_tokens, cost_micro_cents), \
+             daily AS (INSERT INTO usage_daily (org_id, project_id, api_key_id, model, day, \
+               turns, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
+               reasoning_tokens, cost_micro_cents) \
+             SELECT org_id, project_id, COALESCE(api_key_id, ''), COALESCE(model, ''), \
+               to_char(created_at, 'YYYY-MM-DD'), count(*), sum(input_tokens)::int8, \
+               sum(output_tokens)::int8, sum(cache_read_tokens)::int8, \
+               sum(cache_write_tokens)::int8, sum(reasoning_tokens)::int8, \
+               sum(cost_micro_cents)::int8 \
+             FROM ins WHERE billed GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5 \
+             ON CONFLICT (org_id, project_id, api_key_id, model, day) DO UPDATE SET \
+               turns = usage_daily.turns + excluded.turns, \
+               input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
+               output_tokens = usage_daily.output_tokens + excluded.output_tokens, \
+               cache_read_tokens = usage_daily.cache_read_tokens + excluded.cache_read_tokens, \
+               cache_write_tokens = usage_daily.cache_write_tokens + excluded.cache_write_tokens, \
+               reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
+               cost_micro_cents = usage_daily.cost_micro_cents + excluded.cost_micro_cents) \
+             SELECT org_id, client_event_id FROM ins",
+        );
+        Ok(())
+    }
+}
+
+impl super::cached::FixedQuery<diesel::pg::Pg> for InsertCountedPg<'_> {
+    type SqlType = (diesel::sql_types::Text, diesel::sql_types::Text);
 }
