@@ -1308,6 +1308,25 @@ fn a_claim_answers_the_session_and_its_project_and_refuses_a_second_owner() {
             })
             .unwrap();
         assert!(other_org.is_none(), "{label}: another org's session");
+        // A session whose project is not its org's (the schema's key allows it): claimed, with
+        // no project, so the caller can give the claim back.
+        reconcile::apply(
+            s,
+            &config(
+                &[("acme", "Acme"), ("beta", "Beta")],
+                &[("acme", "bot"), ("beta", "bot")],
+            ),
+            &Actor::system("test"),
+        )
+        .unwrap();
+        let beta = s.read(|c| orgs::get_enabled_by_slug(c, "beta")).unwrap();
+        let beta_bot = s
+            .read(|c| projects::get_enabled(c, &beta.id, "bot"))
+            .unwrap();
+        let stray = session_row(&org, &beta_bot.id);
+        s.write(|c| sessions::insert(c, &stray)).unwrap();
+        let (got, project) = claim("inst-1", stray.id.clone()).expect(label);
+        assert_eq!((got.id, project), (stray.id.clone(), None), "{label}");
         if label == "postgres" {
             // Prepared statements are planned on every run (see `PG_SESSION`), on every kind
             // of connection.
