@@ -164,28 +164,6 @@ pub fn open_among(
     Ok(open)
 }
 
-/// The claim statement of [`acquire_turn`]: the session becomes `owner`'s until `until` unless
-/// another owner's lease is still running at `now`.
-macro_rules! claim {
-    ($org_id:expr, $id:expr, $owner:expr, $now:expr, $until:expr) => {
-        diesel::update(
-            sessions::table
-                .filter(sessions::org_id.eq($org_id))
-                .filter(sessions::id.eq($id))
-                .filter(
-                    sessions::turn_owner
-                        .is_null()
-                        .or(sessions::turn_owner.eq($owner))
-                        .or(sessions::turn_lease_until.lt($now)),
-                ),
-        )
-        .set((
-            sessions::turn_owner.eq($owner),
-            sessions::turn_lease_until.eq($until),
-        ))
-    };
-}
-
 /// Claims the org's session's turn for `owner` until `until`, unless another owner holds a
 /// lease that has not expired. True when the claim is `owner`'s.
 pub fn acquire_turn(
@@ -196,32 +174,26 @@ pub fn acquire_turn(
     now: NaiveDateTime,
     until: NaiveDateTime,
 ) -> Result<bool, StoreError> {
-    let n = claim!(org_id, id, owner, now, until).execute(c)?;
+    // The session becomes `owner`'s until `until` unless another owner's lease still runs at
+    // `now`. `ClaimPg` is the same statement on PostgreSQL, in text (diesel never keeps an
+    // `UPDATE` prepared).
+    let n = diesel::update(
+        sessions::table
+            .filter(sessions::org_id.eq(org_id))
+            .filter(sessions::id.eq(id))
+            .filter(
+                sessions::turn_owner
+                    .is_null()
+                    .or(sessions::turn_owner.eq(owner))
+                    .or(sessions::turn_lease_until.lt(now)),
+            ),
+    )
+    .set((
+        sessions::turn_owner.eq(owner),
+        sessions::turn_lease_until.eq(until),
+    ))
+    .execute(c)?;
     Ok(n == 1)
-}
-
-/// [`acquire_turn`] that answers the claimed session in the same statement (PostgreSQL's
-/// `RETURNING`: one round trip for the claim and the read); `None` when it is not `owner`'s or
-/// does not exist.
-pub fn acquire_turn_returning(
-    c: &mut Conn,
-    org_id: &str,
-    id: &str,
-    owner: &str,
-    now: NaiveDateTime,
-    until: NaiveDateTime,
-) -> Result<Option<Session>, StoreError> {
-    let super::AnyConnection::Postgresql(pg) = c else {
-        return if acquire_turn(c, org_id, id, owner, now, until)? {
-            get(c, org_id, id).map(Some)
-        } else {
-            Ok(None)
-        };
-    };
-    Ok(claim!(org_id, id, owner, now, until)
-        .returning(Session::as_returning())
-        .get_result(pg)
-        .optional()?)
 }
 
 /// [`acquire_turn`] that answers the claimed session and its project (`None` when the project
@@ -237,13 +209,14 @@ pub fn acquire_turn_with_project(
     until: NaiveDateTime,
 ) -> Result<Option<(Session, Option<Project>)>, StoreError> {
     let super::AnyConnection::Postgresql(pg) = c else {
-        return match acquire_turn_returning(c, org_id, id, owner, now, until)? {
-            Some(s) => match super::projects::get(c, org_id, &s.project_id) {
-                Ok(p) => Ok(Some((s, Some(p)))),
-                Err(StoreError::NotFound) => Ok(Some((s, None))),
-                Err(e) => Err(e),
-            },
-            None => Ok(None),
+        if !acquire_turn(c, org_id, id, owner, now, until)? {
+            return Ok(None);
+        }
+        let s = get(c, org_id, id)?;
+        return match super::projects::get(c, org_id, &s.project_id) {
+            Ok(p) => Ok(Some((s, Some(p)))),
+            Err(StoreError::NotFound) => Ok(Some((s, None))),
+            Err(e) => Err(e),
         };
     };
     Ok(super::cached::cached_pg(ClaimPg {
