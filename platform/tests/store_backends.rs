@@ -1328,8 +1328,9 @@ fn a_claim_answers_the_session_and_its_project_and_refuses_a_second_owner() {
         let (got, project) = claim("inst-1", stray.id.clone()).expect(label);
         assert_eq!((got.id, project), (stray.id.clone(), None), "{label}");
         if label == "postgres" {
-            // Prepared statements are planned on every run (see `PG_SESSION`), on every kind
-            // of connection.
+            // Prepared statements are planned on every run (see `PG_SESSION`) on the pool's
+            // connections; once on the claims' and the log writer's one-statement connection,
+            // which run only statements whose plans do not depend on their values.
             let mode = |c: &mut AnyConnection| -> Result<String, StoreError> {
                 Ok(
                     diesel::sql_query("SELECT current_setting('plan_cache_mode') AS v")
@@ -1341,12 +1342,19 @@ fn a_claim_answers_the_session_and_its_project_and_refuses_a_second_owner() {
                 .build()
                 .expect("runtime");
             let claims = rt.block_on(s.claim_async(mode)).unwrap();
+            let mut single = s.own_generic_connection().unwrap().expect("a connection");
             assert_eq!(
-                (s.read(mode).unwrap(), s.write(mode).unwrap(), claims),
+                (
+                    s.read(mode).unwrap(),
+                    s.write(mode).unwrap(),
+                    claims,
+                    mode(&mut single).unwrap()
+                ),
                 (
                     "force_custom_plan".into(),
                     "force_custom_plan".into(),
-                    "force_custom_plan".into()
+                    "force_generic_plan".into(),
+                    "force_generic_plan".into()
                 )
             );
         }
@@ -1354,6 +1362,187 @@ fn a_claim_answers_the_session_and_its_project_and_refuses_a_second_owner() {
 }
 
 /// The first salt of an SQLite log's header (bytes 16..20), read without the rest of the file.
+fn log_event(org: &str, session: &str, seq: i64) -> models::SessionEvent {
+    models::SessionEvent {
+        session_id: session.into(),
+        org_id: org.into(),
+        seq,
+        event_type: "text".into(),
+        payload: format!(r#"{{"type":"text","seq":{seq}}}"#),
+        created_at: store::now(),
+    }
+}
+
+/// The log's sequence numbers of a session, in order.
+fn logged(s: &Store, org: &str, id: &str) -> Vec<i64> {
+    s.read(|c| events::list_after(c, org, id, 0, 1000))
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+#[test]
+fn the_writers_one_statement_batch_stores_all_of_it_or_nothing() {
+    use karta::store::log_batch::{self, SessionPart};
+    let Some(bk) = backends().into_iter().find(|b| b.label == "postgres") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "PostgreSQL is required under CI"
+        );
+        return;
+    };
+    let s = &bk.store;
+    let (org, prj, a, b) = two_sessions(s);
+    let now = store::now();
+    assert!(s
+        .write(|c| sessions::acquire_turn(
+            c,
+            &org,
+            &a.id,
+            "inst-1",
+            now,
+            now + chrono::Duration::seconds(60)
+        ))
+        .unwrap());
+    let mut c = s.own_generic_connection().unwrap().expect("a connection");
+    let AnyConnection::Postgresql(pg) = &mut c else {
+        panic!("not PostgreSQL");
+    };
+    let ann = r#"[{"name":"ann","turns":1}]"#;
+    let key = |id: &str| (org.clone(), id.to_string());
+    // Writes `rows`, `parts` (each with the span the rows give it) and `usage`.
+    let mut write = |rows: &[models::SessionEvent],
+                     mut parts: BTreeMap<(String, String), SessionPart>,
+                     usage: &[&usage::UsageRecord]| {
+        let refs: Vec<&models::SessionEvent> = rows.iter().collect();
+        let plan = events::plan(&refs, 1000).unwrap();
+        for (k, span) in plan.spans {
+            parts.entry(k).or_default().span = Some(span);
+        }
+        log_batch::write(pg, &plan.runs, &parts, usage, now).unwrap()
+    };
+
+    // Two sessions' events, an opening, a handoff, a claim given back and usage: all stored.
+    let rows: Vec<_> = (1..=3)
+        .map(|q| log_event(&org, &a.id, q))
+        .chain((1..=2).map(|q| log_event(&org, &b.id, q)))
+        .collect();
+    let mut parts = BTreeMap::new();
+    parts.insert(
+        key(&a.id),
+        SessionPart {
+            participants: Some(("[]".into(), ann.into())),
+            release: Some("inst-1".into()),
+            ..Default::default()
+        },
+    );
+    parts.insert(
+        key(&b.id),
+        SessionPart {
+            agent: Some("helper".into()),
+            ..Default::default()
+        },
+    );
+    let used = usage_row(&org, &prj, "t:1", "m1", 10);
+    assert!(write(&rows, parts, &[&used]));
+    assert_eq!(logged(s, &org, &a.id), [1, 2, 3]);
+    assert_eq!(logged(s, &org, &b.id), [1, 2]);
+    let (got_a, got_b) = (
+        s.read(|c| sessions::get(c, &org, &a.id)).unwrap(),
+        s.read(|c| sessions::get(c, &org, &b.id)).unwrap(),
+    );
+    assert_eq!((got_a.last_seq, got_a.participants.as_str()), (3, ann));
+    assert_eq!(
+        (got_b.last_seq, got_b.current_agent.as_str()),
+        (2, "helper")
+    );
+    assert!(s
+        .write(|c| sessions::acquire_turn(
+            c,
+            &org,
+            &a.id,
+            "inst-2",
+            now,
+            now + chrono::Duration::seconds(60)
+        ))
+        .unwrap());
+    let stored = || s.read(|c| usage::records(c, &org, None, 100)).unwrap();
+    assert_eq!(stored().len(), 1);
+    let day = used.created_at.date().format("%Y-%m-%d").to_string();
+    let daily = || s.read(|c| usage::daily(c, &org, None, &day, &day)).unwrap();
+    assert_eq!(daily().iter().map(|d| d.turns).sum::<i64>(), 1);
+
+    // Each of these is refused whole: b's next events, a's opening and the usage are not
+    // stored beside the bad part.
+    let b_next = log_event(&org, &b.id, 3);
+    let next_usage = usage_row(&org, &prj, "t:2", "m1", 10);
+    let opening = |prior: &str| SessionPart {
+        participants: Some((prior.into(), "[]".into())),
+        ..Default::default()
+    };
+    type Case = (
+        &'static str,
+        Vec<models::SessionEvent>,
+        Vec<(String, SessionPart)>,
+    );
+    let refused: [Case; 3] = [
+        // A number a's log already holds (its `last_seq` is 3).
+        (
+            "a logged number",
+            vec![
+                log_event(&org, &a.id, 3),
+                log_event(&org, &a.id, 4),
+                b_next.clone(),
+            ],
+            vec![],
+        ),
+        // An opening counted from a list that changed since its claim.
+        (
+            "changed participants",
+            vec![b_next.clone()],
+            vec![(a.id.clone(), opening("[]"))],
+        ),
+        // A session that is not there (or is another org's).
+        (
+            "missing session",
+            vec![b_next.clone(), log_event(&org, "sess_gone", 1)],
+            vec![],
+        ),
+    ];
+    for (what, rows, extra) in refused {
+        let parts = extra.into_iter().map(|(id, p)| (key(&id), p)).collect();
+        assert!(!write(&rows, parts, &[&next_usage]), "{what}");
+        assert_eq!(logged(s, &org, &a.id), [1, 2, 3], "{what}");
+        assert_eq!(logged(s, &org, &b.id), [1, 2], "{what}");
+        let got_a = s.read(|c| sessions::get(c, &org, &a.id)).unwrap();
+        assert_eq!(
+            (got_a.last_seq, got_a.participants.as_str()),
+            (3, ann),
+            "{what}"
+        );
+        assert_eq!(
+            s.read(|c| sessions::get(c, &org, &b.id)).unwrap().last_seq,
+            2,
+            "{what}"
+        );
+        assert_eq!(stored().len(), 1, "{what}");
+    }
+    // The same statement goes on (its plan kept), with the opening counted from the stored list.
+    let mut parts = BTreeMap::new();
+    parts.insert(key(&a.id), opening(ann));
+    assert!(write(&[b_next], parts, &[&next_usage]));
+    assert_eq!(logged(s, &org, &b.id), [1, 2, 3]);
+    assert_eq!(
+        s.read(|c| sessions::get(c, &org, &a.id))
+            .unwrap()
+            .participants,
+        "[]"
+    );
+    assert_eq!(stored().len(), 2);
+    assert_eq!(daily().iter().map(|d| d.turns).sum::<i64>(), 2);
+}
+
 fn wal_salt(wal: &std::path::Path) -> Option<[u8; 4]> {
     use std::io::Read;
     let mut header = [0u8; 20];

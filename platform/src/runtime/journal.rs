@@ -20,9 +20,11 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::meter::TurnUsage;
+use crate::store::log_batch::{self, SessionPart};
 use crate::store::models::SessionEvent;
 use crate::store::sessions::{self, TurnWrite};
-use crate::store::{events, Conn, Store, StoreError};
+use crate::store::usage::UsageRecord;
+use crate::store::{events, AnyConnection, Conn, Store, StoreError};
 
 /// What a turn asks the writer to store beside its events. The common updates are data, so the
 /// writer can merge a batch's session writes (its `last_seq`, participants, handoff, the claim
@@ -66,6 +68,9 @@ pub(crate) struct Opening {
     pub agent: Option<String>,
     /// When the turn started.
     pub at: NaiveDateTime,
+    /// The session's participants list as the turn's claim read it (PostgreSQL): the writer
+    /// counts the turn into it without reading it again, unless it changed meanwhile.
+    pub prior: Option<String>,
 }
 
 /// What one queue slot carries: a run of events of one turn (possibly none) and the updates
@@ -172,6 +177,10 @@ struct WriterConn {
     store: Store,
     cache_kib: u64,
     own: Option<Conn>,
+    /// PostgreSQL's connection for batches in one statement, planned once (see
+    /// [`Store::own_generic_connection`]); the long way keeps `own`, whose statements are
+    /// planned for their values.
+    single: Option<Conn>,
 }
 
 impl WriterConn {
@@ -197,6 +206,35 @@ impl WriterConn {
     }
 }
 
+impl WriterConn {
+    /// Runs `f` on the writer's PostgreSQL connection for single statements, outside a
+    /// transaction (each statement commits on its own); `Ok(false)` without running it on
+    /// SQLite or when that connection cannot be opened (the long way then uses the other).
+    fn single(
+        &mut self,
+        f: impl FnOnce(&mut Conn) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        if self.store.backend() != crate::store::Backend::Postgres {
+            return Ok(false);
+        }
+        if self.single.is_none() {
+            match self.store.own_generic_connection() {
+                Ok(c) => self.single = c,
+                Err(e) => tracing::warn!(error = %e, "the event writer writes the long way"),
+            }
+        }
+        let Some(c) = &mut self.single else {
+            return Ok(false);
+        };
+        let result = f(c);
+        if result.is_err() {
+            // It may be the connection that broke.
+            self.single = None;
+        }
+        result
+    }
+}
+
 fn writer(
     store: Store,
     mut rx: mpsc::Receiver<Entry>,
@@ -208,6 +246,7 @@ fn writer(
         store,
         cache_kib,
         own: None,
+        single: None,
     };
     let mut entries: Vec<Entry> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -223,15 +262,14 @@ fn writer(
             }
         }
         let keep = retention.load(Ordering::Relaxed);
-        // Entries run plainly (a savepoint each costs PostgreSQL two round trips); if the batch
-        // fails, it runs again with each entry in a savepoint, so one bad entry cannot cost the
-        // others.
-        let result = conn
-            .write(|c| write_batch(c, &entries, keep, false))
-            .or_else(|e| {
-                tracing::warn!(error = %e, "event batch failed; retrying with each update isolated");
-                conn.write(|c| write_batch(c, &entries, keep, true))
-            });
+        let result = match conn.single(|c| write_in_one(c, &entries, keep)) {
+            Ok(true) => Ok(()),
+            Ok(false) => write_long(&mut conn, &entries, keep),
+            Err(e) => {
+                tracing::warn!(error = %e, "event batch failed in one statement; written the long way");
+                write_long(&mut conn, &entries, keep)
+            }
+        };
         match result {
             Ok(()) => {
                 crate::metrics::get().event_log_writes.inc_by(events as u64);
@@ -248,6 +286,18 @@ fn writer(
             }
         }
     }
+}
+
+/// Writes a batch in a transaction of a few statements.
+fn write_long(conn: &mut WriterConn, entries: &[Entry], keep: u64) -> Result<(), StoreError> {
+    // Entries run plainly (a savepoint each costs PostgreSQL two round trips); if the batch
+    // fails, it runs again with each entry in a savepoint, so one bad entry cannot cost the
+    // others.
+    conn.write(|c| write_batch(c, entries, keep, false))
+        .or_else(|e| {
+            tracing::warn!(error = %e, "event batch failed; retrying with each update isolated");
+            conn.write(|c| write_batch(c, entries, keep, true))
+        })
 }
 
 /// Writes a batch. With `isolate`, every entry (a run of events with its updates) goes in a
@@ -330,6 +380,72 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
     Ok(())
 }
 
+/// Writes a batch in one statement that commits on its own (PostgreSQL, see
+/// [`log_batch`]) when it holds nothing but events, openings counted from the participants
+/// their claims read, claims given back and usage that needs no threshold check or webhook
+/// event. `Ok(false)` when it holds something else or the statement refused it: nothing is
+/// written then.
+fn write_in_one(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<bool, StoreError> {
+    let AnyConnection::Postgresql(pg) = c else {
+        return Ok(false);
+    };
+    let mut parts: BTreeMap<(String, String), SessionPart> = BTreeMap::new();
+    let mut usage: Vec<&UsageRecord> = Vec::new();
+    for op in entries.iter().flat_map(|e| e.ops.iter()) {
+        match op {
+            SessionOp::Other(_) => return Ok(false),
+            SessionOp::Opening(o) => {
+                let Some(prior) = &o.prior else {
+                    return Ok(false);
+                };
+                let part = parts
+                    .entry((o.org_id.clone(), o.session_id.clone()))
+                    .or_default();
+                if part.participants.is_some() {
+                    // Two turns of one session: the long way counts both.
+                    return Ok(false);
+                }
+                let new = super::sessions::count_participant_turn(prior, &o.name, &o.kind, o.at);
+                part.participants = Some((prior.clone(), new));
+                part.agent = o.agent.clone();
+            }
+            SessionOp::Release {
+                org_id,
+                session_id,
+                owner,
+            } => {
+                parts
+                    .entry((org_id.clone(), session_id.clone()))
+                    .or_default()
+                    .release = Some(owner.clone());
+            }
+            SessionOp::Usage(u) => match u.records_alone() {
+                Some(records) => usage.extend(records),
+                None => return Ok(false),
+            },
+        }
+    }
+    let rows: Vec<&SessionEvent> = entries.iter().flat_map(|e| e.rows.iter()).collect();
+    let plan = events::plan(&rows, keep)?;
+    for (key, span) in plan.spans {
+        parts.entry(key).or_default().span = Some(span);
+    }
+    let written = log_batch::write(pg, &plan.runs, &parts, &usage, crate::store::now())?;
+    if !written {
+        tracing::debug!("an event batch was refused in one statement; written the long way");
+        return Ok(false);
+    }
+    // Committed: pruning on its own is safe to miss (the next crossing prunes what this left).
+    for ((org, session), part) in &parts {
+        if let Some(keep_from) = part.span.and_then(|s| s.prune_to) {
+            if let Err(e) = events::prune(c, org, session, keep_from) {
+                tracing::warn!(session = %session, error = %e, "the log was not pruned");
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// (org, session) pairs, sorted, each once.
 fn sorted_keys<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(&'a str, &'a str)> {
     let mut keys: Vec<_> = keys.collect();
@@ -340,4 +456,153 @@ fn sorted_keys<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(&'a s
 
 fn count(e: &Entry) -> usize {
     e.rows.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PlatformConfig, ProjectConfig, TenantConfig};
+    use crate::store::{models, orgs, projects, testkit};
+
+    fn event(org: &str, session: &str, seq: i64) -> SessionEvent {
+        SessionEvent {
+            session_id: session.into(),
+            org_id: org.into(),
+            seq,
+            event_type: "text".into(),
+            payload: format!(r#"{{"type":"text","seq":{seq}}}"#),
+            created_at: crate::store::now(),
+        }
+    }
+
+    fn opening(org: &str, session: &str, prior: &str) -> SessionOp {
+        SessionOp::Opening(Opening {
+            org_id: org.into(),
+            session_id: session.into(),
+            name: "ann".into(),
+            kind: "human".into(),
+            agent: None,
+            at: crate::store::now(),
+            prior: Some(prior.into()),
+        })
+    }
+
+    /// (name, turns) of a session's participants.
+    fn participants(store: &Store, org: &str, id: &str) -> Vec<(String, u64)> {
+        let s = store.read(|c| sessions::get(c, org, id)).unwrap();
+        let list: Vec<serde_json::Value> = serde_json::from_str(&s.participants).unwrap();
+        list.iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_string(),
+                    p["turns"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// On PostgreSQL a turn's opening is counted from the participants its claim read; when
+    /// they changed meanwhile, the batch is written the long way, counted into the stored list.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_opening_counts_into_participants_that_changed_since_its_claim() {
+        let Some(pg) = testkit::temp_pg_database() else {
+            return; // Unreachable PostgreSQL fails under CI (see `temp_pg_database`).
+        };
+        let store = Store::open(&pg.url).unwrap();
+        let app =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-echo");
+        let cfg = PlatformConfig {
+            tenants: vec![TenantConfig {
+                slug: "acme".into(),
+                name: "Acme".into(),
+                ..Default::default()
+            }],
+            projects: vec![ProjectConfig {
+                tenant: "acme".into(),
+                slug: "bot".into(),
+                path: app.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        crate::reconcile::apply(&store, &cfg, &crate::store::audit::Actor::system("test")).unwrap();
+        let org = store
+            .read(|c| orgs::get_enabled_by_slug(c, "acme"))
+            .unwrap()
+            .id;
+        let prj = store
+            .read(|c| projects::get_enabled(c, &org, "bot"))
+            .unwrap()
+            .id;
+        let now = crate::store::now();
+        let session = models::Session {
+            id: crate::store::new_id("sess"),
+            org_id: org.clone(),
+            project_id: prj,
+            driver: "echo".into(),
+            app_path: app.display().to_string(),
+            harness_session_id: None,
+            status: "active".into(),
+            current_agent: "default".into(),
+            permission_mode: None,
+            metadata: "{}".into(),
+            participants: "[]".into(),
+            pending_input: None,
+            approved_tools: "[]".into(),
+            parent_id: None,
+            last_seq: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let id = session.id.clone();
+        store.write(|c| sessions::insert(c, &session)).unwrap();
+        let limits = JournalLimits {
+            queue: 16,
+            batch: 64,
+            cache_kib: 1024,
+        };
+        let journal = Journal::start(store.clone(), limits, 1000).unwrap();
+
+        // Someone joins after the turn's claim read "[]".
+        let bob = r#"[{"name":"bob","type":"human","turns":0}]"#;
+        let mut writes = BTreeMap::new();
+        writes.insert(
+            (org.clone(), id.clone()),
+            TurnWrite {
+                participants: Some(bob.into()),
+                ..Default::default()
+            },
+        );
+        store
+            .write(|c| sessions::write_turns(c, &writes, now))
+            .unwrap();
+        let rows = (1..=3).map(|q| event(&org, &id, q)).collect();
+        journal
+            .append_durable(rows, vec![opening(&org, &id, "[]")])
+            .await;
+        assert_eq!(
+            participants(&store, &org, &id),
+            [("bob".to_string(), 0), ("ann".to_string(), 1)]
+        );
+        let s = store.read(|c| sessions::get(c, &org, &id)).unwrap();
+        assert_eq!(s.last_seq, 3);
+
+        // The next turn's claim reads the stored list: counted in one statement.
+        let prior = s.participants.clone();
+        let rows = (4..=5).map(|q| event(&org, &id, q)).collect();
+        journal
+            .append_durable(rows, vec![opening(&org, &id, &prior)])
+            .await;
+        assert_eq!(
+            participants(&store, &org, &id),
+            [("bob".to_string(), 0), ("ann".to_string(), 2)]
+        );
+        let logged: Vec<i64> = store
+            .read(|c| events::list_after(c, &org, &id, 0, 100))
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(logged, [1, 2, 3, 4, 5]);
+    }
 }

@@ -346,6 +346,14 @@ pub(crate) struct TurnUsage {
     event: Option<OrgEvent>,
 }
 
+impl TurnUsage {
+    /// The records, when storing them is all there is to do: no budgeted scope whose thresholds
+    /// need the new totals read, no webhook event.
+    pub(crate) fn records_alone(&self) -> Option<&[UsageRecord]> {
+        (self.scopes.is_empty() && self.event.is_none()).then_some(self.records.as_slice())
+    }
+}
+
 /// The turn's usage to store; logs a disagreement between its two records.
 pub(crate) fn turn_usage(
     records: Vec<UsageRecord>,

@@ -697,6 +697,10 @@ impl Runtime {
             kind: who.kind.clone(),
             agent: handoff.then(|| agent.clone()),
             at: store::now(),
+            prior: ctx
+                .lease
+                .is_some()
+                .then(|| ctx.session.participants.clone()),
         })
     }
 }

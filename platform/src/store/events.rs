@@ -56,22 +56,7 @@ pub fn insert_batch(
     if rows.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let mut by_session: BTreeMap<(&str, &str), Vec<&SessionEvent>> = BTreeMap::new();
-    for r in rows {
-        by_session
-            .entry((r.org_id.as_str(), r.session_id.as_str()))
-            .or_default()
-            .push(r);
-    }
-    let mut all: Vec<LogRun> = Vec::new();
-    for ((_, session), evs) in &by_session {
-        if evs.windows(2).any(|w| w[1].seq <= w[0].seq) {
-            return Err(StoreError::Conflict(format!(
-                "session {session}: events to log are not in increasing sequence order"
-            )));
-        }
-        all.extend(runs(evs));
-    }
+    let LogPlan { runs: all, spans } = plan(rows, retention)?;
     // A run is stored only if no stored run holds any of its numbers (the primary key sees only
     // first numbers): a turn that lost its claim to another instance cannot log under numbers
     // the other turn used. Its batch fails, and the retry isolates its entries.
@@ -100,26 +85,89 @@ pub fn insert_batch(
         ));
     }
     let mut highs = BTreeMap::new();
+    for ((org, session), span) in spans {
+        if let Some(keep_from) = span.prune_to {
+            prune(c, &org, &session, keep_from)?;
+        }
+        highs.insert((org, session), span.high);
+    }
+    Ok(highs)
+}
+
+/// Deletes the session's log rows wholly at or below `keep_from` (see [`Span::prune_to`]).
+pub fn prune(c: &mut Conn, org: &str, session: &str, keep_from: i64) -> Result<(), StoreError> {
+    diesel::delete(
+        session_log::table
+            .filter(session_log::org_id.eq(org))
+            .filter(session_log::session_id.eq(session))
+            .filter(session_log::seq.le(keep_from))
+            .filter(session_log::last_seq.le(keep_from)),
+    )
+    .execute(c)?;
+    Ok(())
+}
+
+/// One session's share of a batch of events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Its lowest sequence number in the batch.
+    pub low: i64,
+    /// Its highest, the session's `last_seq` once the batch is stored.
+    pub high: i64,
+    /// When the batch crosses a pruning point: the log's rows wholly at or below this number
+    /// go (the session keeps `retention` events).
+    pub prune_to: Option<i64>,
+}
+
+/// A batch of events as the log stores it (see [`plan`]).
+#[derive(Debug)]
+pub struct LogPlan {
+    /// The rows to insert: runs of consecutive events.
+    pub runs: Vec<LogRun>,
+    /// Each (org, session)'s span.
+    pub spans: BTreeMap<(String, String), Span>,
+}
+
+/// Groups events (any sessions) into log rows and per-session spans; a
+/// [`StoreError::Conflict`] unless each session's numbers increase. A session's log is pruned
+/// beyond `retention` events whenever its sequence crosses a multiple of 100 (pruning every
+/// time would cost a delete per event); a run that holds the boundary is kept whole.
+pub fn plan(rows: &[&SessionEvent], retention: u64) -> Result<LogPlan, StoreError> {
+    let mut by_session: BTreeMap<(&str, &str), Vec<&SessionEvent>> = BTreeMap::new();
+    for r in rows {
+        by_session
+            .entry((r.org_id.as_str(), r.session_id.as_str()))
+            .or_default()
+            .push(r);
+    }
+    let mut out = LogPlan {
+        runs: Vec::new(),
+        spans: BTreeMap::new(),
+    };
     for ((org, session), evs) in &by_session {
+        if evs.windows(2).any(|w| w[1].seq <= w[0].seq) {
+            return Err(StoreError::Conflict(format!(
+                "session {session}: events to log are not in increasing sequence order"
+            )));
+        }
         // Increasing (checked above): the first is the lowest, the last the highest.
         let (low, high) = match (evs.first(), evs.last()) {
             (Some(first), Some(last)) => (first.seq, last.seq),
             _ => continue,
         };
+        out.runs.extend(runs(evs));
         let keep_from = high - retention as i64;
-        if keep_from > 0 && high / 100 != (low - 1) / 100 {
-            diesel::delete(
-                session_log::table
-                    .filter(session_log::org_id.eq(*org))
-                    .filter(session_log::session_id.eq(*session))
-                    .filter(session_log::seq.le(keep_from))
-                    .filter(session_log::last_seq.le(keep_from)),
-            )
-            .execute(c)?;
-        }
-        highs.insert((org.to_string(), session.to_string()), high);
+        let prune_to = (keep_from > 0 && high / 100 != (low - 1) / 100).then_some(keep_from);
+        out.spans.insert(
+            (org.to_string(), session.to_string()),
+            Span {
+                low,
+                high,
+                prune_to,
+            },
+        );
     }
-    Ok(highs)
+    Ok(out)
 }
 
 /// One session's events (in sequence order) as log rows: each run of consecutive numbers, at
@@ -317,20 +365,11 @@ impl Fixed for InsertRun<'_> {
 
 /// The PostgreSQL form of [`InsertRun`] for many runs in one statement; answers the rows stored.
 fn insert_runs_pg(pg: &mut diesel::PgConnection, runs: &[LogRun]) -> Result<usize, StoreError> {
-    let col = |f: fn(&LogRun) -> &str| runs.iter().map(f).collect::<Vec<_>>();
-    Ok(cached_pg(InsertRunsPg {
-        session_ids: col(|r| &r.session_id),
-        seqs: runs.iter().map(|r| r.seq).collect(),
-        last_seqs: runs.iter().map(|r| r.last_seq).collect(),
-        org_ids: col(|r| &r.org_id),
-        payloads: col(|r| &r.payload),
-        created_at: runs.iter().map(|r| r.created_at).collect(),
-    })
-    .execute(pg)?)
+    Ok(cached_pg(InsertRunsPg(RunColumns::new(runs))).execute(pg)?)
 }
 
-/// [`insert_runs_pg`]'s statement, one array per column.
-struct InsertRunsPg<'a> {
+/// Log rows as one array per column, for PostgreSQL's `unnest`.
+pub(super) struct RunColumns<'a> {
     session_ids: Vec<&'a str>,
     seqs: Vec<i64>,
     last_seqs: Vec<i64>,
@@ -339,21 +378,52 @@ struct InsertRunsPg<'a> {
     created_at: Vec<chrono::NaiveDateTime>,
 }
 
-impl Fixed<diesel::pg::Pg> for InsertRunsPg<'_> {
-    type Key = InsertRunsPg<'static>;
-    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+impl<'a> RunColumns<'a> {
+    /// The columns of `runs`.
+    pub(super) fn new(runs: &'a [LogRun]) -> Self {
+        let col = |f: fn(&LogRun) -> &str| runs.iter().map(f).collect::<Vec<_>>();
+        Self {
+            session_ids: col(|r| &r.session_id),
+            seqs: runs.iter().map(|r| r.seq).collect(),
+            last_seqs: runs.iter().map(|r| r.last_seq).collect(),
+            org_ids: col(|r| &r.org_id),
+            payloads: col(|r| &r.payload),
+            created_at: runs.iter().map(|r| r.created_at).collect(),
+        }
+    }
+
+    /// Pushes `unnest(<the arrays>) AS <alias>(<the log's columns>)`.
+    pub(super) fn walk_unnest<'b>(
+        &'b self,
+        out: &mut super::cached::Out<'_, 'b, diesel::pg::Pg>,
+        alias: &'static str,
+    ) -> QueryResult<()> {
         use diesel::sql_types::{Array, BigInt, Text, Timestamp};
-        out.push_sql(
-            "INSERT INTO session_log (session_id, seq, last_seq, org_id, payload, created_at) \
-             SELECT v.session_id, v.seq, v.last_seq, v.org_id, v.payload, v.created_at FROM unnest(",
-        );
+        out.push_sql("unnest(");
         bind_list!(out; Array<Text> => &self.session_ids, Array<BigInt> => &self.seqs,
             Array<BigInt> => &self.last_seqs, Array<Text> => &self.org_ids,
             Array<Text> => &self.payloads, Array<Timestamp> => &self.created_at);
+        out.push_sql(") AS ");
+        out.push_sql(alias);
+        out.push_sql("(session_id, seq, last_seq, org_id, payload, created_at)");
+        Ok(())
+    }
+}
+
+/// [`insert_runs_pg`]'s statement.
+struct InsertRunsPg<'a>(RunColumns<'a>);
+
+impl Fixed<diesel::pg::Pg> for InsertRunsPg<'_> {
+    type Key = InsertRunsPg<'static>;
+    fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO session_log (session_id, seq, last_seq, org_id, payload, created_at) \
+             SELECT v.session_id, v.seq, v.last_seq, v.org_id, v.payload, v.created_at FROM ",
+        );
+        self.0.walk_unnest(&mut out, "v")?;
         // MAX_RUN_EVENTS, written out (see the assertion).
         out.push_sql(
-            ") AS v(session_id, seq, last_seq, org_id, payload, created_at) \
-             WHERE NOT EXISTS (SELECT 1 FROM session_log l WHERE l.session_id = v.session_id \
+            " WHERE NOT EXISTS (SELECT 1 FROM session_log l WHERE l.session_id = v.session_id \
              AND l.seq > v.seq - 64 AND l.seq <= v.last_seq AND l.last_seq >= v.seq)",
         );
         Ok(())

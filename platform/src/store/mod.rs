@@ -8,6 +8,7 @@ pub mod events;
 pub mod idempotency;
 pub mod jobs;
 pub mod keys;
+pub mod log_batch;
 pub mod managed_events;
 pub mod model_calls;
 pub mod model_keys;
@@ -217,6 +218,11 @@ fn checkpoint_in_background(
 /// 12 or later.)
 const PG_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
 
+/// The session setting of PostgreSQL connections that run only statements whose plans do not
+/// depend on their values: key lookups and the replay log's one-statement batch (see
+/// [`Store::own_generic_connection`]). Planning is paid once per statement and connection.
+const PG_GENERIC: &str = "SET plan_cache_mode = force_generic_plan";
+
 impl ManageConnection for Manager {
     type Connection = AnyConnection;
     type Error = r2d2::Error;
@@ -231,7 +237,8 @@ impl ManageConnection for Manager {
             }
             Target::PostgresRelaxed(url) => {
                 let mut c = PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
-                c.batch_execute(PG_SESSION)
+                // Only the claim's key lookups run here (see `Store::claim_async`).
+                c.batch_execute(PG_GENERIC)
                     .map_err(r2d2::Error::QueryError)?;
                 c.batch_execute("SET synchronous_commit = off")
                     .map_err(r2d2::Error::QueryError)?;
@@ -434,6 +441,20 @@ impl Store {
         Ok(Some(c))
     }
 
+    /// A PostgreSQL connection outside the pool that plans every prepared statement once, for
+    /// values it does not know yet (`plan_cache_mode = force_generic_plan`): for statements
+    /// whose best plan does not depend on their values, planning a large statement anew on every
+    /// run (as the pool's connections do) costs more than running it. PostgreSQL plans again
+    /// when a table's statistics change (`ANALYZE`). `None` on SQLite.
+    pub fn own_generic_connection(&self) -> Result<Option<Conn>, StoreError> {
+        let Some(Target::Postgres(url)) = self.target.as_deref() else {
+            return Ok(None);
+        };
+        let mut c = PgConnection::establish(url).map_err(|e| StoreError::Pool(e.to_string()))?;
+        c.batch_execute(PG_GENERIC)?;
+        Ok(Some(AnyConnection::Postgresql(c)))
+    }
+
     /// [`Store::write`] on a connection of the caller's (see [`Store::own_connection`]).
     pub fn write_on<T>(
         &self,
@@ -470,7 +491,8 @@ impl Store {
     /// before it (PostgreSQL flushes within three times `wal_writer_delay`), which leaves that
     /// session unclaimed while its turn runs: a second instance could start a turn on it in
     /// that window. That narrow case is the price of not waiting for a flush on the way to every
-    /// turn. On SQLite it is [`Store::write_async`].
+    /// turn. On SQLite it is [`Store::write_async`]. Its connections plan each statement once
+    /// (see [`Store::own_generic_connection`]): run only key lookups here.
     pub async fn claim_async<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,

@@ -446,33 +446,43 @@ impl super::cached::Fixed<diesel::pg::Pg> for WriteTurnsPg<'_> {
         &'b self,
         mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>,
     ) -> diesel::QueryResult<()> {
-        use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
-        out.push_sql(
-            "UPDATE sessions SET \
-             last_seq = GREATEST(sessions.last_seq, COALESCE(v.high, sessions.last_seq)), \
-             participants = COALESCE(v.participants, sessions.participants), \
-             current_agent = COALESCE(v.agent, sessions.current_agent), \
-             updated_at = CASE WHEN v.participants IS NULL AND v.agent IS NULL \
-               THEN sessions.updated_at ELSE ",
-        );
-        out.push_bind_param::<Timestamp, _>(&self.now)?;
-        out.push_sql(
-            " END, \
-             turn_owner = CASE WHEN sessions.turn_owner = v.release \
-               THEN NULL ELSE sessions.turn_owner END, \
-             turn_lease_until = CASE WHEN sessions.turn_owner = v.release \
-               THEN NULL ELSE sessions.turn_lease_until END \
-             FROM unnest(",
-        );
+        use diesel::sql_types::{Array, BigInt, Nullable, Text};
+        walk_turn_set(&mut out, &self.now)?;
+        out.push_sql(" FROM unnest(");
         super::cached::bind_list!(out; Array<Text> => &self.org_ids, Array<Text> => &self.ids,
             Array<Nullable<BigInt>> => &self.highs, Array<Nullable<Text>> => &self.participants,
             Array<Nullable<Text>> => &self.agents, Array<Nullable<Text>> => &self.releases);
         out.push_sql(
-            ") AS v(org_id, id, high, participants, agent, release) \
-             WHERE sessions.org_id = v.org_id AND sessions.id = v.id",
+            ") AS s(org_id, id, high, participants, agent, release) \
+             WHERE sessions.org_id = s.org_id AND sessions.id = s.id",
         );
         Ok(())
     }
+}
+
+/// `UPDATE sessions SET` a turn's writes (see [`TurnWrite`]) from a row `s` with the columns
+/// `high`, `participants`, `agent` and `release`, on PostgreSQL.
+pub(super) fn walk_turn_set<'b>(
+    out: &mut super::cached::Out<'_, 'b, diesel::pg::Pg>,
+    now: &'b NaiveDateTime,
+) -> diesel::QueryResult<()> {
+    out.push_sql(
+        "UPDATE sessions SET \
+         last_seq = GREATEST(sessions.last_seq, COALESCE(s.high, sessions.last_seq)), \
+         participants = COALESCE(s.participants, sessions.participants), \
+         current_agent = COALESCE(s.agent, sessions.current_agent), \
+         updated_at = CASE WHEN s.participants IS NULL AND s.agent IS NULL \
+           THEN sessions.updated_at ELSE ",
+    );
+    out.push_bind_param::<diesel::sql_types::Timestamp, _>(now)?;
+    out.push_sql(
+        " END, \
+         turn_owner = CASE WHEN sessions.turn_owner = s.release \
+           THEN NULL ELSE sessions.turn_owner END, \
+         turn_lease_until = CASE WHEN sessions.turn_owner = s.release \
+           THEN NULL ELSE sessions.turn_lease_until END",
+    );
+    Ok(())
 }
 
 /// One session's [`TurnWrite`] on SQLite (see [`super::cached`]). Every SET expression reads

@@ -391,7 +391,7 @@ impl Fixed for AddDaily<'_> {
 /// [`insert_counted`] on PostgreSQL: the records go in from one array per column; those
 /// inserted and billed are summed per roll-up row and added to it in the same statement; it
 /// answers the (org, key) of each record inserted.
-struct InsertCountedPg<'a> {
+pub(super) struct InsertCountedPg<'a> {
     ids: Vec<&'a str>,
     org_ids: Vec<&'a str>,
     client_event_ids: Vec<&'a str>,
@@ -412,7 +412,8 @@ struct InsertCountedPg<'a> {
 }
 
 impl<'a> InsertCountedPg<'a> {
-    fn new(records: &[&'a UsageRecord]) -> Self {
+    /// The statement for `records`.
+    pub(super) fn new(records: &[&'a UsageRecord]) -> Self {
         fn col<'a, T>(rs: &[&'a UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
             rs.iter().map(|r| f(r)).collect()
         }
@@ -454,13 +455,29 @@ impl<'a> InsertCountedPg<'a> {
 impl Fixed<diesel::pg::Pg> for InsertCountedPg<'_> {
     type Key = InsertCountedPg<'static>;
     fn walk<'b>(&'b self, mut out: super::cached::Out<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        out.push_sql("WITH ");
+        self.walk_ctes(&mut out, "")?;
+        out.push_sql(" SELECT org_id, client_event_id FROM ins");
+        Ok(())
+    }
+}
+
+impl InsertCountedPg<'_> {
+    /// The statement's two CTEs, `ins` (the records stored) and `daily` (the roll-up), for a
+    /// statement of its own or one that does more; `guard` (empty, or ` WHERE <condition>`)
+    /// decides whether anything is stored.
+    pub(super) fn walk_ctes<'b>(
+        &'b self,
+        out: &mut super::cached::Out<'_, 'b, diesel::pg::Pg>,
+        guard: &'static str,
+    ) -> QueryResult<()> {
         use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamp};
         const COLUMNS: &str = "id, org_id, client_event_id, project_id, session_id, turn_seq, \
              api_key_id, driver, provider, model, byok, status, source, input_tokens, \
              output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, \
              cost_micro_cents, created_at, billed, price_input, price_output, price_cache_read, \
              price_cache_write";
-        out.push_sql("WITH ins AS (INSERT INTO usage_records (");
+        out.push_sql("ins AS (INSERT INTO usage_records (");
         out.push_sql(COLUMNS);
         out.push_sql(") SELECT * FROM unnest(");
         let [input, output, cache_read, cache_write, reasoning, cost] = &self.tokens;
@@ -480,11 +497,13 @@ impl Fixed<diesel::pg::Pg> for InsertCountedPg<'_> {
             Array<Nullable<BigInt>> => p_read, Array<Nullable<BigInt>> => p_write);
         out.push_sql(") AS v(");
         out.push_sql(COLUMNS);
+        out.push_sql(")");
+        out.push_sql(guard);
         // The roll-up's key and day as `add_daily` makes them; one row per key, so no row is
         // updated twice by the one statement; in key order, as `add_daily` takes them, so two
         // writers lock shared rows in the same order.
         out.push_sql(
-            ") ON CONFLICT (org_id, client_event_id) DO NOTHING \
+            " ON CONFLICT (org_id, client_event_id) DO NOTHING \
              RETURNING org_id, client_event_id, project_id, api_key_id, model, created_at, \
                billed, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
                reasoning_tokens, cost_micro_cents), \
@@ -504,8 +523,7 @@ impl Fixed<diesel::pg::Pg> for InsertCountedPg<'_> {
                cache_read_tokens = usage_daily.cache_read_tokens + excluded.cache_read_tokens, \
                cache_write_tokens = usage_daily.cache_write_tokens + excluded.cache_write_tokens, \
                reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
-               cost_micro_cents = usage_daily.cost_micro_cents + excluded.cost_micro_cents) \
-             SELECT org_id, client_event_id FROM ins",
+               cost_micro_cents = usage_daily.cost_micro_cents + excluded.cost_micro_cents)",
         );
         Ok(())
     }
