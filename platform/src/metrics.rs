@@ -98,6 +98,9 @@ pub struct Metrics {
     pub event_log_writes: Counter,
     /// Event-writer batches that failed.
     pub event_log_failures: Counter,
+    /// Event-writer batches written in one statement (PostgreSQL; the others take a
+    /// transaction of a few).
+    pub event_log_single_statement: Counter,
     /// Configuration reloads.
     pub reloads: Family<ResultLabels, Counter>,
     /// Model calls through the gateway.
@@ -145,6 +148,7 @@ impl Metrics {
             turn_seconds,
             event_log_writes: Counter::default(),
             event_log_failures: Counter::default(),
+            event_log_single_statement: Counter::default(),
             reloads: Family::default(),
             model_calls: Family::default(),
             usage_disagreements: Counter::default(),
@@ -186,6 +190,11 @@ impl Metrics {
             "event_log_write_failures",
             "Event-writer batches not saved",
             m.event_log_failures.clone(),
+        );
+        registry.register(
+            "event_log_single_statement_batches",
+            "Event-writer batches written in one statement (PostgreSQL)",
+            m.event_log_single_statement.clone(),
         );
         registry.register(
             "config_reloads",

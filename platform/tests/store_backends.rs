@@ -1361,7 +1361,6 @@ fn a_claim_answers_the_session_and_its_project_and_refuses_a_second_owner() {
     }
 }
 
-/// The first salt of an SQLite log's header (bytes 16..20), read without the rest of the file.
 fn log_event(org: &str, session: &str, seq: i64) -> models::SessionEvent {
     models::SessionEvent {
         session_id: session.into(),
@@ -1382,9 +1381,25 @@ fn logged(s: &Store, org: &str, id: &str) -> Vec<i64> {
         .collect()
 }
 
+/// Writes `rows`, `parts` (each with the span the rows give it) and `usage` in the log writer's
+/// one statement; whether it was written.
+fn write_in_one(
+    pg: &mut diesel::PgConnection,
+    rows: &[models::SessionEvent],
+    mut parts: BTreeMap<(String, String), karta::store::log_batch::SessionPart>,
+    usage: &[&usage::UsageRecord],
+) -> bool {
+    let refs: Vec<&models::SessionEvent> = rows.iter().collect();
+    let plan = events::plan(&refs, 1000).unwrap();
+    for (k, span) in plan.spans {
+        parts.entry(k).or_default().span = Some(span);
+    }
+    karta::store::log_batch::write(pg, &plan.runs, &parts, usage, store::now()).unwrap()
+}
+
 #[test]
 fn the_writers_one_statement_batch_stores_all_of_it_or_nothing() {
-    use karta::store::log_batch::{self, SessionPart};
+    use karta::store::log_batch::SessionPart;
     let Some(bk) = backends().into_iter().find(|b| b.label == "postgres") else {
         assert!(
             std::env::var("CI").is_err(),
@@ -1411,17 +1426,10 @@ fn the_writers_one_statement_batch_stores_all_of_it_or_nothing() {
     };
     let ann = r#"[{"name":"ann","turns":1}]"#;
     let key = |id: &str| (org.clone(), id.to_string());
-    // Writes `rows`, `parts` (each with the span the rows give it) and `usage`.
-    let mut write = |rows: &[models::SessionEvent],
-                     mut parts: BTreeMap<(String, String), SessionPart>,
-                     usage: &[&usage::UsageRecord]| {
-        let refs: Vec<&models::SessionEvent> = rows.iter().collect();
-        let plan = events::plan(&refs, 1000).unwrap();
-        for (k, span) in plan.spans {
-            parts.entry(k).or_default().span = Some(span);
-        }
-        log_batch::write(pg, &plan.runs, &parts, usage, now).unwrap()
-    };
+    let mut write =
+        |rows: &[models::SessionEvent],
+         parts: BTreeMap<(String, String), SessionPart>,
+         usage: &[&usage::UsageRecord]| { write_in_one(pg, rows, parts, usage) };
 
     // Two sessions' events, an opening, a handoff, a claim given back and usage: all stored.
     let rows: Vec<_> = (1..=3)
@@ -1543,6 +1551,82 @@ fn the_writers_one_statement_batch_stores_all_of_it_or_nothing() {
     assert_eq!(daily().iter().map(|d| d.turns).sum::<i64>(), 2);
 }
 
+/// Runs `hold` in a write transaction on another thread and waits until it has run (its
+/// transaction still open: it commits 300 ms later); joined by the caller.
+fn hold_open(
+    s: &Store,
+    hold: impl FnOnce(&mut AnyConnection) -> Result<(), StoreError> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let (held, wait) = std::sync::mpsc::channel();
+    let s = s.clone();
+    let other = std::thread::spawn(move || {
+        s.write(|c| {
+            hold(c)?;
+            held.send(()).expect("the test waits");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(())
+        })
+        .unwrap();
+    });
+    wait.recv().expect("the other writer ran");
+    other
+}
+
+#[test]
+fn the_one_statement_batch_waits_for_another_writer_and_decides_on_what_it_committed() {
+    let Some(bk) = backends().into_iter().find(|b| b.label == "postgres") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "PostgreSQL is required under CI"
+        );
+        return;
+    };
+    let s = &bk.store;
+    let (org, _, a, _) = two_sessions(s);
+    let rows = |q: std::ops::RangeInclusive<i64>| -> Vec<models::SessionEvent> {
+        q.map(|n| log_event(&org, &a.id, n)).collect()
+    };
+    let first = rows(1..=3);
+    s.write(|c| events::append_batch(c, &first.iter().collect::<Vec<_>>(), 1000))
+        .unwrap();
+    let mut c = s.own_generic_connection().unwrap().expect("a connection");
+    let AnyConnection::Postgresql(pg) = &mut c else {
+        panic!("not PostgreSQL");
+    };
+
+    // Another instance's writer has logged 4..6 and not committed yet: this batch's 5..7 start
+    // from the same stored `last_seq` (3), but it waits for the lock and is refused on the
+    // committed one (6), so no run overlaps another.
+    let theirs = rows(4..=6);
+    let other = hold_open(s, move |c| {
+        events::append_batch(c, &theirs.iter().collect::<Vec<_>>(), 1000)
+    });
+    assert!(!write_in_one(pg, &rows(5..=7), BTreeMap::new(), &[]));
+    other.join().unwrap();
+    assert_eq!(logged(s, &org, &a.id), [1, 2, 3, 4, 5, 6]);
+
+    // Another writer hands the session off meanwhile: this batch waits, then stores its events
+    // on top of the committed row, and the handoff stays.
+    let (o, id) = (org.clone(), a.id.clone());
+    let other = hold_open(s, move |c| {
+        let mut writes = BTreeMap::new();
+        writes.insert(
+            (o, id),
+            sessions::TurnWrite {
+                current_agent: Some("helper".into()),
+                ..Default::default()
+            },
+        );
+        sessions::write_turns(c, &writes, store::now())
+    });
+    assert!(write_in_one(pg, &rows(7..=8), BTreeMap::new(), &[]));
+    other.join().unwrap();
+    assert_eq!(logged(s, &org, &a.id), [1, 2, 3, 4, 5, 6, 7, 8]);
+    let got = s.read(|c| sessions::get(c, &org, &a.id)).unwrap();
+    assert_eq!((got.last_seq, got.current_agent.as_str()), (8, "helper"));
+}
+
+/// The first salt of an SQLite log's header (bytes 16..20), read without the rest of the file.
 fn wal_salt(wal: &std::path::Path) -> Option<[u8; 4]> {
     use std::io::Read;
     let mut header = [0u8; 20];

@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
@@ -183,6 +184,8 @@ struct WriterConn {
     /// [`Store::own_generic_connection`]); the long way keeps `own`, whose statements are
     /// planned for their values.
     single: Option<Conn>,
+    /// When to try opening `single` again after it failed to open.
+    single_retry: Option<Instant>,
 }
 
 impl WriterConn {
@@ -210,31 +213,88 @@ impl WriterConn {
 
 impl WriterConn {
     /// Runs `f` on the writer's PostgreSQL connection for single statements, outside a
-    /// transaction (each statement commits on its own); `Ok(false)` without running it on
-    /// SQLite or when that connection cannot be opened (the long way then uses the other).
-    fn single(
+    /// transaction (each statement commits on its own); `Ok(None)` without running it on
+    /// SQLite or while that connection cannot be opened (the long way then uses `own`).
+    fn single<T>(
         &mut self,
-        f: impl FnOnce(&mut Conn) -> Result<bool, StoreError>,
-    ) -> Result<bool, StoreError> {
+        f: impl FnOnce(&mut Conn) -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
         if self.store.backend() != crate::store::Backend::Postgres {
-            return Ok(false);
+            return Ok(None);
         }
         if self.single.is_none() {
+            if self.single_retry.is_some_and(|at| Instant::now() < at) {
+                return Ok(None);
+            }
             match self.store.own_generic_connection() {
-                Ok(c) => self.single = c,
-                Err(e) => tracing::warn!(error = %e, "the event writer writes the long way"),
+                Ok(c) => {
+                    self.single = c;
+                    self.single_retry = None;
+                }
+                Err(e) => {
+                    // Not on every batch: a database at its connection limit would slow each.
+                    self.single_retry = Some(Instant::now() + SINGLE_RETRY);
+                    tracing::warn!(error = %e, "the event writer writes the long way for now");
+                }
             }
         }
         let Some(c) = &mut self.single else {
-            return Ok(false);
+            return Ok(None);
         };
         let result = f(c);
-        if result.is_err() {
-            // It may be the connection that broke.
+        if result.as_ref().is_err_and(may_be_broken) {
             self.single = None;
         }
         result
     }
+
+    /// Prunes sessions' logs on `own`, each delete committing on its own: its statements are
+    /// planned for their values (see [`log_batch`]). A prune missed is done by the next one.
+    fn prune(&mut self, prunes: &[Prune]) {
+        if prunes.is_empty() {
+            return;
+        }
+        if self.own.is_none() {
+            self.own = self.store.own_connection(self.cache_kib).ok().flatten();
+        }
+        let Some(c) = &mut self.own else {
+            return;
+        };
+        for ((org, session), keep_from) in prunes {
+            if let Err(e) = events::prune(c, org, session, *keep_from) {
+                tracing::warn!(session = %session, error = %e, "the log was not pruned");
+                if may_be_broken(&e) {
+                    self.own = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A session's log to prune: (org, session) and the number up to which rows go.
+type Prune = ((String, String), i64);
+
+/// How long the writer goes the long way after its one-statement connection failed to open.
+const SINGLE_RETRY: Duration = Duration::from_secs(5);
+
+/// Whether a statement's error may come from a broken connection (rather than from the data:
+/// a key taken, a row missing).
+fn may_be_broken(e: &StoreError) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error};
+    !matches!(
+        e,
+        StoreError::Conflict(_)
+            | StoreError::NotFound
+            | StoreError::Query(Error::DatabaseError(
+                K::UniqueViolation
+                    | K::ForeignKeyViolation
+                    | K::NotNullViolation
+                    | K::CheckViolation
+                    | K::SerializationFailure,
+                _
+            ))
+    )
 }
 
 fn writer(
@@ -249,6 +309,7 @@ fn writer(
         cache_kib,
         own: None,
         single: None,
+        single_retry: None,
     };
     let mut entries: Vec<Entry> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -265,8 +326,12 @@ fn writer(
         }
         let keep = retention.load(Ordering::Relaxed);
         let result = match conn.single(|c| write_in_one(c, &entries, keep)) {
-            Ok(true) => Ok(()),
-            Ok(false) => write_long(&mut conn, &entries, keep),
+            Ok(Some(prunes)) => {
+                crate::metrics::get().event_log_single_statement.inc();
+                conn.prune(&prunes);
+                Ok(())
+            }
+            Ok(None) => write_long(&mut conn, &entries, keep),
             Err(e) => {
                 tracing::warn!(error = %e, "event batch failed in one statement; written the long way");
                 write_long(&mut conn, &entries, keep)
@@ -385,27 +450,31 @@ fn write_entries(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<(), Store
 /// Writes a batch in one statement that commits on its own (PostgreSQL, see
 /// [`log_batch`]) when it holds nothing but events, openings counted from the participants
 /// their claims read, claims given back and usage that needs no threshold check or webhook
-/// event. `Ok(false)` when it holds something else or the statement refused it: nothing is
-/// written then.
-fn write_in_one(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<bool, StoreError> {
+/// event; answers the prunes due (see [`events::Span::prune_to`]). `Ok(None)` when it holds
+/// something else or the statement refused it: nothing is written then.
+fn write_in_one(
+    c: &mut Conn,
+    entries: &[Entry],
+    keep: u64,
+) -> Result<Option<Vec<Prune>>, StoreError> {
     let AnyConnection::Postgresql(pg) = c else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut parts: BTreeMap<(String, String), SessionPart> = BTreeMap::new();
     let mut usage: Vec<&UsageRecord> = Vec::new();
     for op in entries.iter().flat_map(|e| e.ops.iter()) {
         match op {
-            SessionOp::Other(_) => return Ok(false),
+            SessionOp::Other(_) => return Ok(None),
             SessionOp::Opening(o) => {
                 let Some(prior) = &o.prior else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let part = parts
                     .entry((o.org_id.clone(), o.session_id.clone()))
                     .or_default();
                 if part.participants.is_some() {
                     // Two turns of one session: the long way counts both.
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let new = super::sessions::count_participant_turn(prior, &o.name, &o.kind, o.at);
                 part.participants = Some((prior.clone(), new));
@@ -423,29 +492,32 @@ fn write_in_one(c: &mut Conn, entries: &[Entry], keep: u64) -> Result<bool, Stor
             }
             SessionOp::Usage(u) => match u.records_alone() {
                 Some(records) => usage.extend(records),
-                None => return Ok(false),
+                None => return Ok(None),
             },
         }
     }
     let rows: Vec<&SessionEvent> = entries.iter().flat_map(|e| e.rows.iter()).collect();
-    let plan = events::plan(&rows, keep)?;
+    // Numbers out of order: the long way finds the entry that holds them.
+    let Ok(plan) = events::plan(&rows, keep) else {
+        return Ok(None);
+    };
     for (key, span) in plan.spans {
         parts.entry(key).or_default().span = Some(span);
     }
-    let written = log_batch::write(pg, &plan.runs, &parts, &usage, crate::store::now())?;
-    if !written {
+    // A statement whose reply is lost after it committed is written again the long way: its
+    // events then fail the overlap check and are not stored twice, but an opening sent without
+    // events (a harness slow to say anything) would count its turn twice, as after a lost reply
+    // to the long way's COMMIT.
+    if !log_batch::write(pg, &plan.runs, &parts, &usage, crate::store::now())? {
         tracing::debug!("an event batch was refused in one statement; written the long way");
-        return Ok(false);
+        return Ok(None);
     }
-    // Committed: pruning on its own is safe to miss (the next crossing prunes what this left).
-    for ((org, session), part) in &parts {
-        if let Some(keep_from) = part.span.and_then(|s| s.prune_to) {
-            if let Err(e) = events::prune(c, org, session, keep_from) {
-                tracing::warn!(session = %session, error = %e, "the log was not pruned");
-            }
-        }
-    }
-    Ok(true)
+    Ok(Some(
+        parts
+            .into_iter()
+            .filter_map(|(key, part)| Some((key, part.span?.prune_to?)))
+            .collect(),
+    ))
 }
 
 /// (org, session) pairs, sorted, each once.
@@ -505,6 +577,7 @@ mod tests {
 
     /// On PostgreSQL a turn's opening is counted from the participants its claim read; when
     /// they changed meanwhile, the batch is written the long way, counted into the stored list.
+    /// Batches in one statement still prune the log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_opening_counts_into_participants_that_changed_since_its_claim() {
         let Some(pg) = testkit::temp_pg_database() else {
@@ -578,10 +651,13 @@ mod tests {
         store
             .write(|c| sessions::write_turns(c, &writes, now))
             .unwrap();
+        let in_one = || crate::metrics::get().event_log_single_statement.get();
+        let before = in_one();
         let rows = (1..=3).map(|q| event(&org, &id, q)).collect();
         journal
             .append_durable(rows, vec![opening(&org, &id, "[]")])
             .await;
+        assert_eq!(in_one(), before, "refused in one statement");
         assert_eq!(
             participants(&store, &org, &id),
             [("bob".to_string(), 0), ("ann".to_string(), 1)]
@@ -599,6 +675,7 @@ mod tests {
             participants(&store, &org, &id),
             [("bob".to_string(), 0), ("ann".to_string(), 2)]
         );
+        assert_eq!(in_one(), before + 1);
         let logged: Vec<i64> = store
             .read(|c| events::list_after(c, &org, &id, 0, 100))
             .unwrap()
@@ -606,5 +683,25 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(logged, [1, 2, 3, 4, 5]);
+
+        // A batch that crosses 100 prunes the log to the retention after its statement: rows
+        // wholly at or below 95 go; the row of 70..=105 holds the boundary and stays whole.
+        journal.set_retention(10);
+        let prior = store
+            .read(|c| sessions::get(c, &org, &id))
+            .unwrap()
+            .participants;
+        let rows = (6..=105).map(|q| event(&org, &id, q)).collect();
+        journal
+            .append_durable(rows, vec![opening(&org, &id, &prior)])
+            .await;
+        assert_eq!(in_one(), before + 2);
+        let logged: Vec<i64> = store
+            .read(|c| events::list_after(c, &org, &id, 0, 1000))
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(logged, (70..=105).collect::<Vec<_>>());
     }
 }

@@ -20,7 +20,7 @@
 //! ([`super::Store::own_generic_connection`]). Its plan must therefore not depend on the
 //! values: sessions are found by `id = ANY(…)` (an index scan, whatever the batch's size),
 //! the inserts have no plan to choose, and pruning, whose best plan does depend on the values,
-//! is left to a statement of its own.
+//! is left to a statement of its own on the writer's other connection.
 
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;

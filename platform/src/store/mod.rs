@@ -209,7 +209,8 @@ fn checkpoint_in_background(
     Ok(())
 }
 
-/// Settings of every PostgreSQL connection. Statements are prepared once per connection (see
+/// Settings of the pool's PostgreSQL connections (the claims' connections and the log writer's
+/// one-statement connection use [`PG_GENERIC`]). Statements are prepared once per connection (see
 /// [`cached`]), but planned on every run: a prepared statement's generic plan is fixed on its
 /// sixth run from the statistics of that moment, and for the replay log's insert, made while
 /// the log was small, that was a hash join over the whole log, 14 ms a batch once it had grown
