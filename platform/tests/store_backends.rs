@@ -1129,14 +1129,16 @@ fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
         let r1 = usage_row(&org, &prj, "t:1", "m1", 10);
         let r2 = usage_row(&org, &prj, "t:2", "m1", 20);
         let r3 = usage_row(&org, &prj, "t:3", "m2", 40);
-        let new = s.write(|c| usage::insert_new(c, &[&r1, &r2])).unwrap();
+        let new = s.write(|c| usage::insert_counted(c, &[&r1, &r2])).unwrap();
         assert_eq!(new, vec![true, true], "{label}");
-        // A repeat (same client_event_id, new row id) is not stored again.
+        // A repeat (same client_event_id, new row id) is not stored or counted again.
         let again = usage::UsageRecord {
             id: store::new_id("use"),
             ..r1.clone()
         };
-        let new = s.write(|c| usage::insert_new(c, &[&again, &r3])).unwrap();
+        let new = s
+            .write(|c| usage::insert_counted(c, &[&again, &r3]))
+            .unwrap();
         assert_eq!(new, vec![false, true], "{label}");
         // Twice in one call: only the first is new.
         let r4 = usage_row(&org, &prj, "t:4", "m2", 1);
@@ -1144,10 +1146,10 @@ fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
             id: store::new_id("use"),
             ..r4.clone()
         };
-        let new = s.write(|c| usage::insert_new(c, &[&r4, &twin])).unwrap();
+        let new = s
+            .write(|c| usage::insert_counted(c, &[&r4, &twin]))
+            .unwrap();
         assert_eq!(new, vec![true, false], "{label}");
-        s.write(|c| usage::add_daily(c, &[&r1, &r2, &r3])).unwrap();
-        s.write(|c| usage::add_daily(c, &[&r2])).unwrap();
         let day = r1.created_at.date().format("%Y-%m-%d").to_string();
         let rows = s.read(|c| usage::daily(c, &org, None, &day, &day)).unwrap();
         let got: Vec<(&str, i64, i64, i64)> = rows
@@ -1161,7 +1163,7 @@ fn usage_records_are_stored_once_and_rolled_up_per_day_row() {
                 )
             })
             .collect();
-        assert_eq!(got, vec![("m1", 3, 50, 30), ("m2", 1, 40, 10)], "{label}");
+        assert_eq!(got, vec![("m1", 2, 30, 20), ("m2", 2, 41, 20)], "{label}");
         assert_eq!(
             s.read(|c| usage::records(c, &org, None, 10)).unwrap().len(),
             4,

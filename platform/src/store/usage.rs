@@ -102,20 +102,24 @@ pub fn record(c: &mut Conn, r: &UsageRecord) -> Result<bool, StoreError> {
     Ok(insert_counted(c, &[r])?.first().copied().unwrap_or(false))
 }
 
-/// [`insert_new`], then [`add_daily`] of the billed records it inserted: whether each was
-/// inserted, in order. On PostgreSQL both are one statement (one round trip, prepared once per
-/// connection).
+/// Stores the records whose `client_event_id` is not stored yet for their org (`UNIQUE (org_id,
+/// client_event_id)` makes a repeat a no-op) and adds the billed ones it inserted to their days'
+/// roll-up rows: whether each was inserted, in order. On PostgreSQL both are one statement (one
+/// round trip, prepared once per connection).
 pub fn insert_counted(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, StoreError> {
-    let super::AnyConnection::Postgresql(pg) = c else {
-        let inserted = insert_new(c, records)?;
-        let billed: Vec<&UsageRecord> = records
-            .iter()
-            .zip(&inserted)
-            .filter(|(r, new)| **new && r.billed)
-            .map(|(r, _)| *r)
-            .collect();
-        add_daily(c, &billed)?;
-        return Ok(inserted);
+    let pg = match c {
+        super::AnyConnection::Sqlite(lite) => {
+            let inserted = insert_new(lite, records)?;
+            let billed: Vec<&UsageRecord> = records
+                .iter()
+                .zip(&inserted)
+                .filter(|(r, new)| **new && r.billed)
+                .map(|(r, _)| *r)
+                .collect();
+            add_daily(lite, &billed)?;
+            return Ok(inserted);
+        }
+        super::AnyConnection::Postgresql(pg) => pg,
     };
     let mut out = Vec::with_capacity(records.len());
     for chunk in records.chunks(200) {
@@ -136,37 +140,25 @@ fn which_stored(records: &[&UsageRecord], stored: Vec<(String, String)>) -> Vec<
 }
 
 /// Stores the records whose `client_event_id` is not stored yet for their org (`UNIQUE (org_id,
-/// client_event_id)` makes a repeat a no-op); whether each was inserted, in order. One statement
-/// on PostgreSQL, one cached statement per record on SQLite.
-pub fn insert_new(c: &mut Conn, records: &[&UsageRecord]) -> Result<Vec<bool>, StoreError> {
-    match c {
-        super::AnyConnection::Postgresql(pg) => {
-            let mut out = Vec::with_capacity(records.len());
-            for chunk in records.chunks(200) {
-                let stored = diesel::insert_into(ur::table)
-                    .values(chunk.to_vec())
-                    .on_conflict((ur::org_id, ur::client_event_id))
-                    .do_nothing()
-                    .returning((ur::org_id, ur::client_event_id))
-                    .load::<(String, String)>(pg)?;
-                out.extend(which_stored(chunk, stored));
-            }
-            Ok(out)
-        }
-        super::AnyConnection::Sqlite(lite) => records
-            .iter()
-            .map(|r| {
-                let n = cached(InsertRecord(r)).execute(lite)?;
-                Ok(n > 0)
-            })
-            .collect(),
-    }
+/// client_event_id)` makes a repeat a no-op) on SQLite, one cached statement per record; whether
+/// each was inserted, in order.
+fn insert_new(
+    lite: &mut diesel::SqliteConnection,
+    records: &[&UsageRecord],
+) -> Result<Vec<bool>, StoreError> {
+    records
+        .iter()
+        .map(|r| Ok(cached(InsertRecord(r)).execute(lite)? > 0))
+        .collect()
 }
 
-/// Adds the records to their days' roll-up rows, summed per row first: one update (or insert)
-/// per row touched, however many records it sums. Only call it with billed records that were
-/// just inserted.
-pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreError> {
+/// Adds the records to their days' roll-up rows on SQLite, summed per row first: one upsert per
+/// row touched, however many records it sums. Only call it with billed records that were just
+/// inserted.
+fn add_daily(
+    lite: &mut diesel::SqliteConnection,
+    records: &[&UsageRecord],
+) -> Result<(), StoreError> {
     // Keyed like the table; each value carries its key too, for the insert.
     let mut rows: std::collections::BTreeMap<(String, String, String, String, String), DailyUsage> =
         std::collections::BTreeMap::new();
@@ -194,48 +186,8 @@ pub fn add_daily(c: &mut Conn, records: &[&UsageRecord]) -> Result<(), StoreErro
         d.reasoning_tokens += r.reasoning_tokens;
         d.cost_micro_cents += r.cost_micro_cents;
     }
-    if let super::AnyConnection::Sqlite(lite) = c {
-        for d in rows.values() {
-            cached(AddDaily(d)).execute(lite)?;
-        }
-        return Ok(());
-    }
-    for d in rows.into_values() {
-        let row = ud::table
-            .filter(ud::org_id.eq(&d.org_id))
-            .filter(ud::project_id.eq(&d.project_id))
-            .filter(ud::api_key_id.eq(&d.api_key_id))
-            .filter(ud::model.eq(&d.model))
-            .filter(ud::day.eq(&d.day));
-        let updated = diesel::update(row)
-            .set((
-                ud::turns.eq(ud::turns + d.turns),
-                ud::input_tokens.eq(ud::input_tokens + d.input_tokens),
-                ud::output_tokens.eq(ud::output_tokens + d.output_tokens),
-                ud::cache_read_tokens.eq(ud::cache_read_tokens + d.cache_read_tokens),
-                ud::cache_write_tokens.eq(ud::cache_write_tokens + d.cache_write_tokens),
-                ud::reasoning_tokens.eq(ud::reasoning_tokens + d.reasoning_tokens),
-                ud::cost_micro_cents.eq(ud::cost_micro_cents + d.cost_micro_cents),
-            ))
-            .execute(c)?;
-        if updated == 0 {
-            diesel::insert_into(ud::table)
-                .values((
-                    ud::org_id.eq(&d.org_id),
-                    ud::project_id.eq(&d.project_id),
-                    ud::api_key_id.eq(&d.api_key_id),
-                    ud::model.eq(&d.model),
-                    ud::day.eq(&d.day),
-                    ud::turns.eq(d.turns),
-                    ud::input_tokens.eq(d.input_tokens),
-                    ud::output_tokens.eq(d.output_tokens),
-                    ud::cache_read_tokens.eq(d.cache_read_tokens),
-                    ud::cache_write_tokens.eq(d.cache_write_tokens),
-                    ud::reasoning_tokens.eq(d.reasoning_tokens),
-                    ud::cost_micro_cents.eq(d.cost_micro_cents),
-                ))
-                .execute(c)?;
-        }
+    for d in rows.values() {
+        cached(AddDaily(d)).execute(lite)?;
     }
     Ok(())
 }
