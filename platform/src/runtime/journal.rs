@@ -209,9 +209,7 @@ impl WriterConn {
         }
         result
     }
-}
 
-impl WriterConn {
     /// Runs `f` on the writer's PostgreSQL connection for single statements, outside a
     /// transaction (each statement commits on its own); `Ok(None)` without running it on
     /// SQLite or while that connection cannot be opened (the long way then uses `own`).
