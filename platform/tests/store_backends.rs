@@ -222,26 +222,7 @@ fn reconcile_creates_then_is_idempotent_then_updates_and_deletes() {
 }
 
 fn session_row(org: &str, project: &str) -> models::Session {
-    let now = store::now();
-    models::Session {
-        id: store::new_id("sess"),
-        org_id: org.into(),
-        project_id: project.into(),
-        driver: "echo".into(),
-        app_path: app_dir().display().to_string(),
-        harness_session_id: None,
-        status: "active".into(),
-        current_agent: "default".into(),
-        permission_mode: None,
-        metadata: "{}".into(),
-        participants: "[]".into(),
-        pending_input: None,
-        approved_tools: "[]".into(),
-        parent_id: None,
-        last_seq: 0,
-        created_at: now,
-        updated_at: now,
-    }
+    karta::store::testkit::session_row(org, project, &app_dir().display().to_string())
 }
 
 #[test]

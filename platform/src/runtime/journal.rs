@@ -534,7 +534,7 @@ fn count(e: &Entry) -> usize {
 mod tests {
     use super::*;
     use crate::config::{PlatformConfig, ProjectConfig, TenantConfig};
-    use crate::store::{models, orgs, projects, testkit};
+    use crate::store::{orgs, projects, testkit};
 
     fn event(org: &str, session: &str, seq: i64) -> SessionEvent {
         SessionEvent {
@@ -608,25 +608,7 @@ mod tests {
             .unwrap()
             .id;
         let now = crate::store::now();
-        let session = models::Session {
-            id: crate::store::new_id("sess"),
-            org_id: org.clone(),
-            project_id: prj,
-            driver: "echo".into(),
-            app_path: app.display().to_string(),
-            harness_session_id: None,
-            status: "active".into(),
-            current_agent: "default".into(),
-            permission_mode: None,
-            metadata: "{}".into(),
-            participants: "[]".into(),
-            pending_input: None,
-            approved_tools: "[]".into(),
-            parent_id: None,
-            last_seq: 0,
-            created_at: now,
-            updated_at: now,
-        };
+        let session = testkit::session_row(&org, &prj, &app.display().to_string());
         let id = session.id.clone();
         store.write(|c| sessions::insert(c, &session)).unwrap();
         let limits = JournalLimits {

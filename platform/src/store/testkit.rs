@@ -63,3 +63,28 @@ pub fn temp_pg_database() -> Option<TempPgDatabase> {
         name,
     })
 }
+
+/// A new active session row of the org's project on the app at `app_path` (echo driver, the
+/// `default` agent, no participants yet), for a test to insert.
+pub fn session_row(org: &str, project: &str, app_path: &str) -> super::models::Session {
+    let now = super::now();
+    super::models::Session {
+        id: super::new_id("sess"),
+        org_id: org.into(),
+        project_id: project.into(),
+        driver: "echo".into(),
+        app_path: app_path.into(),
+        harness_session_id: None,
+        status: "active".into(),
+        current_agent: "default".into(),
+        permission_mode: None,
+        metadata: "{}".into(),
+        participants: "[]".into(),
+        pending_input: None,
+        approved_tools: "[]".into(),
+        parent_id: None,
+        last_seq: 0,
+        created_at: now,
+        updated_at: now,
+    }
+}
